@@ -1,0 +1,162 @@
+//! Everything the gateway asks the policy engine: it gathers the facts (directory, consent
+//! directives in the store), asks `policies`, and hands back the decision for the audit log.
+//! The policy set can be reloaded; a set that fails validation is refused and the old one stays.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::SystemTime;
+
+use policies::consent::{evaluate, ConsentDirective};
+use policies::{AccessRequest, Action, Category, Decision, FacilityInfo, PolicyEngine, Purpose};
+
+use crate::node::NodeState;
+use crate::trust::{now_unix, Peer};
+
+pub struct PolicyHandle {
+    engine: RwLock<PolicyEngine>,
+    dir: Option<PathBuf>,
+    stamp: Mutex<Option<SystemTime>>,
+}
+
+impl PolicyHandle {
+    pub fn load(dir: Option<PathBuf>) -> Result<PolicyHandle, String> {
+        let engine = load_engine(dir.as_deref())?;
+        let stamp = dir.as_deref().and_then(newest_mtime);
+        Ok(PolicyHandle {
+            engine: RwLock::new(engine),
+            dir,
+            stamp: Mutex::new(stamp),
+        })
+    }
+
+    pub fn engine(&self) -> PolicyEngine {
+        match self.engine.read() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reloads now (SIGHUP). On error the current set stays active and the error says why.
+    pub fn reload_now(&self) -> Result<(), String> {
+        let fresh = load_engine(self.dir.as_deref())?;
+        match self.engine.write() {
+            Ok(mut e) => *e = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    pub fn reload_if_changed(&self) {
+        let Some(dir) = self.dir.as_deref() else {
+            return;
+        };
+        let newest = newest_mtime(dir);
+        let mut stamp = match self.stamp.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if newest == *stamp {
+            return;
+        }
+        *stamp = newest;
+        match self.reload_now() {
+            Ok(()) => tracing::info!("policy set reloaded"),
+            Err(e) => tracing::warn!(error = %e, "policy reload refused; the previous policy set stays active"),
+        }
+    }
+}
+
+fn load_engine(dir: Option<&Path>) -> Result<PolicyEngine, String> {
+    match dir {
+        Some(dir) => PolicyEngine::load_dir(dir).map_err(|e| e.to_string()),
+        None => PolicyEngine::embedded_defaults().map_err(|e| e.to_string()),
+    }
+}
+
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+        .max()
+}
+
+/// One authorization question, as the transfer paths see it.
+pub struct Question<'a> {
+    pub action: Action,
+    pub counterparty: &'a Peer,
+    pub patient: &'a str,
+    pub categories: &'a BTreeSet<Category>,
+    pub content_type: &'a str,
+    pub purpose: Purpose,
+    pub clinician_role: Option<&'a str>,
+    pub break_glass: bool,
+}
+
+/// Asks the policy engine, with the patient's consent directives as context. A store failure
+/// is a Deny (fail closed).
+pub fn decide(state: &NodeState, q: &Question<'_>) -> Decision {
+    let directives = match consent_directives(state, q.patient) {
+        Ok(d) => d,
+        Err(e) => {
+            return Decision {
+                allowed: false,
+                policy_ids: Vec::new(),
+                errors: vec![e.clone()],
+                reason: "consent directives could not be read (denied)".to_owned(),
+            }
+        }
+    };
+    let now = now_unix();
+    let consent = evaluate(
+        &directives,
+        q.counterparty.id.as_str(),
+        q.purpose,
+        q.categories,
+        now,
+    );
+    let trust = state.trust();
+    let local = trust.peer(state.me());
+    let request = AccessRequest {
+        action: q.action,
+        counterparty: facility_info(q.counterparty),
+        local: local
+            .as_ref()
+            .map(facility_info)
+            .unwrap_or_else(|| FacilityInfo {
+                id: state.me().to_string(),
+                kind: "hospital".to_owned(),
+                active: false,
+            }),
+        clinician_role: q.clinician_role.map(str::to_owned),
+        patient: q.patient.to_owned(),
+        categories: q.categories.clone(),
+        content_type: q.content_type.to_owned(),
+        purpose: q.purpose,
+        break_glass: q.break_glass,
+        consent,
+        now_unix: now,
+    };
+    state.policy.engine().authorize(&request)
+}
+
+fn facility_info(peer: &Peer) -> FacilityInfo {
+    FacilityInfo {
+        id: peer.id.to_string(),
+        kind: peer.kind_name(),
+        active: peer.active,
+    }
+}
+
+pub fn consent_directives(state: &NodeState, patient: &str) -> Result<Vec<ConsentDirective>, String> {
+    let raw = state
+        .store
+        .consent_list(patient)
+        .map_err(|e| format!("consent store: {e}"))?;
+    raw.iter()
+        .map(|(id, bytes)| {
+            serde_json::from_slice::<ConsentDirective>(bytes)
+                .map_err(|_| format!("consent directive {id} is not readable"))
+        })
+        .collect()
+}

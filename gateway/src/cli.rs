@@ -1,0 +1,818 @@
+//! The `gateway` command line. `run` starts a node; the other commands talk to a node's local
+//! API (or open its state in-process when it is not running), so they go through the same
+//! checks as the EMR.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use axum::body::Body;
+use clap::{Args, Parser, Subcommand};
+use futures_util::TryStreamExt;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
+
+use crate::api_client::{collect_json, ApiClient};
+use crate::config::NodeConfig;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_DENIED: u8 = 3;
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "Secure record-exchange gateway between healthcare facilities")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct ConfigArg {
+    /// The node's configuration file (node.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a node until SIGTERM (drain) or SIGINT (fast exit).
+    Run(ConfigArg),
+    /// Validate a node's config, keys, directory, CRL and policies, then exit.
+    Check(ConfigArg),
+    /// Send a record to another facility; prints the transfer id.
+    Send(SendArgs),
+    /// List transfers this node sends (or one, with --id).
+    Transfers {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a transfer that has not been delivered yet.
+    Cancel {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        id: String,
+    },
+    /// Records received from other facilities.
+    Inbox {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: InboxAction,
+    },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Patient consent directives.
+    Consent {
+        #[command(subcommand)]
+        action: ConsentAction,
+    },
+    /// Ask another facility for a patient's records.
+    Request(RequestArgs),
+    /// Requests this node has sent, with their state.
+    Requests {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The records this node holds for pull requests (filled by the EMR).
+    Records {
+        #[command(subcommand)]
+        action: RecordsAction,
+    },
+    /// Policy decisions, without side effects.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Run a local demo federation: CA, three facilities, three nodes, one real transfer.
+    Demo {
+        /// Where to create the federation (a temp dir by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Stop after the demo transfer; exit 0 only if it was delivered and its receipt verified.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long)]
+    pub to: String,
+    #[arg(long)]
+    pub patient: String,
+    #[arg(long)]
+    pub purpose: String,
+    #[arg(long)]
+    pub file: PathBuf,
+    /// fhir (default), ccda, pdf, dicom, or a MIME type.
+    #[arg(long, default_value = "fhir")]
+    pub content_type: String,
+    /// Declared data categories (the gateway adds what it finds in FHIR bundles).
+    #[arg(long = "category")]
+    pub categories: Vec<String>,
+    #[arg(long)]
+    pub clinician: Option<String>,
+    #[arg(long)]
+    pub clinician_role: Option<String>,
+    #[arg(long, requires = "reason")]
+    pub break_glass: bool,
+    #[arg(long, requires = "break_glass")]
+    pub reason: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum InboxAction {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Get {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    Ack {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditAction {
+    /// Exit 0 only if the whole chain verifies; otherwise name the first bad entry.
+    Verify(ConfigArg),
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        transfer: Option<String>,
+        /// Only break-glass entries, for review.
+        #[arg(long)]
+        break_glass: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct DirectiveArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long)]
+    pub patient: String,
+    /// A facility id, or `all` for the whole federation (repeatable).
+    #[arg(long = "facility", required = true)]
+    pub facilities: Vec<String>,
+    #[arg(long = "purpose", required = true)]
+    pub purposes: Vec<String>,
+    #[arg(long = "category")]
+    pub categories: Vec<String>,
+    /// Last day the directive applies (YYYY-MM-DD, inclusive).
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, default_value = "cli")]
+    pub recorded_by: String,
+}
+
+#[derive(Subcommand)]
+pub enum ConsentAction {
+    Grant(DirectiveArgs),
+    Deny(DirectiveArgs),
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        id: String,
+    },
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a FHIR R4 Consent resource (JSON).
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long)]
+    pub from: String,
+    #[arg(long)]
+    pub patient: String,
+    #[arg(long)]
+    pub purpose: String,
+    #[arg(long)]
+    pub clinician: String,
+    #[arg(long)]
+    pub clinician_role: Option<String>,
+    #[arg(long = "category")]
+    pub categories: Vec<String>,
+    #[arg(long, requires = "reason")]
+    pub break_glass: bool,
+    #[arg(long, requires = "break_glass")]
+    pub reason: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum RecordsAction {
+    Put {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "fhir")]
+        content_type: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyAction {
+    /// Print the decision and the determining policy ids; exit 0 on permit, 3 on deny.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, conflicts_with = "from", required_unless_present = "from")]
+        to: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        purpose: String,
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        #[arg(long)]
+        clinician_role: Option<String>,
+        #[arg(long)]
+        break_glass: bool,
+    },
+    /// Reload the policy set of a running node (like SIGHUP).
+    Reload(ConfigArg),
+}
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn load_config(arg: &ConfigArg) -> Result<NodeConfig, Failure> {
+    NodeConfig::load(&arg.config).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))
+}
+
+async fn client(arg: &ConfigArg) -> Result<ApiClient, Failure> {
+    let config = load_config(arg)?;
+    ApiClient::connect(&config)
+        .await
+        .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))
+}
+
+fn api_failure(status: StatusCode, body: &Value) -> Failure {
+    let message = body
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.to_string());
+    Failure::new(EXIT_FAILURE, format!("{} ({})", message, status.as_u16()))
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let present: Vec<(&str, String)> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
+        .collect();
+    serde_urlencoded::to_string(present).unwrap_or_default()
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Runs a client command (everything but `run` and `demo`).
+pub async fn run_command(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run(_) | Command::Demo { .. } => Err(Failure::new(EXIT_USAGE, "internal: not a client command")),
+        Command::Check(arg) => {
+            let config = load_config(&arg)?;
+            let (_stop, rx) = tokio::sync::watch::channel(false);
+            let state = crate::node::load_state(config, rx).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
+            let trust = state.trust();
+            println!(
+                "ok: facility {} ; directory version {} lists {} facilities ; {} policies",
+                state.me(),
+                trust.directory.version,
+                trust.directory.facilities.len(),
+                state.policy.engine().policy_ids().len()
+            );
+            Ok(())
+        }
+        Command::Send(args) => send(args).await,
+        Command::Transfers { config, id, json } => {
+            let c = client(&config).await?;
+            let path = match &id {
+                Some(id) => format!("/v1/transfers/{id}"),
+                None => "/v1/transfers".to_owned(),
+            };
+            let (status, body) = c.json(Method::GET, &path, None).await.map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            if json {
+                print_json(&body);
+            } else {
+                let rows = match body {
+                    Value::Array(rows) => rows,
+                    one => vec![one],
+                };
+                println!("{:<32}  {:<14} {:<10} {:>10} {:>8}  {}", "TRANSFER", "TO", "STATE", "BYTES", "ATTEMPTS", "NOTE");
+                for r in rows {
+                    println!(
+                        "{:<32}  {:<14} {:<10} {:>10} {:>8}  {}",
+                        r["transfer_id"].as_str().unwrap_or(""),
+                        r["to"].as_str().unwrap_or(""),
+                        r["state"].as_str().unwrap_or(""),
+                        r["payload_bytes"],
+                        r["attempts"],
+                        if r["receipt_held"].as_bool() == Some(true) {
+                            "receipt verified".to_owned()
+                        } else {
+                            r["last_error"].as_str().unwrap_or("").to_owned()
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Cancel { config, id } => {
+            let c = client(&config).await?;
+            let (status, body) = c
+                .json(Method::POST, &format!("/v1/transfers/{id}/cancel"), None)
+                .await
+                .map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            println!("cancelled {id}");
+            Ok(())
+        }
+        Command::Inbox { config, action } => inbox(&config, action).await,
+        Command::Audit { action } => audit(action).await,
+        Command::Consent { action } => consent(action).await,
+        Command::Request(args) => request(args).await,
+        Command::Requests { config, json } => {
+            let c = client(&config).await?;
+            let (status, body) = c.json(Method::GET, "/v1/requests", None).await.map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            if json {
+                print_json(&body);
+            } else {
+                println!("{:<32}  {:<14} {:<10} {:<32}  {}", "REQUEST", "FROM", "STATE", "TRANSFER", "REASON");
+                for r in body.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<32}  {:<14} {:<10} {:<32}  {}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["from"].as_str().unwrap_or(""),
+                        r["state"].as_str().unwrap_or(""),
+                        r["transfer_id"].as_str().unwrap_or("-"),
+                        r["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Records { action } => match action {
+            RecordsAction::Put { config, patient, file, content_type } => {
+                let c = client(&config).await?;
+                let bytes = std::fs::read(&file).map_err(|e| Failure::new(EXIT_FAILURE, format!("{}: {e}", file.display())))?;
+                let path = format!(
+                    "/v1/records/{}?{}",
+                    encode_segment(&patient),
+                    query(&[("content_type", Some(content_type))])
+                );
+                let resp = c.call(Method::PUT, &path, Body::from(bytes), None).await.map_err(fail)?;
+                let (status, body) = collect_json(resp).await.map_err(fail)?;
+                if !status.is_success() {
+                    return Err(api_failure(status, &body));
+                }
+                println!("stored the record for this patient");
+                Ok(())
+            }
+        },
+        Command::Policy { action } => policy(action).await,
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> Failure {
+    Failure::new(EXIT_FAILURE, e.to_string())
+}
+
+fn encode_segment(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|q| q.trim_start_matches('=').to_owned())
+        .unwrap_or_default()
+}
+
+async fn send(args: SendArgs) -> Result<(), Failure> {
+    let c = client(&args.config).await?;
+    let file = tokio::fs::File::open(&args.file)
+        .await
+        .map_err(|e| Failure::new(EXIT_FAILURE, format!("{}: {e}", args.file.display())))?;
+    let body = Body::from_stream(ReaderStream::with_capacity(file, 256 * 1024));
+    let q = query(&[
+        ("to", Some(args.to)),
+        ("patient", Some(args.patient)),
+        ("purpose", Some(args.purpose)),
+        ("content_type", Some(args.content_type)),
+        ("categories", (!args.categories.is_empty()).then(|| args.categories.join(","))),
+        ("clinician", args.clinician),
+        ("clinician_role", args.clinician_role),
+        ("break_glass_reason", if args.break_glass { args.reason } else { None }),
+    ]);
+    let resp = c
+        .call(Method::POST, &format!("/v1/transfers?{q}"), body, Some("application/octet-stream"))
+        .await
+        .map_err(fail)?;
+    let (status, body) = collect_json(resp).await.map_err(fail)?;
+    if status == StatusCode::FORBIDDEN {
+        return Err(Failure::new(EXIT_DENIED, body["error"].as_str().unwrap_or("denied by policy").to_owned()));
+    }
+    if !status.is_success() {
+        return Err(api_failure(status, &body));
+    }
+    println!("{}", body["transfer_id"].as_str().unwrap_or_default());
+    if c.is_offline() {
+        eprintln!("note: the node is not running; the transfer is queued and will be delivered when it starts");
+    }
+    Ok(())
+}
+
+async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
+    let c = client(config).await?;
+    match action {
+        InboxAction::List { json } => {
+            let (status, body) = c.json(Method::GET, "/v1/inbox", None).await.map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            if json {
+                print_json(&body);
+            } else {
+                println!("{:<32}  {:<14} {:>10}  {}", "TRANSFER", "FROM", "BYTES", "ACKNOWLEDGED");
+                for r in body.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<32}  {:<14} {:>10}  {}",
+                        r["transfer_id"].as_str().unwrap_or(""),
+                        r["from"].as_str().unwrap_or(""),
+                        r["payload_bytes"],
+                        r["acknowledged"]
+                    );
+                }
+            }
+            Ok(())
+        }
+        InboxAction::Get { id, out } => {
+            let resp = c
+                .call(Method::GET, &format!("/v1/inbox/{id}/payload"), Body::empty(), None)
+                .await
+                .map_err(fail)?;
+            if !resp.status().is_success() {
+                let (status, body) = collect_json(resp).await.map_err(fail)?;
+                return Err(api_failure(status, &body));
+            }
+            write_stream_to(resp.into_body(), &out).await?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        InboxAction::Ack { id } => {
+            let (status, body) = c
+                .json(Method::POST, &format!("/v1/inbox/{id}/ack"), None)
+                .await
+                .map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            println!("acknowledged {id}");
+            Ok(())
+        }
+    }
+}
+
+/// Streams a response body to a 0600 temp file beside `out`, then renames it into place, so a
+/// failed decryption leaves nothing behind.
+async fn write_stream_to(body: Body, out: &Path) -> Result<(), Failure> {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.partial",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("record")
+    ));
+    let io = |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("{}: {e}", tmp.display()));
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .await
+        .map_err(io)?;
+    let mut stream = body.into_data_stream();
+    loop {
+        match stream.try_next().await {
+            Ok(Some(chunk)) => file.write_all(&chunk).await.map_err(io)?,
+            Ok(None) => break,
+            Err(e) => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Failure::new(EXIT_FAILURE, format!("record could not be decrypted: {e}")));
+            }
+        }
+    }
+    file.sync_all().await.map_err(io)?;
+    drop(file);
+    tokio::fs::rename(&tmp, out).await.map_err(io)
+}
+
+async fn audit(action: AuditAction) -> Result<(), Failure> {
+    match action {
+        AuditAction::Verify(config) => {
+            let c = client(&config).await?;
+            let (status, body) = c.json(Method::GET, "/v1/audit/verify", None).await.map_err(fail)?;
+            if status.is_success() && body["ok"].as_bool() == Some(true) {
+                println!("audit chain verified: {} entries", body["entries"]);
+                Ok(())
+            } else {
+                Err(Failure::new(
+                    EXIT_FAILURE,
+                    format!("audit chain does NOT verify: {}", body["error"].as_str().unwrap_or("unknown error")),
+                ))
+            }
+        }
+        AuditAction::List { config, json, patient, transfer, break_glass } => {
+            let c = client(&config).await?;
+            let q = query(&[
+                ("patient", patient),
+                ("transfer", transfer),
+                ("break_glass", break_glass.then(|| "true".to_owned())),
+            ]);
+            let (status, body) = c.json(Method::GET, &format!("/v1/audit?{q}"), None).await.map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            if json {
+                print_json(&body);
+            } else {
+                for r in body.as_array().cloned().unwrap_or_default() {
+                    print_audit_row(&r);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn print_audit_row(r: &Value) {
+    let time = r["time_ms"]
+        .as_u64()
+        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
+    let policies = r["policy_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    println!(
+        "#{:<5} {} {:<18} {:<18} peer={:<12} transfer={} outcome={}{}{}{}",
+        r["seq"],
+        time,
+        r["event"].as_str().unwrap_or(""),
+        r["purpose"].as_str().unwrap_or("-"),
+        r["peer"].as_str().unwrap_or("-"),
+        r["transfer_id"].as_str().map(|t| t.get(..12).unwrap_or(t)).unwrap_or("-"),
+        r["outcome"].as_str().unwrap_or(""),
+        if r["break_glass"].as_bool() == Some(true) { " BREAK-GLASS" } else { "" },
+        if policies.is_empty() { String::new() } else { format!(" policies=[{policies}]") },
+        r["reason"].as_str().map(|s| format!(" reason=\"{s}\"")).unwrap_or_default(),
+    );
+}
+
+async fn consent(action: ConsentAction) -> Result<(), Failure> {
+    match action {
+        ConsentAction::Grant(args) => directive(args, "permit").await,
+        ConsentAction::Deny(args) => directive(args, "deny").await,
+        ConsentAction::Revoke { config, id } => {
+            let c = client(&config).await?;
+            let (status, body) = c
+                .json(Method::POST, &format!("/v1/consents/{id}/revoke"), None)
+                .await
+                .map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            println!("revoked {id}");
+            Ok(())
+        }
+        ConsentAction::Show { config, patient, json } => {
+            let c = client(&config).await?;
+            let q = query(&[("patient", Some(patient))]);
+            let (status, body) = c.json(Method::GET, &format!("/v1/consents?{q}"), None).await.map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            if json {
+                print_json(&body);
+            } else {
+                for d in body.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{}  {:<6} scope={} purposes={} categories={} until={} recorded_by={}{}",
+                        d["id"].as_str().unwrap_or(""),
+                        d["effect"].as_str().unwrap_or(&d["effect"].to_string()),
+                        d["scope"],
+                        d["purposes"],
+                        d["categories"],
+                        d["valid_until"],
+                        d["recorded_by"].as_str().unwrap_or(""),
+                        if d["revoked_at"].is_null() { "" } else { "  REVOKED" }
+                    );
+                }
+            }
+            Ok(())
+        }
+        ConsentAction::Import { config, path } => {
+            let c = client(&config).await?;
+            let bytes = std::fs::read(&path).map_err(|e| Failure::new(EXIT_FAILURE, format!("{}: {e}", path.display())))?;
+            let resp = c
+                .call(Method::POST, "/v1/consents/import", Body::from(bytes), Some("application/fhir+json"))
+                .await
+                .map_err(fail)?;
+            let (status, body) = collect_json(resp).await.map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            for id in body["imported"].as_array().cloned().unwrap_or_default() {
+                println!("{}", id.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn directive(args: DirectiveArgs, effect: &str) -> Result<(), Failure> {
+    let valid_until = match &args.until {
+        Some(day) => Some(end_of_day(day).ok_or_else(|| Failure::new(EXIT_USAGE, "--until must be YYYY-MM-DD"))?),
+        None => None,
+    };
+    let c = client(&args.config).await?;
+    let body = json!({
+        "patient": args.patient,
+        "effect": effect,
+        "facilities": args.facilities,
+        "purposes": args.purposes,
+        "categories": args.categories,
+        "valid_until": valid_until,
+        "recorded_by": args.recorded_by,
+    });
+    let (status, body) = c.json(Method::POST, "/v1/consents", Some(body)).await.map_err(fail)?;
+    if !status.is_success() {
+        return Err(api_failure(status, &body));
+    }
+    println!("{}", body["directive_id"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+fn end_of_day(day: &str) -> Option<i64> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(day, &format).ok()?;
+    Some(date.with_hms(23, 59, 59).ok()?.assume_utc().unix_timestamp())
+}
+
+async fn request(args: RequestArgs) -> Result<(), Failure> {
+    let c = client(&args.config).await?;
+    let body = json!({
+        "from": args.from,
+        "patient": args.patient,
+        "purpose": args.purpose,
+        "clinician": args.clinician,
+        "clinician_role": args.clinician_role,
+        "categories": args.categories,
+        "break_glass_reason": if args.break_glass { args.reason } else { None },
+    });
+    let (status, body) = c.json(Method::POST, "/v1/requests", Some(body)).await.map_err(fail)?;
+    if !status.is_success() {
+        return Err(api_failure(status, &body));
+    }
+    let state = body["state"].as_str().unwrap_or("");
+    println!(
+        "request {} {}{}{}",
+        body["id"].as_str().unwrap_or(""),
+        state,
+        body["transfer_id"].as_str().map(|t| format!(" transfer {t}")).unwrap_or_default(),
+        body["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()
+    );
+    if state == "denied" {
+        return Err(Failure::new(EXIT_DENIED, format!("request denied: {}", body["reason"].as_str().unwrap_or(""))));
+    }
+    if state == "failed" {
+        return Err(Failure::new(EXIT_FAILURE, "request failed"));
+    }
+    Ok(())
+}
+
+async fn policy(action: PolicyAction) -> Result<(), Failure> {
+    match action {
+        PolicyAction::Check { config, to, from, patient, purpose, categories, clinician_role, break_glass } => {
+            let c = client(&config).await?;
+            let (direction, facility) = match (to, from) {
+                (Some(to), None) => ("send", to),
+                (None, Some(from)) => ("receive", from),
+                _ => return Err(Failure::new(EXIT_USAGE, "give exactly one of --to or --from")),
+            };
+            let body = json!({
+                "direction": direction,
+                "facility": facility,
+                "patient": patient,
+                "purpose": purpose,
+                "categories": categories,
+                "clinician_role": clinician_role,
+                "break_glass": break_glass,
+            });
+            let (status, body) = c.json(Method::POST, "/v1/policy/check", Some(body)).await.map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            let policies = body["policy_ids"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            println!("decision: {}", body["decision"].as_str().unwrap_or(""));
+            println!("determining policies: {}", if policies.is_empty() { "(none: default deny)" } else { &policies });
+            println!("reason: {}", body["reason"].as_str().unwrap_or(""));
+            if let Some(errors) = body["errors"].as_array().filter(|e| !e.is_empty()) {
+                println!("evaluation errors: {}", Value::Array(errors.clone()));
+            }
+            if body["allowed"].as_bool() == Some(true) {
+                Ok(())
+            } else {
+                Err(Failure::new(EXIT_DENIED, String::new()))
+            }
+        }
+        PolicyAction::Reload(config) => {
+            let c = client(&config).await?;
+            let (status, body) = c.json(Method::POST, "/v1/policy/reload", None).await.map_err(fail)?;
+            if !status.is_success() {
+                return Err(api_failure(status, &body));
+            }
+            println!("policy set reloaded");
+            Ok(())
+        }
+    }
+}
+
+/// Exit code for a result, printing the failure.
+pub fn finish(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("gateway: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}

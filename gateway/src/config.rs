@@ -1,0 +1,523 @@
+//! The node's configuration file (`node.toml`): one typed tree, `version = 1`, unknown keys refused.
+//!
+//! Relative paths are resolved against the directory that holds the config file, so a node
+//! directory can be moved as a whole. Errors are collected and reported together, and never
+//! echo a value from the file (a misplaced secret must not end up in a log).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use pki_tools::FacilityId;
+
+pub const CONFIG_VERSION: u32 = 1;
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The config file itself (for messages) and its directory (for relative paths).
+    pub path: PathBuf,
+    pub facility_id: FacilityId,
+    pub data_dir: PathBuf,
+    pub peer: PeerListenerConfig,
+    pub local_api: LocalApiConfig,
+    pub keys: KeyPaths,
+    pub federation: FederationPaths,
+    pub delivery: DeliveryConfig,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerListenerConfig {
+    pub listen: SocketAddr,
+    /// Largest envelope accepted from a peer (bytes).
+    pub max_envelope_bytes: u64,
+    /// Concurrent peer requests before new ones are shed with 503.
+    pub max_concurrent: usize,
+    /// How far a sender's clock may differ from ours before an envelope is a replay suspect.
+    pub replay_window_secs: u64,
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalApiConfig {
+    pub listen: SocketAddr,
+    /// SHA-256 (hex) of each accepted API token. Tokens themselves are never stored here.
+    pub token_hashes: Vec<TokenHash>,
+    /// Where the CLI reads its token from (mode 0600).
+    pub token_file: PathBuf,
+    pub max_body_bytes: u64,
+    pub max_concurrent: usize,
+}
+
+#[derive(Clone)]
+pub struct TokenHash {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenHash").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyPaths {
+    pub ca_cert: PathBuf,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub signing_key: PathBuf,
+    pub encryption_key: PathBuf,
+    /// Kept during a rotation overlap so envelopes sealed to the old key still open.
+    pub previous_encryption_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FederationPaths {
+    pub directory: PathBuf,
+    pub crl: PathBuf,
+    /// How often the node looks for a newer directory, CRL or policy set.
+    pub reload_interval_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub workers: usize,
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub max_age_secs: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// A directory with `schema.cedarschema` and `*.cedar`; `None` uses the embedded defaults.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {problems}")]
+    Invalid { path: String, problems: String },
+}
+
+// ---- the file format ------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: u32,
+    node: RawNode,
+    peer: RawPeer,
+    local_api: RawLocalApi,
+    keys: RawKeys,
+    federation: RawFederation,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    facility_id: String,
+    data_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    listen: String,
+    #[serde(default = "defaults::max_envelope_bytes")]
+    max_envelope_bytes: u64,
+    #[serde(default = "defaults::max_concurrent")]
+    max_concurrent: usize,
+    #[serde(default = "defaults::replay_window_secs")]
+    replay_window_secs: u64,
+    #[serde(default = "defaults::request_timeout_secs")]
+    request_timeout_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocalApi {
+    #[serde(default = "defaults::local_listen")]
+    listen: String,
+    tokens: Vec<RawToken>,
+    token_file: PathBuf,
+    #[serde(default = "defaults::max_envelope_bytes")]
+    max_body_bytes: u64,
+    #[serde(default = "defaults::max_concurrent")]
+    max_concurrent: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    ca_cert: PathBuf,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    signing_key: PathBuf,
+    encryption_key: PathBuf,
+    previous_encryption_key: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    directory: PathBuf,
+    crl: PathBuf,
+    #[serde(default = "defaults::reload_interval_secs")]
+    reload_interval_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    #[serde(default = "defaults::workers")]
+    workers: usize,
+    #[serde(default = "defaults::max_attempts")]
+    max_attempts: u32,
+    #[serde(default = "defaults::initial_backoff_ms")]
+    initial_backoff_ms: u64,
+    #[serde(default = "defaults::max_backoff_ms")]
+    max_backoff_ms: u64,
+    #[serde(default = "defaults::max_age_secs")]
+    max_age_secs: u64,
+    #[serde(default = "defaults::connect_timeout_ms")]
+    connect_timeout_ms: u64,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            workers: defaults::workers(),
+            max_attempts: defaults::max_attempts(),
+            initial_backoff_ms: defaults::initial_backoff_ms(),
+            max_backoff_ms: defaults::max_backoff_ms(),
+            max_age_secs: defaults::max_age_secs(),
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: Option<PathBuf>,
+}
+
+mod defaults {
+    pub fn max_envelope_bytes() -> u64 {
+        4 * 1024 * 1024 * 1024
+    }
+    pub fn max_concurrent() -> usize {
+        256
+    }
+    pub fn replay_window_secs() -> u64 {
+        600
+    }
+    pub fn request_timeout_secs() -> u64 {
+        3600
+    }
+    pub fn local_listen() -> String {
+        "127.0.0.1:7080".to_owned()
+    }
+    pub fn reload_interval_secs() -> u64 {
+        10
+    }
+    pub fn workers() -> usize {
+        32
+    }
+    pub fn max_attempts() -> u32 {
+        12
+    }
+    pub fn initial_backoff_ms() -> u64 {
+        500
+    }
+    pub fn max_backoff_ms() -> u64 {
+        60_000
+    }
+    pub fn max_age_secs() -> u64 {
+        24 * 3600
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        5_000
+    }
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let invalid = |problems: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        };
+        // toml's messages quote the offending line; keep only the location and the kind of problem.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(describe_toml_error(&e)))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+        let mut problems = Vec::new();
+        if raw.version != CONFIG_VERSION {
+            problems.push(format!(
+                "version: unsupported version {} (this gateway reads version {CONFIG_VERSION})",
+                raw.version
+            ));
+        }
+        let facility_id = match raw.node.facility_id.parse::<FacilityId>() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                problems.push("node.facility_id: not a valid facility id".to_owned());
+                None
+            }
+        };
+        let peer_listen = parse_addr("peer.listen", &raw.peer.listen, &mut problems);
+        let local_listen = parse_addr("local_api.listen", &raw.local_api.listen, &mut problems);
+        if let Some(addr) = local_listen {
+            if !addr.ip().is_loopback() {
+                problems.push(
+                    "local_api.listen: must be a loopback address (the local API is never served to peers)"
+                        .to_owned(),
+                );
+            }
+        }
+        let mut token_hashes = Vec::new();
+        for (i, token) in raw.local_api.tokens.iter().enumerate() {
+            match hex::decode(&token.sha256)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
+                Some(sha256) => token_hashes.push(TokenHash {
+                    name: token.name.clone(),
+                    sha256,
+                }),
+                None => problems.push(format!(
+                    "local_api.tokens[{i}].sha256: not 64 hex characters"
+                )),
+            }
+        }
+        if token_hashes.is_empty() && raw.local_api.tokens.is_empty() {
+            problems.push("local_api.tokens: at least one token is required".to_owned());
+        }
+        for (name, value) in [
+            ("peer.max_concurrent", raw.peer.max_concurrent),
+            ("local_api.max_concurrent", raw.local_api.max_concurrent),
+            ("delivery.workers", raw.delivery.workers),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if raw.delivery.max_attempts == 0 {
+            problems.push("delivery.max_attempts: must be at least 1".to_owned());
+        }
+        if raw.delivery.initial_backoff_ms > raw.delivery.max_backoff_ms {
+            problems.push(
+                "delivery.initial_backoff_ms: must not exceed delivery.max_backoff_ms".to_owned(),
+            );
+        }
+        if raw.federation.reload_interval_secs == 0 {
+            problems.push("federation.reload_interval_secs: must be at least 1".to_owned());
+        }
+
+        if !problems.is_empty() {
+            return Err(invalid(problems.join("; ")));
+        }
+        let (Some(facility_id), Some(peer_listen), Some(local_listen)) =
+            (facility_id, peer_listen, local_listen)
+        else {
+            return Err(invalid("incomplete configuration".to_owned()));
+        };
+
+        Ok(NodeConfig {
+            path: path.to_path_buf(),
+            facility_id,
+            data_dir: resolve(&raw.node.data_dir),
+            peer: PeerListenerConfig {
+                listen: peer_listen,
+                max_envelope_bytes: raw.peer.max_envelope_bytes,
+                max_concurrent: raw.peer.max_concurrent,
+                replay_window_secs: raw.peer.replay_window_secs,
+                request_timeout_secs: raw.peer.request_timeout_secs,
+            },
+            local_api: LocalApiConfig {
+                listen: local_listen,
+                token_hashes,
+                token_file: resolve(&raw.local_api.token_file),
+                max_body_bytes: raw.local_api.max_body_bytes,
+                max_concurrent: raw.local_api.max_concurrent,
+            },
+            keys: KeyPaths {
+                ca_cert: resolve(&raw.keys.ca_cert),
+                tls_cert: resolve(&raw.keys.tls_cert),
+                tls_key: resolve(&raw.keys.tls_key),
+                signing_key: resolve(&raw.keys.signing_key),
+                encryption_key: resolve(&raw.keys.encryption_key),
+                previous_encryption_key: raw.keys.previous_encryption_key.as_deref().map(resolve),
+            },
+            federation: FederationPaths {
+                directory: resolve(&raw.federation.directory),
+                crl: resolve(&raw.federation.crl),
+                reload_interval_secs: raw.federation.reload_interval_secs,
+            },
+            delivery: DeliveryConfig {
+                workers: raw.delivery.workers,
+                max_attempts: raw.delivery.max_attempts,
+                initial_backoff_ms: raw.delivery.initial_backoff_ms,
+                max_backoff_ms: raw.delivery.max_backoff_ms,
+                max_age_secs: raw.delivery.max_age_secs,
+                connect_timeout_ms: raw.delivery.connect_timeout_ms,
+            },
+            policy: PolicyConfig {
+                dir: raw.policy.dir.as_deref().map(resolve),
+            },
+        })
+    }
+}
+
+fn parse_addr(key: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    match value.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(format!("{key}: not an IP:port socket address"));
+            None
+        }
+    }
+}
+
+/// toml's Display includes the source line, which could hold a secret; keep the message and span.
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    let message = e.message();
+    match e.span() {
+        Some(span) => format!("{message} (at byte {})", span.start),
+        None => message.to_owned(),
+    }
+}
+
+/// Renders a node.toml for a facility laid out by `pki add-facility` (used by `gateway demo`
+/// and documented in deploy/node.example.toml).
+pub struct ConfigTemplate<'a> {
+    pub facility_id: &'a str,
+    pub peer_listen: SocketAddr,
+    pub local_listen: SocketAddr,
+    pub token_sha256_hex: &'a str,
+    pub directory: &'a Path,
+    pub crl: &'a Path,
+}
+
+impl ConfigTemplate<'_> {
+    pub fn render(&self) -> String {
+        format!(
+            r#"# healthfed gateway node configuration. See deploy/node.example.toml for every key.
+version = 1
+
+[node]
+facility_id = "{id}"
+data_dir = "data"
+
+[peer]
+listen = "{peer}"
+
+[local_api]
+listen = "{local}"
+token_file = "api.token"
+tokens = [{{ name = "cli", sha256 = "{token}" }}]
+
+[keys]
+ca_cert = "ca.crt"
+tls_cert = "tls.crt"
+tls_key = "tls.key"
+signing_key = "signing.key"
+encryption_key = "encryption.key"
+
+[federation]
+directory = "{directory}"
+crl = "{crl}"
+"#,
+            id = self.facility_id,
+            peer = self.peer_listen,
+            local = self.local_listen,
+            token = self.token_sha256_hex,
+            directory = self.directory.display(),
+            crl = self.crl.display(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        ConfigTemplate {
+            facility_id: "hosp-a",
+            peer_listen: "127.0.0.1:7443".parse().unwrap(),
+            local_listen: "127.0.0.1:7080".parse().unwrap(),
+            token_sha256_hex: &"ab".repeat(32),
+            directory: Path::new("../directory.json"),
+            crl: Path::new("../crl.pem"),
+        }
+        .render()
+    }
+
+    #[test]
+    fn rendered_template_parses_and_resolves_relative_paths() {
+        let cfg = NodeConfig::parse(&sample(), Path::new("/srv/node/node.toml")).unwrap();
+        assert_eq!(cfg.facility_id.as_str(), "hosp-a");
+        assert_eq!(cfg.data_dir, Path::new("/srv/node/data"));
+        assert_eq!(cfg.keys.tls_key, Path::new("/srv/node/tls.key"));
+        assert_eq!(cfg.federation.directory, Path::new("/srv/node/../directory.json"));
+        assert_eq!(cfg.delivery.max_attempts, 12);
+        assert!(cfg.policy.dir.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let text = sample().replace("[peer]\n", "[peer]\nlisten_typo = 1\n");
+        let err = NodeConfig::parse(&text, Path::new("node.toml")).unwrap_err();
+        assert!(err.to_string().contains("listen_typo"), "{err}");
+    }
+
+    #[test]
+    fn all_problems_reported_at_once_without_echoing_values() {
+        let text = sample()
+            .replace("facility_id = \"hosp-a\"", "facility_id = \"Secret Value!\"")
+            .replace("listen = \"127.0.0.1:7080\"", "listen = \"10.1.2.3:80\"")
+            .replace("version = 1", "version = 7");
+        let err = NodeConfig::parse(&text, Path::new("node.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node.facility_id"), "{err}");
+        assert!(err.contains("local_api.listen"), "{err}");
+        assert!(err.contains("version"), "{err}");
+        assert!(!err.contains("Secret Value"), "{err}");
+    }
+}

@@ -1,0 +1,333 @@
+//! Delivering queued transfers: per-transfer retries with exponential backoff and jitter,
+//! bounded by attempts and age, then `failed`. A transfer is `delivered` only once the
+//! recipient's signed receipt has been verified and stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::sync::Semaphore;
+use tokio_util::io::ReaderStream;
+
+use gateway_envelope::{SignedReceipt, TransferId};
+use gateway_store::{OutboxEntry, SpoolKind, TransferState};
+
+use crate::audit::{self, event};
+use crate::node::NodeState;
+use crate::transport::Body;
+use crate::trust::now_ms;
+
+pub const ENVELOPE_PATH: &str = "/v1/envelopes";
+
+/// After a crash, transfers caught mid-delivery go back to the queue: the receiver's
+/// idempotence (same transfer id → same receipt) makes the resend safe.
+pub fn recover_after_restart(state: &NodeState) {
+    let Ok(entries) = state.store.outbox_list() else {
+        return;
+    };
+    for e in entries.iter().filter(|e| e.state == TransferState::Delivering) {
+        let _ = state.store.outbox_update(&e.transfer_id, |e| {
+            e.state = TransferState::Queued;
+            e.next_attempt_ms = now_ms();
+        });
+    }
+}
+
+pub async fn run_scheduler(state: Arc<NodeState>) {
+    let permits = Arc::new(Semaphore::new(state.config.delivery.workers));
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let due = match state.store.outbox_due(now_ms(), 1024) {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                Vec::new()
+            }
+        };
+        for entry in due {
+            let id = TransferId(entry.transfer_id);
+            if !state.mark_inflight(&id) {
+                continue;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                state.clear_inflight(&id);
+                break;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                deliver(&state, entry).await;
+                state.clear_inflight(&id);
+                drop(permit);
+                state.wake.notify_one();
+            });
+        }
+        tokio::select! {
+            _ = state.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Wait for running deliveries so their outcome is recorded.
+    let _ = permits
+        .acquire_many(u32::try_from(state.config.delivery.workers).unwrap_or(u32::MAX))
+        .await;
+}
+
+enum Outcome {
+    Delivered { receipt: Vec<u8>, duplicate: bool },
+    /// Worth another attempt later (network, overload, peer restarting).
+    Retry(String),
+    /// The peer refused the envelope; resending the same bytes cannot succeed.
+    Refused(String),
+}
+
+async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
+    let id = TransferId(entry.transfer_id);
+    let now = now_ms();
+    if !matches!(entry.state, TransferState::Queued | TransferState::Delivering) {
+        return;
+    }
+    let age_ms = now.saturating_sub(entry.created_ms);
+    if age_ms > state.config.delivery.max_age_secs.saturating_mul(1000) {
+        finish_failed(state, &entry, "expired: not delivered within the maximum age".to_owned()).await;
+        return;
+    }
+    let attempt = entry.attempts + 1;
+    let updated = state.store.outbox_update(&entry.transfer_id, |e| {
+        e.state = TransferState::Delivering;
+        e.attempts = attempt;
+        e.updated_ms = now;
+    });
+    let entry = match updated {
+        Ok(e) if e.state == TransferState::Delivering => e,
+        _ => return,
+    };
+    let mut rec = base_record(&entry, event::SENT, "attempt");
+    rec.reason = Some(format!("attempt {attempt}"));
+    let _ = audit::append(state, rec);
+
+    match attempt_delivery(state, &entry).await {
+        Outcome::Delivered { receipt, duplicate } => {
+            let result = state.store.outbox_update(&entry.transfer_id, |e| {
+                e.state = TransferState::Delivered;
+                e.receipt = Some(receipt.clone());
+                e.updated_ms = now_ms();
+                e.last_error = None;
+            });
+            if let Err(e) = result {
+                tracing::error!(transfer = %id, error = %e, "cannot record delivery");
+                return;
+            }
+            let mut rec = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
+            rec.reason = Some("signed receipt verified against the recipient's directory key".to_owned());
+            let _ = audit::append(state, rec);
+            let mut rec = base_record(&entry, event::DELIVERED, "delivered");
+            if duplicate {
+                rec.reason = Some("recipient already held this transfer; its receipt was returned".to_owned());
+            }
+            let _ = audit::append(state, rec);
+            if let Err(e) = state.store.commit().await {
+                tracing::error!(transfer = %id, error = %e, "commit failed");
+            }
+            tracing::info!(transfer = %id, peer = %entry.recipient, "delivered");
+        }
+        Outcome::Refused(reason) => finish_failed(state, &entry, reason).await,
+        Outcome::Retry(reason) => {
+            let cfg = &state.config.delivery;
+            if attempt >= cfg.max_attempts {
+                finish_failed(state, &entry, format!("gave up after {attempt} attempts: {reason}"))
+                    .await;
+                return;
+            }
+            let delay = backoff_ms(attempt, cfg.initial_backoff_ms, cfg.max_backoff_ms);
+            let _ = state.store.outbox_update(&entry.transfer_id, |e| {
+                if e.state == TransferState::Delivering {
+                    e.state = TransferState::Queued;
+                }
+                e.next_attempt_ms = now_ms() + delay;
+                e.last_error = Some(reason.clone());
+                e.updated_ms = now_ms();
+            });
+            let mut rec = base_record(&entry, event::RETRY, "retry");
+            rec.reason = Some(format!("{reason}; next attempt in {delay} ms"));
+            let _ = audit::append(state, rec);
+            tracing::warn!(transfer = %id, peer = %entry.recipient, attempt, "delivery failed; will retry");
+        }
+    }
+}
+
+async fn finish_failed(state: &NodeState, entry: &OutboxEntry, reason: String) {
+    let _ = state.store.outbox_update(&entry.transfer_id, |e| {
+        e.state = TransferState::Failed;
+        e.last_error = Some(reason.clone());
+        e.updated_ms = now_ms();
+    });
+    let mut rec = base_record(entry, event::FAILED, "failed");
+    rec.reason = Some(reason);
+    let _ = audit::append(state, rec);
+    if let Err(e) = state.store.commit().await {
+        tracing::error!(error = %e, "commit failed");
+    }
+    tracing::warn!(transfer = %TransferId(entry.transfer_id), peer = %entry.recipient, "transfer failed");
+}
+
+pub fn base_record(entry: &OutboxEntry, event: &str, outcome: &str) -> gateway_store::AuditRecord {
+    let mut rec = audit::record(event, outcome);
+    rec.transfer_id = Some(entry.transfer_id);
+    rec.peer = Some(entry.recipient.clone());
+    rec.patient_ref = Some(entry.summary.patient_ref.clone());
+    rec.purpose = Some(entry.summary.purpose.clone());
+    rec.clinician = entry.summary.clinician.clone();
+    rec.break_glass = entry.summary.break_glass;
+    rec
+}
+
+/// Exponential backoff with full jitter in the upper half: attempt 1 waits ~initial.
+fn backoff_ms(attempt: u32, initial: u64, max: u64) -> u64 {
+    let exp = initial.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+    let capped = exp.min(max).max(1);
+    let mut buf = [0u8; 8];
+    let jitter = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf) {
+        Ok(()) => u64::from_le_bytes(buf) % (capped / 2 + 1),
+        Err(_) => 0,
+    };
+    capped / 2 + jitter
+}
+
+async fn attempt_delivery(state: &Arc<NodeState>, entry: &OutboxEntry) -> Outcome {
+    let trust = state.trust();
+    let Some(peer) = trust.peer_by_str(&entry.recipient) else {
+        return Outcome::Refused("recipient is no longer in the federation directory".to_owned());
+    };
+    if !peer.active {
+        return Outcome::Refused("recipient is no longer active in the federation directory".to_owned());
+    }
+    let mut sender = match state.clients.sender(&peer).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let path = state.store.spool_path(&entry.transfer_id, SpoolKind::Outbox);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => return Outcome::Refused(format!("local system: sealed envelope missing: {e}")),
+    };
+    let stream = ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
+    let body: Body = BodyExt::boxed(StreamBody::new(stream));
+    let request = match http::Request::post(format!("https://{}{ENVELOPE_PATH}", peer.id))
+        .header(http::header::CONTENT_LENGTH, entry.envelope_len)
+        .header(http::header::CONTENT_TYPE, "application/vnd.healthfed.envelope")
+        .body(body)
+    {
+        Ok(r) => r,
+        Err(e) => return Outcome::Refused(format!("local system: {e}")),
+    };
+    if sender.ready().await.is_err() {
+        state.clients.forget(&peer.id).await;
+        return Outcome::Retry(format!("peer {}: connection closed", peer.id));
+    }
+    let timeout = Duration::from_secs(state.config.peer.request_timeout_secs);
+    let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            state.clients.forget(&peer.id).await;
+            return Outcome::Retry(format!("peer {}: {e}", peer.id));
+        }
+        Err(_) => return Outcome::Retry(format!("peer {}: timed out", peer.id)),
+    };
+    let status = response.status();
+    let body = match response.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Outcome::Retry(format!("peer {}: reading response: {e}", peer.id)),
+    };
+    match status.as_u16() {
+        200 | 409 => match verify_receipt(state, entry, &peer, &body) {
+            Ok(()) => Outcome::Delivered {
+                receipt: body.to_vec(),
+                duplicate: status.as_u16() == 409,
+            },
+            // A 409 without a valid receipt is a refusal (e.g. a different envelope reused the id).
+            Err(e) if status.as_u16() == 409 => Outcome::Refused(format!(
+                "peer {} refused: {}",
+                peer.id,
+                peer_reason(&body)
+            ) + &format!(" ({e})")),
+            Err(e) => Outcome::Refused(e),
+        },
+        408 | 429 | 500..=599 => {
+            Outcome::Retry(format!("peer {}: {} {}", peer.id, status.as_u16(), peer_reason(&body)))
+        }
+        _ => Outcome::Refused(format!(
+            "peer {} refused ({}): {}",
+            peer.id,
+            status.as_u16(),
+            peer_reason(&body)
+        )),
+    }
+}
+
+fn verify_receipt(
+    state: &NodeState,
+    entry: &OutboxEntry,
+    peer: &crate::trust::Peer,
+    body: &Bytes,
+) -> Result<(), String> {
+    let signed = SignedReceipt::from_bytes(body)
+        .map_err(|e| format!("peer {}: receipt unreadable: {e}", peer.id))?;
+    let receipt = signed
+        .verify(&peer.signing_keys)
+        .map_err(|e| format!("peer {}: receipt signature invalid: {e}", peer.id))?;
+    if receipt.transfer_id.0 != entry.transfer_id
+        || receipt.payload_digest != entry.payload_digest
+        || receipt.receiver != peer.id.as_str()
+        || receipt.sender != state.me().as_str()
+    {
+        return Err(format!("peer {}: receipt does not match the transfer", peer.id));
+    }
+    Ok(())
+}
+
+/// A peer's refusal text, cut short and reduced to printable ASCII before it is stored.
+fn peer_reason(body: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(body)
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(200)
+        .collect();
+    if text.is_empty() {
+        "no reason given".to_owned()
+    } else {
+        text
+    }
+}
+
+/// Cancels a transfer that has not been delivered yet.
+pub async fn cancel(state: &NodeState, id: &TransferId) -> Result<OutboxEntry, String> {
+    if state.inflight.lock().map(|s| s.contains(&id.0)).unwrap_or(true) {
+        return Err("the transfer is being delivered right now; try again shortly".to_owned());
+    }
+    let mut refused = None;
+    let entry = state
+        .store
+        .outbox_update(&id.0, |e| match e.state {
+            TransferState::Queued | TransferState::Failed => {
+                e.state = TransferState::Cancelled;
+                e.updated_ms = now_ms();
+                refused = None;
+            }
+            other => refused = Some(other),
+        })
+        .map_err(|e| e.to_string())?;
+    if let Some(state_now) = refused {
+        return Err(format!("a {state_now} transfer cannot be cancelled"));
+    }
+    let rec = base_record(&entry, event::CANCELLED, "cancelled");
+    audit::append(state, rec).map_err(|e| e.to_string())?;
+    state.store.commit().await.map_err(|e| e.to_string())?;
+    Ok(entry)
+}

@@ -1,0 +1,525 @@
+//! Receiving envelopes from peers, and handing received records to the local system.
+//!
+//! An incoming envelope is streamed: header checks and signature first, then the metadata
+//! frame and the receive-side policy decision, then every payload frame is decrypted (to
+//! authenticate it) while the still-sealed bytes go to the inbox spool. Plaintext is never
+//! written. The signed receipt goes back only after the inbox entry and its audit entry are
+//! committed.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+use gateway_envelope::{
+    EnvelopeError, EnvelopeReader, Limits, Opener, Receipt, SignedReceipt, TransferId,
+    VerifiedHeader,
+};
+use gateway_store::{InboxEntry, InboxInsert, SpoolKind};
+use policies::Action;
+
+use crate::access::{decide, Question};
+use crate::audit::{self, event};
+use crate::node::NodeState;
+use crate::outbox::decision_reason;
+use crate::record::RecordMetadata;
+use crate::transport::PeerIdentity;
+use crate::trust::now_ms;
+
+/// An envelope dated this far in the future is refused (clock skew allowance).
+const MAX_FUTURE_SKEW_MS: u64 = 5 * 60 * 1000;
+const MAX_HEADER_BYTES: u32 = 64 * 1024;
+const MAX_METADATA_BYTES: u32 = 1024 * 1024;
+
+pub type PeerResponse = Response<Full<Bytes>>;
+
+pub fn text_response(status: StatusCode, text: &str) -> PeerResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(text.to_owned())));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn receipt_response(status: StatusCode, receipt: Vec<u8>) -> PeerResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(receipt)));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Why an envelope was refused: the HTTP status, a stable code for the audit log, and text
+/// for the sender. None of it carries record content.
+struct Refusal {
+    status: StatusCode,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    fn envelope(e: &EnvelopeError) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, format!("envelope refused: {e}"))
+    }
+}
+
+struct Received {
+    header: VerifiedHeader,
+    metadata: RecordMetadata,
+    policy_ids: Vec<String>,
+}
+
+pub async fn receive(
+    state: &Arc<NodeState>,
+    peer: &PeerIdentity,
+    req: http::Request<Incoming>,
+) -> PeerResponse {
+    let declared_len = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|len| len > state.config.peer.max_envelope_bytes) {
+        return refuse(
+            state,
+            peer,
+            None,
+            None,
+            Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "envelope larger than this node accepts"),
+        )
+        .await;
+    }
+    let mut transfer: Option<TransferId> = None;
+    let mut meta: Option<RecordMetadata> = None;
+    match receive_inner(state, peer, req.into_body(), &mut transfer, &mut meta).await {
+        Ok(Ok((received, receipt))) => {
+            accepted(state, peer, received, receipt).await
+        }
+        Ok(Err(duplicate_receipt)) => {
+            let mut rec = audit::record(event::REJECTED, "duplicate");
+            rec.transfer_id = transfer.map(|t| t.0);
+            rec.peer = Some(peer.facility.to_string());
+            rec.reason = Some("replay: transfer already received; original receipt returned, nothing stored".to_owned());
+            let _ = audit::append(state, rec);
+            let _ = state.store.commit().await;
+            receipt_response(StatusCode::CONFLICT, duplicate_receipt)
+        }
+        Err(refusal) => refuse(state, peer, transfer, meta.as_ref(), refusal).await,
+    }
+}
+
+async fn accepted(
+    state: &Arc<NodeState>,
+    peer: &PeerIdentity,
+    received: Received,
+    receipt: Vec<u8>,
+) -> PeerResponse {
+    let mut rec = audit::record(event::RECEIVED, "stored");
+    rec.transfer_id = Some(received.header.transfer_id().0);
+    rec.peer = Some(peer.facility.to_string());
+    rec.patient_ref = Some(received.metadata.patient.clone());
+    rec.purpose = Some(received.metadata.purpose.clone());
+    rec.clinician = received.metadata.clinician.clone();
+    rec.policy_ids = received.policy_ids;
+    rec.break_glass = received.metadata.break_glass_reason.is_some();
+    rec.reason = received
+        .metadata
+        .break_glass_reason
+        .as_ref()
+        .map(|why| format!("break-glass: {why}"));
+    if let Err(e) = audit::append(state, rec) {
+        tracing::error!(error = %e, "audit append failed");
+        return text_response(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable");
+    }
+    if let Some(request_id) = &received.metadata.request_id {
+        crate::requests::mark_fulfilled(state, request_id, received.header.transfer_id());
+    }
+    if let Err(e) = state.store.commit().await {
+        tracing::error!(error = %e, "commit failed");
+        return text_response(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable");
+    }
+    tracing::info!(transfer = %received.header.transfer_id(), peer = %peer.facility, "received");
+    receipt_response(StatusCode::OK, receipt)
+}
+
+async fn refuse(
+    state: &NodeState,
+    peer: &PeerIdentity,
+    transfer: Option<TransferId>,
+    meta: Option<&RecordMetadata>,
+    refusal: Refusal,
+) -> PeerResponse {
+    let mut rec = audit::record(event::REJECTED, "refused");
+    rec.transfer_id = transfer.map(|t| t.0);
+    rec.peer = Some(peer.facility.to_string());
+    if let Some(meta) = meta {
+        rec.patient_ref = Some(meta.patient.clone());
+        rec.purpose = Some(meta.purpose.clone());
+        rec.clinician = meta.clinician.clone();
+        rec.break_glass = meta.break_glass_reason.is_some();
+    }
+    rec.reason = Some(refusal.reason.clone());
+    let _ = audit::append(state, rec);
+    let _ = state.store.commit().await;
+    tracing::warn!(peer = %peer.facility, status = refusal.status.as_u16(), "envelope refused");
+    text_response(refusal.status, &refusal.reason)
+}
+
+/// Returns the received record and its signed receipt, or `Err(receipt)`-style duplicate
+/// (the original receipt), or a refusal.
+async fn receive_inner(
+    state: &Arc<NodeState>,
+    peer: &PeerIdentity,
+    mut body: Incoming,
+    transfer: &mut Option<TransferId>,
+    meta_out: &mut Option<RecordMetadata>,
+) -> Result<Result<(Received, Vec<u8>), Vec<u8>>, Refusal> {
+    let max = state.config.peer.max_envelope_bytes;
+    let mut reader = EnvelopeReader::new(Limits {
+        max_header: MAX_HEADER_BYTES,
+        max_payload: max,
+        max_metadata: MAX_METADATA_BYTES,
+    });
+    let mut received_bytes: u64 = 0;
+    let mut pending: Vec<Bytes> = Vec::new();
+
+    // 1. The header: who sent it, to whom, when; the signature.
+    let unverified = loop {
+        match reader.header() {
+            Ok(Some(h)) => break h,
+            Ok(None) => {}
+            Err(e) => return Err(Refusal::envelope(&e)),
+        }
+        let chunk = next_chunk(&mut body, &mut received_bytes, max).await?;
+        let Some(chunk) = chunk else {
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: truncated before the header ended"));
+        };
+        reader.push(&chunk);
+        pending.push(chunk);
+    };
+    *transfer = Some(unverified.transfer_id());
+    if unverified.recipient() != state.me().as_str() {
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: addressed to another facility"));
+    }
+    if unverified.sender() != peer.facility.as_str() {
+        return Err(Refusal::new(StatusCode::FORBIDDEN, "envelope refused: sender does not match the TLS identity"));
+    }
+    let now = now_ms();
+    let created = unverified.created_at_ms();
+    let max_age_ms = state.config.peer.replay_window_secs.saturating_mul(1000);
+    if created > now + MAX_FUTURE_SKEW_MS || now.saturating_sub(created) > max_age_ms {
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: created outside the accepted time window"));
+    }
+    let trust = state.trust();
+    let Some(sender) = trust.peer(&peer.facility) else {
+        return Err(Refusal::new(StatusCode::FORBIDDEN, "envelope refused: sender not in the directory"));
+    };
+    let header = unverified
+        .verify(&sender.signing_keys)
+        .map_err(|e| Refusal::new(StatusCode::FORBIDDEN, format!("envelope refused: {e}")))?;
+
+    // 2. Replay: a transfer id is accepted once, ever (the inbox never forgets an id).
+    match state.store.inbox_get(&header.transfer_id().0) {
+        Ok(Some(existing)) if existing.header_digest == header.header_digest() => {
+            return Ok(Err(existing.receipt));
+        }
+        Ok(Some(_)) => {
+            return Err(Refusal::new(StatusCode::CONFLICT, "envelope refused: transfer id already used by another envelope"));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "inbox read failed");
+            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable"));
+        }
+    }
+
+    // 3. The metadata frame, then the receive-side policy decision.
+    let metadata_frame = loop {
+        match reader.next_frame() {
+            Ok(Some(frame)) => break frame,
+            Ok(None) => {}
+            Err(e) => return Err(Refusal::envelope(&e)),
+        }
+        let Some(chunk) = next_chunk(&mut body, &mut received_bytes, max).await? else {
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: truncated before the metadata"));
+        };
+        reader.push(&chunk);
+        pending.push(chunk);
+    };
+    let keys = state.identity.decryption_keys();
+    let (mut opener, metadata) = Opener::new(&header, &keys, &metadata_frame)
+        .map_err(|e| Refusal::envelope(&e))?;
+    let metadata = RecordMetadata::decode(&metadata)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("envelope refused: {e}")))?;
+    *meta_out = Some(metadata.clone());
+    let categories = metadata
+        .categories()
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("envelope refused: {e}")))?;
+    let purpose = metadata
+        .purpose()
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("envelope refused: {e}")))?;
+    let break_glass = metadata.break_glass_reason.is_some();
+    let decision = decide(
+        state,
+        &Question {
+            action: if break_glass { Action::BreakGlass } else { Action::Receive },
+            counterparty: &sender,
+            patient: &metadata.patient,
+            categories: &categories,
+            content_type: &metadata.content_type,
+            purpose,
+            clinician_role: metadata.clinician_role.as_deref(),
+            break_glass,
+        },
+    );
+    let mut rec = audit::record(event::DECISION, if decision.allowed { "permit" } else { "deny" });
+    rec.transfer_id = Some(header.transfer_id().0);
+    rec.peer = Some(peer.facility.to_string());
+    rec.patient_ref = Some(metadata.patient.clone());
+    rec.purpose = Some(metadata.purpose.clone());
+    rec.clinician = metadata.clinician.clone();
+    rec.policy_ids = decision.policy_ids.clone();
+    rec.break_glass = break_glass;
+    rec.reason = Some(decision_reason(&decision, "receive", metadata.break_glass_reason.as_deref()));
+    let _ = audit::append(state, rec);
+    if !decision.allowed {
+        return Err(Refusal::new(StatusCode::FORBIDDEN, format!("denied by the receiver's policy: {}", decision.reason)));
+    }
+
+    // 4. The payload frames: authenticate each while the sealed bytes go to the spool.
+    let id = header.transfer_id();
+    let mut writer = state
+        .store
+        .spool_writer(&id.0, SpoolKind::Inbox)
+        .map_err(|_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable"))?;
+    let spool_err = |_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable");
+    for chunk in pending.drain(..) {
+        tokio::task::block_in_place(|| writer.write(&chunk)).map_err(spool_err)?;
+    }
+    loop {
+        tokio::task::block_in_place(|| -> Result<(), Refusal> {
+            while let Some(frame) = reader.next_frame().map_err(|e| Refusal::envelope(&e))? {
+                opener.open_chunk(&frame).map_err(|e| Refusal::envelope(&e))?;
+            }
+            Ok(())
+        })?;
+        match next_chunk(&mut body, &mut received_bytes, max).await? {
+            Some(chunk) => {
+                tokio::task::block_in_place(|| writer.write(&chunk)).map_err(spool_err)?;
+                reader.push(&chunk);
+            }
+            None => break,
+        }
+    }
+    if !reader.is_drained() {
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: truncated mid-frame"));
+    }
+    opener.finish().map_err(|e| Refusal::envelope(&e))?;
+    tokio::task::block_in_place(|| writer.finish()).map_err(spool_err)?;
+
+    // 5. Record it and sign the receipt.
+    let receipt = SignedReceipt::sign(
+        &Receipt {
+            transfer_id: id,
+            sender: peer.facility.to_string(),
+            receiver: state.me().to_string(),
+            payload_digest: header.payload_digest(),
+            header_digest: header.header_digest(),
+            received_at_ms: now_ms(),
+        },
+        &state.identity.signing,
+    )
+    .to_bytes();
+    let entry = InboxEntry {
+        transfer_id: id.0,
+        sender: peer.facility.to_string(),
+        received_ms: now_ms(),
+        envelope_len: received_bytes,
+        payload_len: header.payload_len(),
+        payload_digest: header.payload_digest(),
+        header_digest: header.header_digest(),
+        receipt: receipt.clone(),
+        acked_ms: None,
+    };
+    match state.store.inbox_insert(&entry) {
+        Ok(InboxInsert::Inserted) => {}
+        Ok(InboxInsert::AlreadyPresent(existing)) => return Ok(Err(existing.receipt)),
+        Err(e) => {
+            tracing::error!(error = %e, "inbox insert failed");
+            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable"));
+        }
+    }
+    Ok(Ok((
+        Received {
+            header,
+            metadata,
+            policy_ids: decision.policy_ids,
+        },
+        receipt,
+    )))
+}
+
+async fn next_chunk(
+    body: &mut Incoming,
+    received: &mut u64,
+    max: u64,
+) -> Result<Option<Bytes>, Refusal> {
+    loop {
+        match body.frame().await {
+            None => return Ok(None),
+            Some(Err(_)) => {
+                return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: the request body was cut off"))
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    *received += data.len() as u64;
+                    if *received > max.saturating_add(u64::from(MAX_HEADER_BYTES)) {
+                        return Err(Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "envelope larger than this node accepts"));
+                    }
+                    if !data.is_empty() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- fetching received records ---------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no received transfer {0}")]
+    NotFound(String),
+    #[error("received transfer {id}: {problem}")]
+    Open { id: String, problem: String },
+    #[error("local system: {0}")]
+    Local(String),
+}
+
+/// Opens a received envelope: the metadata now, the payload as a stream of decrypted chunks.
+/// Decryption happens on fetch only; the inbox keeps the envelope sealed at rest.
+pub async fn open_received(
+    state: &Arc<NodeState>,
+    id: TransferId,
+) -> Result<(InboxEntry, RecordMetadata, mpsc::Receiver<Result<Bytes, std::io::Error>>), FetchError> {
+    let entry = state
+        .store
+        .inbox_get(&id.0)
+        .map_err(|e| FetchError::Local(e.to_string()))?
+        .ok_or_else(|| FetchError::NotFound(id.to_string()))?;
+    let (meta_tx, meta_rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = mpsc::channel(8);
+    let state2 = state.clone();
+    let sender = entry.sender.clone();
+    tokio::task::spawn_blocking(move || {
+        decrypt_stream(&state2, id, &sender, meta_tx, tx);
+    });
+    let metadata = meta_rx
+        .await
+        .map_err(|_| FetchError::Local("decryption task stopped".to_owned()))??;
+    Ok((entry, metadata, rx))
+}
+
+fn decrypt_stream(
+    state: &NodeState,
+    id: TransferId,
+    sender: &str,
+    meta_tx: tokio::sync::oneshot::Sender<Result<RecordMetadata, FetchError>>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let open_err = |problem: String| FetchError::Open {
+        id: id.to_string(),
+        problem,
+    };
+    let path = state.store.spool_path(&id.0, SpoolKind::Inbox);
+    let setup = (|| -> Result<(std::fs::File, EnvelopeReader, Opener, RecordMetadata), FetchError> {
+        let mut file = std::fs::File::open(&path).map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))?;
+        let mut reader = EnvelopeReader::new(Limits {
+            max_header: MAX_HEADER_BYTES,
+            max_payload: u64::MAX,
+            max_metadata: MAX_METADATA_BYTES,
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        let trust = state.trust();
+        let keys = trust
+            .peer_by_str(sender)
+            .map(|p| p.signing_keys)
+            .unwrap_or_default();
+        let header = loop {
+            if let Some(h) = reader.header().map_err(|e| open_err(e.to_string()))? {
+                break h.verify(&keys).map_err(|e| open_err(e.to_string()))?;
+            }
+            let n = file.read(&mut buf).map_err(|e| FetchError::Local(e.to_string()))?;
+            if n == 0 {
+                return Err(open_err("envelope truncated".to_owned()));
+            }
+            reader.push(buf.get(..n).unwrap_or_default());
+        };
+        let frame = loop {
+            if let Some(f) = reader.next_frame().map_err(|e| open_err(e.to_string()))? {
+                break f;
+            }
+            let n = file.read(&mut buf).map_err(|e| FetchError::Local(e.to_string()))?;
+            if n == 0 {
+                return Err(open_err("envelope truncated".to_owned()));
+            }
+            reader.push(buf.get(..n).unwrap_or_default());
+        };
+        let (opener, meta) = Opener::new(&header, &state.identity.decryption_keys(), &frame)
+            .map_err(|e| open_err(e.to_string()))?;
+        let meta = RecordMetadata::decode(&meta).map_err(|e| open_err(e.to_string()))?;
+        Ok((file, reader, opener, meta))
+    })();
+    let (mut file, mut reader, mut opener, meta) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = meta_tx.send(Err(e));
+            return;
+        }
+    };
+    if meta_tx.send(Ok(meta)).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+    let io_err = |m: String| std::io::Error::other(m);
+    loop {
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => match opener.open_chunk(&frame) {
+                    Ok(plain) => {
+                        if tx.blocking_send(Ok(Bytes::from(plain))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(io_err(e.to_string())));
+                        return;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(io_err(e.to_string())));
+                    return;
+                }
+            }
+        }
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => reader.push(buf.get(..n).unwrap_or_default()),
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+    if let Err(e) = opener.finish() {
+        let _ = tx.blocking_send(Err(io_err(e.to_string())));
+    }
+}

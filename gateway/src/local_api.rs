@@ -1,0 +1,856 @@
+//! The local API for the facility's own systems (EMR, doctors' tools, the CLI): JSON over HTTP
+//! on a loopback address, authenticated by bearer tokens whose SHA-256 is in the config.
+//! Never served to peers. Documented in `deploy/openapi.yaml`.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower::{BoxError, ServiceBuilder};
+
+use gateway_envelope::TransferId;
+use gateway_store::{AuditEntry, AuditFilter, InboxEntry, OutboxEntry};
+use policies::consent::{import_fhir_consent, ConsentDirective};
+use policies::{Action, Category, Purpose};
+
+use crate::access::{consent_directives, decide, Question};
+use crate::audit::{self, event};
+use crate::delivery;
+use crate::inbox::{open_received, FetchError};
+use crate::node::NodeState;
+use crate::outbox::{submit, Payload, SubmitError, SubmitRequest};
+use crate::record::{ContentType, PatientRef};
+use crate::records::{RecordSource, SourceRecord, StoreRecordSource};
+use crate::requests::{self, NewRequest};
+use crate::trust::{now_ms, now_unix};
+
+/// Payloads up to this size are held in memory while being sealed; larger ones are spilled
+/// to a private temp file (deleted once sealed).
+const IN_MEMORY_PAYLOAD: usize = 8 * 1024 * 1024;
+
+type Shared = Arc<NodeState>;
+
+pub async fn serve(state: Arc<NodeState>, listener: TcpListener) {
+    let router = router(state.clone());
+    let mut shutdown = state.shutdown.clone();
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "local api stopped");
+    }
+}
+
+pub fn router(state: Arc<NodeState>) -> Router {
+    let cfg = &state.config.local_api;
+    let api = Router::new()
+        .route("/v1/transfers", post(post_transfer).get(list_transfers))
+        .route("/v1/transfers/{id}", get(get_transfer))
+        .route("/v1/transfers/{id}/cancel", post(cancel_transfer))
+        .route("/v1/inbox", get(list_inbox))
+        .route("/v1/inbox/{id}", get(get_inbox))
+        .route("/v1/inbox/{id}/payload", get(get_inbox_payload))
+        .route("/v1/inbox/{id}/ack", post(ack_inbox))
+        .route("/v1/audit", get(list_audit))
+        .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/consents", post(post_consent).get(list_consents))
+        .route("/v1/consents/import", post(import_consent))
+        .route("/v1/consents/{id}/revoke", post(revoke_consent))
+        .route("/v1/requests", post(post_request).get(list_requests))
+        .route("/v1/records/{patient}", put(put_record))
+        .route("/v1/policy/check", post(policy_check))
+        .route("/v1/policy/reload", post(policy_reload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(api)
+        // Outermost first: overload and timeouts become HTTP errors; shed instead of queueing
+        // past the concurrency limit; bound every request in time (uploads of large files included).
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .load_shed()
+                .concurrency_limit(cfg.max_concurrent)
+                .timeout(Duration::from_secs(3600)),
+        )
+        .with_state(state)
+}
+
+async fn overloaded(err: BoxError) -> (StatusCode, Json<serde_json::Value>) {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "gateway overloaded; retry later"})))
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        (StatusCode::REQUEST_TIMEOUT, Json(json!({"error": "request took too long"})))
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal error"})))
+    }
+}
+
+async fn require_token(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| gateway_envelope::sha256(t.trim().as_bytes()));
+    let ok = presented.is_some_and(|hash| {
+        state
+            .config
+            .local_api
+            .token_hashes
+            .iter()
+            .any(|t| ring_eq(&t.sha256, &hash))
+    });
+    if !ok {
+        return error(StatusCode::UNAUTHORIZED, "missing or unknown API token");
+    }
+    next.run(req).await
+}
+
+fn ring_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn parse_id(id: &str) -> Result<TransferId, Response> {
+    id.parse::<TransferId>()
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "transfer id must be 32 hex characters"))
+}
+
+fn parse_categories(list: Option<&str>) -> Result<BTreeSet<Category>, Response> {
+    let mut out = BTreeSet::new();
+    for c in list.unwrap_or("").split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        out.insert(c.parse::<Category>().map_err(|_| {
+            error(StatusCode::BAD_REQUEST, format!("unknown data category {c:?}; use hiv-sti, mental-health, substance-use, reproductive-health, genetic or general"))
+        })?);
+    }
+    Ok(out)
+}
+
+fn parse_purpose(p: &str) -> Result<Purpose, Response> {
+    p.parse::<Purpose>().map_err(|_| {
+        error(StatusCode::BAD_REQUEST, "unknown purpose; use treatment, payment, operations, research or public-health")
+    })
+}
+
+// ---- transfers --------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitQuery {
+    to: String,
+    patient: String,
+    purpose: String,
+    content_type: Option<String>,
+    categories: Option<String>,
+    clinician: Option<String>,
+    clinician_role: Option<String>,
+    break_glass_reason: Option<String>,
+}
+
+async fn post_transfer(State(state): State<Shared>, Query(q): Query<SubmitQuery>, body: AxumBody) -> Response {
+    let patient = match PatientRef::parse(&q.patient) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let purpose = match parse_purpose(&q.purpose) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let content_type = match ContentType::parse(q.content_type.as_deref().unwrap_or("fhir")) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let categories = match parse_categories(q.categories.as_deref()) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if q.break_glass_reason.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        return error(StatusCode::BAD_REQUEST, "break-glass needs a reason");
+    }
+    let payload = match read_payload(&state, body).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let req = SubmitRequest {
+        to: q.to,
+        patient,
+        purpose,
+        content_type,
+        categories,
+        clinician: q.clinician,
+        clinician_role: q.clinician_role,
+        break_glass_reason: q.break_glass_reason,
+        request_id: None,
+    };
+    match submit(&state, req, payload).await {
+        Ok(id) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "transfer_id": id.to_string(), "state": "queued" })),
+        )
+            .into_response(),
+        Err(SubmitError::Denied { reason, policy_ids }) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": format!("denied by policy: {reason}"), "policy_ids": policy_ids })),
+        )
+            .into_response(),
+        Err(e @ SubmitError::Local(_)) => {
+            tracing::error!(error = %e, "submit failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "local system error; nothing was queued")
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// Reads the request body, in memory when small, else into a 0600 temp file in the data dir,
+/// hashing as it goes; refuses bodies over the configured limit.
+async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Response> {
+    let max = state.config.local_api.max_body_bytes;
+    let mut stream = body.into_data_stream();
+    let mut mem = BytesMut::new();
+    let mut file: Option<(std::fs::File, std::path::PathBuf)> = None;
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut total: u64 = 0;
+    let local = |e: std::io::Error| {
+        tracing::error!(error = %e, "spilling an upload failed");
+        error(StatusCode::INTERNAL_SERVER_ERROR, "local system error while reading the upload")
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| error(StatusCode::BAD_REQUEST, "upload interrupted"))?;
+        total += chunk.len() as u64;
+        if total > max {
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {max} bytes")));
+        }
+        digest.update(&chunk);
+        if let Some((f, _)) = file.as_mut() {
+            tokio::task::block_in_place(|| f.write_all(&chunk)).map_err(local)?;
+        } else {
+            mem.extend_from_slice(&chunk);
+            if mem.len() > IN_MEMORY_PAYLOAD {
+                let dir = state.config.data_dir.join("uploads");
+                let (mut f, path) = tokio::task::block_in_place(|| new_private_file(&dir)).map_err(local)?;
+                tokio::task::block_in_place(|| f.write_all(&mem)).map_err(local)?;
+                mem.clear();
+                file = Some((f, path));
+            }
+        }
+    }
+    let digest: [u8; 32] = digest
+        .finish()
+        .as_ref()
+        .try_into()
+        .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "digest"))?;
+    Ok(match file {
+        Some((f, path)) => {
+            drop(f);
+            Payload::File { path, len: total, digest }
+        }
+        None => Payload::Memory(mem.freeze()),
+    })
+}
+
+fn new_private_file(dir: &std::path::Path) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let name = format!("upload-{}", TransferId::new_random());
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    Ok((file, path))
+}
+
+#[derive(Serialize)]
+pub struct TransferView {
+    pub transfer_id: String,
+    pub to: String,
+    pub state: String,
+    pub patient: String,
+    pub purpose: String,
+    pub content_type: String,
+    pub categories: Vec<String>,
+    pub clinician: Option<String>,
+    pub break_glass: bool,
+    pub payload_bytes: u64,
+    pub envelope_bytes: u64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub receipt_held: bool,
+    pub request_id: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl From<&OutboxEntry> for TransferView {
+    fn from(e: &OutboxEntry) -> Self {
+        TransferView {
+            transfer_id: TransferId(e.transfer_id).to_string(),
+            to: e.recipient.clone(),
+            state: e.state.to_string(),
+            patient: e.summary.patient_ref.clone(),
+            purpose: e.summary.purpose.clone(),
+            content_type: e.summary.content_type.clone(),
+            categories: e.summary.categories.clone(),
+            clinician: e.summary.clinician.clone(),
+            break_glass: e.summary.break_glass,
+            payload_bytes: e.payload_len,
+            envelope_bytes: e.envelope_len,
+            attempts: e.attempts,
+            last_error: e.last_error.clone(),
+            receipt_held: e.receipt.is_some(),
+            request_id: e.request_id.clone(),
+            created_ms: e.created_ms,
+            updated_ms: e.updated_ms,
+        }
+    }
+}
+
+async fn list_transfers(State(state): State<Shared>) -> Response {
+    match state.store.outbox_list() {
+        Ok(entries) => Json(entries.iter().map(TransferView::from).collect::<Vec<_>>()).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match state.store.outbox_get(&id.0) {
+        Ok(Some(e)) => Json(TransferView::from(&e)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no transfer {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn cancel_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match state.store.outbox_get(&id.0) {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no transfer {id}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    match delivery::cancel(&state, &id).await {
+        Ok(e) => Json(TransferView::from(&e)).into_response(),
+        Err(msg) => error(StatusCode::CONFLICT, msg),
+    }
+}
+
+// ---- inbox ------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct InboxView {
+    transfer_id: String,
+    from: String,
+    received_ms: u64,
+    payload_bytes: u64,
+    envelope_bytes: u64,
+    acknowledged: bool,
+}
+
+impl From<&InboxEntry> for InboxView {
+    fn from(e: &InboxEntry) -> Self {
+        InboxView {
+            transfer_id: TransferId(e.transfer_id).to_string(),
+            from: e.sender.clone(),
+            received_ms: e.received_ms,
+            payload_bytes: e.payload_len,
+            envelope_bytes: e.envelope_len,
+            acknowledged: e.acked_ms.is_some(),
+        }
+    }
+}
+
+async fn list_inbox(State(state): State<Shared>) -> Response {
+    match state.store.inbox_list() {
+        Ok(entries) => Json(entries.iter().map(InboxView::from).collect::<Vec<_>>()).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn fetch_error(e: FetchError) -> Response {
+    match e {
+        FetchError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match open_received(&state, id).await {
+        Ok((entry, meta, _rx)) => Json(json!({
+            "transfer_id": id.to_string(),
+            "from": entry.sender,
+            "received_ms": entry.received_ms,
+            "payload_bytes": entry.payload_len,
+            "acknowledged": entry.acked_ms.is_some(),
+            "content_type": meta.content_type,
+            "patient": meta.patient,
+            "purpose": meta.purpose,
+            "categories": meta.categories,
+            "clinician": meta.clinician,
+            "clinician_role": meta.clinician_role,
+            "break_glass_reason": meta.break_glass_reason,
+            "request_id": meta.request_id,
+        }))
+        .into_response(),
+        Err(e) => fetch_error(e),
+    }
+}
+
+async fn get_inbox_payload(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match open_received(&state, id).await {
+        Ok((entry, meta, rx)) => {
+            let mut rec = audit::record(event::FETCHED, "decrypted");
+            rec.transfer_id = Some(id.0);
+            rec.peer = Some(entry.sender.clone());
+            rec.patient_ref = Some(meta.patient.clone());
+            rec.purpose = Some(meta.purpose.clone());
+            let _ = audit::append(&state, rec);
+            let _ = state.store.commit().await;
+            let stream = tokio_stream_from(rx);
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, meta.content_type)
+                .header(header::CONTENT_LENGTH, entry.payload_len)
+                .body(AxumBody::from_stream(stream))
+                .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+        }
+        Err(e) => fetch_error(e),
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match state.store.inbox_ack(&id.0, now_ms()) {
+        Ok(entry) => {
+            let mut rec = audit::record(event::ACKED, "acknowledged");
+            rec.transfer_id = Some(id.0);
+            rec.peer = Some(entry.sender.clone());
+            let _ = audit::append(&state, rec);
+            let _ = state.store.commit().await;
+            Json(InboxView::from(&entry)).into_response()
+        }
+        Err(gateway_store::StoreError::NotFound { .. }) => error(StatusCode::NOT_FOUND, format!("no received transfer {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+// ---- audit ------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    patient: Option<String>,
+    transfer: Option<String>,
+    break_glass: Option<bool>,
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct AuditView {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub event: String,
+    pub transfer_id: Option<String>,
+    pub peer: Option<String>,
+    pub patient: Option<String>,
+    pub purpose: Option<String>,
+    pub clinician: Option<String>,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub policy_ids: Vec<String>,
+    pub break_glass: bool,
+    pub hash: String,
+}
+
+impl From<&AuditEntry> for AuditView {
+    fn from(e: &AuditEntry) -> Self {
+        let r = &e.record;
+        AuditView {
+            seq: e.seq,
+            time_ms: r.time_ms,
+            event: r.event.clone(),
+            transfer_id: r.transfer_id.map(|t| TransferId(t).to_string()),
+            peer: r.peer.clone(),
+            patient: r.patient_ref.clone(),
+            purpose: r.purpose.clone(),
+            clinician: r.clinician.clone(),
+            outcome: r.outcome.clone(),
+            reason: r.reason.clone(),
+            policy_ids: r.policy_ids.clone(),
+            break_glass: r.break_glass,
+            hash: hex::encode(e.hash),
+        }
+    }
+}
+
+async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>) -> Response {
+    let transfer_id = match q.transfer.as_deref().map(parse_id).transpose() {
+        Ok(t) => t.map(|t| t.0),
+        Err(r) => return r,
+    };
+    let filter = AuditFilter {
+        patient: q.patient,
+        transfer_id,
+        break_glass_only: q.break_glass.unwrap_or(false),
+        since_seq: q.since,
+        limit: q.limit,
+    };
+    match state.store.audit_list(&filter) {
+        Ok(entries) => Json(entries.iter().map(AuditView::from).collect::<Vec<_>>()).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn verify_audit(State(state): State<Shared>) -> Response {
+    match tokio::task::block_in_place(|| state.store.audit_verify()) {
+        Ok(n) => Json(json!({ "ok": true, "entries": n })).into_response(),
+        Err(e) => (StatusCode::CONFLICT, Json(json!({ "ok": false, "error": e.to_string() }))).into_response(),
+    }
+}
+
+// ---- consent ----------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentInput {
+    pub patient: String,
+    /// "permit" or "deny"
+    pub effect: String,
+    /// Facility ids, or ["all"].
+    pub facilities: Vec<String>,
+    pub purposes: Vec<String>,
+    #[serde(default)]
+    pub categories: Vec<String>,
+    pub valid_until: Option<i64>,
+    pub recorded_by: String,
+}
+
+async fn post_consent(State(state): State<Shared>, Json(input): Json<ConsentInput>) -> Response {
+    let directive = match directive_from_input(&input) {
+        Ok(d) => d,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    match store_directive(&state, &directive, "recorded").await {
+        Ok(()) => (StatusCode::CREATED, Json(json!({ "directive_id": directive.id }))).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+fn directive_from_input(input: &ConsentInput) -> Result<ConsentDirective, String> {
+    use policies::consent::{Effect, Scope};
+    PatientRef::parse(&input.patient).map_err(|e| e.to_string())?;
+    let effect = match input.effect.as_str() {
+        "permit" | "grant" => Effect::Permit,
+        "deny" => Effect::Deny,
+        _ => return Err("effect must be permit or deny".to_owned()),
+    };
+    let scope = if input.facilities.iter().any(|f| f == "all") {
+        Scope::AllFederation
+    } else if input.facilities.is_empty() {
+        return Err("name at least one facility, or all".to_owned());
+    } else {
+        for f in &input.facilities {
+            f.parse::<pki_tools::FacilityId>()
+                .map_err(|_| format!("{f:?} is not a facility id"))?;
+        }
+        Scope::Facilities(input.facilities.clone())
+    };
+    let purposes = input
+        .purposes
+        .iter()
+        .map(|p| p.parse::<Purpose>().map_err(|_| format!("unknown purpose {p:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let categories = input
+        .categories
+        .iter()
+        .map(|c| c.parse::<Category>().map_err(|_| format!("unknown data category {c:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ConsentDirective {
+        id: format!("cd-{}", TransferId::new_random()),
+        patient: input.patient.clone(),
+        effect,
+        scope,
+        purposes,
+        categories,
+        valid_from: Some(now_unix()),
+        valid_until: input.valid_until,
+        recorded_by: input.recorded_by.clone(),
+        recorded_at: now_unix(),
+        revoked_at: None,
+        source: None,
+        emergency_only: false,
+    })
+}
+
+async fn store_directive(state: &NodeState, d: &ConsentDirective, what: &str) -> Result<(), String> {
+    let bytes = serde_json::to_vec(d).map_err(|e| e.to_string())?;
+    state
+        .store
+        .consent_put(&d.patient, &d.id, &bytes)
+        .map_err(|e| e.to_string())?;
+    let mut rec = audit::record(event::CONSENT, what);
+    rec.patient_ref = Some(d.patient.clone());
+    rec.clinician = Some(d.recorded_by.clone());
+    rec.reason = Some(format!("directive {}", d.id));
+    audit::append(state, rec).map_err(|e| e.to_string())?;
+    state.store.commit().await.map_err(|e| e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatientQuery {
+    patient: String,
+}
+
+async fn list_consents(State(state): State<Shared>, Query(q): Query<PatientQuery>) -> Response {
+    match consent_directives(&state, &q.patient) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeInput {
+    recorded_by: Option<String>,
+}
+
+async fn revoke_consent(State(state): State<Shared>, Path(id): Path<String>, body: Option<Json<RevokeInput>>) -> Response {
+    let found = match state.store.consent_get(&id) {
+        Ok(Some((_, bytes))) => bytes,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no consent directive {id}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Ok(mut directive) = serde_json::from_slice::<ConsentDirective>(&found) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "stored directive unreadable");
+    };
+    if directive.revoked_at.is_some() {
+        return error(StatusCode::CONFLICT, format!("directive {id} is already revoked"));
+    }
+    directive.revoked_at = Some(now_unix());
+    if let Some(Json(RevokeInput { recorded_by: Some(by) })) = body {
+        directive.recorded_by = by;
+    }
+    match store_directive(&state, &directive, "revoked").await {
+        Ok(()) => Json(json!({ "directive_id": id, "revoked": true })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn import_consent(State(state): State<Shared>, body: Bytes) -> Response {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    match import_fhir_consent(&value, "fhir-import", now_unix()) {
+        Ok(directives) => {
+            let mut ids = Vec::new();
+            for d in &directives {
+                if let Err(e) = store_directive(&state, d, "imported").await {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+                }
+                ids.push(d.id.clone());
+            }
+            (StatusCode::CREATED, Json(json!({ "imported": ids }))).into_response()
+        }
+        Err(refusal) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("consent not imported: {}", refusal.reason)),
+    }
+}
+
+// ---- requests, records, policy -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestInput {
+    from: String,
+    patient: String,
+    purpose: String,
+    clinician: String,
+    clinician_role: Option<String>,
+    #[serde(default)]
+    categories: Vec<String>,
+    break_glass_reason: Option<String>,
+}
+
+async fn post_request(State(state): State<Shared>, Json(input): Json<RequestInput>) -> Response {
+    let patient = match PatientRef::parse(&input.patient) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let purpose = match parse_purpose(&input.purpose) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let categories = match parse_categories(Some(&input.categories.join(","))) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let req = NewRequest {
+        from: input.from,
+        patient,
+        purpose,
+        clinician: input.clinician,
+        clinician_role: input.clinician_role,
+        categories,
+        break_glass_reason: input.break_glass_reason,
+    };
+    match requests::send(&state, req).await {
+        Ok(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn list_requests(State(state): State<Shared>) -> Response {
+    match requests::list(&state) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordQuery {
+    content_type: Option<String>,
+}
+
+async fn put_record(
+    State(state): State<Shared>,
+    Path(patient): Path<String>,
+    Query(q): Query<RecordQuery>,
+    body: Bytes,
+) -> Response {
+    let patient_ref = match PatientRef::parse(&patient) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let content_type = match ContentType::parse(q.content_type.as_deref().unwrap_or("fhir")) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if let Err(e) = crate::record::check_record(&content_type, &patient_ref, &BTreeSet::new(), Some(&body)) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let source = StoreRecordSource::new(state.clone());
+    let record = SourceRecord { content_type, payload: body };
+    match tokio::task::block_in_place(|| source.put(patient_ref.reveal(), &record)) {
+        Ok(()) => {
+            let _ = state.store.commit().await;
+            (StatusCode::CREATED, Json(json!({ "stored": true }))).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCheckInput {
+    /// "send" (to the facility) or "receive"/"request" (from it).
+    pub direction: String,
+    pub facility: String,
+    pub patient: String,
+    pub purpose: String,
+    #[serde(default)]
+    pub categories: Vec<String>,
+    pub clinician_role: Option<String>,
+    #[serde(default)]
+    pub break_glass: bool,
+    pub content_type: Option<String>,
+}
+
+async fn policy_check(State(state): State<Shared>, Json(input): Json<PolicyCheckInput>) -> Response {
+    let trust = state.trust();
+    let Some(peer) = trust.peer_by_str(&input.facility) else {
+        return error(StatusCode::BAD_REQUEST, format!("facility {} is not in the federation directory", input.facility));
+    };
+    let purpose = match parse_purpose(&input.purpose) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let mut categories = match parse_categories(Some(&input.categories.join(","))) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if categories.is_empty() {
+        categories.insert(Category::General);
+    }
+    let action = match (input.direction.as_str(), input.break_glass) {
+        (_, true) => Action::BreakGlass,
+        ("send", false) => Action::Send,
+        ("receive", false) => Action::Receive,
+        ("request", false) => Action::Request,
+        _ => return error(StatusCode::BAD_REQUEST, "direction must be send, receive or request"),
+    };
+    let content_type = input.content_type.unwrap_or_else(|| "application/fhir+json".to_owned());
+    let decision = decide(
+        &state,
+        &Question {
+            action,
+            counterparty: &peer,
+            patient: &input.patient,
+            categories: &categories,
+            content_type: &content_type,
+            purpose,
+            clinician_role: input.clinician_role.as_deref(),
+            break_glass: input.break_glass,
+        },
+    );
+    Json(json!({
+        "allowed": decision.allowed,
+        "decision": if decision.allowed { "permit" } else { "deny" },
+        "policy_ids": decision.policy_ids,
+        "reason": decision.reason,
+        "errors": decision.errors,
+        "categories": categories.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+async fn policy_reload(State(state): State<Shared>) -> Response {
+    match state.policy.reload_now() {
+        Ok(()) => Json(json!({ "reloaded": true, "policy_ids": state.policy.engine().policy_ids() })).into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("policy set refused, previous set stays active: {e}")),
+    }
+}

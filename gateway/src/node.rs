@@ -1,0 +1,172 @@
+//! A running node: loads config, keys, trust and store, binds both listeners and runs the peer
+//! server, the local API, the delivery scheduler and the reload loop until shutdown.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use gateway_envelope::TransferId;
+use gateway_store::Store;
+
+use crate::access::PolicyHandle;
+use crate::config::NodeConfig;
+use crate::identity::NodeIdentity;
+use crate::transport::PeerClients;
+use crate::trust::{Trust, TrustHandle};
+use crate::{delivery, local_api, peer_api};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
+    #[error("store {path}: {source}")]
+    Store {
+        path: String,
+        source: gateway_store::StoreError,
+    },
+    #[error("policy: {0}")]
+    Policy(String),
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Everything the node's tasks share.
+pub struct NodeState {
+    pub config: Arc<NodeConfig>,
+    pub identity: Arc<NodeIdentity>,
+    pub trust: TrustHandle,
+    pub store: Store,
+    pub policy: PolicyHandle,
+    pub clients: PeerClients,
+    /// Wakes the delivery scheduler when a transfer is queued.
+    pub wake: Notify,
+    /// Transfers a delivery task currently owns, so the scheduler never starts two.
+    pub inflight: Mutex<HashSet<[u8; 16]>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl NodeState {
+    pub fn me(&self) -> &pki_tools::FacilityId {
+        &self.config.facility_id
+    }
+
+    pub fn trust(&self) -> Arc<Trust> {
+        self.trust.current()
+    }
+
+    pub fn mark_inflight(&self, id: &TransferId) -> bool {
+        match self.inflight.lock() {
+            Ok(mut set) => set.insert(id.0),
+            Err(poisoned) => poisoned.into_inner().insert(id.0),
+        }
+    }
+
+    pub fn clear_inflight(&self, id: &TransferId) {
+        match self.inflight.lock() {
+            Ok(mut set) => set.remove(&id.0),
+            Err(poisoned) => poisoned.into_inner().remove(&id.0),
+        };
+    }
+}
+
+/// Loads everything a node needs, refusing to start on any problem.
+pub fn load_state(
+    config: NodeConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<NodeState>, StartError> {
+    let config = Arc::new(config);
+    let identity = Arc::new(NodeIdentity::load(&config)?);
+    let trust = TrustHandle::new(Trust::load(&config, &identity, None)?, config.clone());
+    let policy = PolicyHandle::load(config.policy.dir.clone()).map_err(StartError::Policy)?;
+    let store = Store::open(&config.data_dir).map_err(|source| StartError::Store {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let clients = PeerClients::new(
+        trust.clone(),
+        Duration::from_millis(config.delivery.connect_timeout_ms),
+    );
+    Ok(Arc::new(NodeState {
+        config,
+        identity,
+        trust,
+        store,
+        policy,
+        clients,
+        wake: Notify::new(),
+        inflight: Mutex::new(HashSet::new()),
+        shutdown,
+    }))
+}
+
+/// Binds both listeners from the config.
+pub async fn bind(config: &NodeConfig) -> Result<(TcpListener, TcpListener), StartError> {
+    let bind = |addr: std::net::SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+    };
+    Ok((bind(config.peer.listen).await?, bind(config.local_api.listen).await?))
+}
+
+/// Runs the node on already-bound listeners until `shutdown` resolves, then drains.
+pub async fn run(
+    state: Arc<NodeState>,
+    peer_listener: TcpListener,
+    local_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    stop: watch::Sender<bool>,
+) {
+    delivery::recover_after_restart(&state);
+    let peer = tokio::spawn(peer_api::serve(state.clone(), peer_listener));
+    let local = tokio::spawn(local_api::serve(state.clone(), local_listener));
+    let scheduler = tokio::spawn(delivery::run_scheduler(state.clone()));
+    let reload = tokio::spawn(reload_loop(state.clone()));
+    tracing::info!(facility = %state.me(), "node started");
+
+    shutdown.await;
+    tracing::info!(facility = %state.me(), "node stopping");
+    let _ = stop.send(true);
+    state.wake.notify_waiters();
+    // Give in-flight transfers a grace period; anything unfinished stays queued on disk.
+    let grace = Duration::from_secs(10);
+    let _ = tokio::time::timeout(grace, async {
+        let _ = scheduler.await;
+        let _ = peer.await;
+        let _ = local.await;
+    })
+    .await;
+    reload.abort();
+    if let Err(e) = state.store.commit().await {
+        tracing::error!(error = %e, "final commit failed");
+    }
+}
+
+/// Picks up a new directory, CRL, certificate or policy set without a restart. A bad new
+/// version is refused and the current one stays in force.
+async fn reload_loop(state: Arc<NodeState>) {
+    let period = Duration::from_secs(state.config.federation.reload_interval_secs);
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
+        match state.trust.reload_if_changed(&state.identity) {
+            Ok(true) => tracing::info!(version = state.trust().directory.version, "federation trust reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "federation trust reload refused; keeping the current view"),
+        }
+        state.policy.reload_if_changed();
+    }
+}

@@ -1,0 +1,323 @@
+//! Submitting a record: check it, authorize it, seal it to the recipient, queue it durably.
+//! The local API answers 202 only after the sealed envelope, the outbox entry and the audit
+//! entries are committed to disk.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use gateway_envelope::{
+    EncryptionPublicKey, SealParams, Sealer, Suite, TransferId, DEFAULT_CHUNK_SIZE,
+};
+use gateway_store::{OutboxEntry, SpoolKind, TransferState, TransferSummary};
+use policies::{Action, Category, Purpose};
+
+use crate::access::{decide, Question};
+use crate::audit::{self, event};
+use crate::identity::NodeIdentity;
+use crate::node::NodeState;
+use crate::record::{check_record, ContentType, PatientRef, RecordError, RecordMetadata, METADATA_VERSION};
+use crate::trust::now_ms;
+
+/// FHIR bundles are read whole to classify them; larger ones are refused rather than skipped.
+pub const MAX_FHIR_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A record as the local system submits it.
+pub struct SubmitRequest {
+    pub to: String,
+    pub patient: PatientRef,
+    pub purpose: Purpose,
+    pub content_type: ContentType,
+    pub categories: BTreeSet<Category>,
+    pub clinician: Option<String>,
+    pub clinician_role: Option<String>,
+    pub break_glass_reason: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// The payload: small ones in memory, large ones spilled to a private temp file by the API
+/// (deleted once sealed).
+pub enum Payload {
+    Memory(Bytes),
+    File {
+        path: PathBuf,
+        len: u64,
+        digest: [u8; 32],
+    },
+}
+
+impl Payload {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Memory(b) => b.len() as u64,
+            Payload::File { len, .. } => *len,
+        }
+    }
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        if let Payload::File { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("recipient {0} is not in the federation directory")]
+    UnknownRecipient(String),
+    #[error("recipient {0} is not active in the federation directory")]
+    InactiveRecipient(String),
+    #[error("a node cannot send to its own facility")]
+    SelfAddressed,
+    #[error("{0}")]
+    Record(#[from] RecordError),
+    #[error("FHIR bundles over {MAX_FHIR_BUNDLE_BYTES} bytes are refused")]
+    BundleTooLarge,
+    #[error("denied by policy: {reason}")]
+    Denied {
+        reason: String,
+        policy_ids: Vec<String>,
+    },
+    #[error("local system: {0}")]
+    Local(String),
+}
+
+impl SubmitError {
+    fn local(e: impl std::fmt::Display) -> SubmitError {
+        SubmitError::Local(e.to_string())
+    }
+}
+
+pub async fn submit(
+    state: &Arc<NodeState>,
+    req: SubmitRequest,
+    payload: Payload,
+) -> Result<TransferId, SubmitError> {
+    let trust = state.trust();
+    let peer = trust
+        .peer_by_str(&req.to)
+        .ok_or_else(|| SubmitError::UnknownRecipient(req.to.clone()))?;
+    if !peer.active {
+        return Err(SubmitError::InactiveRecipient(req.to.clone()));
+    }
+    if &peer.id == state.me() {
+        return Err(SubmitError::SelfAddressed);
+    }
+
+    let checked = match (&req.content_type, &payload) {
+        (ContentType::FhirBundle, Payload::Memory(bytes)) => {
+            check_record(&req.content_type, &req.patient, &req.categories, Some(bytes))?
+        }
+        (ContentType::FhirBundle, Payload::File { path, len, .. }) => {
+            if *len > MAX_FHIR_BUNDLE_BYTES {
+                return Err(SubmitError::BundleTooLarge);
+            }
+            let bytes = std::fs::read(path).map_err(SubmitError::local)?;
+            check_record(&req.content_type, &req.patient, &req.categories, Some(&bytes))?
+        }
+        _ => check_record(&req.content_type, &req.patient, &req.categories, None)?,
+    };
+    let categories = checked.categories;
+    let break_glass = req.break_glass_reason.is_some();
+    let transfer_id = TransferId::new_random();
+
+    let decision = decide(
+        state,
+        &Question {
+            action: if break_glass { Action::BreakGlass } else { Action::Send },
+            counterparty: &peer,
+            patient: req.patient.reveal(),
+            categories: &categories,
+            content_type: req.content_type.mime(),
+            purpose: req.purpose,
+            clinician_role: req.clinician_role.as_deref(),
+            break_glass,
+        },
+    );
+    let summary = TransferSummary {
+        patient_ref: req.patient.reveal().to_owned(),
+        purpose: req.purpose.to_string(),
+        clinician: req.clinician.clone(),
+        content_type: req.content_type.mime().to_owned(),
+        categories: categories.iter().map(ToString::to_string).collect(),
+        break_glass,
+    };
+    let mut rec = audit::record(
+        event::DECISION,
+        if decision.allowed { "permit" } else { "deny" },
+    );
+    rec.transfer_id = Some(transfer_id.0);
+    rec.peer = Some(peer.id.to_string());
+    rec.patient_ref = Some(summary.patient_ref.clone());
+    rec.purpose = Some(summary.purpose.clone());
+    rec.clinician = summary.clinician.clone();
+    rec.policy_ids = decision.policy_ids.clone();
+    rec.break_glass = break_glass;
+    rec.reason = Some(decision_reason(&decision, "send", req.break_glass_reason.as_deref()));
+    audit::append(state, rec.clone()).map_err(SubmitError::local)?;
+    if !decision.allowed {
+        state.store.commit().await.map_err(SubmitError::local)?;
+        return Err(SubmitError::Denied {
+            reason: decision.reason,
+            policy_ids: decision.policy_ids,
+        });
+    }
+
+    let metadata = RecordMetadata {
+        version: METADATA_VERSION,
+        content_type: req.content_type.mime().to_owned(),
+        patient: req.patient.reveal().to_owned(),
+        purpose: req.purpose.to_string(),
+        categories: summary.categories.clone(),
+        clinician: req.clinician.clone(),
+        clinician_role: req.clinician_role.clone(),
+        break_glass_reason: req.break_glass_reason.clone(),
+        request_id: req.request_id.clone(),
+    };
+    let payload_len = payload.len();
+    let sealed = {
+        let state = state.clone();
+        let recipient = peer.id.to_string();
+        let key = peer.encryption_key;
+        tokio::task::spawn_blocking(move || {
+            seal_to_spool(&state, transfer_id, &recipient, key, &metadata.encode(), payload)
+        })
+        .await
+        .map_err(SubmitError::local)??
+    };
+
+    let now = now_ms();
+    let entry = OutboxEntry {
+        transfer_id: transfer_id.0,
+        recipient: peer.id.to_string(),
+        state: TransferState::Queued,
+        created_ms: now,
+        updated_ms: now,
+        attempts: 0,
+        next_attempt_ms: now,
+        last_error: None,
+        envelope_len: sealed.envelope_len,
+        payload_len,
+        payload_digest: sealed.payload_digest,
+        receipt: None,
+        summary,
+        request_id: req.request_id,
+    };
+    state.store.outbox_insert(&entry).map_err(SubmitError::local)?;
+    rec.event = event::SUBMITTED.to_owned();
+    rec.outcome = "queued".to_owned();
+    rec.reason = None;
+    rec.time_ms = now_ms();
+    audit::append(state, rec).map_err(SubmitError::local)?;
+    state.store.commit().await.map_err(SubmitError::local)?;
+    state.wake.notify_one();
+    tracing::info!(transfer = %transfer_id, peer = %peer.id, bytes = payload_len, "transfer queued");
+    Ok(transfer_id)
+}
+
+/// The audit reason of a decision: what was asked, and why it was refused if it was.
+pub fn decision_reason(
+    decision: &policies::Decision,
+    what: &str,
+    break_glass_reason: Option<&str>,
+) -> String {
+    let mut reason = if decision.allowed {
+        format!("{what} permitted")
+    } else {
+        format!("{what} denied: {}", decision.reason)
+    };
+    if !decision.errors.is_empty() {
+        reason.push_str(&format!("; evaluation errors: {}", decision.errors.join(" | ")));
+    }
+    if let Some(why) = break_glass_reason {
+        reason.push_str(&format!("; break-glass: {why}"));
+    }
+    reason
+}
+
+struct Sealed {
+    envelope_len: u64,
+    payload_digest: [u8; 32],
+}
+
+/// Seals the payload into the outbox spool file, chunk by chunk (bounded memory for any size).
+fn seal_to_spool(
+    state: &NodeState,
+    transfer_id: TransferId,
+    recipient: &str,
+    key: EncryptionPublicKey,
+    metadata: &[u8],
+    payload: Payload,
+) -> Result<Sealed, SubmitError> {
+    let identity: &NodeIdentity = &state.identity;
+    let (payload_len, payload_digest) = match &payload {
+        Payload::Memory(b) => (b.len() as u64, gateway_envelope::sha256(b)),
+        Payload::File { len, digest, .. } => (*len, *digest),
+    };
+    let params = SealParams {
+        transfer_id,
+        sender: state.me().as_str(),
+        recipient,
+        created_at_ms: now_ms(),
+        payload_len,
+        payload_digest,
+        suite: Suite::Aes256Gcm,
+        chunk_size: DEFAULT_CHUNK_SIZE,
+    };
+    let (mut sealer, prefix) =
+        Sealer::start(&params, metadata, &key, &identity.signing).map_err(SubmitError::local)?;
+    let mut writer = state
+        .store
+        .spool_writer(&transfer_id.0, SpoolKind::Outbox)
+        .map_err(SubmitError::local)?;
+    let mut written = prefix.len() as u64;
+    writer.write(&prefix).map_err(SubmitError::local)?;
+    let chunk = DEFAULT_CHUNK_SIZE as usize;
+    match &payload {
+        Payload::Memory(bytes) => {
+            let mut chunks = bytes.chunks(chunk).peekable();
+            if chunks.peek().is_none() {
+                let frame = sealer.seal_chunk(&[], true).map_err(SubmitError::local)?;
+                written += frame.len() as u64;
+                writer.write(&frame).map_err(SubmitError::local)?;
+            }
+            while let Some(part) = chunks.next() {
+                let frame = sealer
+                    .seal_chunk(part, chunks.peek().is_none())
+                    .map_err(SubmitError::local)?;
+                written += frame.len() as u64;
+                writer.write(&frame).map_err(SubmitError::local)?;
+            }
+        }
+        Payload::File { path, len, .. } => {
+            let mut file = std::fs::File::open(path).map_err(SubmitError::local)?;
+            let mut remaining = *len;
+            let mut buf = vec![0u8; chunk];
+            loop {
+                let want = remaining.min(chunk as u64) as usize;
+                let part = buf.get_mut(..want).ok_or_else(|| SubmitError::local("chunk"))?;
+                file.read_exact(part).map_err(SubmitError::local)?;
+                remaining -= want as u64;
+                let frame = sealer
+                    .seal_chunk(part, remaining == 0)
+                    .map_err(SubmitError::local)?;
+                written += frame.len() as u64;
+                writer.write(&frame).map_err(SubmitError::local)?;
+                if remaining == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    writer.finish().map_err(SubmitError::local)?;
+    drop(payload);
+    Ok(Sealed {
+        envelope_len: written,
+        payload_digest,
+    })
+}

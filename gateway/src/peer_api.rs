@@ -1,0 +1,132 @@
+//! The peer listener: TLS 1.3 with a required client certificate, HTTP/2, and the routes peers
+//! may call. Every connection is identified from its certificate before any request is read;
+//! refusals that reach the node are audited.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{BoxError, ServiceBuilder};
+
+use crate::audit::{self, event};
+use crate::delivery::ENVELOPE_PATH;
+use crate::inbox::{self, text_response, PeerResponse};
+use crate::node::NodeState;
+use crate::requests::REQUEST_PATH;
+use crate::transport::{identify, PeerIdentity, CONNECTION_WINDOW, STREAM_WINDOW};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(state: Arc<NodeState>, listener: TcpListener) {
+    // One semaphore for the whole listener, so the limit holds across connections.
+    let limit = Arc::new(Semaphore::new(state.config.peer.max_concurrent));
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(connection(state.clone(), tcp, limit.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(state: Arc<NodeState>, tcp: TcpStream, limit: Arc<Semaphore>) {
+    let trust = state.trust();
+    let acceptor = TlsAcceptor::from(trust.server.clone());
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            audit_refused_connection(&state, None, format!("tls handshake refused: {e}")).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let identity = match identify(tls.get_ref().1.peer_certificates(), &trust) {
+        Ok(identity) => identity,
+        Err(rejection) => {
+            audit_refused_connection(
+                &state,
+                rejection.claimed_facility().map(str::to_owned),
+                format!("peer identity refused: {rejection}"),
+            )
+            .await;
+            return;
+        }
+    };
+    drop(trust);
+    tracing::debug!(peer = %identity.facility, fingerprint = %hex::encode(identity.fingerprint), "peer connected");
+
+    let timeout = Duration::from_secs(state.config.peer.request_timeout_secs);
+    let svc_state = state.clone();
+    // Layer order, outermost first: errors from the inner layers become HTTP responses; shed
+    // load instead of queueing when the listener-wide limit is reached; bound each request in time.
+    let service = ServiceBuilder::new()
+        .map_result(overload_to_response)
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(limit))
+        .timeout(timeout)
+        .service_fn(move |req: Request<Incoming>| {
+            let state = svc_state.clone();
+            let identity = identity.clone();
+            async move { Ok::<_, Infallible>(route(&state, &identity, req).await) }
+        });
+    let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(256 * 1024)
+        .max_concurrent_streams(1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "peer connection ended with an error");
+    }
+}
+
+fn overload_to_response(result: Result<PeerResponse, BoxError>) -> Result<PeerResponse, Infallible> {
+    Ok(match result {
+        Ok(resp) => resp,
+        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => {
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "receiver overloaded; retry later")
+        }
+        Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
+            text_response(StatusCode::REQUEST_TIMEOUT, "request took too long")
+        }
+        Err(_) => text_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    })
+}
+
+async fn route(state: &Arc<NodeState>, peer: &PeerIdentity, req: Request<Incoming>) -> PeerResponse {
+    match (req.method().as_str(), req.uri().path()) {
+        ("POST", ENVELOPE_PATH) => inbox::receive(state, peer, req).await,
+        ("POST", REQUEST_PATH) => crate::requests::incoming(state, peer, req).await,
+        _ => text_response(StatusCode::NOT_FOUND, "no such peer route"),
+    }
+}
+
+async fn audit_refused_connection(state: &NodeState, claimed: Option<String>, reason: String) {
+    tracing::warn!(reason = %reason, "peer connection refused");
+    let mut rec = audit::record(event::REJECTED, "connection-refused");
+    rec.peer = claimed;
+    rec.reason = Some(reason);
+    let _ = audit::append(state, rec);
+    let _ = state.store.commit().await;
+}

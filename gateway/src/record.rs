@@ -1,0 +1,210 @@
+//! What a transfer carries besides its payload: the record's metadata, sealed inside the envelope.
+//!
+//! `RecordMetadata` is the only wire type here (postcard, versioned). Patient identifiers and
+//! clinician ids live in it, so it never derives a revealing `Debug`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use policies::classify::{classify_fhir_bundle, BundleFacts};
+use policies::{Category, Purpose};
+
+pub const METADATA_VERSION: u8 = 1;
+
+/// The content types a record may have. Anything else travels as `other` with its MIME type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentType {
+    FhirBundle,
+    Ccda,
+    Pdf,
+    Dicom,
+    Other(String),
+}
+
+impl ContentType {
+    pub fn parse(s: &str) -> Result<ContentType, RecordError> {
+        let lower = s.trim().to_ascii_lowercase();
+        Ok(match lower.as_str() {
+            "fhir" | "application/fhir+json" | "application/json+fhir" => ContentType::FhirBundle,
+            "ccda" | "cda" | "application/cda+xml" | "application/hl7-cda+xml" => ContentType::Ccda,
+            "pdf" | "application/pdf" => ContentType::Pdf,
+            "dicom" | "application/dicom" => ContentType::Dicom,
+            other => {
+                let valid = other.contains('/')
+                    && other.len() <= 127
+                    && other
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/+-.;=_ ".contains(&b));
+                if !valid {
+                    return Err(RecordError::ContentType);
+                }
+                ContentType::Other(other.to_owned())
+            }
+        })
+    }
+
+    pub fn mime(&self) -> &str {
+        match self {
+            ContentType::FhirBundle => "application/fhir+json",
+            ContentType::Ccda => "application/cda+xml",
+            ContentType::Pdf => "application/pdf",
+            ContentType::Dicom => "application/dicom",
+            ContentType::Other(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for ContentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.mime())
+    }
+}
+
+/// A patient identifier as the local EMR knows it. Redacted in `Debug`/`Display`: reveal it
+/// only where it must be stored or compared.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PatientRef(String);
+
+impl PatientRef {
+    pub fn parse(s: &str) -> Result<PatientRef, RecordError> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes().all(|b| b.is_ascii_graphic())
+            && !s.contains(['"', '\\']);
+        if ok {
+            Ok(PatientRef(s.to_owned()))
+        } else {
+            Err(RecordError::Patient)
+        }
+    }
+
+    /// The identifier itself; callers store or compare it, never log it.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PatientRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PatientRef(<redacted>)")
+    }
+}
+
+/// Metadata sealed inside the envelope (frame 0). Serialized with postcard.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RecordMetadata {
+    pub version: u8,
+    pub content_type: String,
+    pub patient: String,
+    pub purpose: String,
+    pub categories: Vec<String>,
+    pub clinician: Option<String>,
+    pub clinician_role: Option<String>,
+    pub break_glass_reason: Option<String>,
+    /// Set when this transfer answers a pull request from the recipient.
+    pub request_id: Option<String>,
+}
+
+impl fmt::Debug for RecordMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordMetadata")
+            .field("content_type", &self.content_type)
+            .field("purpose", &self.purpose)
+            .field("categories", &self.categories)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordMetadata {
+    pub fn encode(&self) -> Vec<u8> {
+        // postcard cannot fail on this plain struct except on allocation failure.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RecordMetadata, RecordError> {
+        let meta: RecordMetadata =
+            postcard::from_bytes(bytes).map_err(|_| RecordError::MetadataEncoding)?;
+        if meta.version != METADATA_VERSION {
+            return Err(RecordError::MetadataVersion(meta.version));
+        }
+        Ok(meta)
+    }
+
+    pub fn categories(&self) -> Result<BTreeSet<Category>, RecordError> {
+        self.categories
+            .iter()
+            .map(|c| c.parse::<Category>().map_err(|_| RecordError::Category))
+            .collect()
+    }
+
+    pub fn purpose(&self) -> Result<Purpose, RecordError> {
+        self.purpose.parse().map_err(|_| RecordError::Purpose)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("content type not recognised (use fhir, ccda, pdf, dicom or a MIME type)")]
+    ContentType,
+    #[error("patient identifier must be 1-128 printable ASCII characters")]
+    Patient,
+    #[error("unknown data category (use hiv-sti, mental-health, substance-use, reproductive-health, genetic or general)")]
+    Category,
+    #[error("unknown purpose of use (use treatment, payment, operations, research or public-health)")]
+    Purpose,
+    #[error("the payload is not a FHIR R4 Bundle: {0}")]
+    NotABundle(String),
+    #[error("the declared patient does not match the bundle's Patient resource")]
+    PatientMismatch,
+    #[error("the bundle holds records of {0} patients; send one patient's records per transfer")]
+    MultiplePatients(usize),
+    #[error("record metadata is not valid postcard")]
+    MetadataEncoding,
+    #[error("record metadata version {0} is not supported")]
+    MetadataVersion(u8),
+}
+
+/// What the gateway concluded from reading a FHIR bundle itself.
+pub struct CheckedRecord {
+    /// Declared categories united with the ones derived from the bundle's codes: the stricter wins.
+    pub categories: BTreeSet<Category>,
+    pub derived: Option<BundleFacts>,
+}
+
+/// Checks the sender's metadata against the payload. For FHIR bundles the gateway reads the
+/// patient and codes itself and refuses metadata that contradicts the bundle.
+pub fn check_record(
+    content_type: &ContentType,
+    patient: &PatientRef,
+    declared: &BTreeSet<Category>,
+    payload: Option<&[u8]>,
+) -> Result<CheckedRecord, RecordError> {
+    let mut categories = declared.clone();
+    let derived = match (content_type, payload) {
+        (ContentType::FhirBundle, Some(bytes)) => {
+            let facts = classify_fhir_bundle(bytes)
+                .map_err(|e| RecordError::NotABundle(e.to_string()))?;
+            if facts.patient_ids.len() > 1 && !facts.patient_ids.contains(patient.reveal()) {
+                return Err(RecordError::MultiplePatients(facts.patient_ids.len()));
+            }
+            if !facts.patient_ids.is_empty() && !facts.patient_ids.contains(patient.reveal()) {
+                return Err(RecordError::PatientMismatch);
+            }
+            categories.extend(facts.categories.iter().copied());
+            Some(facts)
+        }
+        _ => None,
+    };
+    if categories.len() > 1 {
+        categories.remove(&Category::General);
+    }
+    if categories.is_empty() {
+        categories.insert(Category::General);
+    }
+    Ok(CheckedRecord {
+        categories,
+        derived,
+    })
+}

@@ -1,0 +1,402 @@
+//! Doctor-initiated record requests (pull).
+//!
+//! The requesting node sends a signed request over mTLS; the holding node checks the signature
+//! and the TLS identity agree, authorizes the request (policy + consent), takes the record from
+//! its record source and sends it back as a normal transfer tagged with the request id. A denial
+//! comes back at once with a reason the doctor can act on, without protected details.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use gateway_envelope::{sign_message, verify_message, TransferId};
+use policies::{Action, Category, Purpose};
+
+use crate::access::{decide, Question};
+use crate::audit::{self, event};
+use crate::inbox::{text_response, PeerResponse};
+use crate::node::NodeState;
+use crate::outbox::{decision_reason, submit, Payload, SubmitRequest};
+use crate::record::{check_record, PatientRef};
+use crate::records::{RecordSource, StoreRecordSource};
+use crate::transport::{Body, PeerIdentity};
+use crate::trust::now_ms;
+
+pub const REQUEST_PATH: &str = "/v1/requests";
+const REQUEST_DOMAIN: &str = "healthfed/record-request/1";
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// A pull request not answered by a transfer within this time is shown as expired.
+const REQUEST_LIFETIME_MS: u64 = 24 * 3600 * 1000;
+
+/// The signed body of a request (postcard inside `sign_message`).
+#[derive(Serialize, Deserialize, Clone)]
+struct WireRequest {
+    request_id: String,
+    requester: String,
+    holder: String,
+    patient: String,
+    purpose: String,
+    categories: Vec<String>,
+    clinician: String,
+    clinician_role: Option<String>,
+    break_glass_reason: Option<String>,
+    created_at_ms: u64,
+}
+
+/// The holder's answer.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct WireAnswer {
+    pub status: String,
+    pub reason: Option<String>,
+    pub transfer_id: Option<String>,
+}
+
+/// A request as the requesting doctor sees it (`gateway requests`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RequestView {
+    pub id: String,
+    pub from: String,
+    pub patient: String,
+    pub purpose: String,
+    pub clinician: String,
+    pub break_glass: bool,
+    /// pending, fulfilled, denied, failed, expired
+    pub state: String,
+    pub reason: Option<String>,
+    pub transfer_id: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+pub struct NewRequest {
+    pub from: String,
+    pub patient: PatientRef,
+    pub purpose: Purpose,
+    pub clinician: String,
+    pub clinician_role: Option<String>,
+    pub categories: BTreeSet<Category>,
+    pub break_glass_reason: Option<String>,
+}
+
+fn store_key(id: &str) -> String {
+    format!("out:{id}")
+}
+
+fn save(state: &NodeState, view: &RequestView) -> Result<(), String> {
+    let bytes = serde_json::to_vec(view).map_err(|e| e.to_string())?;
+    state
+        .store
+        .request_put(&store_key(&view.id), &bytes)
+        .map_err(|e| e.to_string())
+}
+
+pub fn list(state: &NodeState) -> Result<Vec<RequestView>, String> {
+    let now = now_ms();
+    let mut out: Vec<RequestView> = state
+        .store
+        .request_list()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("out:"))
+        .filter_map(|(_, v)| serde_json::from_slice::<RequestView>(&v).ok())
+        .map(|mut v| {
+            if v.state == "pending" && now.saturating_sub(v.created_ms) > REQUEST_LIFETIME_MS {
+                v.state = "expired".to_owned();
+            }
+            v
+        })
+        .collect();
+    out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+    Ok(out)
+}
+
+/// Called by the inbox when a transfer answering one of our requests arrives.
+pub fn mark_fulfilled(state: &NodeState, request_id: &str, transfer: TransferId) {
+    let Ok(Some(bytes)) = state.store.request_get(&store_key(request_id)) else {
+        return;
+    };
+    let Ok(mut view) = serde_json::from_slice::<RequestView>(&bytes) else {
+        return;
+    };
+    view.state = "fulfilled".to_owned();
+    view.transfer_id = Some(transfer.to_string());
+    view.reason = None;
+    view.updated_ms = now_ms();
+    let _ = save(state, &view);
+}
+
+/// Sends a request to the holding facility and records the answer.
+pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView, String> {
+    let trust = state.trust();
+    let holder = trust
+        .peer_by_str(&req.from)
+        .filter(|p| p.active)
+        .ok_or_else(|| format!("facility {} is not active in the federation directory", req.from))?;
+    let id = TransferId::new_random().to_string();
+    let now = now_ms();
+    let wire = WireRequest {
+        request_id: id.clone(),
+        requester: state.me().to_string(),
+        holder: holder.id.to_string(),
+        patient: req.patient.reveal().to_owned(),
+        purpose: req.purpose.to_string(),
+        categories: req.categories.iter().map(ToString::to_string).collect(),
+        clinician: req.clinician.clone(),
+        clinician_role: req.clinician_role.clone(),
+        break_glass_reason: req.break_glass_reason.clone(),
+        created_at_ms: now,
+    };
+    let mut view = RequestView {
+        id: id.clone(),
+        from: holder.id.to_string(),
+        patient: wire.patient.clone(),
+        purpose: wire.purpose.clone(),
+        clinician: wire.clinician.clone(),
+        break_glass: wire.break_glass_reason.is_some(),
+        state: "pending".to_owned(),
+        reason: None,
+        transfer_id: None,
+        created_ms: now,
+        updated_ms: now,
+    };
+    save(state, &view)?;
+    let mut rec = audit::record(event::REQUEST_SENT, "sent");
+    rec.peer = Some(holder.id.to_string());
+    rec.patient_ref = Some(wire.patient.clone());
+    rec.purpose = Some(wire.purpose.clone());
+    rec.clinician = Some(wire.clinician.clone());
+    rec.break_glass = view.break_glass;
+    rec.reason = Some(format!("request {id}"));
+    audit::append(state, rec).map_err(|e| e.to_string())?;
+    state.store.commit().await.map_err(|e| e.to_string())?;
+
+    let body = postcard::to_allocvec(&wire).map_err(|e| e.to_string())?;
+    let signed = sign_message(&state.identity.signing, REQUEST_DOMAIN, &body);
+    let answer = post_request(state, &holder, signed).await;
+    view.updated_ms = now_ms();
+    match answer {
+        Ok((status, answer)) => {
+            view.reason = answer.reason.clone();
+            view.transfer_id = answer.transfer_id.clone();
+            view.state = match (status, answer.status.as_str()) {
+                (StatusCode::ACCEPTED, _) => {
+                    // The record may already have arrived (the transfer races this answer).
+                    match state.store.request_get(&store_key(&id)) {
+                        Ok(Some(b)) => serde_json::from_slice::<RequestView>(&b)
+                            .map(|v| v.state)
+                            .unwrap_or_else(|_| "pending".to_owned()),
+                        _ => "pending".to_owned(),
+                    }
+                }
+                (_, "denied") => "denied".to_owned(),
+                _ => "failed".to_owned(),
+            };
+        }
+        Err(e) => {
+            view.state = "failed".to_owned();
+            view.reason = Some(e);
+        }
+    }
+    save(state, &view)?;
+    let mut rec = audit::record(event::REQUEST_ANSWERED, &view.state);
+    rec.peer = Some(holder.id.to_string());
+    rec.patient_ref = Some(view.patient.clone());
+    rec.purpose = Some(view.purpose.clone());
+    rec.clinician = Some(view.clinician.clone());
+    rec.break_glass = view.break_glass;
+    rec.reason = Some(format!(
+        "request {id}: {}",
+        view.reason.clone().unwrap_or_else(|| "accepted".to_owned())
+    ));
+    audit::append(state, rec).map_err(|e| e.to_string())?;
+    state.store.commit().await.map_err(|e| e.to_string())?;
+    Ok(view)
+}
+
+async fn post_request(
+    state: &NodeState,
+    holder: &crate::trust::Peer,
+    signed: Vec<u8>,
+) -> Result<(StatusCode, WireAnswer), String> {
+    let mut sender = state.clients.sender(holder).await.map_err(|e| e.to_string())?;
+    let body: Body = Full::new(Bytes::from(signed))
+        .map_err(|never| match never {})
+        .boxed();
+    let request = Request::post(format!("https://{}{REQUEST_PATH}", holder.id))
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
+        .await
+        .map_err(|_| format!("peer {}: timed out", holder.id))?
+        .map_err(|e| format!("peer {}: {e}", holder.id))?;
+    let status = response.status();
+    let bytes = Limited::new(response.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("peer {}: {e}", holder.id))?
+        .to_bytes();
+    let answer: WireAnswer = serde_json::from_slice(&bytes).unwrap_or(WireAnswer {
+        status: "error".to_owned(),
+        reason: Some(format!("peer {} answered {}", holder.id, status.as_u16())),
+        transfer_id: None,
+    });
+    Ok((status, answer))
+}
+
+fn answer(status: StatusCode, answer: &WireAnswer) -> PeerResponse {
+    let mut resp = text_response(status, "");
+    *resp.body_mut() = Full::new(Bytes::from(serde_json::to_vec(answer).unwrap_or_default()));
+    resp
+}
+
+fn denied(reason: &str) -> WireAnswer {
+    WireAnswer {
+        status: "denied".to_owned(),
+        reason: Some(reason.to_owned()),
+        transfer_id: None,
+    }
+}
+
+/// The holding side: a peer asks for a patient's record.
+pub async fn incoming(state: &Arc<NodeState>, peer: &PeerIdentity, req: Request<Incoming>) -> PeerResponse {
+    let bytes = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
+    };
+    let trust = state.trust();
+    let Some(requester) = trust.peer(&peer.facility) else {
+        return text_response(StatusCode::FORBIDDEN, "requester not in the directory");
+    };
+    let body = match verify_message(&bytes, REQUEST_DOMAIN, &requester.signing_keys) {
+        Ok(b) => b,
+        Err(e) => {
+            refuse_audit(state, peer, None, &format!("request refused: {e}")).await;
+            return answer(StatusCode::FORBIDDEN, &denied("request signature invalid"));
+        }
+    };
+    let Ok(wire) = postcard::from_bytes::<WireRequest>(&body) else {
+        refuse_audit(state, peer, None, "request refused: malformed").await;
+        return answer(StatusCode::BAD_REQUEST, &denied("malformed request"));
+    };
+    if wire.requester != peer.facility.as_str() || wire.holder != state.me().as_str() {
+        refuse_audit(state, peer, None, "request refused: requester or holder does not match the TLS identities").await;
+        return answer(StatusCode::FORBIDDEN, &denied("request not addressed to this facility"));
+    }
+    let (Ok(patient), Ok(purpose)) = (PatientRef::parse(&wire.patient), wire.purpose.parse::<Purpose>()) else {
+        return answer(StatusCode::BAD_REQUEST, &denied("malformed request"));
+    };
+    let mut declared = BTreeSet::new();
+    for c in &wire.categories {
+        match c.parse::<Category>() {
+            Ok(c) => {
+                declared.insert(c);
+            }
+            Err(_) => return answer(StatusCode::BAD_REQUEST, &denied("unknown data category")),
+        }
+    }
+    let mut rec = audit::record(event::REQUEST_RECEIVED, "received");
+    rec.peer = Some(peer.facility.to_string());
+    rec.patient_ref = Some(wire.patient.clone());
+    rec.purpose = Some(wire.purpose.clone());
+    rec.clinician = Some(wire.clinician.clone());
+    rec.break_glass = wire.break_glass_reason.is_some();
+    rec.reason = Some(format!("request {}", wire.request_id));
+    let _ = audit::append(state, rec.clone());
+
+    let source = StoreRecordSource::new(state.clone());
+    let record = match tokio::task::block_in_place(|| source.fetch(&wire.patient)) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            let reason = "no record for this patient is held at this facility";
+            refuse_audit(state, peer, Some(&rec), reason).await;
+            return answer(StatusCode::NOT_FOUND, &denied(reason));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "record source failed");
+            return answer(StatusCode::SERVICE_UNAVAILABLE, &denied("record source unavailable; retry later"));
+        }
+    };
+    let categories = match check_record(&record.content_type, &patient, &declared, Some(&record.payload)) {
+        Ok(c) => c.categories,
+        Err(_) => declared.clone(),
+    };
+    let break_glass = wire.break_glass_reason.is_some();
+    let decision = decide(
+        state,
+        &Question {
+            action: if break_glass { Action::BreakGlass } else { Action::Request },
+            counterparty: &requester,
+            patient: &wire.patient,
+            categories: &categories,
+            content_type: record.content_type.mime(),
+            purpose,
+            clinician_role: wire.clinician_role.as_deref(),
+            break_glass,
+        },
+    );
+    let mut drec = rec.clone();
+    drec.event = event::DECISION.to_owned();
+    drec.outcome = if decision.allowed { "permit" } else { "deny" }.to_owned();
+    drec.policy_ids = decision.policy_ids.clone();
+    drec.reason = Some(format!(
+        "request {}: {}",
+        wire.request_id,
+        decision_reason(&decision, "request", wire.break_glass_reason.as_deref())
+    ));
+    let _ = audit::append(state, drec);
+    if !decision.allowed {
+        let _ = state.store.commit().await;
+        return answer(StatusCode::FORBIDDEN, &denied(&decision.reason));
+    }
+    let submitted = submit(
+        state,
+        SubmitRequest {
+            to: wire.requester.clone(),
+            patient,
+            purpose,
+            content_type: record.content_type,
+            categories,
+            clinician: Some(wire.clinician.clone()),
+            clinician_role: wire.clinician_role.clone(),
+            break_glass_reason: wire.break_glass_reason.clone(),
+            request_id: Some(wire.request_id.clone()),
+        },
+        Payload::Memory(record.payload),
+    )
+    .await;
+    match submitted {
+        Ok(id) => answer(
+            StatusCode::ACCEPTED,
+            &WireAnswer {
+                status: "accepted".to_owned(),
+                reason: None,
+                transfer_id: Some(id.to_string()),
+            },
+        ),
+        Err(crate::outbox::SubmitError::Denied { reason, .. }) => {
+            answer(StatusCode::FORBIDDEN, &denied(&reason))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "answering a request failed");
+            answer(StatusCode::SERVICE_UNAVAILABLE, &denied("the holder could not queue the record; retry later"))
+        }
+    }
+}
+
+async fn refuse_audit(state: &NodeState, peer: &PeerIdentity, base: Option<&gateway_store::AuditRecord>, reason: &str) {
+    let mut rec = base.cloned().unwrap_or_else(|| audit::record(event::REJECTED, "refused"));
+    rec.event = event::REJECTED.to_owned();
+    rec.outcome = "refused".to_owned();
+    rec.peer = Some(peer.facility.to_string());
+    rec.reason = Some(reason.to_owned());
+    rec.time_ms = now_ms();
+    let _ = audit::append(state, rec);
+    let _ = state.store.commit().await;
+}
