@@ -1,1 +1,235 @@
-//! Placeholder; see ARCHITECTURE.md.
+//! The node's durable state: outbox, inbox, envelope spool, hash-chained audit log, consent
+//! directives, pull requests and the EMR's record source tree. This is the only crate that
+//! opens sled (0.34.7), so the engine can be swapped without touching the gateway.
+//!
+//! # Layout
+//! `Store::open(dir)` uses `dir/sled` (one sled database, one tree per collection and index)
+//! and `dir/spool/{outbox,inbox}/<transfer id hex>` (envelope bytes, written through
+//! [`SpoolWriter`]). Every sled value is postcard behind a one-byte encoding version.
+//!
+//! # Durability
+//! The gateway acknowledges (a local 202, a receipt to a peer) only after what it acknowledges
+//! (the outbox or inbox entry and its audit entry) is on disk: it writes, then awaits
+//! [`Store::commit`], then answers. Writes themselves only reach sled's memory.
+//!
+//! sled 0.34's `flush()` is not a power-loss-durable commit on its own: it writes its log with
+//! `sync_file_range`, which neither flushes the device's volatile write cache nor the file's
+//! metadata (sled issue #1452), and it never fsyncs blob files or the directory after creating
+//! or renaming files. So a commit is: `Db::flush()`, then `fdatasync` of sled's log file `db`,
+//! of every blob file (`blobs/<lsn>`, one per oversized page) created since the last commit,
+//! and an fsync of `blobs/` and of sled's directory when their entries changed (new blobs, a
+//! snapshot `snap.<lsn>` renamed into place). `conf` is written once at creation and synced
+//! at open. Spool files are fsynced and renamed into place by [`SpoolWriter::finish`], then
+//! their directory is fsynced, before the gateway records them in sled.
+//!
+//! fsync is expensive (milliseconds on real disks), so commits are grouped: a dedicated thread
+//! performs the flush+fdatasync, and each `commit()` takes a ticket from a generation counter
+//! and waits until a flush that started after the ticket was taken has finished. Every caller
+//! whose writes precede the start of a flush is released by that flush, so N concurrent
+//! transfers cost about one fsync, not N. [`Store::commit_stats`] exposes the counters.
+//!
+//! A failed flush or fsync is sticky: after a failed fsync Linux may have dropped the dirty
+//! pages and cleared the error, so a retry could report success for data that is gone. Every
+//! later `commit()` fails with [`StoreError::CommitFailed`] until the process restarts and
+//! sled recovers from what is really on disk.
+//!
+//! Multi-tree updates (an entry and its indexes) are sled transactions, which sled recovers
+//! atomically, so an index never durably disagrees with its entries.
+//!
+//! # Audit log
+//! Append-only: there is no delete path. Entry `seq` (from 1) stores
+//! `hash = SHA-256("healthfed/audit/1" || prev_hash || postcard((seq, record)))`, with an
+//! all-zero `prev_hash` for the first entry, and the exact postcard bytes that were hashed, so
+//! verification never depends on re-encoding. A head record (last seq and hash), updated in
+//! the same transaction as each append, makes truncation of the tail detectable. Indexes by
+//! patient (`patient_ref || 0x00 || seq_be`), by transfer (`transfer_id || seq_be`) and of
+//! break-glass entries (`seq_be`) serve [`Store::audit_list`] by prefix scan.
+
+mod audit;
+mod codec;
+mod collections;
+mod commit;
+mod error;
+mod inbox;
+mod outbox;
+mod spool;
+mod types;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::commit::{sync_dir, Committer, SledFiles};
+
+pub use crate::audit::{AuditChainError, ChainProblem};
+pub use crate::error::StoreError;
+pub use crate::spool::SpoolWriter;
+pub use crate::types::{
+    transfer_id_hex, AuditEntry, AuditFilter, AuditRecord, CommitStats, InboxEntry, InboxInsert,
+    OutboxEntry, SpoolKind, TransferId, TransferState, TransferSummary,
+};
+
+/// The node's durable state. Cheap to clone: clones share one sled database and one
+/// group-commit thread, which stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    spool_dir: PathBuf,
+    trees: Trees,
+    audit_tail: Mutex<audit::Tail>,
+    // Joins its thread (which holds its own sled handle) on drop, so that once the last
+    // clone is gone the directory can be reopened.
+    committer: Committer,
+}
+
+/// One sled tree per collection and per index.
+struct Trees {
+    outbox: sled::Tree,
+    outbox_by_time: sled::Tree,
+    outbox_due: sled::Tree,
+    inbox: sled::Tree,
+    inbox_by_time: sled::Tree,
+    audit: sled::Tree,
+    audit_by_patient: sled::Tree,
+    audit_by_transfer: sled::Tree,
+    audit_break_glass: sled::Tree,
+    audit_head: sled::Tree,
+    consents: sled::Tree,
+    consents_by_patient: sled::Tree,
+    requests: sled::Tree,
+    records: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`: `dir/sled` and `dir/spool`. Removes
+    /// spool files left unfinished by a crash and makes the directory structure durable.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let sled_dir = dir.join("sled");
+        let spool_dir = dir.join("spool");
+        for d in [dir, &sled_dir, &spool_dir] {
+            std::fs::create_dir_all(d).map_err(|e| StoreError::io("create directory", d, e))?;
+        }
+        spool::prepare(&spool_dir)?;
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .open()
+            .map_err(StoreError::sled("open database"))?;
+        let tree = |name: &'static str| {
+            db.open_tree(name)
+                .map_err(StoreError::sled("open tree"))
+        };
+        let trees = Trees {
+            outbox: tree("outbox")?,
+            outbox_by_time: tree("outbox_by_time")?,
+            outbox_due: tree("outbox_due")?,
+            inbox: tree("inbox")?,
+            inbox_by_time: tree("inbox_by_time")?,
+            audit: tree("audit")?,
+            audit_by_patient: tree("audit_by_patient")?,
+            audit_by_transfer: tree("audit_by_transfer")?,
+            audit_break_glass: tree("audit_break_glass")?,
+            audit_head: tree("audit_head")?,
+            consents: tree("consents")?,
+            consents_by_patient: tree("consents_by_patient")?,
+            requests: tree("requests")?,
+            records: tree("records")?,
+        };
+        let tail = audit::Tail::load(&trees)?;
+        // Makes the trees' creation durable before anything is acknowledged.
+        let files = SledFiles::open(db, &sled_dir)?;
+        sync_dir(dir)?;
+        let committer = Committer::start(files)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                spool_dir,
+                trees,
+                audit_tail: Mutex::new(tail),
+                committer,
+            }),
+        })
+    }
+
+    /// Makes every write that completed before this call durable (see the crate docs).
+    /// Concurrent callers share one flush.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.inner.committer.commit().await
+    }
+
+    /// How many commits were requested and how many flushes served them.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.committer.stats()
+    }
+
+    /// A writer for the spool file of `id`; see [`SpoolWriter`].
+    pub fn spool_writer(&self, id: &TransferId, kind: SpoolKind) -> Result<SpoolWriter, StoreError> {
+        SpoolWriter::create(&self.inner.spool_dir.join(kind.dir_name()), id)
+    }
+
+    /// Where the finished spool file of `id` is (whether or not it exists).
+    pub fn spool_path(&self, id: &TransferId, kind: SpoolKind) -> PathBuf {
+        spool::path(&self.inner.spool_dir, id, kind)
+    }
+
+    /// Durably removes the spool file of `id` (a rejected incoming envelope); absent is fine.
+    pub fn spool_remove(&self, id: &TransferId, kind: SpoolKind) -> Result<(), StoreError> {
+        spool::remove(&self.inner.spool_dir, id, kind)
+    }
+
+    fn trees(&self) -> &Trees {
+        &self.inner.trees
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("commit_stats", &self.commit_stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch; 0 if the clock is before it.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Maps a transaction's outcome to the store's error, naming the operation.
+pub(crate) fn tx_err(
+    context: &'static str,
+) -> impl FnOnce(sled::transaction::TransactionError<StoreError>) -> StoreError {
+    move |e| match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(source) => StoreError::Sled { context, source },
+    }
+}
+
+/// `a_be || id`: index keys ordered by a timestamp, unique by transfer id.
+pub(crate) fn time_key(ms: u64, id: &TransferId) -> [u8; 24] {
+    let mut key = [0; 24];
+    let (time, rest) = key.split_at_mut(8);
+    time.copy_from_slice(&ms.to_be_bytes());
+    rest.copy_from_slice(id);
+    key
+}
+
+/// The transfer id at the end of a [`time_key`].
+pub(crate) fn id_of_time_key(what: &'static str, key: &[u8]) -> Result<TransferId, StoreError> {
+    key.get(8..)
+        .and_then(|id| TransferId::try_from(id).ok())
+        .ok_or(StoreError::Corrupt {
+            what,
+            problem: "malformed index key",
+        })
+}
+
+#[cfg(test)]
+mod tests;

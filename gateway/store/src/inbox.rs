@@ -1,0 +1,88 @@
+//! The inbox: transfers this node received. Trees: `inbox` (id → entry) and `inbox_by_time`
+//! (`received_ms_be || id`, for listing newest first). The envelope itself stays sealed in
+//! the inbox spool; the gateway decrypts it when the EMR fetches it.
+
+use sled::transaction::{abort, ConflictableTransactionError, Transactional};
+
+use crate::codec::{decode, encode};
+use crate::error::StoreError;
+use crate::types::{transfer_id_hex, InboxEntry, InboxInsert, TransferId};
+use crate::{id_of_time_key, time_key, tx_err, Store};
+
+const WHAT: &str = "inbox";
+
+impl Store {
+    /// Idempotent: if the id is present, returns `AlreadyPresent(existing)` and writes
+    /// nothing, so a sender's retry gets the original receipt back.
+    pub fn inbox_insert(&self, entry: &InboxEntry) -> Result<InboxInsert, StoreError> {
+        let value = encode(WHAT, entry)?;
+        let id = entry.transfer_id;
+        let t = self.trees();
+        (&t.inbox, &t.inbox_by_time)
+            .transaction(|(inbox, by_time)| {
+                if let Some(existing) = inbox.get(id)? {
+                    let existing =
+                        decode(WHAT, &existing).map_err(ConflictableTransactionError::Abort)?;
+                    return Ok(InboxInsert::AlreadyPresent(existing));
+                }
+                inbox.insert(&id[..], value.as_slice())?;
+                by_time.insert(&time_key(entry.received_ms, &id)[..], &[][..])?;
+                Ok(InboxInsert::Inserted)
+            })
+            .map_err(tx_err("insert inbox entry"))
+    }
+
+    pub fn inbox_get(&self, id: &TransferId) -> Result<Option<InboxEntry>, StoreError> {
+        self.trees()
+            .inbox
+            .get(id)
+            .map_err(StoreError::sled("read inbox entry"))?
+            .map(|v| decode(WHAT, &v))
+            .transpose()
+    }
+
+    /// Every entry, newest (`received_ms`) first.
+    pub fn inbox_list(&self) -> Result<Vec<InboxEntry>, StoreError> {
+        let t = self.trees();
+        let mut out = Vec::new();
+        for item in t.inbox_by_time.iter().rev() {
+            let (key, _) = item.map_err(StoreError::sled("list inbox"))?;
+            let id = id_of_time_key(WHAT, &key)?;
+            let value = t
+                .inbox
+                .get(id)
+                .map_err(StoreError::sled("list inbox"))?
+                .ok_or(StoreError::Corrupt {
+                    what: WHAT,
+                    problem: "index refers to a missing entry",
+                })?;
+            out.push(decode(WHAT, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// Records that the EMR acknowledged the transfer. Idempotent: the first
+    /// acknowledgement's time is kept. Returns the entry; `NotFound` if absent.
+    pub fn inbox_ack(&self, id: &TransferId, at_ms: u64) -> Result<InboxEntry, StoreError> {
+        let id = *id;
+        self.trees()
+            .inbox
+            .transaction(|inbox| {
+                let Some(value) = inbox.get(id)? else {
+                    return abort(StoreError::NotFound {
+                        what: WHAT,
+                        id: transfer_id_hex(&id),
+                    });
+                };
+                let mut entry: InboxEntry =
+                    decode(WHAT, &value).map_err(ConflictableTransactionError::Abort)?;
+                if entry.acked_ms.is_none() {
+                    entry.acked_ms = Some(at_ms);
+                    let value = encode(WHAT, &entry).map_err(ConflictableTransactionError::Abort)?;
+                    inbox.insert(&id[..], value)?;
+                }
+                Ok(entry)
+            })
+            .map_err(tx_err("acknowledge inbox entry"))
+    }
+}

@@ -1,0 +1,162 @@
+//! The outbox: transfers this node sends. Trees: `outbox` (id → entry), `outbox_by_time`
+//! (`created_ms_be || id`, for listing newest first) and `outbox_due` (`next_attempt_ms_be ||
+//! id` for entries still Queued or Delivering, so the dispatcher's poll reads only what may be
+//! due, oldest first). Each update rewrites the entry and its index keys in one transaction.
+
+use std::cell::RefCell;
+
+use sled::transaction::{abort, ConflictableTransactionError, Transactional};
+
+use crate::codec::{decode, encode};
+use crate::error::StoreError;
+use crate::types::{transfer_id_hex, OutboxEntry, TransferId};
+use crate::{id_of_time_key, time_key, tx_err, Store};
+
+const WHAT: &str = "outbox";
+
+impl Store {
+    /// Inserts a new entry; refuses an id that already exists.
+    pub fn outbox_insert(&self, entry: &OutboxEntry) -> Result<(), StoreError> {
+        let value = encode(WHAT, entry)?;
+        let id = entry.transfer_id;
+        let t = self.trees();
+        (&t.outbox, &t.outbox_by_time, &t.outbox_due)
+            .transaction(|(outbox, by_time, due)| {
+                if outbox.get(id)?.is_some() {
+                    return abort(StoreError::DuplicateTransfer {
+                        id: transfer_id_hex(&id),
+                    });
+                }
+                outbox.insert(&id[..], value.as_slice())?;
+                by_time.insert(&time_key(entry.created_ms, &id)[..], &[][..])?;
+                if entry.state.is_pending() {
+                    due.insert(&time_key(entry.next_attempt_ms, &id)[..], &[][..])?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err("insert outbox entry"))
+    }
+
+    pub fn outbox_get(&self, id: &TransferId) -> Result<Option<OutboxEntry>, StoreError> {
+        self.trees()
+            .outbox
+            .get(id)
+            .map_err(StoreError::sled("read outbox entry"))?
+            .map(|v| decode(WHAT, &v))
+            .transpose()
+    }
+
+    /// Every entry, newest (`created_ms`) first.
+    pub fn outbox_list(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let t = self.trees();
+        let mut out = Vec::new();
+        for item in t.outbox_by_time.iter().rev() {
+            let (key, _) = item.map_err(StoreError::sled("list outbox"))?;
+            let id = id_of_time_key(WHAT, &key)?;
+            let value = t
+                .outbox
+                .get(id)
+                .map_err(StoreError::sled("list outbox"))?
+                .ok_or(StoreError::Corrupt {
+                    what: WHAT,
+                    problem: "index refers to a missing entry",
+                })?;
+            out.push(decode(WHAT, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// Atomic read-modify-write: applies `f` to the current entry and stores the result
+    /// (`f` may run more than once if a concurrent update conflicts). Returns the new entry;
+    /// `NotFound` if absent. `f` must not change `transfer_id` or `created_ms`.
+    pub fn outbox_update(
+        &self,
+        id: &TransferId,
+        f: impl FnMut(&mut OutboxEntry),
+    ) -> Result<OutboxEntry, StoreError> {
+        // sled retries the closure on conflict and wants `Fn`; the closure is never
+        // re-entered, so the RefCell is never borrowed twice.
+        let f = RefCell::new(f);
+        let id = *id;
+        let t = self.trees();
+        (&t.outbox, &t.outbox_due)
+            .transaction(|(outbox, due)| {
+                let Some(old) = outbox.get(id)? else {
+                    return abort(StoreError::NotFound {
+                        what: WHAT,
+                        id: transfer_id_hex(&id),
+                    });
+                };
+                let old: OutboxEntry = decode(WHAT, &old).map_err(ConflictableTransactionError::Abort)?;
+                let mut new = old.clone();
+                match f.try_borrow_mut() {
+                    Ok(mut f) => (*f)(&mut new),
+                    Err(_) => {
+                        return abort(StoreError::Corrupt {
+                            what: WHAT,
+                            problem: "update closure re-entered",
+                        })
+                    }
+                }
+                for (field, changed) in [
+                    ("transfer_id", new.transfer_id != old.transfer_id),
+                    ("created_ms", new.created_ms != old.created_ms),
+                ] {
+                    if changed {
+                        return abort(StoreError::ImmutableField {
+                            id: transfer_id_hex(&id),
+                            field,
+                        });
+                    }
+                }
+                let value = encode(WHAT, &new).map_err(ConflictableTransactionError::Abort)?;
+                outbox.insert(&id[..], value)?;
+                if old.state.is_pending() {
+                    due.remove(&time_key(old.next_attempt_ms, &id)[..])?;
+                }
+                if new.state.is_pending() {
+                    due.insert(&time_key(new.next_attempt_ms, &id)[..], &[][..])?;
+                }
+                Ok(new)
+            })
+            .map_err(tx_err("update outbox entry"))
+    }
+
+    /// Entries in Queued or Delivering whose `next_attempt_ms <= now_ms`, most overdue first,
+    /// at most `limit`. Delivering is a lease: the dispatcher that marks an entry Delivering
+    /// sets `next_attempt_ms` to the lease's end, so an attempt abandoned by a crash (or a
+    /// hung attempt) is offered again once the lease expires, and a live attempt is not.
+    pub fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let t = self.trees();
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for item in t.outbox_due.iter() {
+            let (key, _) = item.map_err(StoreError::sled("scan due outbox entries"))?;
+            let due_ms = key
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or(StoreError::Corrupt {
+                    what: WHAT,
+                    problem: "malformed due index key",
+                })?;
+            if due_ms > now_ms {
+                break;
+            }
+            let id = id_of_time_key(WHAT, &key)?;
+            // The entry is re-checked rather than trusted from the index: an update may
+            // commit between the index scan and this read.
+            if let Some(entry) = self.outbox_get(&id)? {
+                if entry.state.is_pending() && entry.next_attempt_ms <= now_ms {
+                    out.push(entry);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

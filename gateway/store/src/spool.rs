@@ -1,0 +1,183 @@
+//! Spool files: envelope bytes (up to about a gigabyte) live in files next to sled, named by
+//! transfer id. A file appears at its final path only once it is complete and durable, so a
+//! reader never sees a torn envelope and a crash leaves only `*.partial` files, which the next
+//! `Store::open` removes.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::commit::sync_dir;
+use crate::error::StoreError;
+use crate::types::{transfer_id_hex, SpoolKind, TransferId};
+
+/// Suffix of files still being written.
+pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Buffer between the caller's chunks and `write(2)`; envelopes arrive as small body frames.
+const BUFFER_BYTES: usize = 256 * 1024;
+
+/// Makes temporary names unique within the process, so two concurrent writers for one id
+/// (a sender retrying while its first attempt is still streaming) never share a file.
+static NEXT_PARTIAL: AtomicU64 = AtomicU64::new(0);
+
+/// Writes one envelope into the spool. Obtain it from [`crate::Store::spool_writer`], write
+/// the bytes, then call [`SpoolWriter::finish`]. Dropping it unfinished deletes what was
+/// written. Writes are blocking file I/O; `finish` fsyncs, so call it from a blocking
+/// context (`tokio::task::spawn_blocking`) in async code.
+pub struct SpoolWriter {
+    file: Option<BufWriter<File>>,
+    partial: PathBuf,
+    dest: PathBuf,
+    dir: PathBuf,
+    written: u64,
+}
+
+impl SpoolWriter {
+    pub(crate) fn create(dir: &Path, id: &TransferId) -> Result<SpoolWriter, StoreError> {
+        let name = transfer_id_hex(id);
+        let n = NEXT_PARTIAL.fetch_add(1, Ordering::Relaxed);
+        let partial = dir.join(format!(
+            "{name}.{}-{n}{PARTIAL_SUFFIX}",
+            std::process::id()
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .map_err(|e| StoreError::io("create spool file", &partial, e))?;
+        Ok(SpoolWriter {
+            file: Some(BufWriter::with_capacity(BUFFER_BYTES, file)),
+            partial,
+            dest: dir.join(name),
+            dir: dir.to_path_buf(),
+            written: 0,
+        })
+    }
+
+    /// Appends a chunk.
+    pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        let file = self.file.as_mut().ok_or_else(|| finished(&self.partial))?;
+        file.write_all(chunk)
+            .map_err(|e| StoreError::io("write spool file", &self.partial, e))?;
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The path the file will have once finished.
+    pub fn final_path(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Makes the file durable and moves it to its final path: fsync the file, rename it into
+    /// place (replacing any previous file for the id), fsync the directory. Returns its length.
+    pub fn finish(mut self) -> Result<u64, StoreError> {
+        let file = self.file.take().ok_or_else(|| finished(&self.partial))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| StoreError::io("write spool file", &self.partial, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io("fsync spool file", &self.partial, e))?;
+        drop(file);
+        if let Err(e) = std::fs::rename(&self.partial, &self.dest) {
+            let _ = std::fs::remove_file(&self.partial);
+            return Err(StoreError::io("rename spool file into", &self.dest, e));
+        }
+        // From here the partial path no longer exists; Drop must not remove anything.
+        self.partial = PathBuf::new();
+        sync_dir(&self.dir)?;
+        Ok(self.written)
+    }
+}
+
+impl Write for SpoolWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("spool writer already finished"))?;
+        let n = file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() || !self.partial.as_os_str().is_empty() {
+            // Unfinished (or failed): the partial bytes are useless. Best effort; a leftover
+            // is removed by the next open.
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+impl fmt::Debug for SpoolWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpoolWriter")
+            .field("dest", &self.dest)
+            .field("written", &self.written)
+            .field("finished", &self.file.is_none())
+            .finish()
+    }
+}
+
+fn finished(path: &Path) -> StoreError {
+    StoreError::io(
+        "write spool file",
+        path,
+        io::Error::other("spool writer already finished"),
+    )
+}
+
+/// The final path of a spool file.
+pub(crate) fn path(spool_dir: &Path, id: &TransferId, kind: SpoolKind) -> PathBuf {
+    spool_dir.join(kind.dir_name()).join(transfer_id_hex(id))
+}
+
+/// Removes a spool file, durably; absent is fine (removal is idempotent).
+pub(crate) fn remove(spool_dir: &Path, id: &TransferId, kind: SpoolKind) -> Result<(), StoreError> {
+    let p = path(spool_dir, id, kind);
+    match std::fs::remove_file(&p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io("remove spool file", &p, e)),
+    }
+    sync_dir(&spool_dir.join(kind.dir_name()))
+}
+
+/// Creates the spool directories and deletes files left unfinished by a crash.
+pub(crate) fn prepare(spool_dir: &Path) -> Result<(), StoreError> {
+    for kind in [SpoolKind::Outbox, SpoolKind::Inbox] {
+        let dir = spool_dir.join(kind.dir_name());
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| StoreError::io("list spool", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("list spool", &dir, e))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+                let p = entry.path();
+                std::fs::remove_file(&p)
+                    .map_err(|e| StoreError::io("remove unfinished spool file", &p, e))?;
+            }
+        }
+        // Also makes the directory's own creation and any removals above durable.
+        sync_dir(&dir)?;
+    }
+    sync_dir(spool_dir)
+}
