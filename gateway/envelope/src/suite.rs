@@ -1,0 +1,225 @@
+//! HPKE (RFC 9180) base mode with DHKEM(X25519, HKDF-SHA256) and HKDF-SHA256, through the `hpke`
+//! crate, behind a run-time choice of AEAD.
+//!
+//! The sender's ephemeral key material (`ikmE`) is drawn from ring's `SystemRandom` by the
+//! caller and handed to hpke through [`IkmRng`], so a failing system RNG is an error rather than
+//! a panic inside hpke, and the RFC 9180 test vectors can drive the exact production path.
+
+use std::convert::Infallible;
+
+use hpke::aead::{Aead, AeadCtxR, AeadCtxS, AesGcm256, ChaCha20Poly1305};
+use hpke::kdf::HkdfSha256;
+use hpke::kem::X25519HkdfSha256;
+use hpke::rand_core::{TryCryptoRng, TryRng};
+use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
+use zeroize::Zeroizing;
+
+use crate::error::EnvelopeError;
+use crate::keys::{HpkePublic, HpkeSecret};
+
+type Kem = X25519HkdfSha256;
+type Kdf = HkdfSha256;
+type EncappedKey = <Kem as hpke::Kem>::EncappedKey;
+/// The serialized `enc` and the sender context.
+pub(crate) type EncAndCtx<A> = ([u8; 32], AeadCtxS<A, Kdf, Kem>);
+
+/// The AEAD used for all frames of an envelope. Both use DHKEM(X25519, HKDF-SHA256) and
+/// HKDF-SHA256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Suite {
+    /// AES-256-GCM (HPKE aead_id 2).
+    #[default]
+    Aes256Gcm,
+    /// ChaCha20-Poly1305 (HPKE aead_id 3).
+    ChaCha20Poly1305,
+}
+
+impl Suite {
+    /// The RFC 9180 AEAD identifier; this is what the header carries.
+    pub fn aead_id(self) -> u16 {
+        match self {
+            Self::Aes256Gcm => 2,
+            Self::ChaCha20Poly1305 => 3,
+        }
+    }
+
+    /// The suite for an RFC 9180 AEAD identifier, if supported.
+    pub fn from_aead_id(id: u16) -> Result<Self, EnvelopeError> {
+        match id {
+            2 => Ok(Self::Aes256Gcm),
+            3 => Ok(Self::ChaCha20Poly1305),
+            _ => Err(EnvelopeError::UnsupportedSuite),
+        }
+    }
+}
+
+/// HPKE sender context for one envelope.
+///
+/// The AES context is boxed: its expanded key schedule is several times larger than ChaCha's.
+pub(crate) enum SenderCtx {
+    Aes256Gcm(Box<AeadCtxS<AesGcm256, Kdf, Kem>>),
+    ChaCha20Poly1305(AeadCtxS<ChaCha20Poly1305, Kdf, Kem>),
+}
+
+/// HPKE receiver context for one envelope.
+pub(crate) enum ReceiverCtx {
+    Aes256Gcm(Box<AeadCtxR<AesGcm256, Kdf, Kem>>),
+    ChaCha20Poly1305(AeadCtxR<ChaCha20Poly1305, Kdf, Kem>),
+}
+
+impl SenderCtx {
+    /// Seals the next message (HPKE numbers messages, so order matters).
+    pub(crate) fn seal(&mut self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let sealed = match self {
+            Self::Aes256Gcm(ctx) => ctx.seal(plaintext, aad),
+            Self::ChaCha20Poly1305(ctx) => ctx.seal(plaintext, aad),
+        };
+        sealed.map_err(|_| EnvelopeError::InvalidInput("hpke refused to seal"))
+    }
+}
+
+impl ReceiverCtx {
+    /// Opens the next message. A failure leaves the sequence number unchanged.
+    pub(crate) fn open(&mut self, ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let opened = match self {
+            Self::Aes256Gcm(ctx) => ctx.open(ciphertext, aad),
+            Self::ChaCha20Poly1305(ctx) => ctx.open(ciphertext, aad),
+        };
+        opened.map_err(|_| EnvelopeError::Decrypt)
+    }
+}
+
+/// Sets up the sender side; returns `enc` and the context.
+pub(crate) fn setup_sender(
+    suite: Suite,
+    recipient: &HpkePublic,
+    info: &[u8],
+    ikm: &Zeroizing<[u8; 32]>,
+) -> Result<([u8; 32], SenderCtx), EnvelopeError> {
+    match suite {
+        Suite::Aes256Gcm => setup_sender_generic(recipient, info, ikm)
+            .map(|(enc, ctx)| (enc, SenderCtx::Aes256Gcm(Box::new(ctx)))),
+        Suite::ChaCha20Poly1305 => setup_sender_generic(recipient, info, ikm)
+            .map(|(enc, ctx)| (enc, SenderCtx::ChaCha20Poly1305(ctx))),
+    }
+}
+
+/// Sets up the receiver side from `enc`.
+pub(crate) fn setup_receiver(
+    suite: Suite,
+    secret: &HpkeSecret,
+    enc: &[u8; 32],
+    info: &[u8],
+) -> Result<ReceiverCtx, EnvelopeError> {
+    match suite {
+        Suite::Aes256Gcm => setup_receiver_generic(secret, enc, info)
+            .map(|ctx| ReceiverCtx::Aes256Gcm(Box::new(ctx))),
+        Suite::ChaCha20Poly1305 => {
+            setup_receiver_generic(secret, enc, info).map(ReceiverCtx::ChaCha20Poly1305)
+        }
+    }
+}
+
+/// RFC 9180 SetupBaseS with the ephemeral key derived from `ikm` (DeriveKeyPair(ikmE)).
+pub(crate) fn setup_sender_generic<A: Aead>(
+    recipient: &HpkePublic,
+    info: &[u8],
+    ikm: &Zeroizing<[u8; 32]>,
+) -> Result<EncAndCtx<A>, EnvelopeError> {
+    check_info_len(info)?;
+    let mut rng = IkmRng::new(ikm);
+    let (enc, ctx) =
+        hpke::setup_sender_with_rng::<A, Kdf, Kem>(&OpModeS::Base, recipient, info, &mut rng)
+            .map_err(|_| EnvelopeError::InvalidInput("hpke encapsulation failed"))?;
+    // hpke draws exactly Nsk = 32 bytes for an X25519 ephemeral key; anything else means the
+    // ephemeral key was not (only) our fresh randomness, so refuse to use it.
+    if !rng.fully_consumed() {
+        return Err(EnvelopeError::Rng);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&enc.to_bytes());
+    Ok((out, ctx))
+}
+
+/// RFC 9180 SetupBaseR.
+pub(crate) fn setup_receiver_generic<A: Aead>(
+    secret: &HpkeSecret,
+    enc: &[u8; 32],
+    info: &[u8],
+) -> Result<AeadCtxR<A, Kdf, Kem>, EnvelopeError> {
+    check_info_len(info)?;
+    let enc = EncappedKey::from_bytes(enc).map_err(|_| EnvelopeError::Decrypt)?;
+    // Decapsulation only fails for a low-order `enc`, which is just another undecryptable
+    // envelope from the peer's side.
+    hpke::setup_receiver::<A, Kdf, Kem>(&OpModeR::Base, secret, &enc, info)
+        .map_err(|_| EnvelopeError::Decrypt)
+}
+
+/// hpke panics when the key schedule input would not fit its 16-bit length fields.
+fn check_info_len(info: &[u8]) -> Result<(), EnvelopeError> {
+    if info.len() > 4096 {
+        return Err(EnvelopeError::TooLarge("hpke info"));
+    }
+    Ok(())
+}
+
+/// A "random" number generator that yields exactly the given 32 bytes, then zeros while
+/// recording that it was over-drawn.
+pub(crate) struct IkmRng<'a> {
+    ikm: &'a [u8; 32],
+    used: usize,
+    overdrawn: bool,
+}
+
+impl<'a> IkmRng<'a> {
+    pub(crate) fn new(ikm: &'a Zeroizing<[u8; 32]>) -> Self {
+        Self {
+            ikm,
+            used: 0,
+            overdrawn: false,
+        }
+    }
+
+    pub(crate) fn fully_consumed(&self) -> bool {
+        self.used == self.ikm.len() && !self.overdrawn
+    }
+}
+
+impl TryRng for IkmRng<'_> {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut bytes = [0u8; 4];
+        self.try_fill_bytes(&mut bytes)?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut bytes = [0u8; 8];
+        self.try_fill_bytes(&mut bytes)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        let mut n = 0;
+        for (out, byte) in dst.iter_mut().zip(self.ikm.iter().skip(self.used)) {
+            *out = *byte;
+            n += 1;
+        }
+        self.used += n;
+        if let Some(rest) = dst.get_mut(n..) {
+            if !rest.is_empty() {
+                rest.fill(0);
+                self.overdrawn = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+// Sound only because the bytes come from a CSPRNG (ring's SystemRandom) in production; tests
+// feed published vectors.
+impl TryCryptoRng for IkmRng<'_> {}
+
+#[cfg(test)]
+mod tests;
