@@ -22,13 +22,17 @@ pub fn facility_id_from_cert(cert_der: &[u8]) -> Result<FacilityId, PkiError> {
         .subject_alternative_name()
         .map_err(|_| PkiError::Certificate("malformed or duplicated subjectAltName"))?
         .ok_or(PkiError::Certificate("no subjectAltName"))?;
-    let mut ids = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) => uri.strip_prefix(FACILITY_URI_PREFIX),
-        _ => None,
-    });
-    let id = ids
-        .next()
-        .ok_or(PkiError::Certificate("no urn:healthfed:facility: URI in subjectAltName"))?;
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix(FACILITY_URI_PREFIX),
+            _ => None,
+        });
+    let id = ids.next().ok_or(PkiError::Certificate(
+        "no urn:healthfed:facility: URI in subjectAltName",
+    ))?;
     if ids.next().is_some() {
         return Err(PkiError::Certificate(
             "more than one urn:healthfed:facility: URI in subjectAltName",

@@ -108,16 +108,17 @@ pub fn verify_directory(
     now_unix: i64,
     min_version: Option<u64>,
 ) -> Result<Directory, DirectoryError> {
-    let ca = cert::parse(ca_cert_der)
-        .ok_or(DirectoryError::BadCaCertificate("not a valid X.509 certificate"))?;
+    let ca = cert::parse(ca_cert_der).ok_or(DirectoryError::BadCaCertificate(
+        "not a valid X.509 certificate",
+    ))?;
     let point = cert::p256_public_point(&ca).map_err(DirectoryError::BadCaCertificate)?;
     let (payload, signature) = decode(file_bytes)?;
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &point)
         .verify(&payload, &signature)
         .map_err(|_| DirectoryError::BadSignature)?;
     // Only signed bytes are parsed beyond the envelope.
-    let directory: Directory = serde_json::from_slice(&payload)
-        .map_err(|e| DirectoryError::BadPayload(e.to_string()))?;
+    let directory: Directory =
+        serde_json::from_slice(&payload).map_err(|e| DirectoryError::BadPayload(e.to_string()))?;
     check(&directory, now_unix, min_version)?;
     Ok(directory)
 }
@@ -181,12 +182,15 @@ pub(crate) fn looks_like_directory(bytes: &[u8]) -> bool {
 }
 
 /// Serialise and sign a directory with the CA's PKCS#8 key.
-pub(crate) fn sign_directory(directory: &Directory, ca_key_pkcs8: &[u8]) -> Result<Vec<u8>, PkiError> {
+pub(crate) fn sign_directory(
+    directory: &Directory,
+    ca_key_pkcs8: &[u8],
+) -> Result<Vec<u8>, PkiError> {
     let rng = SystemRandom::new();
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, ca_key_pkcs8, &rng)
         .map_err(|_| PkiError::Crypto("CA key is not an ECDSA P-256 key"))?;
-    let payload = serde_json::to_vec(directory)
-        .map_err(|_| PkiError::Crypto("directory serialisation"))?;
+    let payload =
+        serde_json::to_vec(directory).map_err(|_| PkiError::Crypto("directory serialisation"))?;
     let signature = key
         .sign(&rng, &payload)
         .map_err(|_| PkiError::Crypto("directory signing"))?;

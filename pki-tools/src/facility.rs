@@ -251,7 +251,9 @@ fn parse_host(host: &str) -> Result<HostKind, PkiError> {
     }
     let name = host.to_ascii_lowercase();
     if name.len() > 253 {
-        return Err(PkiError::InvalidEndpoint("HOST is longer than 253 characters"));
+        return Err(PkiError::InvalidEndpoint(
+            "HOST is longer than 253 characters",
+        ));
     }
     for label in name.split('.') {
         let ok = (1..=63).contains(&label.len())
@@ -272,7 +274,9 @@ fn parse_host(host: &str) -> Result<HostKind, PkiError> {
         .next()
         .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(PkiError::InvalidEndpoint("HOST is neither a DNS name nor a valid IPv4 address"));
+        return Err(PkiError::InvalidEndpoint(
+            "HOST is neither a DNS name nor a valid IPv4 address",
+        ));
     }
     Ok(HostKind::Dns(name))
 }
@@ -307,7 +311,10 @@ mod tests {
             "hosp/../x",
         ] {
             assert!(
-                matches!(bad.parse::<FacilityId>(), Err(PkiError::InvalidFacilityId(_))),
+                matches!(
+                    bad.parse::<FacilityId>(),
+                    Err(PkiError::InvalidFacilityId(_))
+                ),
                 "{bad:?} accepted"
             );
         }
@@ -332,8 +339,14 @@ mod tests {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{kind}\""));
         }
-        assert!(matches!("pharmacy".parse::<FacilityKind>(), Err(PkiError::InvalidKind)));
-        assert_eq!(serde_json::to_string(&FacilityStatus::Revoked).unwrap(), "\"revoked\"");
+        assert!(matches!(
+            "pharmacy".parse::<FacilityKind>(),
+            Err(PkiError::InvalidKind)
+        ));
+        assert_eq!(
+            serde_json::to_string(&FacilityStatus::Revoked).unwrap(),
+            "\"revoked\""
+        );
     }
 
     #[test]

@@ -543,10 +543,13 @@ impl Federation {
             .into_iter()
             .flatten()
             .collect();
-        record.encryption_keys = [Some(encryption.public), record.encryption_keys.first().copied()]
-            .into_iter()
-            .flatten()
-            .collect();
+        record.encryption_keys = [
+            Some(encryption.public),
+            record.encryption_keys.first().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if let Err(e) = self.save(&next) {
             discard(&staged);
             return Err(e);
@@ -566,7 +569,9 @@ impl Federation {
         let validity = time::Duration::try_from(directory_validity)
             .map_err(|_| PkiError::InvalidValidity("directory validity is too long"))?;
         if validity <= time::Duration::ZERO {
-            return Err(PkiError::InvalidValidity("directory validity must be positive"));
+            return Err(PkiError::InvalidValidity(
+                "directory validity must be positive",
+            ));
         }
         let now = OffsetDateTime::now_utc();
         let expires = now
@@ -617,7 +622,9 @@ impl Federation {
         out: &Path,
     ) -> Result<(), PkiError> {
         if not_after <= not_before {
-            return Err(PkiError::InvalidValidity("not_after must be after not_before"));
+            return Err(PkiError::InvalidValidity(
+                "not_after must be after not_before",
+            ));
         }
         let index = self.state.facilities.iter().position(|f| &f.id == id);
         let name = index
@@ -625,7 +632,11 @@ impl Federation {
             .map_or_else(|| id.to_string(), |f| f.name.clone());
         let tls = self.issue_tls(id, &name, endpoint, not_before, not_after)?;
         files::create_private_dir(out)?;
-        files::write_atomic(&out.join(layout::CA_CERT), self.ca_cert_pem.as_bytes(), false)?;
+        files::write_atomic(
+            &out.join(layout::CA_CERT),
+            self.ca_cert_pem.as_bytes(),
+            false,
+        )?;
         files::write_atomic(&out.join(layout::TLS_KEY), tls.key_pem.as_bytes(), true)?;
         files::write_atomic(&out.join(layout::TLS_CERT), tls.cert_pem.as_bytes(), false)?;
 
@@ -713,8 +724,8 @@ impl Federation {
         let mut staged = Vec::with_capacity(contents.len());
         for (name, bytes, private) in contents {
             let dest = out.join(name);
-            let result =
-                files::temp_path_for(&dest).and_then(|tmp| files::stage(&tmp, bytes, private).map(|()| tmp));
+            let result = files::temp_path_for(&dest)
+                .and_then(|tmp| files::stage(&tmp, bytes, private).map(|()| tmp));
             match result {
                 Ok(tmp) => staged.push(Staged { tmp, dest }),
                 Err(e) => {
@@ -792,7 +803,9 @@ impl Federation {
         let ca_path = self.dir.join(layout::CA_CERT);
         let ski = cert::parse(&self.ca_cert_der)
             .and_then(|c| cert::subject_key_id(&c))
-            .ok_or_else(|| PkiError::invalid(&ca_path, "CA certificate has no subjectKeyIdentifier"))?;
+            .ok_or_else(|| {
+                PkiError::invalid(&ca_path, "CA certificate has no subjectKeyIdentifier")
+            })?;
         let all = state
             .facilities
             .iter()
@@ -804,12 +817,20 @@ impl Federation {
                 continue;
             };
             let serial = hex::decode(&record.serial).map_err(|_| {
-                PkiError::invalid(self.dir.join(layout::STATE), "certificate serial is not hex")
+                PkiError::invalid(
+                    self.dir.join(layout::STATE),
+                    "certificate serial is not hex",
+                )
             })?;
             revoked_certs.push(RevokedCertParams {
                 serial_number: SerialNumber::from(serial),
                 revocation_time: OffsetDateTime::from_unix_timestamp(revocation.at).map_err(
-                    |_| PkiError::invalid(self.dir.join(layout::STATE), "revocation time out of range"),
+                    |_| {
+                        PkiError::invalid(
+                            self.dir.join(layout::STATE),
+                            "revocation time out of range",
+                        )
+                    },
                 )?,
                 reason_code: revocation.reason.and_then(Reason::crl_code),
                 invalidity_date: None,
@@ -950,13 +971,22 @@ mod tests {
 
     #[test]
     fn reasons_parse_in_both_spellings() {
-        assert_eq!(Reason::parse("key-compromise").unwrap(), Reason::KeyCompromise);
-        assert_eq!(Reason::parse("keyCompromise").unwrap(), Reason::KeyCompromise);
+        assert_eq!(
+            Reason::parse("key-compromise").unwrap(),
+            Reason::KeyCompromise
+        );
+        assert_eq!(
+            Reason::parse("keyCompromise").unwrap(),
+            Reason::KeyCompromise
+        );
         assert_eq!(
             Reason::parse("cessation_of_operation").unwrap(),
             Reason::CessationOfOperation
         );
-        assert!(matches!(Reason::parse("bored"), Err(PkiError::InvalidReason)));
+        assert!(matches!(
+            Reason::parse("bored"),
+            Err(PkiError::InvalidReason)
+        ));
         assert_eq!(Reason::Unspecified.crl_code(), None);
         assert_eq!(
             Reason::Superseded.crl_code(),

@@ -161,12 +161,18 @@ mod tests {
         write_atomic(&key, b"one", true).unwrap();
         write_atomic(&key, b"two", true).unwrap();
         assert_eq!(fs::read(&key).unwrap(), b"two");
-        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         check_private_key_permissions(&key).unwrap();
 
         let public = dir.path().join("a.crt");
         write_atomic(&public, b"cert", false).unwrap();
-        assert_eq!(fs::metadata(&public).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&public).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         // No temporary files are left behind.
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
@@ -219,6 +225,9 @@ mod tests {
             "x.pem: expected a PEM CERTIFICATE block, found PRIVATE KEY"
         );
         let err = pem_decode(p, b"garbage", "CERTIFICATE").unwrap_err();
-        assert_eq!(err.to_string(), "x.pem: not a PEM file (expected CERTIFICATE)");
+        assert_eq!(
+            err.to_string(),
+            "x.pem: not a PEM file (expected CERTIFICATE)"
+        );
     }
 }

@@ -54,8 +54,8 @@ pub fn inspect(path: &Path) -> Result<String, PkiError> {
 }
 
 fn describe_cert(path: &Path, der: &[u8]) -> Result<String, PkiError> {
-    let cert = cert::parse(der)
-        .ok_or_else(|| PkiError::invalid(path, "not a valid X.509 certificate"))?;
+    let cert =
+        cert::parse(der).ok_or_else(|| PkiError::invalid(path, "not a valid X.509 certificate"))?;
     let mut out = String::new();
     let _ = writeln!(out, "certificate {}", path.display());
     line(&mut out, "subject", cert.subject().to_string());
@@ -128,7 +128,11 @@ fn describe_cert(path: &Path, der: &[u8]) -> Result<String, PkiError> {
         Err(e) => line(&mut out, "facility id", format!("none ({e})")),
     }
     line(&mut out, "public key", describe_spki(&cert));
-    line(&mut out, "SHA-256", hex::encode(cert::cert_fingerprint(der)));
+    line(
+        &mut out,
+        "SHA-256",
+        hex::encode(cert::cert_fingerprint(der)),
+    );
     line(
         &mut out,
         "signature",
@@ -150,7 +154,11 @@ fn describe_crl(path: &Path, der: &[u8]) -> Result<String, PkiError> {
     let mut out = String::new();
     let _ = writeln!(out, "certificate revocation list {}", path.display());
     line(&mut out, "issuer", crl.issuer().to_string());
-    line(&mut out, "this update", fmt_time(crl.last_update().to_datetime()));
+    line(
+        &mut out,
+        "this update",
+        fmt_time(crl.last_update().to_datetime()),
+    );
     let next = crl.next_update().map(|t| t.to_datetime());
     let next_text = match next {
         Some(t) if t < OffsetDateTime::now_utc() => format!("{} (STALE)", fmt_time(t)),
@@ -201,7 +209,7 @@ fn describe_private_key(path: &Path, der: &[u8]) -> Result<String, PkiError> {
     let mut out = String::new();
     let _ = writeln!(out, "private key {}", path.display());
     let kind_text = match kind {
-        KeyType::EcdsaP256 => "ECDSA P-256 (TLS)",
+        KeyType::EcdsaP256 => "ECDSA P-256 (TLS or CA key)",
         KeyType::Ed25519 => "Ed25519 (record signing)",
         KeyType::X25519 => "X25519 (record encryption)",
     };
@@ -279,7 +287,11 @@ fn describe_directory(path: &Path, bytes: &[u8]) -> String {
         for key in &f.signing_keys {
             let _ = writeln!(out, "        signing key      {}", hex::encode(key));
         }
-        let _ = writeln!(out, "        encryption key   {}", hex::encode(f.encryption_key));
+        let _ = writeln!(
+            out,
+            "        encryption key   {}",
+            hex::encode(f.encryption_key)
+        );
     }
     out
 }
@@ -298,7 +310,10 @@ fn check_signature(path: &Path, tbs: &[u8], alg: &AlgorithmIdentifier<'_>, sig: 
         return format!("not checked (no {} beside the file)", layout::CA_CERT);
     };
     let Ok(ca_der) = files::pem_decode(&ca_path, &ca_pem, "CERTIFICATE") else {
-        return format!("not checked ({} is not a PEM certificate)", ca_path.display());
+        return format!(
+            "not checked ({} is not a PEM certificate)",
+            ca_path.display()
+        );
     };
     let Some(ca) = cert::parse(&ca_der) else {
         return format!("not checked ({} is not a certificate)", ca_path.display());
@@ -322,7 +337,10 @@ fn describe_spki(cert: &X509Certificate<'_>) -> String {
             "ECDSA P-256, SHA-256 {}",
             hex::encode(ring::digest::digest(&ring::digest::SHA256, &point))
         ),
-        Err(_) => format!("algorithm {}", cert.public_key().algorithm.algorithm.to_id_string()),
+        Err(_) => format!(
+            "algorithm {}",
+            cert.public_key().algorithm.algorithm.to_id_string()
+        ),
     }
 }
 
@@ -346,7 +364,7 @@ fn describe_general_name(name: &GeneralName<'_>) -> String {
 }
 
 fn line(out: &mut String, label: &str, value: String) {
-    let _ = writeln!(out, "  {:<18} {}", format!("{label}:"), value);
+    let _ = writeln!(out, "  {:<20} {}", format!("{label}:"), value);
 }
 
 fn fmt_time(t: OffsetDateTime) -> String {

@@ -105,8 +105,8 @@ pub(crate) fn generate_signing_key() -> Result<SigningKeyMaterial, PkiError> {
     let doc = Ed25519KeyPair::generate_pkcs8(&rng)
         .map_err(|_| PkiError::Crypto("Ed25519 key generation"))?;
     let doc = Zeroizing::new(doc.as_ref().to_vec());
-    let pair = Ed25519KeyPair::from_pkcs8(&doc)
-        .map_err(|_| PkiError::Crypto("Ed25519 key generation"))?;
+    let pair =
+        Ed25519KeyPair::from_pkcs8(&doc).map_err(|_| PkiError::Crypto("Ed25519 key generation"))?;
     let seed = ed25519_seed(&doc).ok_or(PkiError::Crypto("unexpected ring PKCS#8 layout"))?;
     let mut public = [0u8; 32];
     public.copy_from_slice(pair.public_key().as_ref());
@@ -225,8 +225,12 @@ mod tests {
 
     fn write_key(dir: &Path, name: &str, der: &[u8]) -> std::path::PathBuf {
         let path = dir.join(name);
-        files::write_atomic(&path, files::pem_encode("PRIVATE KEY", der).as_bytes(), true)
-            .unwrap();
+        files::write_atomic(
+            &path,
+            files::pem_encode("PRIVATE KEY", der).as_bytes(),
+            true,
+        )
+        .unwrap();
         path
     }
 
