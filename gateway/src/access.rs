@@ -62,7 +62,9 @@ impl PolicyHandle {
         *stamp = newest;
         match self.reload_now() {
             Ok(()) => tracing::info!("policy set reloaded"),
-            Err(e) => tracing::warn!(error = %e, "policy reload refused; the previous policy set stays active"),
+            Err(e) => {
+                tracing::warn!(error = %e, "policy reload refused; the previous policy set stays active")
+            }
         }
     }
 }
@@ -148,7 +150,10 @@ fn facility_info(peer: &Peer) -> FacilityInfo {
     }
 }
 
-pub fn consent_directives(state: &NodeState, patient: &str) -> Result<Vec<ConsentDirective>, String> {
+pub fn consent_directives(
+    state: &NodeState,
+    patient: &str,
+) -> Result<Vec<ConsentDirective>, String> {
     let raw = state
         .store
         .consent_list(patient)

@@ -74,7 +74,10 @@ impl ApiClient {
         let mut builder = Request::builder()
             .method(method)
             .uri(path_and_query)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token));
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            );
         if let Some(ct) = content_type {
             builder = builder.header(http::header::CONTENT_TYPE, ct);
         }
@@ -122,7 +125,10 @@ impl ApiClient {
         body: Option<serde_json::Value>,
     ) -> Result<(StatusCode, serde_json::Value), ClientError> {
         let (body, ct) = match body {
-            Some(v) => (Body::from(serde_json::to_vec(&v).unwrap_or_default()), Some("application/json")),
+            Some(v) => (
+                Body::from(serde_json::to_vec(&v).unwrap_or_default()),
+                Some("application/json"),
+            ),
             None => (Body::empty(), None),
         };
         let response = self.call(method, path_and_query, body, ct).await?;
@@ -143,8 +149,9 @@ pub async fn collect_json(
             problem: e.to_string(),
         })?
         .to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
     Ok((status, value))
 }
 

@@ -9,7 +9,6 @@ use axum::body::Body;
 use clap::{Args, Parser, Subcommand};
 use futures_util::TryStreamExt;
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
@@ -23,7 +22,11 @@ pub const EXIT_DENIED: u8 = 3;
 pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "Secure record-exchange gateway between healthcare facilities")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Secure record-exchange gateway between healthcare facilities"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -327,11 +330,14 @@ fn print_json(v: &Value) {
 /// Runs a client command (everything but `run` and `demo`).
 pub async fn run_command(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Run(_) | Command::Demo { .. } => Err(Failure::new(EXIT_USAGE, "internal: not a client command")),
+        Command::Run(_) | Command::Demo { .. } => {
+            Err(Failure::new(EXIT_USAGE, "internal: not a client command"))
+        }
         Command::Check(arg) => {
             let config = load_config(&arg)?;
             let (_stop, rx) = tokio::sync::watch::channel(false);
-            let state = crate::node::load_state(config, rx).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
+            let state = crate::node::load_state(config, rx)
+                .map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
             let trust = state.trust();
             println!(
                 "ok: facility {} ; directory version {} lists {} facilities ; {} policies",
@@ -360,7 +366,10 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                     Value::Array(rows) => rows,
                     one => vec![one],
                 };
-                println!("{:<32}  {:<14} {:<10} {:>10} {:>8}  {}", "TRANSFER", "TO", "STATE", "BYTES", "ATTEMPTS", "NOTE");
+                println!(
+                    "{:<32}  {:<14} {:<10} {:>10} {:>8}  {}",
+                    "TRANSFER", "TO", "STATE", "BYTES", "ATTEMPTS", "NOTE"
+                );
                 for r in rows {
                     println!(
                         "{:<32}  {:<14} {:<10} {:>10} {:>8}  {}",
@@ -397,14 +406,20 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
         Command::Request(args) => request(args).await,
         Command::Requests { config, json } => {
             let c = client(&config).await?;
-            let (status, body) = c.json(Method::GET, "/v1/requests", None).await.map_err(fail)?;
+            let (status, body) = c
+                .json(Method::GET, "/v1/requests", None)
+                .await
+                .map_err(fail)?;
             if !status.is_success() {
                 return Err(api_failure(status, &body));
             }
             if json {
                 print_json(&body);
             } else {
-                println!("{:<32}  {:<14} {:<10} {:<32}  {}", "REQUEST", "FROM", "STATE", "TRANSFER", "REASON");
+                println!(
+                    "{:<32}  {:<14} {:<10} {:<32}  {}",
+                    "REQUEST", "FROM", "STATE", "TRANSFER", "REASON"
+                );
                 for r in body.as_array().cloned().unwrap_or_default() {
                     println!(
                         "{:<32}  {:<14} {:<10} {:<32}  {}",
@@ -419,15 +434,24 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Records { action } => match action {
-            RecordsAction::Put { config, patient, file, content_type } => {
+            RecordsAction::Put {
+                config,
+                patient,
+                file,
+                content_type,
+            } => {
                 let c = client(&config).await?;
-                let bytes = std::fs::read(&file).map_err(|e| Failure::new(EXIT_FAILURE, format!("{}: {e}", file.display())))?;
+                let bytes = std::fs::read(&file)
+                    .map_err(|e| Failure::new(EXIT_FAILURE, format!("{}: {e}", file.display())))?;
                 let path = format!(
                     "/v1/records/{}?{}",
                     encode_segment(&patient),
                     query(&[("content_type", Some(content_type))])
                 );
-                let resp = c.call(Method::PUT, &path, Body::from(bytes), None).await.map_err(fail)?;
+                let resp = c
+                    .call(Method::PUT, &path, Body::from(bytes), None)
+                    .await
+                    .map_err(fail)?;
                 let (status, body) = collect_json(resp).await.map_err(fail)?;
                 if !status.is_success() {
                     return Err(api_failure(status, &body));
@@ -461,18 +485,35 @@ async fn send(args: SendArgs) -> Result<(), Failure> {
         ("patient", Some(args.patient)),
         ("purpose", Some(args.purpose)),
         ("content_type", Some(args.content_type)),
-        ("categories", (!args.categories.is_empty()).then(|| args.categories.join(","))),
+        (
+            "categories",
+            (!args.categories.is_empty()).then(|| args.categories.join(",")),
+        ),
         ("clinician", args.clinician),
         ("clinician_role", args.clinician_role),
-        ("break_glass_reason", if args.break_glass { args.reason } else { None }),
+        (
+            "break_glass_reason",
+            if args.break_glass { args.reason } else { None },
+        ),
     ]);
     let resp = c
-        .call(Method::POST, &format!("/v1/transfers?{q}"), body, Some("application/octet-stream"))
+        .call(
+            Method::POST,
+            &format!("/v1/transfers?{q}"),
+            body,
+            Some("application/octet-stream"),
+        )
         .await
         .map_err(fail)?;
     let (status, body) = collect_json(resp).await.map_err(fail)?;
     if status == StatusCode::FORBIDDEN {
-        return Err(Failure::new(EXIT_DENIED, body["error"].as_str().unwrap_or("denied by policy").to_owned()));
+        return Err(Failure::new(
+            EXIT_DENIED,
+            body["error"]
+                .as_str()
+                .unwrap_or("denied by policy")
+                .to_owned(),
+        ));
     }
     if !status.is_success() {
         return Err(api_failure(status, &body));
@@ -495,7 +536,10 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
             if json {
                 print_json(&body);
             } else {
-                println!("{:<32}  {:<14} {:>10}  {}", "TRANSFER", "FROM", "BYTES", "ACKNOWLEDGED");
+                println!(
+                    "{:<32}  {:<14} {:>10}  {}",
+                    "TRANSFER", "FROM", "BYTES", "ACKNOWLEDGED"
+                );
                 for r in body.as_array().cloned().unwrap_or_default() {
                     println!(
                         "{:<32}  {:<14} {:>10}  {}",
@@ -510,7 +554,12 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
         }
         InboxAction::Get { id, out } => {
             let resp = c
-                .call(Method::GET, &format!("/v1/inbox/{id}/payload"), Body::empty(), None)
+                .call(
+                    Method::GET,
+                    &format!("/v1/inbox/{id}/payload"),
+                    Body::empty(),
+                    None,
+                )
                 .await
                 .map_err(fail)?;
             if !resp.status().is_success() {
@@ -538,7 +587,10 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
 /// Streams a response body to a 0600 temp file beside `out`, then renames it into place, so a
 /// failed decryption leaves nothing behind.
 async fn write_stream_to(body: Body, out: &Path) -> Result<(), Failure> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.partial",
         out.file_name().and_then(|n| n.to_str()).unwrap_or("record")
@@ -560,7 +612,10 @@ async fn write_stream_to(body: Body, out: &Path) -> Result<(), Failure> {
             Err(e) => {
                 drop(file);
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Failure::new(EXIT_FAILURE, format!("record could not be decrypted: {e}")));
+                return Err(Failure::new(
+                    EXIT_FAILURE,
+                    format!("record could not be decrypted: {e}"),
+                ));
             }
         }
     }
@@ -573,25 +628,40 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
     match action {
         AuditAction::Verify(config) => {
             let c = client(&config).await?;
-            let (status, body) = c.json(Method::GET, "/v1/audit/verify", None).await.map_err(fail)?;
+            let (status, body) = c
+                .json(Method::GET, "/v1/audit/verify", None)
+                .await
+                .map_err(fail)?;
             if status.is_success() && body["ok"].as_bool() == Some(true) {
                 println!("audit chain verified: {} entries", body["entries"]);
                 Ok(())
             } else {
                 Err(Failure::new(
                     EXIT_FAILURE,
-                    format!("audit chain does NOT verify: {}", body["error"].as_str().unwrap_or("unknown error")),
+                    format!(
+                        "audit chain does NOT verify: {}",
+                        body["error"].as_str().unwrap_or("unknown error")
+                    ),
                 ))
             }
         }
-        AuditAction::List { config, json, patient, transfer, break_glass } => {
+        AuditAction::List {
+            config,
+            json,
+            patient,
+            transfer,
+            break_glass,
+        } => {
             let c = client(&config).await?;
             let q = query(&[
                 ("patient", patient),
                 ("transfer", transfer),
                 ("break_glass", break_glass.then(|| "true".to_owned())),
             ]);
-            let (status, body) = c.json(Method::GET, &format!("/v1/audit?{q}"), None).await.map_err(fail)?;
+            let (status, body) = c
+                .json(Method::GET, &format!("/v1/audit?{q}"), None)
+                .await
+                .map_err(fail)?;
             if !status.is_success() {
                 return Err(api_failure(status, &body));
             }
@@ -610,12 +680,22 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
 pub fn print_audit_row(r: &Value) {
     let time = r["time_ms"]
         .as_u64()
-        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        })
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default();
     let policies = r["policy_ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default();
     println!(
         "#{:<5} {} {:<18} {:<18} peer={:<12} transfer={} outcome={}{}{}{}",
@@ -624,11 +704,25 @@ pub fn print_audit_row(r: &Value) {
         r["event"].as_str().unwrap_or(""),
         r["purpose"].as_str().unwrap_or("-"),
         r["peer"].as_str().unwrap_or("-"),
-        r["transfer_id"].as_str().map(|t| t.get(..12).unwrap_or(t)).unwrap_or("-"),
+        r["transfer_id"]
+            .as_str()
+            .map(|t| t.get(..12).unwrap_or(t))
+            .unwrap_or("-"),
         r["outcome"].as_str().unwrap_or(""),
-        if r["break_glass"].as_bool() == Some(true) { " BREAK-GLASS" } else { "" },
-        if policies.is_empty() { String::new() } else { format!(" policies=[{policies}]") },
-        r["reason"].as_str().map(|s| format!(" reason=\"{s}\"")).unwrap_or_default(),
+        if r["break_glass"].as_bool() == Some(true) {
+            " BREAK-GLASS"
+        } else {
+            ""
+        },
+        if policies.is_empty() {
+            String::new()
+        } else {
+            format!(" policies=[{policies}]")
+        },
+        r["reason"]
+            .as_str()
+            .map(|s| format!(" reason=\"{s}\""))
+            .unwrap_or_default(),
     );
 }
 
@@ -648,10 +742,17 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
             println!("revoked {id}");
             Ok(())
         }
-        ConsentAction::Show { config, patient, json } => {
+        ConsentAction::Show {
+            config,
+            patient,
+            json,
+        } => {
             let c = client(&config).await?;
             let q = query(&[("patient", Some(patient))]);
-            let (status, body) = c.json(Method::GET, &format!("/v1/consents?{q}"), None).await.map_err(fail)?;
+            let (status, body) = c
+                .json(Method::GET, &format!("/v1/consents?{q}"), None)
+                .await
+                .map_err(fail)?;
             if !status.is_success() {
                 return Err(api_failure(status, &body));
             }
@@ -668,7 +769,11 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
                         d["categories"],
                         d["valid_until"],
                         d["recorded_by"].as_str().unwrap_or(""),
-                        if d["revoked_at"].is_null() { "" } else { "  REVOKED" }
+                        if d["revoked_at"].is_null() {
+                            ""
+                        } else {
+                            "  REVOKED"
+                        }
                     );
                 }
             }
@@ -676,9 +781,15 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
         }
         ConsentAction::Import { config, path } => {
             let c = client(&config).await?;
-            let bytes = std::fs::read(&path).map_err(|e| Failure::new(EXIT_FAILURE, format!("{}: {e}", path.display())))?;
+            let bytes = std::fs::read(&path)
+                .map_err(|e| Failure::new(EXIT_FAILURE, format!("{}: {e}", path.display())))?;
             let resp = c
-                .call(Method::POST, "/v1/consents/import", Body::from(bytes), Some("application/fhir+json"))
+                .call(
+                    Method::POST,
+                    "/v1/consents/import",
+                    Body::from(bytes),
+                    Some("application/fhir+json"),
+                )
                 .await
                 .map_err(fail)?;
             let (status, body) = collect_json(resp).await.map_err(fail)?;
@@ -695,7 +806,10 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
 
 async fn directive(args: DirectiveArgs, effect: &str) -> Result<(), Failure> {
     let valid_until = match &args.until {
-        Some(day) => Some(end_of_day(day).ok_or_else(|| Failure::new(EXIT_USAGE, "--until must be YYYY-MM-DD"))?),
+        Some(day) => Some(
+            end_of_day(day)
+                .ok_or_else(|| Failure::new(EXIT_USAGE, "--until must be YYYY-MM-DD"))?,
+        ),
         None => None,
     };
     let c = client(&args.config).await?;
@@ -708,7 +822,10 @@ async fn directive(args: DirectiveArgs, effect: &str) -> Result<(), Failure> {
         "valid_until": valid_until,
         "recorded_by": args.recorded_by,
     });
-    let (status, body) = c.json(Method::POST, "/v1/consents", Some(body)).await.map_err(fail)?;
+    let (status, body) = c
+        .json(Method::POST, "/v1/consents", Some(body))
+        .await
+        .map_err(fail)?;
     if !status.is_success() {
         return Err(api_failure(status, &body));
     }
@@ -719,7 +836,12 @@ async fn directive(args: DirectiveArgs, effect: &str) -> Result<(), Failure> {
 fn end_of_day(day: &str) -> Option<i64> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     let date = time::Date::parse(day, &format).ok()?;
-    Some(date.with_hms(23, 59, 59).ok()?.assume_utc().unix_timestamp())
+    Some(
+        date.with_hms(23, 59, 59)
+            .ok()?
+            .assume_utc()
+            .unix_timestamp(),
+    )
 }
 
 async fn request(args: RequestArgs) -> Result<(), Failure> {
@@ -733,7 +855,10 @@ async fn request(args: RequestArgs) -> Result<(), Failure> {
         "categories": args.categories,
         "break_glass_reason": if args.break_glass { args.reason } else { None },
     });
-    let (status, body) = c.json(Method::POST, "/v1/requests", Some(body)).await.map_err(fail)?;
+    let (status, body) = c
+        .json(Method::POST, "/v1/requests", Some(body))
+        .await
+        .map_err(fail)?;
     if !status.is_success() {
         return Err(api_failure(status, &body));
     }
@@ -742,11 +867,20 @@ async fn request(args: RequestArgs) -> Result<(), Failure> {
         "request {} {}{}{}",
         body["id"].as_str().unwrap_or(""),
         state,
-        body["transfer_id"].as_str().map(|t| format!(" transfer {t}")).unwrap_or_default(),
-        body["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()
+        body["transfer_id"]
+            .as_str()
+            .map(|t| format!(" transfer {t}"))
+            .unwrap_or_default(),
+        body["reason"]
+            .as_str()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
     );
     if state == "denied" {
-        return Err(Failure::new(EXIT_DENIED, format!("request denied: {}", body["reason"].as_str().unwrap_or(""))));
+        return Err(Failure::new(
+            EXIT_DENIED,
+            format!("request denied: {}", body["reason"].as_str().unwrap_or("")),
+        ));
     }
     if state == "failed" {
         return Err(Failure::new(EXIT_FAILURE, "request failed"));
@@ -756,12 +890,26 @@ async fn request(args: RequestArgs) -> Result<(), Failure> {
 
 async fn policy(action: PolicyAction) -> Result<(), Failure> {
     match action {
-        PolicyAction::Check { config, to, from, patient, purpose, categories, clinician_role, break_glass } => {
+        PolicyAction::Check {
+            config,
+            to,
+            from,
+            patient,
+            purpose,
+            categories,
+            clinician_role,
+            break_glass,
+        } => {
             let c = client(&config).await?;
             let (direction, facility) = match (to, from) {
                 (Some(to), None) => ("send", to),
                 (None, Some(from)) => ("receive", from),
-                _ => return Err(Failure::new(EXIT_USAGE, "give exactly one of --to or --from")),
+                _ => {
+                    return Err(Failure::new(
+                        EXIT_USAGE,
+                        "give exactly one of --to or --from",
+                    ))
+                }
             };
             let body = json!({
                 "direction": direction,
@@ -772,16 +920,31 @@ async fn policy(action: PolicyAction) -> Result<(), Failure> {
                 "clinician_role": clinician_role,
                 "break_glass": break_glass,
             });
-            let (status, body) = c.json(Method::POST, "/v1/policy/check", Some(body)).await.map_err(fail)?;
+            let (status, body) = c
+                .json(Method::POST, "/v1/policy/check", Some(body))
+                .await
+                .map_err(fail)?;
             if !status.is_success() {
                 return Err(api_failure(status, &body));
             }
             let policies = body["policy_ids"]
                 .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
                 .unwrap_or_default();
             println!("decision: {}", body["decision"].as_str().unwrap_or(""));
-            println!("determining policies: {}", if policies.is_empty() { "(none: default deny)" } else { &policies });
+            println!(
+                "determining policies: {}",
+                if policies.is_empty() {
+                    "(none: default deny)"
+                } else {
+                    &policies
+                }
+            );
             println!("reason: {}", body["reason"].as_str().unwrap_or(""));
             if let Some(errors) = body["errors"].as_array().filter(|e| !e.is_empty()) {
                 println!("evaluation errors: {}", Value::Array(errors.clone()));
@@ -794,7 +957,10 @@ async fn policy(action: PolicyAction) -> Result<(), Failure> {
         }
         PolicyAction::Reload(config) => {
             let c = client(&config).await?;
-            let (status, body) = c.json(Method::POST, "/v1/policy/reload", None).await.map_err(fail)?;
+            let (status, body) = c
+                .json(Method::POST, "/v1/policy/reload", None)
+                .await
+                .map_err(fail)?;
             if !status.is_success() {
                 return Err(api_failure(status, &body));
             }

@@ -60,7 +60,9 @@ pub struct TokenHash {
 
 impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenHash").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("TokenHash")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -231,8 +233,9 @@ mod defaults {
     pub fn max_concurrent() -> usize {
         256
     }
+    /// Longer than `delivery.max_age_secs`, so a transfer delayed by an outage still lands.
     pub fn replay_window_secs() -> u64 {
-        600
+        2 * 24 * 3600
     }
     pub fn request_timeout_secs() -> u64 {
         3600
@@ -283,7 +286,13 @@ impl NodeConfig {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
 
         let mut problems = Vec::new();
         if raw.version != CONFIG_VERSION {
@@ -494,7 +503,10 @@ mod tests {
         assert_eq!(cfg.facility_id.as_str(), "hosp-a");
         assert_eq!(cfg.data_dir, Path::new("/srv/node/data"));
         assert_eq!(cfg.keys.tls_key, Path::new("/srv/node/tls.key"));
-        assert_eq!(cfg.federation.directory, Path::new("/srv/node/../directory.json"));
+        assert_eq!(
+            cfg.federation.directory,
+            Path::new("/srv/node/../directory.json")
+        );
         assert_eq!(cfg.delivery.max_attempts, 12);
         assert!(cfg.policy.dir.is_none());
     }
@@ -509,7 +521,10 @@ mod tests {
     #[test]
     fn all_problems_reported_at_once_without_echoing_values() {
         let text = sample()
-            .replace("facility_id = \"hosp-a\"", "facility_id = \"Secret Value!\"")
+            .replace(
+                "facility_id = \"hosp-a\"",
+                "facility_id = \"Secret Value!\"",
+            )
             .replace("listen = \"127.0.0.1:7080\"", "listen = \"10.1.2.3:80\"")
             .replace("version = 1", "version = 7");
         let err = NodeConfig::parse(&text, Path::new("node.toml"))

@@ -28,7 +28,10 @@ pub fn recover_after_restart(state: &NodeState) {
     let Ok(entries) = state.store.outbox_list() else {
         return;
     };
-    for e in entries.iter().filter(|e| e.state == TransferState::Delivering) {
+    for e in entries
+        .iter()
+        .filter(|e| e.state == TransferState::Delivering)
+    {
         let _ = state.store.outbox_update(&e.transfer_id, |e| {
             e.state = TransferState::Queued;
             e.next_attempt_ms = now_ms();
@@ -80,7 +83,10 @@ pub async fn run_scheduler(state: Arc<NodeState>) {
 }
 
 enum Outcome {
-    Delivered { receipt: Vec<u8>, duplicate: bool },
+    Delivered {
+        receipt: Vec<u8>,
+        duplicate: bool,
+    },
     /// Worth another attempt later (network, overload, peer restarting).
     Retry(String),
     /// The peer refused the envelope; resending the same bytes cannot succeed.
@@ -90,12 +96,20 @@ enum Outcome {
 async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
     let id = TransferId(entry.transfer_id);
     let now = now_ms();
-    if !matches!(entry.state, TransferState::Queued | TransferState::Delivering) {
+    if !matches!(
+        entry.state,
+        TransferState::Queued | TransferState::Delivering
+    ) {
         return;
     }
     let age_ms = now.saturating_sub(entry.created_ms);
     if age_ms > state.config.delivery.max_age_secs.saturating_mul(1000) {
-        finish_failed(state, &entry, "expired: not delivered within the maximum age".to_owned()).await;
+        finish_failed(
+            state,
+            &entry,
+            "expired: not delivered within the maximum age".to_owned(),
+        )
+        .await;
         return;
     }
     let attempt = entry.attempts + 1;
@@ -125,11 +139,14 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
                 return;
             }
             let mut rec = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
-            rec.reason = Some("signed receipt verified against the recipient's directory key".to_owned());
+            rec.reason =
+                Some("signed receipt verified against the recipient's directory key".to_owned());
             let _ = audit::append(state, rec);
             let mut rec = base_record(&entry, event::DELIVERED, "delivered");
             if duplicate {
-                rec.reason = Some("recipient already held this transfer; its receipt was returned".to_owned());
+                rec.reason = Some(
+                    "recipient already held this transfer; its receipt was returned".to_owned(),
+                );
             }
             let _ = audit::append(state, rec);
             if let Err(e) = state.store.commit().await {
@@ -141,8 +158,12 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
         Outcome::Retry(reason) => {
             let cfg = &state.config.delivery;
             if attempt >= cfg.max_attempts {
-                finish_failed(state, &entry, format!("gave up after {attempt} attempts: {reason}"))
-                    .await;
+                finish_failed(
+                    state,
+                    &entry,
+                    format!("gave up after {attempt} attempts: {reason}"),
+                )
+                .await;
                 return;
             }
             let delay = backoff_ms(attempt, cfg.initial_backoff_ms, cfg.max_backoff_ms);
@@ -206,13 +227,17 @@ async fn attempt_delivery(state: &Arc<NodeState>, entry: &OutboxEntry) -> Outcom
         return Outcome::Refused("recipient is no longer in the federation directory".to_owned());
     };
     if !peer.active {
-        return Outcome::Refused("recipient is no longer active in the federation directory".to_owned());
+        return Outcome::Refused(
+            "recipient is no longer active in the federation directory".to_owned(),
+        );
     }
     let mut sender = match state.clients.sender(&peer).await {
         Ok(s) => s,
         Err(e) => return Outcome::Retry(e.to_string()),
     };
-    let path = state.store.spool_path(&entry.transfer_id, SpoolKind::Outbox);
+    let path = state
+        .store
+        .spool_path(&entry.transfer_id, SpoolKind::Outbox);
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) => return Outcome::Refused(format!("local system: sealed envelope missing: {e}")),
@@ -221,7 +246,10 @@ async fn attempt_delivery(state: &Arc<NodeState>, entry: &OutboxEntry) -> Outcom
     let body: Body = BodyExt::boxed(StreamBody::new(stream));
     let request = match http::Request::post(format!("https://{}{ENVELOPE_PATH}", peer.id))
         .header(http::header::CONTENT_LENGTH, entry.envelope_len)
-        .header(http::header::CONTENT_TYPE, "application/vnd.healthfed.envelope")
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/vnd.healthfed.envelope",
+        )
         .body(body)
     {
         Ok(r) => r,
@@ -252,16 +280,17 @@ async fn attempt_delivery(state: &Arc<NodeState>, entry: &OutboxEntry) -> Outcom
                 duplicate: status.as_u16() == 409,
             },
             // A 409 without a valid receipt is a refusal (e.g. a different envelope reused the id).
-            Err(e) if status.as_u16() == 409 => Outcome::Refused(format!(
-                "peer {} refused: {}",
-                peer.id,
-                peer_reason(&body)
-            ) + &format!(" ({e})")),
+            Err(e) if status.as_u16() == 409 => Outcome::Refused(
+                format!("peer {} refused: {}", peer.id, peer_reason(&body)) + &format!(" ({e})"),
+            ),
             Err(e) => Outcome::Refused(e),
         },
-        408 | 429 | 500..=599 => {
-            Outcome::Retry(format!("peer {}: {} {}", peer.id, status.as_u16(), peer_reason(&body)))
-        }
+        408 | 429 | 500..=599 => Outcome::Retry(format!(
+            "peer {}: {} {}",
+            peer.id,
+            status.as_u16(),
+            peer_reason(&body)
+        )),
         _ => Outcome::Refused(format!(
             "peer {} refused ({}): {}",
             peer.id,
@@ -287,7 +316,10 @@ fn verify_receipt(
         || receipt.receiver != peer.id.as_str()
         || receipt.sender != state.me().as_str()
     {
-        return Err(format!("peer {}: receipt does not match the transfer", peer.id));
+        return Err(format!(
+            "peer {}: receipt does not match the transfer",
+            peer.id
+        ));
     }
     Ok(())
 }
@@ -308,7 +340,12 @@ fn peer_reason(body: &[u8]) -> String {
 
 /// Cancels a transfer that has not been delivered yet.
 pub async fn cancel(state: &NodeState, id: &TransferId) -> Result<OutboxEntry, String> {
-    if state.inflight.lock().map(|s| s.contains(&id.0)).unwrap_or(true) {
+    if state
+        .inflight
+        .lock()
+        .map(|s| s.contains(&id.0))
+        .unwrap_or(true)
+    {
         return Err("the transfer is being delivered right now; try again shortly".to_owned());
     }
     let mut refused = None;

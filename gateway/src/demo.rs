@@ -39,9 +39,21 @@ struct DemoFacility {
 }
 
 const FACILITIES: [DemoFacility; 3] = [
-    DemoFacility { id: "hosp-central", name: "Central Hospital", kind: FacilityKind::Hospital },
-    DemoFacility { id: "clinic-north", name: "North Clinic", kind: FacilityKind::Clinic },
-    DemoFacility { id: "payer-province", name: "Provincial Insurance", kind: FacilityKind::Payer },
+    DemoFacility {
+        id: "hosp-central",
+        name: "Central Hospital",
+        kind: FacilityKind::Hospital,
+    },
+    DemoFacility {
+        id: "clinic-north",
+        name: "North Clinic",
+        kind: FacilityKind::Clinic,
+    },
+    DemoFacility {
+        id: "payer-province",
+        name: "Provincial Insurance",
+        kind: FacilityKind::Payer,
+    },
 ];
 
 struct RunningNode {
@@ -52,7 +64,10 @@ struct RunningNode {
 }
 
 pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
-    let fail = |e: &dyn std::fmt::Display| Failure { code: EXIT_FAILURE, message: e.to_string() };
+    let fail = |e: &dyn std::fmt::Display| Failure {
+        code: EXIT_FAILURE,
+        message: e.to_string(),
+    };
     let dir = match dir {
         Some(d) => d,
         None => tempfile::Builder::new()
@@ -68,7 +83,8 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
     let mut nodes = BTreeMap::new();
     for (id, (config, peer_l, local_l)) in configs {
         let (stop, rx) = watch::channel(false);
-        let state = node::load_state(config.clone(), rx).map_err(|e| fail(&format!("{id}: {e}")))?;
+        let state =
+            node::load_state(config.clone(), rx).map_err(|e| fail(&format!("{id}: {e}")))?;
         let mut stop_rx = stop.subscribe();
         let task = tokio::spawn(node::run(
             state.clone(),
@@ -83,7 +99,15 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
             "   started node {id}: peers connect to {} (mutual TLS 1.3), local API on {}",
             config.peer.listen, config.local_api.listen
         );
-        nodes.insert(id, RunningNode { config, stop, task, _state: state });
+        nodes.insert(
+            id,
+            RunningNode {
+                config,
+                stop,
+                task,
+                _state: state,
+            },
+        );
     }
 
     let ok = exchange(&nodes).await;
@@ -105,7 +129,10 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
     }
     println!("\nNodes stopped. Check any node's audit chain with:");
     for f in &FACILITIES {
-        println!("   gateway audit verify --config {}", dir.join(f.id).join("node.toml").display());
+        println!(
+            "   gateway audit verify --config {}",
+            dir.join(f.id).join("node.toml").display()
+        );
     }
     ok
 }
@@ -114,26 +141,38 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
 async fn prepare(
     dir: &Path,
 ) -> Result<BTreeMap<&'static str, (NodeConfig, TcpListener, TcpListener)>, Failure> {
-    let fail = |e: &dyn std::fmt::Display| Failure { code: EXIT_FAILURE, message: e.to_string() };
+    let fail = |e: &dyn std::fmt::Display| Failure {
+        code: EXIT_FAILURE,
+        message: e.to_string(),
+    };
     let fed_dir = dir.join("federation");
     let fresh = !fed_dir.join(pki_tools::layout::STATE).exists();
     let mut out = BTreeMap::new();
     if !fresh {
         println!("   reusing the federation created earlier in this directory");
         for f in &FACILITIES {
-            let config = NodeConfig::load(&dir.join(f.id).join("node.toml")).map_err(|e| fail(&e))?;
+            let config =
+                NodeConfig::load(&dir.join(f.id).join("node.toml")).map_err(|e| fail(&e))?;
             let (peer, local) = node::bind(&config).await.map_err(|e| fail(&e))?;
             out.insert(f.id, (config, peer, local));
         }
         return Ok(out);
     }
 
-    let mut fed = Federation::init(&fed_dir, "Demo Provincial Health Federation", false).map_err(|e| fail(&e))?;
-    println!("   created the federation CA (ECDSA P-256) in {}", fed_dir.display());
+    let mut fed = Federation::init(&fed_dir, "Demo Provincial Health Federation", false)
+        .map_err(|e| fail(&e))?;
+    println!(
+        "   created the federation CA (ECDSA P-256) in {}",
+        fed_dir.display()
+    );
     let mut bound = Vec::new();
     for f in &FACILITIES {
-        let peer = TcpListener::bind("127.0.0.1:0").await.map_err(|e| fail(&e))?;
-        let local = TcpListener::bind("127.0.0.1:0").await.map_err(|e| fail(&e))?;
+        let peer = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| fail(&e))?;
+        let local = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| fail(&e))?;
         let peer_addr: SocketAddr = peer.local_addr().map_err(|e| fail(&e))?;
         let local_addr: SocketAddr = local.local_addr().map_err(|e| fail(&e))?;
         let id: FacilityId = f.id.parse().map_err(|e| fail(&e))?;
@@ -141,23 +180,34 @@ async fn prepare(
             .parse()
             .map_err(|e| fail(&e))?;
         let node_dir = dir.join(f.id);
-        fed.add_facility(&id, f.name, &endpoint, f.kind, &node_dir).map_err(|e| fail(&e))?;
+        fed.add_facility(&id, f.name, &endpoint, f.kind, &node_dir)
+            .map_err(|e| fail(&e))?;
         println!("   issued identity for {} ({}, {}): TLS certificate, Ed25519 signing key, X25519 encryption key", f.id, f.name, f.kind);
         bound.push((f, node_dir, peer, local, peer_addr, local_addr));
     }
-    let published = fed.publish(Duration::from_secs(30 * 24 * 3600)).map_err(|e| fail(&e))?;
-    println!("   published the signed federation directory (version {}) and the CRL", published.version);
+    let published = fed
+        .publish(Duration::from_secs(30 * 24 * 3600))
+        .map_err(|e| fail(&e))?;
+    println!(
+        "   published the signed federation directory (version {}) and the CRL",
+        published.version
+    );
 
     for (f, node_dir, peer, local, peer_addr, local_addr) in bound {
         let token = random_token();
-        pki_tools::files::write_atomic(&node_dir.join("api.token"), token.as_bytes(), true).map_err(|e| fail(&e))?;
+        pki_tools::files::write_atomic(&node_dir.join("api.token"), token.as_bytes(), true)
+            .map_err(|e| fail(&e))?;
         let rendered = ConfigTemplate {
             facility_id: f.id,
             peer_listen: peer_addr,
             local_listen: local_addr,
             token_sha256_hex: &hex::encode(gateway_envelope::sha256(token.as_bytes())),
-            directory: &Path::new("..").join("federation").join(pki_tools::layout::DIRECTORY),
-            crl: &Path::new("..").join("federation").join(pki_tools::layout::CRL),
+            directory: &Path::new("..")
+                .join("federation")
+                .join(pki_tools::layout::DIRECTORY),
+            crl: &Path::new("..")
+                .join("federation")
+                .join(pki_tools::layout::CRL),
         }
         .render();
         let path = node_dir.join("node.toml");
@@ -178,20 +228,32 @@ fn patient_id(bundle: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(bundle).ok()?;
     v["entry"].as_array()?.iter().find_map(|e| {
         let r = &e["resource"];
-        (r["resourceType"] == "Patient").then(|| r["id"].as_str().map(str::to_owned)).flatten()
+        (r["resourceType"] == "Patient")
+            .then(|| r["id"].as_str().map(str::to_owned))
+            .flatten()
     })
 }
 
 async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Failure> {
-    let fail = |m: String| Failure { code: EXIT_FAILURE, message: m };
-    let (Some(sender), Some(receiver)) = (nodes.get("hosp-central"), nodes.get("clinic-north")) else {
+    let fail = |m: String| Failure {
+        code: EXIT_FAILURE,
+        message: m,
+    };
+    let (Some(sender), Some(receiver)) = (nodes.get("hosp-central"), nodes.get("clinic-north"))
+    else {
         return Err(fail("demo nodes missing".to_owned()));
     };
-    let api = ApiClient::connect(&sender.config).await.map_err(|e| fail(e.to_string()))?;
-    let patient = patient_id(GENERAL_BUNDLE).ok_or_else(|| fail("demo bundle has no Patient".to_owned()))?;
+    let api = ApiClient::connect(&sender.config)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let patient =
+        patient_id(GENERAL_BUNDLE).ok_or_else(|| fail("demo bundle has no Patient".to_owned()))?;
 
     println!("\n== 1. Central Hospital refers a patient to North Clinic (purpose: treatment)");
-    println!("   record: Synthea FHIR R4 transaction bundle, {} bytes", GENERAL_BUNDLE.len());
+    println!(
+        "   record: Synthea FHIR R4 transaction bundle, {} bytes",
+        GENERAL_BUNDLE.len()
+    );
     let q = serde_urlencoded::to_string([
         ("to", "clinic-north"),
         ("patient", patient.as_str()),
@@ -202,7 +264,12 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
     ])
     .unwrap_or_default();
     let resp = api
-        .call(Method::POST, &format!("/v1/transfers?{q}"), Body::from(GENERAL_BUNDLE), None)
+        .call(
+            Method::POST,
+            &format!("/v1/transfers?{q}"),
+            Body::from(GENERAL_BUNDLE),
+            None,
+        )
         .await
         .map_err(|e| fail(e.to_string()))?;
     let (status, body) = collect_json(resp).await.map_err(|e| fail(e.to_string()))?;
@@ -210,23 +277,39 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
         return Err(fail(format!("submit refused ({status}): {body}")));
     };
     println!("   the gateway read the bundle itself, checked policy, signed (Ed25519) and sealed it (HPKE X25519 + AES-256-GCM)");
-    println!("   queued durably: transfer {transfer} (local API answered {})", status.as_u16());
+    println!(
+        "   queued durably: transfer {transfer} (local API answered {})",
+        status.as_u16()
+    );
 
     let view = wait_for_final(&api, &transfer).await?;
     let state = view["state"].as_str().unwrap_or("");
-    println!("   state: {state}; attempts: {}; receipt held: {}", view["attempts"], view["receipt_held"]);
+    println!(
+        "   state: {state}; attempts: {}; receipt held: {}",
+        view["attempts"], view["receipt_held"]
+    );
     let delivered = state == "delivered" && view["receipt_held"].as_bool() == Some(true);
     if delivered {
         println!("   North Clinic stored the sealed envelope and returned a signed receipt; Central Hospital verified it");
     }
 
-    let inbox_api = ApiClient::connect(&receiver.config).await.map_err(|e| fail(e.to_string()))?;
-    let (_, inbox) = inbox_api.json(Method::GET, "/v1/inbox", None).await.map_err(|e| fail(e.to_string()))?;
+    let inbox_api = ApiClient::connect(&receiver.config)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let (_, inbox) = inbox_api
+        .json(Method::GET, "/v1/inbox", None)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let count = inbox.as_array().map(Vec::len).unwrap_or(0);
     println!("   North Clinic's inbox holds {count} record(s), encrypted at rest until fetched");
     if delivered {
         let resp = inbox_api
-            .call(Method::GET, &format!("/v1/inbox/{transfer}/payload"), Body::empty(), None)
+            .call(
+                Method::GET,
+                &format!("/v1/inbox/{transfer}/payload"),
+                Body::empty(),
+                None,
+            )
             .await
             .map_err(|e| fail(e.to_string()))?;
         let bytes = http_body_util::BodyExt::collect(resp.into_body())
@@ -251,7 +334,12 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
     ])
     .unwrap_or_default();
     let resp = api
-        .call(Method::POST, &format!("/v1/transfers?{q}"), Body::from(SENSITIVE_BUNDLE), None)
+        .call(
+            Method::POST,
+            &format!("/v1/transfers?{q}"),
+            Body::from(SENSITIVE_BUNDLE),
+            None,
+        )
         .await
         .map_err(|e| fail(e.to_string()))?;
     let (status, body) = collect_json(resp).await.map_err(|e| fail(e.to_string()))?;
@@ -266,20 +354,34 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
 
     for (title, node) in [("Central Hospital", sender), ("North Clinic", receiver)] {
         println!("\n== audit log of {title} ({})", node.config.facility_id);
-        let c = ApiClient::connect(&node.config).await.map_err(|e| fail(e.to_string()))?;
-        let (_, rows) = c.json(Method::GET, "/v1/audit", None).await.map_err(|e| fail(e.to_string()))?;
+        let c = ApiClient::connect(&node.config)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let (_, rows) = c
+            .json(Method::GET, "/v1/audit", None)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         for r in rows.as_array().cloned().unwrap_or_default() {
             print_audit_row(&r);
         }
-        let (_, verified) = c.json(Method::GET, "/v1/audit/verify", None).await.map_err(|e| fail(e.to_string()))?;
-        println!("   hash chain verifies: {} ({} entries)", verified["ok"], verified["entries"]);
+        let (_, verified) = c
+            .json(Method::GET, "/v1/audit/verify", None)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        println!(
+            "   hash chain verifies: {} ({} entries)",
+            verified["ok"], verified["entries"]
+        );
     }
 
     if delivered {
         println!("\nRESULT: delivered, receipt verified.");
         Ok(())
     } else {
-        Err(fail(format!("demo transfer ended in state {state}: {}", view["last_error"])))
+        Err(fail(format!(
+            "demo transfer ended in state {state}: {}",
+            view["last_error"]
+        )))
     }
 }
 
@@ -289,9 +391,14 @@ async fn wait_for_final(api: &ApiClient, transfer: &str) -> Result<Value, Failur
         let (_, view) = api
             .json(Method::GET, &format!("/v1/transfers/{transfer}"), None)
             .await
-            .map_err(|e| Failure { code: EXIT_FAILURE, message: e.to_string() })?;
+            .map_err(|e| Failure {
+                code: EXIT_FAILURE,
+                message: e.to_string(),
+            })?;
         let state = view["state"].as_str().unwrap_or("");
-        if matches!(state, "delivered" | "failed" | "cancelled") || tokio::time::Instant::now() > deadline {
+        if matches!(state, "delivered" | "failed" | "cancelled")
+            || tokio::time::Instant::now() > deadline
+        {
             return Ok(view);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

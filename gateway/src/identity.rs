@@ -38,9 +38,8 @@ impl NodeIdentity {
         let key_err = |e: &dyn std::fmt::Display| IdentityError::Key(e.to_string());
         let tls_key = load_tls_key_der(&keys.tls_key).map_err(|e| key_err(&e))?;
         let signing_der = load_ed25519_pkcs8(&keys.signing_key).map_err(|e| key_err(&e))?;
-        let signing = SigningKey::from_pkcs8(&signing_der).map_err(|e| {
-            IdentityError::Key(format!("{}: {e}", keys.signing_key.display()))
-        })?;
+        let signing = SigningKey::from_pkcs8(&signing_der)
+            .map_err(|e| IdentityError::Key(format!("{}: {e}", keys.signing_key.display())))?;
         let encryption = EncryptionSecretKey::from_bytes(
             *load_x25519_private(&keys.encryption_key).map_err(|e| key_err(&e))?,
         );
@@ -51,9 +50,8 @@ impl NodeIdentity {
             None => None,
         };
         let tls_cert = read_single_cert(&keys.tls_cert)?;
-        let found = pki_tools::facility_id_from_cert(&tls_cert).map_err(|e| {
-            IdentityError::Key(format!("{}: {e}", keys.tls_cert.display()))
-        })?;
+        let found = pki_tools::facility_id_from_cert(&tls_cert)
+            .map_err(|e| IdentityError::Key(format!("{}: {e}", keys.tls_cert.display())))?;
         if found != config.facility_id {
             return Err(IdentityError::WrongFacility {
                 path: keys.tls_cert.display().to_string(),

@@ -91,21 +91,25 @@ pub async fn receive(
             peer,
             None,
             None,
-            Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "envelope larger than this node accepts"),
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "envelope larger than this node accepts",
+            ),
         )
         .await;
     }
     let mut transfer: Option<TransferId> = None;
     let mut meta: Option<RecordMetadata> = None;
     match receive_inner(state, peer, req.into_body(), &mut transfer, &mut meta).await {
-        Ok(Ok((received, receipt))) => {
-            accepted(state, peer, received, receipt).await
-        }
+        Ok(Ok((received, receipt))) => accepted(state, peer, received, receipt).await,
         Ok(Err(duplicate_receipt)) => {
             let mut rec = audit::record(event::REJECTED, "duplicate");
             rec.transfer_id = transfer.map(|t| t.0);
             rec.peer = Some(peer.facility.to_string());
-            rec.reason = Some("replay: transfer already received; original receipt returned, nothing stored".to_owned());
+            rec.reason = Some(
+                "replay: transfer already received; original receipt returned, nothing stored"
+                    .to_owned(),
+            );
             let _ = audit::append(state, rec);
             let _ = state.store.commit().await;
             receipt_response(StatusCode::CONFLICT, duplicate_receipt)
@@ -135,14 +139,20 @@ async fn accepted(
         .map(|why| format!("break-glass: {why}"));
     if let Err(e) = audit::append(state, rec) {
         tracing::error!(error = %e, "audit append failed");
-        return text_response(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable");
+        return text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "receiver storage unavailable",
+        );
     }
     if let Some(request_id) = &received.metadata.request_id {
         crate::requests::mark_fulfilled(state, request_id, received.header.transfer_id());
     }
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "commit failed");
-        return text_response(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable");
+        return text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "receiver storage unavailable",
+        );
     }
     tracing::info!(transfer = %received.header.transfer_id(), peer = %peer.facility, "received");
     receipt_response(StatusCode::OK, receipt)
@@ -198,27 +208,42 @@ async fn receive_inner(
         }
         let chunk = next_chunk(&mut body, &mut received_bytes, max).await?;
         let Some(chunk) = chunk else {
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: truncated before the header ended"));
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "envelope refused: truncated before the header ended",
+            ));
         };
         reader.push(&chunk);
         pending.push(chunk);
     };
     *transfer = Some(unverified.transfer_id());
     if unverified.recipient() != state.me().as_str() {
-        return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: addressed to another facility"));
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "envelope refused: addressed to another facility",
+        ));
     }
     if unverified.sender() != peer.facility.as_str() {
-        return Err(Refusal::new(StatusCode::FORBIDDEN, "envelope refused: sender does not match the TLS identity"));
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "envelope refused: sender does not match the TLS identity",
+        ));
     }
     let now = now_ms();
     let created = unverified.created_at_ms();
     let max_age_ms = state.config.peer.replay_window_secs.saturating_mul(1000);
     if created > now + MAX_FUTURE_SKEW_MS || now.saturating_sub(created) > max_age_ms {
-        return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: created outside the accepted time window"));
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "envelope refused: created outside the accepted time window",
+        ));
     }
     let trust = state.trust();
     let Some(sender) = trust.peer(&peer.facility) else {
-        return Err(Refusal::new(StatusCode::FORBIDDEN, "envelope refused: sender not in the directory"));
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "envelope refused: sender not in the directory",
+        ));
     };
     let header = unverified
         .verify(&sender.signing_keys)
@@ -230,12 +255,18 @@ async fn receive_inner(
             return Ok(Err(existing.receipt));
         }
         Ok(Some(_)) => {
-            return Err(Refusal::new(StatusCode::CONFLICT, "envelope refused: transfer id already used by another envelope"));
+            return Err(Refusal::new(
+                StatusCode::CONFLICT,
+                "envelope refused: transfer id already used by another envelope",
+            ));
         }
         Ok(None) => {}
         Err(e) => {
             tracing::error!(error = %e, "inbox read failed");
-            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable"));
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "receiver storage unavailable",
+            ));
         }
     }
 
@@ -247,14 +278,17 @@ async fn receive_inner(
             Err(e) => return Err(Refusal::envelope(&e)),
         }
         let Some(chunk) = next_chunk(&mut body, &mut received_bytes, max).await? else {
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: truncated before the metadata"));
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "envelope refused: truncated before the metadata",
+            ));
         };
         reader.push(&chunk);
         pending.push(chunk);
     };
     let keys = state.identity.decryption_keys();
-    let (mut opener, metadata) = Opener::new(&header, &keys, &metadata_frame)
-        .map_err(|e| Refusal::envelope(&e))?;
+    let (mut opener, metadata) =
+        Opener::new(&header, &keys, &metadata_frame).map_err(|e| Refusal::envelope(&e))?;
     let metadata = RecordMetadata::decode(&metadata)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("envelope refused: {e}")))?;
     *meta_out = Some(metadata.clone());
@@ -268,7 +302,11 @@ async fn receive_inner(
     let decision = decide(
         state,
         &Question {
-            action: if break_glass { Action::BreakGlass } else { Action::Receive },
+            action: if break_glass {
+                Action::BreakGlass
+            } else {
+                Action::Receive
+            },
             counterparty: &sender,
             patient: &metadata.patient,
             categories: &categories,
@@ -278,7 +316,10 @@ async fn receive_inner(
             break_glass,
         },
     );
-    let mut rec = audit::record(event::DECISION, if decision.allowed { "permit" } else { "deny" });
+    let mut rec = audit::record(
+        event::DECISION,
+        if decision.allowed { "permit" } else { "deny" },
+    );
     rec.transfer_id = Some(header.transfer_id().0);
     rec.peer = Some(peer.facility.to_string());
     rec.patient_ref = Some(metadata.patient.clone());
@@ -286,10 +327,17 @@ async fn receive_inner(
     rec.clinician = metadata.clinician.clone();
     rec.policy_ids = decision.policy_ids.clone();
     rec.break_glass = break_glass;
-    rec.reason = Some(decision_reason(&decision, "receive", metadata.break_glass_reason.as_deref()));
+    rec.reason = Some(decision_reason(
+        &decision,
+        "receive",
+        metadata.break_glass_reason.as_deref(),
+    ));
     let _ = audit::append(state, rec);
     if !decision.allowed {
-        return Err(Refusal::new(StatusCode::FORBIDDEN, format!("denied by the receiver's policy: {}", decision.reason)));
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("denied by the receiver's policy: {}", decision.reason),
+        ));
     }
 
     // 4. The payload frames: authenticate each while the sealed bytes go to the spool.
@@ -297,28 +345,43 @@ async fn receive_inner(
     let mut writer = state
         .store
         .spool_writer(&id.0, SpoolKind::Inbox)
-        .map_err(|_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable"))?;
-    let spool_err = |_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable");
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "receiver storage unavailable",
+            )
+        })?;
+    let spool_err = |_| {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "receiver storage unavailable",
+        )
+    };
     for chunk in pending.drain(..) {
-        tokio::task::block_in_place(|| writer.write(&chunk)).map_err(spool_err)?;
+        tokio::task::block_in_place(|| writer.write_chunk(&chunk)).map_err(spool_err)?;
     }
     loop {
         tokio::task::block_in_place(|| -> Result<(), Refusal> {
             while let Some(frame) = reader.next_frame().map_err(|e| Refusal::envelope(&e))? {
-                opener.open_chunk(&frame).map_err(|e| Refusal::envelope(&e))?;
+                opener
+                    .open_chunk(&frame)
+                    .map_err(|e| Refusal::envelope(&e))?;
             }
             Ok(())
         })?;
         match next_chunk(&mut body, &mut received_bytes, max).await? {
             Some(chunk) => {
-                tokio::task::block_in_place(|| writer.write(&chunk)).map_err(spool_err)?;
+                tokio::task::block_in_place(|| writer.write_chunk(&chunk)).map_err(spool_err)?;
                 reader.push(&chunk);
             }
             None => break,
         }
     }
     if !reader.is_drained() {
-        return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: truncated mid-frame"));
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "envelope refused: truncated mid-frame",
+        ));
     }
     opener.finish().map_err(|e| Refusal::envelope(&e))?;
     tokio::task::block_in_place(|| writer.finish()).map_err(spool_err)?;
@@ -352,7 +415,10 @@ async fn receive_inner(
         Ok(InboxInsert::AlreadyPresent(existing)) => return Ok(Err(existing.receipt)),
         Err(e) => {
             tracing::error!(error = %e, "inbox insert failed");
-            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "receiver storage unavailable"));
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "receiver storage unavailable",
+            ));
         }
     }
     Ok(Ok((
@@ -374,13 +440,19 @@ async fn next_chunk(
         match body.frame().await {
             None => return Ok(None),
             Some(Err(_)) => {
-                return Err(Refusal::new(StatusCode::BAD_REQUEST, "envelope refused: the request body was cut off"))
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "envelope refused: the request body was cut off",
+                ))
             }
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     *received += data.len() as u64;
                     if *received > max.saturating_add(u64::from(MAX_HEADER_BYTES)) {
-                        return Err(Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "envelope larger than this node accepts"));
+                        return Err(Refusal::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "envelope larger than this node accepts",
+                        ));
                     }
                     if !data.is_empty() {
                         return Ok(Some(data));
@@ -408,7 +480,14 @@ pub enum FetchError {
 pub async fn open_received(
     state: &Arc<NodeState>,
     id: TransferId,
-) -> Result<(InboxEntry, RecordMetadata, mpsc::Receiver<Result<Bytes, std::io::Error>>), FetchError> {
+) -> Result<
+    (
+        InboxEntry,
+        RecordMetadata,
+        mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ),
+    FetchError,
+> {
     let entry = state
         .store
         .inbox_get(&id.0)
@@ -439,44 +518,50 @@ fn decrypt_stream(
         problem,
     };
     let path = state.store.spool_path(&id.0, SpoolKind::Inbox);
-    let setup = (|| -> Result<(std::fs::File, EnvelopeReader, Opener, RecordMetadata), FetchError> {
-        let mut file = std::fs::File::open(&path).map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))?;
-        let mut reader = EnvelopeReader::new(Limits {
-            max_header: MAX_HEADER_BYTES,
-            max_payload: u64::MAX,
-            max_metadata: MAX_METADATA_BYTES,
-        });
-        let mut buf = vec![0u8; 64 * 1024];
-        let trust = state.trust();
-        let keys = trust
-            .peer_by_str(sender)
-            .map(|p| p.signing_keys)
-            .unwrap_or_default();
-        let header = loop {
-            if let Some(h) = reader.header().map_err(|e| open_err(e.to_string()))? {
-                break h.verify(&keys).map_err(|e| open_err(e.to_string()))?;
-            }
-            let n = file.read(&mut buf).map_err(|e| FetchError::Local(e.to_string()))?;
-            if n == 0 {
-                return Err(open_err("envelope truncated".to_owned()));
-            }
-            reader.push(buf.get(..n).unwrap_or_default());
-        };
-        let frame = loop {
-            if let Some(f) = reader.next_frame().map_err(|e| open_err(e.to_string()))? {
-                break f;
-            }
-            let n = file.read(&mut buf).map_err(|e| FetchError::Local(e.to_string()))?;
-            if n == 0 {
-                return Err(open_err("envelope truncated".to_owned()));
-            }
-            reader.push(buf.get(..n).unwrap_or_default());
-        };
-        let (opener, meta) = Opener::new(&header, &state.identity.decryption_keys(), &frame)
-            .map_err(|e| open_err(e.to_string()))?;
-        let meta = RecordMetadata::decode(&meta).map_err(|e| open_err(e.to_string()))?;
-        Ok((file, reader, opener, meta))
-    })();
+    let setup =
+        (|| -> Result<(std::fs::File, EnvelopeReader, Opener, RecordMetadata), FetchError> {
+            let mut file = std::fs::File::open(&path)
+                .map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))?;
+            let mut reader = EnvelopeReader::new(Limits {
+                max_header: MAX_HEADER_BYTES,
+                max_payload: u64::MAX,
+                max_metadata: MAX_METADATA_BYTES,
+            });
+            let mut buf = vec![0u8; 64 * 1024];
+            let trust = state.trust();
+            let keys = trust
+                .peer_by_str(sender)
+                .map(|p| p.signing_keys)
+                .unwrap_or_default();
+            let header = loop {
+                if let Some(h) = reader.header().map_err(|e| open_err(e.to_string()))? {
+                    break h.verify(&keys).map_err(|e| open_err(e.to_string()))?;
+                }
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| FetchError::Local(e.to_string()))?;
+                if n == 0 {
+                    return Err(open_err("envelope truncated".to_owned()));
+                }
+                reader.push(buf.get(..n).unwrap_or_default());
+            };
+            let frame = loop {
+                if let Some(f) = reader.next_frame().map_err(|e| open_err(e.to_string()))? {
+                    break f;
+                }
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| FetchError::Local(e.to_string()))?;
+                if n == 0 {
+                    return Err(open_err("envelope truncated".to_owned()));
+                }
+                reader.push(buf.get(..n).unwrap_or_default());
+            };
+            let (opener, meta) = Opener::new(&header, &state.identity.decryption_keys(), &frame)
+                .map_err(|e| open_err(e.to_string()))?;
+            let meta = RecordMetadata::decode(&meta).map_err(|e| open_err(e.to_string()))?;
+            Ok((file, reader, opener, meta))
+        })();
     let (mut file, mut reader, mut opener, meta) = match setup {
         Ok(s) => s,
         Err(e) => {

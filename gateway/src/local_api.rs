@@ -94,11 +94,20 @@ pub fn router(state: Arc<NodeState>) -> Router {
 
 async fn overloaded(err: BoxError) -> (StatusCode, Json<serde_json::Value>) {
     if err.is::<tower::load_shed::error::Overloaded>() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "gateway overloaded; retry later"})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "gateway overloaded; retry later"})),
+        )
     } else if err.is::<tower::timeout::error::Elapsed>() {
-        (StatusCode::REQUEST_TIMEOUT, Json(json!({"error": "request took too long"})))
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(json!({"error": "request took too long"})),
+        )
     } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal error"})))
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "internal error"})),
+        )
     }
 }
 
@@ -124,7 +133,10 @@ async fn require_token(State(state): State<Shared>, req: Request, next: Next) ->
 }
 
 fn ring_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -132,13 +144,22 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn parse_id(id: &str) -> Result<TransferId, Response> {
-    id.parse::<TransferId>()
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "transfer id must be 32 hex characters"))
+    id.parse::<TransferId>().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "transfer id must be 32 hex characters",
+        )
+    })
 }
 
 fn parse_categories(list: Option<&str>) -> Result<BTreeSet<Category>, Response> {
     let mut out = BTreeSet::new();
-    for c in list.unwrap_or("").split(',').map(str::trim).filter(|c| !c.is_empty()) {
+    for c in list
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
         out.insert(c.parse::<Category>().map_err(|_| {
             error(StatusCode::BAD_REQUEST, format!("unknown data category {c:?}; use hiv-sti, mental-health, substance-use, reproductive-health, genetic or general"))
         })?);
@@ -148,7 +169,10 @@ fn parse_categories(list: Option<&str>) -> Result<BTreeSet<Category>, Response> 
 
 fn parse_purpose(p: &str) -> Result<Purpose, Response> {
     p.parse::<Purpose>().map_err(|_| {
-        error(StatusCode::BAD_REQUEST, "unknown purpose; use treatment, payment, operations, research or public-health")
+        error(
+            StatusCode::BAD_REQUEST,
+            "unknown purpose; use treatment, payment, operations, research or public-health",
+        )
     })
 }
 
@@ -167,7 +191,11 @@ struct SubmitQuery {
     break_glass_reason: Option<String>,
 }
 
-async fn post_transfer(State(state): State<Shared>, Query(q): Query<SubmitQuery>, body: AxumBody) -> Response {
+async fn post_transfer(
+    State(state): State<Shared>,
+    Query(q): Query<SubmitQuery>,
+    body: AxumBody,
+) -> Response {
     let patient = match PatientRef::parse(&q.patient) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -184,7 +212,10 @@ async fn post_transfer(State(state): State<Shared>, Query(q): Query<SubmitQuery>
         Ok(c) => c,
         Err(r) => return r,
     };
-    if q.break_glass_reason.as_deref().is_some_and(|r| r.trim().is_empty()) {
+    if q.break_glass_reason
+        .as_deref()
+        .is_some_and(|r| r.trim().is_empty())
+    {
         return error(StatusCode::BAD_REQUEST, "break-glass needs a reason");
     }
     let payload = match read_payload(&state, body).await {
@@ -210,12 +241,17 @@ async fn post_transfer(State(state): State<Shared>, Query(q): Query<SubmitQuery>
             .into_response(),
         Err(SubmitError::Denied { reason, policy_ids }) => (
             StatusCode::FORBIDDEN,
-            Json(json!({ "error": format!("denied by policy: {reason}"), "policy_ids": policy_ids })),
+            Json(
+                json!({ "error": format!("denied by policy: {reason}"), "policy_ids": policy_ids }),
+            ),
         )
             .into_response(),
         Err(e @ SubmitError::Local(_)) => {
             tracing::error!(error = %e, "submit failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "local system error; nothing was queued")
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "local system error; nothing was queued",
+            )
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
@@ -232,13 +268,19 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
     let mut total: u64 = 0;
     let local = |e: std::io::Error| {
         tracing::error!(error = %e, "spilling an upload failed");
-        error(StatusCode::INTERNAL_SERVER_ERROR, "local system error while reading the upload")
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "local system error while reading the upload",
+        )
     };
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| error(StatusCode::BAD_REQUEST, "upload interrupted"))?;
         total += chunk.len() as u64;
         if total > max {
-            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {max} bytes")));
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {max} bytes"),
+            ));
         }
         digest.update(&chunk);
         if let Some((f, _)) = file.as_mut() {
@@ -247,7 +289,8 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
             mem.extend_from_slice(&chunk);
             if mem.len() > IN_MEMORY_PAYLOAD {
                 let dir = state.config.data_dir.join("uploads");
-                let (mut f, path) = tokio::task::block_in_place(|| new_private_file(&dir)).map_err(local)?;
+                let (mut f, path) =
+                    tokio::task::block_in_place(|| new_private_file(&dir)).map_err(local)?;
                 tokio::task::block_in_place(|| f.write_all(&mem)).map_err(local)?;
                 mem.clear();
                 file = Some((f, path));
@@ -262,7 +305,11 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
     Ok(match file {
         Some((f, path)) => {
             drop(f);
-            Payload::File { path, len: total, digest }
+            Payload::File {
+                path,
+                len: total,
+                digest,
+            }
         }
         None => Payload::Memory(mem.freeze()),
     })
@@ -271,7 +318,8 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
 fn new_private_file(dir: &std::path::Path) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
-    let name = format!("upload-{}", TransferId::new_random());
+    let id = TransferId::new_random().map_err(std::io::Error::other)?;
+    let name = format!("upload-{id}");
     let path = dir.join(name);
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -328,7 +376,9 @@ impl From<&OutboxEntry> for TransferView {
 
 async fn list_transfers(State(state): State<Shared>) -> Response {
     match state.store.outbox_list() {
-        Ok(entries) => Json(entries.iter().map(TransferView::from).collect::<Vec<_>>()).into_response(),
+        Ok(entries) => {
+            Json(entries.iter().map(TransferView::from).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -388,7 +438,9 @@ impl From<&InboxEntry> for InboxView {
 
 async fn list_inbox(State(state): State<Shared>) -> Response {
     match state.store.inbox_list() {
-        Ok(entries) => Json(entries.iter().map(InboxView::from).collect::<Vec<_>>()).into_response(),
+        Ok(entries) => {
+            Json(entries.iter().map(InboxView::from).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -472,7 +524,9 @@ async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Respo
             let _ = state.store.commit().await;
             Json(InboxView::from(&entry)).into_response()
         }
-        Err(gateway_store::StoreError::NotFound { .. }) => error(StatusCode::NOT_FOUND, format!("no received transfer {id}")),
+        Err(gateway_store::StoreError::NotFound { .. }) => {
+            error(StatusCode::NOT_FOUND, format!("no received transfer {id}"))
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -540,7 +594,9 @@ async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>) ->
         limit: q.limit,
     };
     match state.store.audit_list(&filter) {
-        Ok(entries) => Json(entries.iter().map(AuditView::from).collect::<Vec<_>>()).into_response(),
+        Ok(entries) => {
+            Json(entries.iter().map(AuditView::from).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -548,7 +604,11 @@ async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>) ->
 async fn verify_audit(State(state): State<Shared>) -> Response {
     match tokio::task::block_in_place(|| state.store.audit_verify()) {
         Ok(n) => Json(json!({ "ok": true, "entries": n })).into_response(),
-        Err(e) => (StatusCode::CONFLICT, Json(json!({ "ok": false, "error": e.to_string() }))).into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "ok": false, "error": e.to_string() })),
+        )
+            .into_response(),
     }
 }
 
@@ -575,7 +635,11 @@ async fn post_consent(State(state): State<Shared>, Json(input): Json<ConsentInpu
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     match store_directive(&state, &directive, "recorded").await {
-        Ok(()) => (StatusCode::CREATED, Json(json!({ "directive_id": directive.id }))).into_response(),
+        Ok(()) => (
+            StatusCode::CREATED,
+            Json(json!({ "directive_id": directive.id })),
+        )
+            .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -602,15 +666,24 @@ fn directive_from_input(input: &ConsentInput) -> Result<ConsentDirective, String
     let purposes = input
         .purposes
         .iter()
-        .map(|p| p.parse::<Purpose>().map_err(|_| format!("unknown purpose {p:?}")))
+        .map(|p| {
+            p.parse::<Purpose>()
+                .map_err(|_| format!("unknown purpose {p:?}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let categories = input
         .categories
         .iter()
-        .map(|c| c.parse::<Category>().map_err(|_| format!("unknown data category {c:?}")))
+        .map(|c| {
+            c.parse::<Category>()
+                .map_err(|_| format!("unknown data category {c:?}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ConsentDirective {
-        id: format!("cd-{}", TransferId::new_random()),
+        id: format!(
+            "cd-{}",
+            TransferId::new_random().map_err(|e| e.to_string())?
+        ),
         patient: input.patient.clone(),
         effect,
         scope,
@@ -626,7 +699,11 @@ fn directive_from_input(input: &ConsentInput) -> Result<ConsentDirective, String
     })
 }
 
-async fn store_directive(state: &NodeState, d: &ConsentDirective, what: &str) -> Result<(), String> {
+async fn store_directive(
+    state: &NodeState,
+    d: &ConsentDirective,
+    what: &str,
+) -> Result<(), String> {
     let bytes = serde_json::to_vec(d).map_err(|e| e.to_string())?;
     state
         .store
@@ -659,20 +736,33 @@ struct RevokeInput {
     recorded_by: Option<String>,
 }
 
-async fn revoke_consent(State(state): State<Shared>, Path(id): Path<String>, body: Option<Json<RevokeInput>>) -> Response {
+async fn revoke_consent(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    body: Option<Json<RevokeInput>>,
+) -> Response {
     let found = match state.store.consent_get(&id) {
         Ok(Some((_, bytes))) => bytes,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no consent directive {id}")),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let Ok(mut directive) = serde_json::from_slice::<ConsentDirective>(&found) else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "stored directive unreadable");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "stored directive unreadable",
+        );
     };
     if directive.revoked_at.is_some() {
-        return error(StatusCode::CONFLICT, format!("directive {id} is already revoked"));
+        return error(
+            StatusCode::CONFLICT,
+            format!("directive {id} is already revoked"),
+        );
     }
     directive.revoked_at = Some(now_unix());
-    if let Some(Json(RevokeInput { recorded_by: Some(by) })) = body {
+    if let Some(Json(RevokeInput {
+        recorded_by: Some(by),
+    })) = body
+    {
         directive.recorded_by = by;
     }
     match store_directive(&state, &directive, "revoked").await {
@@ -696,7 +786,10 @@ async fn import_consent(State(state): State<Shared>, body: Bytes) -> Response {
             }
             (StatusCode::CREATED, Json(json!({ "imported": ids }))).into_response()
         }
-        Err(refusal) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("consent not imported: {}", refusal.reason)),
+        Err(refusal) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("consent not imported: {}", refusal.reason),
+        ),
     }
 }
 
@@ -770,11 +863,16 @@ async fn put_record(
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if let Err(e) = crate::record::check_record(&content_type, &patient_ref, &BTreeSet::new(), Some(&body)) {
+    if let Err(e) =
+        crate::record::check_record(&content_type, &patient_ref, &BTreeSet::new(), Some(&body))
+    {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     let source = StoreRecordSource::new(state.clone());
-    let record = SourceRecord { content_type, payload: body };
+    let record = SourceRecord {
+        content_type,
+        payload: body,
+    };
     match tokio::task::block_in_place(|| source.put(patient_ref.reveal(), &record)) {
         Ok(()) => {
             let _ = state.store.commit().await;
@@ -800,10 +898,19 @@ pub struct PolicyCheckInput {
     pub content_type: Option<String>,
 }
 
-async fn policy_check(State(state): State<Shared>, Json(input): Json<PolicyCheckInput>) -> Response {
+async fn policy_check(
+    State(state): State<Shared>,
+    Json(input): Json<PolicyCheckInput>,
+) -> Response {
     let trust = state.trust();
     let Some(peer) = trust.peer_by_str(&input.facility) else {
-        return error(StatusCode::BAD_REQUEST, format!("facility {} is not in the federation directory", input.facility));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "facility {} is not in the federation directory",
+                input.facility
+            ),
+        );
     };
     let purpose = match parse_purpose(&input.purpose) {
         Ok(p) => p,
@@ -821,9 +928,16 @@ async fn policy_check(State(state): State<Shared>, Json(input): Json<PolicyCheck
         ("send", false) => Action::Send,
         ("receive", false) => Action::Receive,
         ("request", false) => Action::Request,
-        _ => return error(StatusCode::BAD_REQUEST, "direction must be send, receive or request"),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "direction must be send, receive or request",
+            )
+        }
     };
-    let content_type = input.content_type.unwrap_or_else(|| "application/fhir+json".to_owned());
+    let content_type = input
+        .content_type
+        .unwrap_or_else(|| "application/fhir+json".to_owned());
     let decision = decide(
         &state,
         &Question {
@@ -850,7 +964,13 @@ async fn policy_check(State(state): State<Shared>, Json(input): Json<PolicyCheck
 
 async fn policy_reload(State(state): State<Shared>) -> Response {
     match state.policy.reload_now() {
-        Ok(()) => Json(json!({ "reloaded": true, "policy_ids": state.policy.engine().policy_ids() })).into_response(),
-        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("policy set refused, previous set stays active: {e}")),
+        Ok(()) => {
+            Json(json!({ "reloaded": true, "policy_ids": state.policy.engine().policy_ids() }))
+                .into_response()
+        }
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("policy set refused, previous set stays active: {e}"),
+        ),
     }
 }

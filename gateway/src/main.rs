@@ -14,7 +14,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let demo = matches!(cli.command, Command::Demo { .. });
     init_tracing(if demo { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gateway: cannot start the runtime: {e}");
@@ -41,7 +44,10 @@ fn init_tracing(default: &str) {
 }
 
 async fn run_node(path: &std::path::Path) -> Result<(), Failure> {
-    let usage = |e: &dyn std::fmt::Display| Failure { code: EXIT_USAGE, message: e.to_string() };
+    let usage = |e: &dyn std::fmt::Display| Failure {
+        code: EXIT_USAGE,
+        message: e.to_string(),
+    };
     let config = NodeConfig::load(path).map_err(|e| usage(&e))?;
     let (stop, rx) = watch::channel(false);
     let state = node::load_state(config, rx).map_err(|e| usage(&e))?;
@@ -73,7 +79,9 @@ async fn reload_on_sighup(state: std::sync::Arc<node::NodeState>) {
     while hup.recv().await.is_some() {
         match state.policy.reload_now() {
             Ok(()) => tracing::info!("policy set reloaded on SIGHUP"),
-            Err(e) => tracing::warn!(error = %e, "policy reload refused; the previous set stays active"),
+            Err(e) => {
+                tracing::warn!(error = %e, "policy reload refused; the previous set stays active")
+            }
         }
         if let Err(e) = state.trust.reload_if_changed(&state.identity) {
             tracing::warn!(error = %e, "trust reload refused");

@@ -111,12 +111,17 @@ pub fn load_state(
 /// Binds both listeners from the config.
 pub async fn bind(config: &NodeConfig) -> Result<(TcpListener, TcpListener), StartError> {
     let bind = |addr: std::net::SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: addr.to_string(),
+                source,
+            })
     };
-    Ok((bind(config.peer.listen).await?, bind(config.local_api.listen).await?))
+    Ok((
+        bind(config.peer.listen).await?,
+        bind(config.local_api.listen).await?,
+    ))
 }
 
 /// Runs the node on already-bound listeners until `shutdown` resolves, then drains.
@@ -163,9 +168,14 @@ async fn reload_loop(state: Arc<NodeState>) {
             _ = shutdown.changed() => return,
         }
         match state.trust.reload_if_changed(&state.identity) {
-            Ok(true) => tracing::info!(version = state.trust().directory.version, "federation trust reloaded"),
+            Ok(true) => tracing::info!(
+                version = state.trust().directory.version,
+                "federation trust reloaded"
+            ),
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "federation trust reload refused; keeping the current view"),
+            Err(e) => {
+                tracing::warn!(error = %e, "federation trust reload refused; keeping the current view")
+            }
         }
         state.policy.reload_if_changed();
     }

@@ -19,7 +19,9 @@ use crate::access::{decide, Question};
 use crate::audit::{self, event};
 use crate::identity::NodeIdentity;
 use crate::node::NodeState;
-use crate::record::{check_record, ContentType, PatientRef, RecordError, RecordMetadata, METADATA_VERSION};
+use crate::record::{
+    check_record, ContentType, PatientRef, RecordError, RecordMetadata, METADATA_VERSION,
+};
 use crate::trust::now_ms;
 
 /// FHIR bundles are read whole to classify them; larger ones are refused rather than skipped.
@@ -110,26 +112,38 @@ pub async fn submit(
     }
 
     let checked = match (&req.content_type, &payload) {
-        (ContentType::FhirBundle, Payload::Memory(bytes)) => {
-            check_record(&req.content_type, &req.patient, &req.categories, Some(bytes))?
-        }
+        (ContentType::FhirBundle, Payload::Memory(bytes)) => check_record(
+            &req.content_type,
+            &req.patient,
+            &req.categories,
+            Some(bytes),
+        )?,
         (ContentType::FhirBundle, Payload::File { path, len, .. }) => {
             if *len > MAX_FHIR_BUNDLE_BYTES {
                 return Err(SubmitError::BundleTooLarge);
             }
             let bytes = std::fs::read(path).map_err(SubmitError::local)?;
-            check_record(&req.content_type, &req.patient, &req.categories, Some(&bytes))?
+            check_record(
+                &req.content_type,
+                &req.patient,
+                &req.categories,
+                Some(&bytes),
+            )?
         }
         _ => check_record(&req.content_type, &req.patient, &req.categories, None)?,
     };
     let categories = checked.categories;
     let break_glass = req.break_glass_reason.is_some();
-    let transfer_id = TransferId::new_random();
+    let transfer_id = TransferId::new_random().map_err(SubmitError::local)?;
 
     let decision = decide(
         state,
         &Question {
-            action: if break_glass { Action::BreakGlass } else { Action::Send },
+            action: if break_glass {
+                Action::BreakGlass
+            } else {
+                Action::Send
+            },
             counterparty: &peer,
             patient: req.patient.reveal(),
             categories: &categories,
@@ -158,7 +172,11 @@ pub async fn submit(
     rec.clinician = summary.clinician.clone();
     rec.policy_ids = decision.policy_ids.clone();
     rec.break_glass = break_glass;
-    rec.reason = Some(decision_reason(&decision, "send", req.break_glass_reason.as_deref()));
+    rec.reason = Some(decision_reason(
+        &decision,
+        "send",
+        req.break_glass_reason.as_deref(),
+    ));
     audit::append(state, rec.clone()).map_err(SubmitError::local)?;
     if !decision.allowed {
         state.store.commit().await.map_err(SubmitError::local)?;
@@ -185,7 +203,14 @@ pub async fn submit(
         let recipient = peer.id.to_string();
         let key = peer.encryption_key;
         tokio::task::spawn_blocking(move || {
-            seal_to_spool(&state, transfer_id, &recipient, key, &metadata.encode(), payload)
+            seal_to_spool(
+                &state,
+                transfer_id,
+                &recipient,
+                key,
+                &metadata.encode(),
+                payload,
+            )
         })
         .await
         .map_err(SubmitError::local)??
@@ -208,7 +233,10 @@ pub async fn submit(
         summary,
         request_id: req.request_id,
     };
-    state.store.outbox_insert(&entry).map_err(SubmitError::local)?;
+    state
+        .store
+        .outbox_insert(&entry)
+        .map_err(SubmitError::local)?;
     rec.event = event::SUBMITTED.to_owned();
     rec.outcome = "queued".to_owned();
     rec.reason = None;
@@ -232,7 +260,10 @@ pub fn decision_reason(
         format!("{what} denied: {}", decision.reason)
     };
     if !decision.errors.is_empty() {
-        reason.push_str(&format!("; evaluation errors: {}", decision.errors.join(" | ")));
+        reason.push_str(&format!(
+            "; evaluation errors: {}",
+            decision.errors.join(" | ")
+        ));
     }
     if let Some(why) = break_glass_reason {
         reason.push_str(&format!("; break-glass: {why}"));
@@ -276,7 +307,7 @@ fn seal_to_spool(
         .spool_writer(&transfer_id.0, SpoolKind::Outbox)
         .map_err(SubmitError::local)?;
     let mut written = prefix.len() as u64;
-    writer.write(&prefix).map_err(SubmitError::local)?;
+    writer.write_chunk(&prefix).map_err(SubmitError::local)?;
     let chunk = DEFAULT_CHUNK_SIZE as usize;
     match &payload {
         Payload::Memory(bytes) => {
@@ -284,14 +315,14 @@ fn seal_to_spool(
             if chunks.peek().is_none() {
                 let frame = sealer.seal_chunk(&[], true).map_err(SubmitError::local)?;
                 written += frame.len() as u64;
-                writer.write(&frame).map_err(SubmitError::local)?;
+                writer.write_chunk(&frame).map_err(SubmitError::local)?;
             }
             while let Some(part) = chunks.next() {
                 let frame = sealer
                     .seal_chunk(part, chunks.peek().is_none())
                     .map_err(SubmitError::local)?;
                 written += frame.len() as u64;
-                writer.write(&frame).map_err(SubmitError::local)?;
+                writer.write_chunk(&frame).map_err(SubmitError::local)?;
             }
         }
         Payload::File { path, len, .. } => {
@@ -300,14 +331,16 @@ fn seal_to_spool(
             let mut buf = vec![0u8; chunk];
             loop {
                 let want = remaining.min(chunk as u64) as usize;
-                let part = buf.get_mut(..want).ok_or_else(|| SubmitError::local("chunk"))?;
+                let part = buf
+                    .get_mut(..want)
+                    .ok_or_else(|| SubmitError::local("chunk"))?;
                 file.read_exact(part).map_err(SubmitError::local)?;
                 remaining -= want as u64;
                 let frame = sealer
                     .seal_chunk(part, remaining == 0)
                     .map_err(SubmitError::local)?;
                 written += frame.len() as u64;
-                writer.write(&frame).map_err(SubmitError::local)?;
+                writer.write_chunk(&frame).map_err(SubmitError::local)?;
                 if remaining == 0 {
                     break;
                 }

@@ -101,12 +101,15 @@ async fn connection(state: Arc<NodeState>, tcp: TcpStream, limit: Arc<Semaphore>
     }
 }
 
-fn overload_to_response(result: Result<PeerResponse, BoxError>) -> Result<PeerResponse, Infallible> {
+/// The error type stays `BoxError` because tower's `MapResult` also maps `poll_ready` errors;
+/// every value it returns is `Ok`.
+fn overload_to_response(result: Result<PeerResponse, BoxError>) -> Result<PeerResponse, BoxError> {
     Ok(match result {
         Ok(resp) => resp,
-        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => {
-            text_response(StatusCode::SERVICE_UNAVAILABLE, "receiver overloaded; retry later")
-        }
+        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "receiver overloaded; retry later",
+        ),
         Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
             text_response(StatusCode::REQUEST_TIMEOUT, "request took too long")
         }
@@ -114,7 +117,11 @@ fn overload_to_response(result: Result<PeerResponse, BoxError>) -> Result<PeerRe
     })
 }
 
-async fn route(state: &Arc<NodeState>, peer: &PeerIdentity, req: Request<Incoming>) -> PeerResponse {
+async fn route(
+    state: &Arc<NodeState>,
+    peer: &PeerIdentity,
+    req: Request<Incoming>,
+) -> PeerResponse {
     match (req.method().as_str(), req.uri().path()) {
         ("POST", ENVELOPE_PATH) => inbox::receive(state, peer, req).await,
         ("POST", REQUEST_PATH) => crate::requests::incoming(state, peer, req).await,

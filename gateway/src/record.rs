@@ -152,7 +152,9 @@ pub enum RecordError {
     Patient,
     #[error("unknown data category (use hiv-sti, mental-health, substance-use, reproductive-health, genetic or general)")]
     Category,
-    #[error("unknown purpose of use (use treatment, payment, operations, research or public-health)")]
+    #[error(
+        "unknown purpose of use (use treatment, payment, operations, research or public-health)"
+    )]
     Purpose,
     #[error("the payload is not a FHIR R4 Bundle: {0}")]
     NotABundle(String),
@@ -184,8 +186,8 @@ pub fn check_record(
     let mut categories = declared.clone();
     let derived = match (content_type, payload) {
         (ContentType::FhirBundle, Some(bytes)) => {
-            let facts = classify_fhir_bundle(bytes)
-                .map_err(|e| RecordError::NotABundle(e.to_string()))?;
+            let facts =
+                classify_fhir_bundle(bytes).map_err(|e| RecordError::NotABundle(e.to_string()))?;
             if facts.patient_ids.len() > 1 && !facts.patient_ids.contains(patient.reveal()) {
                 return Err(RecordError::MultiplePatients(facts.patient_ids.len()));
             }

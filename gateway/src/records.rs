@@ -10,7 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use gateway_envelope::{open_all, seal_to_vec, Limits, SealParams, Suite, TransferId, DEFAULT_CHUNK_SIZE};
+use gateway_envelope::{
+    open_all, seal_to_vec, Limits, SealParams, Suite, TransferId, DEFAULT_CHUNK_SIZE,
+};
 
 use crate::node::NodeState;
 use crate::record::ContentType;
@@ -48,7 +50,7 @@ impl RecordSource for StoreRecordSource {
     fn put(&self, patient: &str, record: &SourceRecord) -> Result<(), String> {
         let me = self.state.me().as_str();
         let params = SealParams {
-            transfer_id: TransferId::new_random(),
+            transfer_id: TransferId::new_random().map_err(|e| e.to_string())?,
             sender: me,
             recipient: me,
             created_at_ms: now_ms(),
@@ -58,8 +60,14 @@ impl RecordSource for StoreRecordSource {
             chunk_size: DEFAULT_CHUNK_SIZE,
         };
         let own_key = self.state.identity.encryption.public_key();
-        let sealed = seal_to_vec(&params, &[], &record.payload, &own_key, &self.state.identity.signing)
-            .map_err(|e| format!("sealing the record: {e}"))?;
+        let sealed = seal_to_vec(
+            &params,
+            &[],
+            &record.payload,
+            &own_key,
+            &self.state.identity.signing,
+        )
+        .map_err(|e| format!("sealing the record: {e}"))?;
         let stored = StoredRecord {
             content_type: record.content_type.mime().to_owned(),
             sealed,
@@ -72,7 +80,12 @@ impl RecordSource for StoreRecordSource {
     }
 
     fn fetch(&self, patient: &str) -> Result<Option<SourceRecord>, String> {
-        let Some(bytes) = self.state.store.record_get(patient).map_err(|e| e.to_string())? else {
+        let Some(bytes) = self
+            .state
+            .store
+            .record_get(patient)
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(None);
         };
         let stored: StoredRecord =

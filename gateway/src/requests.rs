@@ -137,8 +137,15 @@ pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView
     let holder = trust
         .peer_by_str(&req.from)
         .filter(|p| p.active)
-        .ok_or_else(|| format!("facility {} is not active in the federation directory", req.from))?;
-    let id = TransferId::new_random().to_string();
+        .ok_or_else(|| {
+            format!(
+                "facility {} is not active in the federation directory",
+                req.from
+            )
+        })?;
+    let id = TransferId::new_random()
+        .map_err(|e| e.to_string())?
+        .to_string();
     let now = now_ms();
     let wire = WireRequest {
         request_id: id.clone(),
@@ -224,7 +231,11 @@ async fn post_request(
     holder: &crate::trust::Peer,
     signed: Vec<u8>,
 ) -> Result<(StatusCode, WireAnswer), String> {
-    let mut sender = state.clients.sender(holder).await.map_err(|e| e.to_string())?;
+    let mut sender = state
+        .clients
+        .sender(holder)
+        .await
+        .map_err(|e| e.to_string())?;
     let body: Body = Full::new(Bytes::from(signed))
         .map_err(|never| match never {})
         .boxed();
@@ -265,8 +276,15 @@ fn denied(reason: &str) -> WireAnswer {
 }
 
 /// The holding side: a peer asks for a patient's record.
-pub async fn incoming(state: &Arc<NodeState>, peer: &PeerIdentity, req: Request<Incoming>) -> PeerResponse {
-    let bytes = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
+pub async fn incoming(
+    state: &Arc<NodeState>,
+    peer: &PeerIdentity,
+    req: Request<Incoming>,
+) -> PeerResponse {
+    let bytes = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
     };
@@ -286,10 +304,22 @@ pub async fn incoming(state: &Arc<NodeState>, peer: &PeerIdentity, req: Request<
         return answer(StatusCode::BAD_REQUEST, &denied("malformed request"));
     };
     if wire.requester != peer.facility.as_str() || wire.holder != state.me().as_str() {
-        refuse_audit(state, peer, None, "request refused: requester or holder does not match the TLS identities").await;
-        return answer(StatusCode::FORBIDDEN, &denied("request not addressed to this facility"));
+        refuse_audit(
+            state,
+            peer,
+            None,
+            "request refused: requester or holder does not match the TLS identities",
+        )
+        .await;
+        return answer(
+            StatusCode::FORBIDDEN,
+            &denied("request not addressed to this facility"),
+        );
     }
-    let (Ok(patient), Ok(purpose)) = (PatientRef::parse(&wire.patient), wire.purpose.parse::<Purpose>()) else {
+    let (Ok(patient), Ok(purpose)) = (
+        PatientRef::parse(&wire.patient),
+        wire.purpose.parse::<Purpose>(),
+    ) else {
         return answer(StatusCode::BAD_REQUEST, &denied("malformed request"));
     };
     let mut declared = BTreeSet::new();
@@ -320,10 +350,18 @@ pub async fn incoming(state: &Arc<NodeState>, peer: &PeerIdentity, req: Request<
         }
         Err(e) => {
             tracing::error!(error = %e, "record source failed");
-            return answer(StatusCode::SERVICE_UNAVAILABLE, &denied("record source unavailable; retry later"));
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &denied("record source unavailable; retry later"),
+            );
         }
     };
-    let categories = match check_record(&record.content_type, &patient, &declared, Some(&record.payload)) {
+    let categories = match check_record(
+        &record.content_type,
+        &patient,
+        &declared,
+        Some(&record.payload),
+    ) {
         Ok(c) => c.categories,
         Err(_) => declared.clone(),
     };
@@ -331,7 +369,11 @@ pub async fn incoming(state: &Arc<NodeState>, peer: &PeerIdentity, req: Request<
     let decision = decide(
         state,
         &Question {
-            action: if break_glass { Action::BreakGlass } else { Action::Request },
+            action: if break_glass {
+                Action::BreakGlass
+            } else {
+                Action::Request
+            },
             counterparty: &requester,
             patient: &wire.patient,
             categories: &categories,
@@ -385,13 +427,23 @@ pub async fn incoming(state: &Arc<NodeState>, peer: &PeerIdentity, req: Request<
         }
         Err(e) => {
             tracing::error!(error = %e, "answering a request failed");
-            answer(StatusCode::SERVICE_UNAVAILABLE, &denied("the holder could not queue the record; retry later"))
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &denied("the holder could not queue the record; retry later"),
+            )
         }
     }
 }
 
-async fn refuse_audit(state: &NodeState, peer: &PeerIdentity, base: Option<&gateway_store::AuditRecord>, reason: &str) {
-    let mut rec = base.cloned().unwrap_or_else(|| audit::record(event::REJECTED, "refused"));
+async fn refuse_audit(
+    state: &NodeState,
+    peer: &PeerIdentity,
+    base: Option<&gateway_store::AuditRecord>,
+    reason: &str,
+) {
+    let mut rec = base
+        .cloned()
+        .unwrap_or_else(|| audit::record(event::REJECTED, "refused"));
     rec.event = event::REJECTED.to_owned();
     rec.outcome = "refused".to_owned();
     rec.peer = Some(peer.facility.to_string());

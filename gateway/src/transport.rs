@@ -108,10 +108,7 @@ pub enum ConnectError {
         source: IdentityRejection,
     },
     #[error("peer {peer}: http/2 handshake: {source}")]
-    Http {
-        peer: String,
-        source: hyper::Error,
-    },
+    Http { peer: String, source: hyper::Error },
 }
 
 impl ConnectError {

@@ -13,7 +13,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+};
 
 use gateway_envelope::{EncryptionPublicKey, VerifyingKey};
 use pki_tools::directory::{verify_directory, Directory, FacilityEntry};
@@ -25,7 +27,10 @@ use crate::identity::NodeIdentity;
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {problem}")]
     Invalid { path: String, problem: String },
     #[error("federation directory: {0}")]
@@ -218,8 +223,9 @@ fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
 
 pub fn read_single_cert(path: &Path) -> Result<CertificateDer<'static>, TrustError> {
     let bytes = read(path)?;
-    let mut certs = rustls_pemfile::certs(&mut bytes.as_slice());
-    match certs.next() {
+    let mut slice = bytes.as_slice();
+    let first = rustls_pemfile::certs(&mut slice).next();
+    match first {
         Some(Ok(cert)) => Ok(cert),
         _ => Err(TrustError::Invalid {
             path: path.display().to_string(),
@@ -230,7 +236,8 @@ pub fn read_single_cert(path: &Path) -> Result<CertificateDer<'static>, TrustErr
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TrustError> {
     let bytes = read(path)?;
-    let crls: Result<Vec<_>, _> = rustls_pemfile::crls(&mut bytes.as_slice()).collect();
+    let mut slice = bytes.as_slice();
+    let crls: Result<Vec<_>, _> = rustls_pemfile::crls(&mut slice).collect();
     match crls {
         Ok(crls) if !crls.is_empty() => Ok(crls),
         _ => Err(TrustError::Invalid {
