@@ -1,0 +1,288 @@
+use ring::digest;
+
+use super::{audit_record, open, reopen, tid};
+use crate::{AuditChainError, AuditEntry, AuditFilter, ChainProblem, Store};
+
+/// Appends `n` entries cycling over 7 patients, 5 transfers and every 10th break-glass.
+fn fill(store: &Store, n: u32) -> Vec<AuditEntry> {
+    (0..n)
+        .map(|i| {
+            let patient = (i % 7 != 6).then(|| format!("Patient/{}", i % 7));
+            let transfer = (i % 3 != 0).then(|| tid(i % 5));
+            let record = audit_record(patient.as_deref(), transfer, i % 10 == 0);
+            store.audit_append(record).expect("append")
+        })
+        .collect()
+}
+
+fn seqs(entries: &[AuditEntry]) -> Vec<u64> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+#[test]
+fn append_links_entries_and_verify_counts_them() {
+    let (_dir, store) = open();
+    let entries = fill(&store, 3000);
+    assert_eq!(store.audit_len(), 3000);
+    assert_eq!(store.audit_verify(), Ok(3000));
+    assert_eq!(entries.first().map(|e| (e.seq, e.prev_hash)), Some((1, [0; 32])));
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1);
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    // The hash is the documented formula, computed independently here.
+    let e = &entries[41];
+    let body = postcard::to_allocvec(&(e.seq, &e.record)).expect("encode");
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"healthfed/audit/1");
+    ctx.update(&e.prev_hash);
+    ctx.update(&body);
+    assert_eq!(ctx.finish().as_ref(), &e.hash[..]);
+    // What list returns is what append returned.
+    let all = store.audit_list(&AuditFilter::default()).expect("list");
+    assert_eq!(all, entries);
+}
+
+#[test]
+fn zero_time_is_stamped() {
+    let (_dir, store) = open();
+    let mut record = audit_record(None, None, false);
+    record.time_ms = 0;
+    let entry = store.audit_append(record).expect("append");
+    assert!(entry.record.time_ms > 1_600_000_000_000, "{}", entry.record.time_ms);
+    let mut record = audit_record(None, None, false);
+    record.time_ms = 5;
+    assert_eq!(store.audit_append(record).expect("append").record.time_ms, 5);
+}
+
+#[test]
+fn empty_log_verifies() {
+    let (_dir, store) = open();
+    assert_eq!(store.audit_len(), 0);
+    assert_eq!(store.audit_verify(), Ok(0));
+}
+
+fn tampered(seq: u64, at: usize) -> AuditChainError {
+    let (_dir, store) = open();
+    fill(&store, 200);
+    let tree = &store.trees().audit;
+    let key = seq.to_be_bytes();
+    let mut value = tree.get(key).expect("get").expect("present").to_vec();
+    let at = at.min(value.len() - 1);
+    value[at] ^= 0x01;
+    tree.insert(key, value).expect("tamper");
+    store.audit_verify().expect_err("tampering must be detected")
+}
+
+#[test]
+fn a_changed_byte_is_detected_at_its_seq() {
+    // Layout: version byte, prev_hash (32), hash (32), body length, body.
+    assert_eq!(tampered(77, 0), AuditChainError { seq: 77, problem: ChainProblem::Undecodable });
+    assert_eq!(tampered(77, 5), AuditChainError { seq: 77, problem: ChainProblem::PrevHashMismatch });
+    assert_eq!(tampered(77, 40), AuditChainError { seq: 77, problem: ChainProblem::HashMismatch });
+    assert_eq!(tampered(77, 90), AuditChainError { seq: 77, problem: ChainProblem::HashMismatch });
+    assert_eq!(tampered(1, usize::MAX), AuditChainError { seq: 1, problem: ChainProblem::HashMismatch });
+    assert_eq!(tampered(200, 100), AuditChainError { seq: 200, problem: ChainProblem::HashMismatch });
+}
+
+#[test]
+fn a_deleted_entry_is_detected_at_its_seq() {
+    let (_dir, store) = open();
+    fill(&store, 200);
+    let tree = &store.trees().audit;
+    tree.remove(50u64.to_be_bytes()).expect("delete");
+    assert_eq!(
+        store.audit_verify(),
+        Err(AuditChainError { seq: 50, problem: ChainProblem::Missing })
+    );
+}
+
+#[test]
+fn a_truncated_tail_is_detected() {
+    let (_dir, store) = open();
+    fill(&store, 20);
+    let tree = &store.trees().audit;
+    tree.remove(20u64.to_be_bytes()).expect("delete");
+    tree.remove(19u64.to_be_bytes()).expect("delete");
+    assert_eq!(
+        store.audit_verify(),
+        Err(AuditChainError { seq: 19, problem: ChainProblem::Missing })
+    );
+}
+
+#[test]
+fn a_rewritten_entry_with_a_consistent_hash_breaks_the_next_link() {
+    let (_dir, store) = open();
+    let entries = fill(&store, 30);
+    // Recompute entry 10 honestly after changing it: its own hash is fine, entry 11's link is not.
+    let victim = &entries[9];
+    let mut record = victim.record.clone();
+    record.outcome = "denied".into();
+    let body = postcard::to_allocvec(&(victim.seq, &record)).expect("encode");
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"healthfed/audit/1");
+    ctx.update(&victim.prev_hash);
+    ctx.update(&body);
+    let mut hash = [0; 32];
+    hash.copy_from_slice(ctx.finish().as_ref());
+    let mut value = vec![1u8];
+    value.extend_from_slice(&victim.prev_hash);
+    value.extend_from_slice(&hash);
+    value = postcard::to_extend(&body, value).expect("encode");
+    store.trees().audit.insert(victim.seq.to_be_bytes(), value).expect("rewrite");
+    assert_eq!(
+        store.audit_verify(),
+        Err(AuditChainError { seq: 11, problem: ChainProblem::PrevHashMismatch })
+    );
+}
+
+#[test]
+fn index_tampering_is_detected_at_the_entry() {
+    let (_dir, store) = open();
+    fill(&store, 100);
+    let t = store.trees();
+    // Entry 30 is about Patient/1 (29 % 7 == 1).
+    let mut key = b"Patient/1\0".to_vec();
+    key.extend_from_slice(&30u64.to_be_bytes());
+    assert!(t.audit_by_patient.remove(&key).expect("remove").is_some());
+    assert_eq!(
+        store.audit_verify(),
+        Err(AuditChainError { seq: 30, problem: ChainProblem::IndexMismatch { index: "patient" } })
+    );
+    t.audit_by_patient.insert(&key, &[][..]).expect("restore");
+    assert_eq!(store.audit_verify(), Ok(100));
+    // A stray key attributing entry 12 to another patient.
+    let mut stray = b"Patient/other\0".to_vec();
+    stray.extend_from_slice(&12u64.to_be_bytes());
+    t.audit_by_patient.insert(&stray, &[][..]).expect("insert");
+    assert_eq!(
+        store.audit_verify(),
+        Err(AuditChainError { seq: 12, problem: ChainProblem::IndexMismatch { index: "patient" } })
+    );
+    t.audit_by_patient.remove(&stray).expect("remove");
+    // Entry 61 is break-glass (60 % 10 == 0); hiding it from the break-glass index.
+    t.audit_break_glass.remove(61u64.to_be_bytes()).expect("remove");
+    assert_eq!(
+        store.audit_verify(),
+        Err(AuditChainError { seq: 61, problem: ChainProblem::IndexMismatch { index: "break-glass" } })
+    );
+}
+
+#[tokio::test]
+async fn reopen_continues_the_chain() {
+    let (dir, store) = open();
+    let first = fill(&store, 10);
+    store.commit().await.expect("commit");
+    let store = reopen(&dir, store);
+    assert_eq!(store.audit_len(), 10);
+    let second = fill(&store, 10);
+    assert_eq!(second[0].seq, 11);
+    assert_eq!(second[0].prev_hash, first[9].hash);
+    store.commit().await.expect("commit");
+    let store = reopen(&dir, store);
+    assert_eq!(store.audit_verify(), Ok(20));
+}
+
+#[test]
+fn query_by_patient_is_exact_and_ordered() {
+    let (_dir, store) = open();
+    let entries = fill(&store, 100);
+    // Patient/1 and a patient whose reference extends it.
+    store
+        .audit_append(super::audit_record(Some("Patient/1x"), None, false))
+        .expect("append");
+    let got = store
+        .audit_list(&AuditFilter {
+            patient: Some("Patient/1".into()),
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    let expected: Vec<u64> = entries
+        .iter()
+        .filter(|e| e.record.patient_ref.as_deref() == Some("Patient/1"))
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs(&got), expected);
+    assert!(!expected.is_empty());
+    // Paging with since_seq (exclusive) and limit.
+    let page = store
+        .audit_list(&AuditFilter {
+            patient: Some("Patient/1".into()),
+            since_seq: Some(expected[2]),
+            limit: Some(3),
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    assert_eq!(seqs(&page), expected[3..6].to_vec());
+    let none = store
+        .audit_list(&AuditFilter {
+            patient: Some("Patient/nobody".into()),
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    assert!(none.is_empty());
+}
+
+#[test]
+fn query_by_transfer_and_break_glass() {
+    let (_dir, store) = open();
+    let entries = fill(&store, 100);
+    let by_transfer = store
+        .audit_list(&AuditFilter {
+            transfer_id: Some(tid(2)),
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    let expected: Vec<u64> = entries
+        .iter()
+        .filter(|e| e.record.transfer_id == Some(tid(2)))
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs(&by_transfer), expected);
+    assert!(!expected.is_empty());
+
+    let glass = store
+        .audit_list(&AuditFilter {
+            break_glass_only: true,
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    assert_eq!(seqs(&glass), (0..10).map(|i| i * 10 + 1).collect::<Vec<u64>>());
+
+    // Combined: Patient/0 and break-glass (i % 70 == 0 → seqs 1, 71).
+    let both = store
+        .audit_list(&AuditFilter {
+            patient: Some("Patient/0".into()),
+            break_glass_only: true,
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    assert_eq!(seqs(&both), vec![1, 71]);
+
+    let tail = store
+        .audit_list(&AuditFilter {
+            since_seq: Some(95),
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    assert_eq!(seqs(&tail), vec![96, 97, 98, 99, 100]);
+    let past_end = store
+        .audit_list(&AuditFilter {
+            since_seq: Some(u64::MAX),
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    assert!(past_end.is_empty());
+}
+
+#[test]
+fn debug_output_redacts_the_patient() {
+    let record = audit_record(Some("Patient/secret-123"), Some(tid(1)), true);
+    let shown = format!("{record:?}");
+    assert!(!shown.contains("secret-123"), "{shown}");
+    let filter = AuditFilter {
+        patient: Some("Patient/secret-123".into()),
+        ..AuditFilter::default()
+    };
+    assert!(!format!("{filter:?}").contains("secret-123"));
+}

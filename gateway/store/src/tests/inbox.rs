@@ -1,0 +1,49 @@
+use super::{inbox_entry, open, reopen, tid};
+use crate::{InboxInsert, StoreError};
+
+#[test]
+fn insert_is_idempotent_and_returns_the_existing_entry() {
+    let (_dir, store) = open();
+    let first = inbox_entry(1, 100);
+    assert_eq!(store.inbox_insert(&first).expect("insert"), InboxInsert::Inserted);
+    let mut retry = inbox_entry(1, 999);
+    retry.receipt = vec![0xff; 10];
+    assert_eq!(
+        store.inbox_insert(&retry).expect("insert"),
+        InboxInsert::AlreadyPresent(first.clone())
+    );
+    // Nothing written: neither the entry nor the time index changed.
+    assert_eq!(store.inbox_get(&tid(1)).expect("get"), Some(first.clone()));
+    assert_eq!(store.inbox_list().expect("list"), vec![first]);
+    assert_eq!(store.trees().inbox_by_time.len(), 1);
+}
+
+#[test]
+fn list_is_newest_first() {
+    let (_dir, store) = open();
+    for (n, t) in [(1, 20), (2, 30), (3, 10)] {
+        store.inbox_insert(&inbox_entry(n, t)).expect("insert");
+    }
+    let times: Vec<u64> = store
+        .inbox_list()
+        .expect("list")
+        .iter()
+        .map(|e| e.received_ms)
+        .collect();
+    assert_eq!(times, vec![30, 20, 10]);
+}
+
+#[tokio::test]
+async fn ack_records_the_first_acknowledgement_and_persists() {
+    let (dir, store) = open();
+    store.inbox_insert(&inbox_entry(1, 100)).expect("insert");
+    assert_eq!(store.inbox_ack(&tid(1), 500).expect("ack").acked_ms, Some(500));
+    assert_eq!(store.inbox_ack(&tid(1), 900).expect("ack").acked_ms, Some(500));
+    let err = store.inbox_ack(&tid(2), 500).expect_err("absent");
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    store.commit().await.expect("commit");
+    let store = reopen(&dir, store);
+    let entry = store.inbox_get(&tid(1)).expect("get").expect("present");
+    assert_eq!(entry.acked_ms, Some(500));
+    assert_eq!(entry.receipt, vec![1; 64]);
+}
