@@ -18,7 +18,9 @@ const VECTORS: &str = include_str!(concat!(
 ));
 
 fn unhex(v: &Value, field: &str) -> Vec<u8> {
-    let s = v[field].as_str().unwrap_or_else(|| panic!("field {field} missing"));
+    let s = v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("field {field} missing"));
     hex::decode(s).unwrap()
 }
 
@@ -52,7 +54,10 @@ fn check_vector<A: Aead>(v: &Value) -> usize {
     assert_eq!(pk.to_bytes().as_slice(), unhex(v, "pkRm").as_slice());
     assert_eq!(sk.to_bytes().as_slice(), clamp(sk_rm).as_slice());
     let our_sk = EncryptionSecretKey::from_bytes(sk_rm);
-    assert_eq!(our_sk.public_key().0.as_slice(), unhex(v, "pkRm").as_slice());
+    assert_eq!(
+        our_sk.public_key().0.as_slice(),
+        unhex(v, "pkRm").as_slice()
+    );
 
     let enc = array32(&unhex(v, "enc"));
     let mut receiver = setup_receiver_generic::<A>(our_sk.hpke(), &enc, &info).unwrap();
@@ -64,7 +69,8 @@ fn check_vector<A: Aead>(v: &Value) -> usize {
 
     let ikm_e = Zeroizing::new(array32(&unhex(v, "ikmE")));
     let our_pk = EncryptionPublicKey(array32(&unhex(v, "pkRm")));
-    let (sent_enc, mut sender) = setup_sender_generic::<A>(&our_pk.hpke().unwrap(), &info, &ikm_e).unwrap();
+    let (sent_enc, mut sender) =
+        setup_sender_generic::<A>(&our_pk.hpke().unwrap(), &info, &ikm_e).unwrap();
     assert_eq!(sent_enc, enc, "enc reproduced from ikmE");
     for e in &encryptions {
         let sealed = sender.seal(&unhex(e, "pt"), &unhex(e, "aad")).unwrap();
@@ -77,8 +83,12 @@ fn check_vector<A: Aead>(v: &Value) -> usize {
         let len = usize::try_from(x["L"].as_u64().unwrap()).unwrap();
         let mut from_receiver = vec![0u8; len];
         let mut from_sender = vec![0u8; len];
-        receiver.export(&unhex(x, "exporter_context"), &mut from_receiver).unwrap();
-        sender.export(&unhex(x, "exporter_context"), &mut from_sender).unwrap();
+        receiver
+            .export(&unhex(x, "exporter_context"), &mut from_receiver)
+            .unwrap();
+        sender
+            .export(&unhex(x, "exporter_context"), &mut from_sender)
+            .unwrap();
         assert_eq!(from_receiver, unhex(x, "exported_value"));
         assert_eq!(from_sender, unhex(x, "exported_value"));
     }
@@ -142,16 +152,32 @@ fn tampered_vector_ciphertext_is_refused() {
     let vectors = base_mode_vectors();
     let v = vectors.iter().find(|v| v["aead_id"] == 2).unwrap();
     let sk = EncryptionSecretKey::from_bytes(array32(&unhex(v, "skRm")));
-    let mut receiver =
-        setup_receiver(Suite::Aes256Gcm, sk.hpke(), &array32(&unhex(v, "enc")), &unhex(v, "info")).unwrap();
+    let mut receiver = setup_receiver(
+        Suite::Aes256Gcm,
+        sk.hpke(),
+        &array32(&unhex(v, "enc")),
+        &unhex(v, "info"),
+    )
+    .unwrap();
     let e = &v["encryptions"][0];
     let mut ct = unhex(e, "ct");
     ct[0] ^= 1;
-    assert_eq!(receiver.open(&ct, &unhex(e, "aad")), Err(EnvelopeError::Decrypt));
+    assert_eq!(
+        receiver.open(&ct, &unhex(e, "aad")),
+        Err(EnvelopeError::Decrypt)
+    );
     // The wrong suite for the same key schedule fails too.
-    let mut chacha =
-        setup_receiver(Suite::ChaCha20Poly1305, sk.hpke(), &array32(&unhex(v, "enc")), &unhex(v, "info")).unwrap();
-    assert_eq!(chacha.open(&unhex(e, "ct"), &unhex(e, "aad")), Err(EnvelopeError::Decrypt));
+    let mut chacha = setup_receiver(
+        Suite::ChaCha20Poly1305,
+        sk.hpke(),
+        &array32(&unhex(v, "enc")),
+        &unhex(v, "info"),
+    )
+    .unwrap();
+    assert_eq!(
+        chacha.open(&unhex(e, "ct"), &unhex(e, "aad")),
+        Err(EnvelopeError::Decrypt)
+    );
 }
 
 #[test]
@@ -165,7 +191,10 @@ fn ikm_rng_reports_overdraw() {
     rng.try_fill_bytes(&mut second).unwrap();
     assert_eq!(&second[..12], &[7u8; 12]);
     assert_eq!(&second[12..], &[0u8; 8]);
-    assert!(!rng.fully_consumed(), "over-drawn generator must not count as consumed");
+    assert!(
+        !rng.fully_consumed(),
+        "over-drawn generator must not count as consumed"
+    );
 
     let mut exact = IkmRng::new(&ikm);
     let mut all = [0u8; 32];
@@ -176,7 +205,10 @@ fn ikm_rng_reports_overdraw() {
 #[test]
 fn unsupported_aead_ids_are_refused() {
     for id in [0u16, 1, 4, 65535] {
-        assert_eq!(Suite::from_aead_id(id), Err(EnvelopeError::UnsupportedSuite));
+        assert_eq!(
+            Suite::from_aead_id(id),
+            Err(EnvelopeError::UnsupportedSuite)
+        );
     }
     assert_eq!(Suite::from_aead_id(2), Ok(Suite::Aes256Gcm));
     assert_eq!(Suite::from_aead_id(3), Ok(Suite::ChaCha20Poly1305));
