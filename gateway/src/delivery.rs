@@ -16,7 +16,7 @@ use gateway_envelope::{SignedReceipt, TransferId};
 use gateway_store::{OutboxEntry, SpoolKind, TransferState};
 
 use crate::audit::{self, event};
-use crate::node::NodeState;
+use crate::node::{NodeState, TransferOutcome};
 use crate::transport::Body;
 use crate::trust::now_ms;
 
@@ -152,6 +152,10 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
             if let Err(e) = state.store.commit().await {
                 tracing::error!(transfer = %id, error = %e, "commit failed");
             }
+            let _ = state.outcomes.send(TransferOutcome {
+                transfer_id: entry.transfer_id,
+                delivered: true,
+            });
             tracing::info!(transfer = %id, peer = %entry.recipient, "delivered");
         }
         Outcome::Refused(reason) => finish_failed(state, &entry, reason).await,
@@ -195,6 +199,10 @@ async fn finish_failed(state: &NodeState, entry: &OutboxEntry, reason: String) {
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "commit failed");
     }
+    let _ = state.outcomes.send(TransferOutcome {
+        transfer_id: entry.transfer_id,
+        delivered: false,
+    });
     tracing::warn!(transfer = %TransferId(entry.transfer_id), peer = %entry.recipient, "transfer failed");
 }
 

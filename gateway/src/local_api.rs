@@ -189,7 +189,13 @@ struct SubmitQuery {
     clinician: Option<String>,
     clinician_role: Option<String>,
     break_glass_reason: Option<String>,
+    /// `receipt`: answer only when the transfer is delivered with a verified receipt (200) or
+    /// has failed (502), instead of 202 once it is queued.
+    wait: Option<String>,
 }
+
+/// How long `wait=receipt` waits before answering 202 with the transfer still in progress.
+const WAIT_FOR_RECEIPT: Duration = Duration::from_secs(300);
 
 async fn post_transfer(
     State(state): State<Shared>,
@@ -218,10 +224,17 @@ async fn post_transfer(
     {
         return error(StatusCode::BAD_REQUEST, "break-glass needs a reason");
     }
+    let wait = match q.wait.as_deref() {
+        None => false,
+        Some("receipt") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "wait must be receipt"),
+    };
     let payload = match read_payload(&state, body).await {
         Ok(p) => p,
         Err(r) => return r,
     };
+    // Subscribe before submitting so a fast delivery cannot be missed.
+    let mut outcomes = state.outcomes.subscribe();
     let req = SubmitRequest {
         to: q.to,
         patient,
@@ -234,6 +247,37 @@ async fn post_transfer(
         request_id: None,
     };
     match submit(&state, req, payload).await {
+        Ok(id) if wait => {
+            let outcome = tokio::time::timeout(WAIT_FOR_RECEIPT, async {
+                loop {
+                    match outcomes.recv().await {
+                        Ok(o) if o.transfer_id == id.0 => return Some(o.delivered),
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            // Missed events: read the state instead.
+                            if let Ok(Some(e)) = state.store.outbox_get(&id.0) {
+                                match e.state {
+                                    gateway_store::TransferState::Delivered => return Some(true),
+                                    gateway_store::TransferState::Failed => return Some(false),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        Err(_) => return None,
+                    }
+                }
+            })
+            .await
+            .ok()
+            .flatten();
+            let status = match outcome {
+                Some(true) => StatusCode::OK,
+                Some(false) => StatusCode::BAD_GATEWAY,
+                None => StatusCode::ACCEPTED,
+            };
+            let view = state.store.outbox_get(&id.0).ok().flatten();
+            (status, Json(json!({ "transfer_id": id.to_string(), "state": view.map(|v| v.state.to_string()) }))).into_response()
+        }
         Ok(id) => (
             StatusCode::ACCEPTED,
             Json(json!({ "transfer_id": id.to_string(), "state": "queued" })),

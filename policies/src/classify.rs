@@ -51,7 +51,10 @@ pub struct BundleFacts {
 impl fmt::Debug for BundleFacts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BundleFacts")
-            .field("patient_ids", &format_args!("<{} redacted>", self.patient_ids.len()))
+            .field(
+                "patient_ids",
+                &format_args!("<{} redacted>", self.patient_ids.len()),
+            )
             .field("resource_types", &self.resource_types)
             .field("categories", &self.categories)
             .field("matched_codes", &self.matched_codes)
@@ -132,7 +135,10 @@ impl Table {
             }
             let fields: Vec<&str> = raw.split('\t').collect();
             let [system, code, category, _display, source] = fields.as_slice() else {
-                return Err(problem(format!("expected 5 tab-separated fields, found {}", fields.len())));
+                return Err(problem(format!(
+                    "expected 5 tab-separated fields, found {}",
+                    fields.len()
+                )));
             };
             if *system == "system" {
                 continue; // header row
@@ -151,10 +157,16 @@ impl Table {
             if code.is_empty() || code.contains('*') {
                 return Err(problem("empty code or misplaced '*'".to_owned()));
             }
-            let map = if is_prefix { &mut seen_prefix } else { &mut exact };
+            let map = if is_prefix {
+                &mut seen_prefix
+            } else {
+                &mut exact
+            };
             if let Some(previous) = map.insert((system, code.clone()), category) {
                 if previous != category {
-                    return Err(problem(format!("code listed twice with categories {previous} and {category}")));
+                    return Err(problem(format!(
+                        "code listed twice with categories {previous} and {category}"
+                    )));
                 }
             }
         }
@@ -298,9 +310,8 @@ mod tests {
 
     #[test]
     fn prefix_and_exception_rules() {
-        let one = |system: &'static str, code: &'static str| {
-            classify_codes([(system, code)].into_iter())
-        };
+        let one =
+            |system: &'static str, code: &'static str| classify_codes([(system, code)].into_iter());
         assert!(one(ICD10, "F10.20").contains(&Category::SubstanceUse));
         assert!(one(ICD10, "F1020").contains(&Category::SubstanceUse));
         assert!(one(ICD10, "F32.9").contains(&Category::MentalHealth));
@@ -323,16 +334,26 @@ mod tests {
     fn table_errors_name_the_line() {
         let bad = "system\tcode\tcategory\tdisplay\tsource\nsnomed\t1\tnope\tx\ty\n";
         let err = Table::parse(bad).err();
-        assert!(matches!(err, Some(ClassifyError::Table { line: 2, .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(ClassifyError::Table { line: 2, .. })),
+            "{err:?}"
+        );
         let short = "# c\nloinc\t1-1\tgeneral\n";
-        assert!(matches!(Table::parse(short).err(), Some(ClassifyError::Table { line: 2, .. })));
+        assert!(matches!(
+            Table::parse(short).err(),
+            Some(ClassifyError::Table { line: 2, .. })
+        ));
         let clash = "loinc\t1-1\tgeneral\td\ts\nloinc\t1-1\tgenetic\td\ts\n";
-        assert!(matches!(Table::parse(clash).err(), Some(ClassifyError::Table { line: 2, .. })));
+        assert!(matches!(
+            Table::parse(clash).err(),
+            Some(ClassifyError::Table { line: 2, .. })
+        ));
     }
 
     #[test]
     fn rejects_non_bundles_without_echoing_content() {
-        let err = classify_fhir_bundle(b"{\"resourceType\":\"Patient\",\"id\":\"secret-id\"}").err();
+        let err =
+            classify_fhir_bundle(b"{\"resourceType\":\"Patient\",\"id\":\"secret-id\"}").err();
         assert_eq!(err, Some(ClassifyError::NotBundle));
         let err = classify_fhir_bundle(b"secret-id not json").err();
         let text = err.map(|e| e.to_string()).unwrap_or_default();

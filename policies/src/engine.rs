@@ -372,10 +372,10 @@ impl PolicyEngine {
             Ok(built) => built,
             Err(error) => return Decision::deny_error(vec![error], Vec::new()),
         };
-        let response = self
-            .inner
-            .authorizer
-            .is_authorized(&request, &self.inner.policies, &entities);
+        let response =
+            self.inner
+                .authorizer
+                .is_authorized(&request, &self.inner.policies, &entities);
         let diagnostics = response.diagnostics();
 
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
@@ -391,8 +391,7 @@ impl PolicyEngine {
             return Decision::deny_error(errors, self.in_order(&erroring));
         }
 
-        let determining: HashSet<String> =
-            diagnostics.reason().map(|id| id.to_string()).collect();
+        let determining: HashSet<String> = diagnostics.reason().map(|id| id.to_string()).collect();
         let policy_ids = self.in_order(&determining);
         match response.decision() {
             cedar_policy::Decision::Allow => Decision {
@@ -407,10 +406,7 @@ impl PolicyEngine {
                     .find_map(|id| self.inner.reasons.get(id).cloned())
                     .unwrap_or_else(|| {
                         if policy_ids.is_empty() {
-                            format!(
-                                "no policy permits purpose {} for this request",
-                                req.purpose
-                            )
+                            format!("no policy permits purpose {} for this request", req.purpose)
                         } else {
                             "denied by federation policy".to_owned()
                         }
@@ -463,7 +459,10 @@ impl PolicyEngine {
                         "kind".to_owned(),
                         RestrictedExpression::new_string(f.kind.clone()),
                     ),
-                    ("active".to_owned(), RestrictedExpression::new_bool(f.active)),
+                    (
+                        "active".to_owned(),
+                        RestrictedExpression::new_bool(f.active),
+                    ),
                 ]),
                 HashSet::new(),
             )
@@ -539,7 +538,10 @@ impl PolicyEngine {
                 RestrictedExpression::new_bool(break_glass),
             ),
             ("consent".to_owned(), consent),
-            ("now".to_owned(), RestrictedExpression::new_long(req.now_unix)),
+            (
+                "now".to_owned(),
+                RestrictedExpression::new_long(req.now_unix),
+            ),
         ];
         if let Some(role) = &req.clinician_role {
             context.push((

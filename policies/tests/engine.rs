@@ -9,7 +9,10 @@ use policies::consent::{self, ConsentDirective, Effect, Scope};
 use policies::{AccessRequest, Action, Category, Decision, FacilityInfo, PolicyEngine, Purpose};
 
 const NOW: i64 = 1_764_000_000;
-const BUNDLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/testdata/fhir/bundles/");
+const BUNDLES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/testdata/fhir/bundles/"
+);
 
 fn engine() -> PolicyEngine {
     match PolicyEngine::embedded_defaults() {
@@ -27,8 +30,8 @@ fn facility(id: &str, kind: &str) -> FacilityInfo {
 }
 
 fn bundle_categories(file: &str) -> BTreeSet<Category> {
-    let bytes = std::fs::read(format!("{BUNDLES}{file}"))
-        .unwrap_or_else(|e| panic!("read {file}: {e}"));
+    let bytes =
+        std::fs::read(format!("{BUNDLES}{file}")).unwrap_or_else(|e| panic!("read {file}: {e}"));
     match classify_fhir_bundle(&bytes) {
         Ok(facts) => facts.categories,
         Err(e) => panic!("classify {file}: {e}"),
@@ -158,7 +161,12 @@ fn sensitive_bundles_need_consent_naming_the_recipient() {
         want.insert(Category::General);
         assert_eq!(categories, want, "{file}");
 
-        let no_consent = engine.authorize(&send(categories.clone(), Purpose::Treatment, clinic.clone(), &[]));
+        let no_consent = engine.authorize(&send(
+            categories.clone(),
+            Purpose::Treatment,
+            clinic.clone(),
+            &[],
+        ));
         assert_denied_by(&no_consent, "forbid-sensitive-without-consent");
         assert_eq!(
             no_consent.reason,
@@ -166,11 +174,21 @@ fn sensitive_bundles_need_consent_naming_the_recipient() {
         );
 
         let other = [permit_naming("clinic-c")];
-        let wrong_facility = engine.authorize(&send(categories.clone(), Purpose::Treatment, clinic.clone(), &other));
+        let wrong_facility = engine.authorize(&send(
+            categories.clone(),
+            Purpose::Treatment,
+            clinic.clone(),
+            &other,
+        ));
         assert_denied_by(&wrong_facility, "forbid-sensitive-without-consent");
 
         let named = [permit_naming("clinic-b")];
-        let with_consent = engine.authorize(&send(categories, Purpose::Treatment, clinic.clone(), &named));
+        let with_consent = engine.authorize(&send(
+            categories,
+            Purpose::Treatment,
+            clinic.clone(),
+            &named,
+        ));
         assert_allowed_by(&with_consent, "permit-treatment-between-members");
     }
 }
@@ -181,20 +199,36 @@ fn consent_must_cover_every_sensitive_category() {
     let categories = bundle_categories("Eliseo_Cummings_55c373ad-af55-46ed-8f69-9c7a40a89d46.json");
     let mut only_mh = permit_naming("clinic-b");
     only_mh.categories = vec![Category::MentalHealth];
-    let d = engine.authorize(&send(categories, Purpose::Treatment, facility("clinic-b", "clinic"), &[only_mh]));
+    let d = engine.authorize(&send(
+        categories,
+        Purpose::Treatment,
+        facility("clinic-b", "clinic"),
+        &[only_mh],
+    ));
     assert_denied_by(&d, "forbid-sensitive-without-consent");
 }
 
 #[test]
 fn general_treatment_between_members_is_implied_consent() {
     let engine = engine();
-    let categories = bundle_categories("Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json");
+    let categories =
+        bundle_categories("Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json");
     assert_eq!(categories, BTreeSet::from([Category::General]));
-    let d = engine.authorize(&send(categories.clone(), Purpose::Treatment, facility("clinic-b", "clinic"), &[]));
+    let d = engine.authorize(&send(
+        categories.clone(),
+        Purpose::Treatment,
+        facility("clinic-b", "clinic"),
+        &[],
+    ));
     assert_allowed_by(&d, "permit-treatment-between-members");
 
     // ... unless the patient denied it.
-    let d = engine.authorize(&send(categories.clone(), Purpose::Treatment, facility("clinic-b", "clinic"), &[deny_all()]));
+    let d = engine.authorize(&send(
+        categories.clone(),
+        Purpose::Treatment,
+        facility("clinic-b", "clinic"),
+        &[deny_all()],
+    ));
     assert_denied_by(&d, "forbid-patient-deny");
     assert_eq!(d.reason, "no consent on file for this purpose");
 
@@ -218,18 +252,36 @@ fn general_treatment_between_members_is_implied_consent() {
 fn payment_only_to_payers_and_never_sensitive() {
     let engine = engine();
     let general = BTreeSet::from([Category::General]);
-    let d = engine.authorize(&send(general.clone(), Purpose::Payment, facility("clinic-b", "clinic"), &[]));
+    let d = engine.authorize(&send(
+        general.clone(),
+        Purpose::Payment,
+        facility("clinic-b", "clinic"),
+        &[],
+    ));
     assert_denied_by(&d, "forbid-payment-to-non-payer");
-    assert_eq!(d.reason, "purpose payment is only allowed to payer facilities");
+    assert_eq!(
+        d.reason,
+        "purpose payment is only allowed to payer facilities"
+    );
 
-    let d = engine.authorize(&send(general, Purpose::Payment, facility("insurer-x", "payer"), &[]));
+    let d = engine.authorize(&send(
+        general,
+        Purpose::Payment,
+        facility("insurer-x", "payer"),
+        &[],
+    ));
     assert_allowed_by(&d, "permit-payment-to-payers");
 
     // Even with consent naming the payer, sensitive data is never sent for payment.
     let sensitive = bundle_categories("Fletcher_Hyatt_fe0562b5-f517-4951-8366-32fdab088930.json");
     let mut consent = permit_naming("insurer-x");
     consent.purposes = vec![Purpose::Payment];
-    let d = engine.authorize(&send(sensitive, Purpose::Payment, facility("insurer-x", "payer"), &[consent]));
+    let d = engine.authorize(&send(
+        sensitive,
+        Purpose::Payment,
+        facility("insurer-x", "payer"),
+        &[consent],
+    ));
     assert_denied_by(&d, "forbid-payment-sensitive");
 }
 
@@ -245,7 +297,12 @@ fn research_needs_explicit_research_consent() {
     // An all-purposes permit is not research consent.
     let mut all_purposes = permit_naming("university-lab");
     all_purposes.purposes = Vec::new();
-    let d = engine.authorize(&send(general.clone(), Purpose::Research, uni.clone(), &[all_purposes]));
+    let d = engine.authorize(&send(
+        general.clone(),
+        Purpose::Research,
+        uni.clone(),
+        &[all_purposes],
+    ));
     assert_denied_by(&d, "forbid-research-without-consent");
 
     let mut research = permit_naming("university-lab");
@@ -266,12 +323,20 @@ fn purposes_without_a_permit_are_default_denied() {
     ));
     assert!(!d.allowed);
     assert!(d.policy_ids.is_empty(), "{d:?}");
-    assert_eq!(d.reason, "no policy permits purpose operations for this request");
+    assert_eq!(
+        d.reason,
+        "no policy permits purpose operations for this request"
+    );
 }
 
 fn break_glass(role: Option<&str>, directives: &[ConsentDirective]) -> AccessRequest {
     let categories = bundle_categories("Chet_Thompson_eda17701-070d-4fae-9f7d-c8cd6263b63a.json");
-    let mut req = send(categories, Purpose::Treatment, facility("er-hospital", "hospital"), directives);
+    let mut req = send(
+        categories,
+        Purpose::Treatment,
+        facility("er-hospital", "hospital"),
+        directives,
+    );
     req.action = Action::BreakGlass;
     req.break_glass = true;
     req.clinician_role = role.map(str::to_owned);
@@ -290,13 +355,19 @@ fn break_glass_for_emergency_roles_only() {
     for role in [Some("nurse"), Some("physician"), Some("billing"), None] {
         let d = engine.authorize(&break_glass(role, &[]));
         assert_denied_by(&d, "forbid-break-glass-unauthorized-role");
-        assert_eq!(d.reason, "break-glass is not allowed for this clinician role");
+        assert_eq!(
+            d.reason,
+            "break-glass is not allowed for this clinician role"
+        );
     }
 
     // The flag on an ordinary request is held to the same rule.
     let mut flagged = break_glass(Some("nurse"), &[]);
     flagged.action = Action::Request;
-    assert_denied_by(&engine.authorize(&flagged), "forbid-break-glass-unauthorized-role");
+    assert_denied_by(
+        &engine.authorize(&flagged),
+        "forbid-break-glass-unauthorized-role",
+    );
 
     // Break-glass does not reach inactive facilities or non-treatment purposes.
     let mut inactive = break_glass(Some("emergency-physician"), &[]);
@@ -312,7 +383,10 @@ fn receiver_applies_the_same_rules_from_its_side() {
     let engine = engine();
     let local = facility("clinic-b", "clinic");
     let sender = facility("hospital-a", "hospital");
-    let receive = |categories: BTreeSet<Category>, purpose: Purpose, from: FacilityInfo, directives: &[ConsentDirective]| {
+    let receive = |categories: BTreeSet<Category>,
+                   purpose: Purpose,
+                   from: FacilityInfo,
+                   directives: &[ConsentDirective]| {
         // On receive, consent is evaluated for the receiver: this node.
         let consent = consent::evaluate(directives, &local.id, purpose, &categories, NOW);
         AccessRequest {
@@ -331,7 +405,12 @@ fn receiver_applies_the_same_rules_from_its_side() {
     };
     let general = BTreeSet::from([Category::General]);
     assert_allowed_by(
-        &engine.authorize(&receive(general.clone(), Purpose::Treatment, sender.clone(), &[])),
+        &engine.authorize(&receive(
+            general.clone(),
+            Purpose::Treatment,
+            sender.clone(),
+            &[],
+        )),
         "permit-treatment-between-members",
     );
     let mut gone = sender.clone();
@@ -342,11 +421,21 @@ fn receiver_applies_the_same_rules_from_its_side() {
     );
     let sensitive = bundle_categories("Gilberto_Orosco_6ece62f3-283c-4387-aa9b-affba8ebf4c3.json");
     assert_denied_by(
-        &engine.authorize(&receive(sensitive.clone(), Purpose::Treatment, sender.clone(), &[])),
+        &engine.authorize(&receive(
+            sensitive.clone(),
+            Purpose::Treatment,
+            sender.clone(),
+            &[],
+        )),
         "forbid-sensitive-without-consent",
     );
     assert_allowed_by(
-        &engine.authorize(&receive(sensitive, Purpose::Treatment, sender.clone(), &[permit_naming("clinic-b")])),
+        &engine.authorize(&receive(
+            sensitive,
+            Purpose::Treatment,
+            sender.clone(),
+            &[permit_naming("clinic-b")],
+        )),
         "permit-treatment-between-members",
     );
     // This node is a clinic, not a payer: it refuses records sent for payment.
@@ -359,7 +448,12 @@ fn receiver_applies_the_same_rules_from_its_side() {
 #[test]
 fn malformed_requests_are_denied_with_an_error() {
     let engine = engine();
-    let d = engine.authorize(&send(BTreeSet::new(), Purpose::Treatment, facility("clinic-b", "clinic"), &[]));
+    let d = engine.authorize(&send(
+        BTreeSet::new(),
+        Purpose::Treatment,
+        facility("clinic-b", "clinic"),
+        &[],
+    ));
     assert!(!d.allowed);
     assert_eq!(d.reason, "policy evaluation error (denied)");
     assert!(!d.errors.is_empty());
@@ -419,14 +513,23 @@ fn invalid_policy_files_are_refused_naming_file_and_problem() {
     ]);
     assert!(err.contains("x.cedar") && err.contains("bad-type"), "{err}");
 
-    let err = load_error(&[("schema.cedarschema", schema), ("broken.cedar", "permit (principal, action")]);
+    let err = load_error(&[
+        ("schema.cedarschema", schema),
+        ("broken.cedar", "permit (principal, action"),
+    ]);
     assert!(err.contains("broken.cedar"), "{err}");
 
     let err = load_error(&[("federation.cedar", policies::engine::DEFAULT_POLICIES)]);
     assert!(err.contains("schema.cedarschema"), "{err}");
 
-    let err = load_error(&[("schema.cedarschema", "entity Facility = {"), ("a.cedar", "")]);
-    assert!(err.contains("schema file") && err.contains("schema.cedarschema"), "{err}");
+    let err = load_error(&[
+        ("schema.cedarschema", "entity Facility = {"),
+        ("a.cedar", ""),
+    ]);
+    assert!(
+        err.contains("schema file") && err.contains("schema.cedarschema"),
+        "{err}"
+    );
 
     let dup = "@id(\"permit-treatment-between-members\")\nforbid (principal, action, resource);";
     let err = load_error(&[
@@ -451,7 +554,12 @@ fn a_forbid_that_errors_at_evaluation_makes_the_decision_deny() {
         Ok(engine) => engine,
         Err(e) => panic!("overflowing policy must pass validation: {e}"),
     };
-    let req = send(BTreeSet::from([Category::General]), Purpose::Treatment, facility("clinic-b", "clinic"), &[]);
+    let req = send(
+        BTreeSet::from([Category::General]),
+        Purpose::Treatment,
+        facility("clinic-b", "clinic"),
+        &[],
+    );
     // Control: the shipped policies alone allow this request.
     assert!(self::engine().authorize(&req).allowed);
 
@@ -460,7 +568,12 @@ fn a_forbid_that_errors_at_evaluation_makes_the_decision_deny() {
     assert_eq!(d.policy_ids, vec!["forbid-overflowing".to_owned()]);
     assert_eq!(d.reason, "policy evaluation error (denied)");
     assert_eq!(d.errors.len(), 1, "{d:?}");
-    assert!(d.errors.iter().all(|e| e.contains("forbid-overflowing") && e.contains("overflow")), "{d:?}");
+    assert!(
+        d.errors
+            .iter()
+            .all(|e| e.contains("forbid-overflowing") && e.contains("overflow")),
+        "{d:?}"
+    );
     assert!(d.errors.iter().all(|e| !e.contains("secret")), "{d:?}");
 }
 
@@ -475,7 +588,12 @@ fn engine_is_cheap_to_share_across_threads() {
 
 #[test]
 fn request_debug_redacts_the_patient() {
-    let req = send(BTreeSet::from([Category::General]), Purpose::Treatment, facility("clinic-b", "clinic"), &[]);
+    let req = send(
+        BTreeSet::from([Category::General]),
+        Purpose::Treatment,
+        facility("clinic-b", "clinic"),
+        &[],
+    );
     let text = format!("{req:?}");
     assert!(!text.contains("patient-secret-42"), "{text}");
 }

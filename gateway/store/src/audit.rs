@@ -121,7 +121,9 @@ impl fmt::Display for ChainProblem {
             ChainProblem::Missing => f.write_str("entry missing"),
             ChainProblem::Undecodable => f.write_str("entry undecodable"),
             ChainProblem::SeqMismatch => f.write_str("entry seq differs from its key"),
-            ChainProblem::PrevHashMismatch => f.write_str("prev_hash does not match previous entry"),
+            ChainProblem::PrevHashMismatch => {
+                f.write_str("prev_hash does not match previous entry")
+            }
             ChainProblem::HashMismatch => f.write_str("hash does not match contents"),
             ChainProblem::HeadMismatch => f.write_str("head record does not match last entry"),
             ChainProblem::IndexMismatch { index } => write!(f, "{index} index inconsistent"),
@@ -141,7 +143,11 @@ impl Tail {
             let (last_seq, hash) = decode::<(u64, [u8; 32])>("audit head", &head)?;
             return Ok(Tail { last_seq, hash });
         }
-        match trees.audit.last().map_err(StoreError::sled("read audit tail"))? {
+        match trees
+            .audit
+            .last()
+            .map_err(StoreError::sled("read audit tail"))?
+        {
             Some((key, value)) => {
                 let stored: StoredEntry<'_> = decode(WHAT, &value)?;
                 Ok(Tail {
@@ -184,10 +190,7 @@ impl Store {
         )?;
         let head = encode("audit head", &(seq, hash))?;
         let seq_key = seq.to_be_bytes();
-        let patient_key = record
-            .patient_ref
-            .as_deref()
-            .map(|p| patient_key(p, seq));
+        let patient_key = record.patient_ref.as_deref().map(|p| patient_key(p, seq));
         let transfer_key = record.transfer_id.map(|id| transfer_key(&id, seq));
         let t = self.trees();
         (
@@ -298,20 +301,23 @@ impl Store {
     /// are not covered (it checks the log up to the head it read first).
     pub fn audit_verify(&self) -> Result<u64, AuditChainError> {
         let t = self.trees();
-        let storage = |seq: u64| move |e: sled::Error| AuditChainError {
-            seq,
-            problem: ChainProblem::Storage(e.to_string()),
+        let storage = |seq: u64| {
+            move |e: sled::Error| AuditChainError {
+                seq,
+                problem: ChainProblem::Storage(e.to_string()),
+            }
         };
         let head = t.audit_head.get(HEAD_KEY).map_err(storage(0))?;
-        let head = match head {
-            Some(v) => Some(decode::<(u64, [u8; 32])>("audit head", &v).map_err(|_| {
-                AuditChainError {
-                    seq: 0,
-                    problem: ChainProblem::HeadMismatch,
-                }
-            })?),
-            None => None,
-        };
+        let head =
+            match head {
+                Some(v) => Some(decode::<(u64, [u8; 32])>("audit head", &v).map_err(|_| {
+                    AuditChainError {
+                        seq: 0,
+                        problem: ChainProblem::HeadMismatch,
+                    }
+                })?),
+                None => None,
+            };
         let bound = head.map_or(u64::MAX, |(seq, _)| seq);
         let mut digests = IndexDigests::new();
         let mut expected = 1u64;
@@ -390,7 +396,11 @@ impl Store {
         };
         // Keys each entry implies but that are absent.
         for seq in 1..=count {
-            let Ok(Some(entry)) = t.audit.get(seq.to_be_bytes()).map(|v| v.map(|v| decode_entry(seq, &v))) else {
+            let Ok(Some(entry)) = t
+                .audit
+                .get(seq.to_be_bytes())
+                .map(|v| v.map(|v| decode_entry(seq, &v)))
+            else {
                 continue;
             };
             let Ok(entry) = entry else { continue };
@@ -471,10 +481,18 @@ fn expected_keys(seq: u64, record: &AuditRecord) -> Vec<(&'static str, TreeOf, V
         keys.push(("patient", |t| &t.audit_by_patient, patient_key(p, seq)));
     }
     if let Some(id) = &record.transfer_id {
-        keys.push(("transfer", |t| &t.audit_by_transfer, transfer_key(id, seq).to_vec()));
+        keys.push((
+            "transfer",
+            |t| &t.audit_by_transfer,
+            transfer_key(id, seq).to_vec(),
+        ));
     }
     if record.break_glass {
-        keys.push(("break-glass", |t| &t.audit_break_glass, seq.to_be_bytes().to_vec()));
+        keys.push((
+            "break-glass",
+            |t| &t.audit_break_glass,
+            seq.to_be_bytes().to_vec(),
+        ));
     }
     keys
 }

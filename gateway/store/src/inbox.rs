@@ -78,7 +78,8 @@ impl Store {
                     decode(WHAT, &value).map_err(ConflictableTransactionError::Abort)?;
                 if entry.acked_ms.is_none() {
                     entry.acked_ms = Some(at_ms);
-                    let value = encode(WHAT, &entry).map_err(ConflictableTransactionError::Abort)?;
+                    let value =
+                        encode(WHAT, &entry).map_err(ConflictableTransactionError::Abort)?;
                     inbox.insert(&id[..], value)?;
                 }
                 Ok(entry)

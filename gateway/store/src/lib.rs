@@ -118,10 +118,7 @@ impl Store {
             .path(&sled_dir)
             .open()
             .map_err(StoreError::sled("open database"))?;
-        let tree = |name: &'static str| {
-            db.open_tree(name)
-                .map_err(StoreError::sled("open tree"))
-        };
+        let tree = |name: &'static str| db.open_tree(name).map_err(StoreError::sled("open tree"));
         let trees = Trees {
             outbox: tree("outbox")?,
             outbox_by_time: tree("outbox_by_time")?,
@@ -166,7 +163,11 @@ impl Store {
     }
 
     /// A writer for the spool file of `id`; see [`SpoolWriter`].
-    pub fn spool_writer(&self, id: &TransferId, kind: SpoolKind) -> Result<SpoolWriter, StoreError> {
+    pub fn spool_writer(
+        &self,
+        id: &TransferId,
+        kind: SpoolKind,
+    ) -> Result<SpoolWriter, StoreError> {
         SpoolWriter::create(&self.inner.spool_dir.join(kind.dir_name()), id)
     }
 
@@ -208,7 +209,9 @@ pub(crate) fn tx_err(
 ) -> impl FnOnce(sled::transaction::TransactionError<StoreError>) -> StoreError {
     move |e| match e {
         sled::transaction::TransactionError::Abort(e) => e,
-        sled::transaction::TransactionError::Storage(source) => StoreError::Sled { context, source },
+        sled::transaction::TransactionError::Storage(source) => {
+            StoreError::Sled { context, source }
+        }
     }
 }
 

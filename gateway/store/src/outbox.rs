@@ -87,7 +87,8 @@ impl Store {
                         id: transfer_id_hex(&id),
                     });
                 };
-                let old: OutboxEntry = decode(WHAT, &old).map_err(ConflictableTransactionError::Abort)?;
+                let old: OutboxEntry =
+                    decode(WHAT, &old).map_err(ConflictableTransactionError::Abort)?;
                 let mut new = old.clone();
                 match f.try_borrow_mut() {
                     Ok(mut f) => (*f)(&mut new),

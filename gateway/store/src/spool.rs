@@ -39,10 +39,7 @@ impl SpoolWriter {
     pub(crate) fn create(dir: &Path, id: &TransferId) -> Result<SpoolWriter, StoreError> {
         let name = transfer_id_hex(id);
         let n = NEXT_PARTIAL.fetch_add(1, Ordering::Relaxed);
-        let partial = dir.join(format!(
-            "{name}.{}-{n}{PARTIAL_SUFFIX}",
-            std::process::id()
-        ));
+        let partial = dir.join(format!("{name}.{}-{n}{PARTIAL_SUFFIX}", std::process::id()));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -165,8 +162,7 @@ pub(crate) fn prepare(spool_dir: &Path) -> Result<(), StoreError> {
     for kind in [SpoolKind::Outbox, SpoolKind::Inbox] {
         let dir = spool_dir.join(kind.dir_name());
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| StoreError::io("list spool", &dir, e))?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| StoreError::io("list spool", &dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io("list spool", &dir, e))?;
             let name = entry.file_name();

@@ -185,7 +185,10 @@ impl fmt::Debug for AuditRecord {
         f.debug_struct("AuditRecord")
             .field("time_ms", &self.time_ms)
             .field("event", &self.event)
-            .field("transfer_id", &self.transfer_id.as_ref().map(|id| Hex(id.as_slice())))
+            .field(
+                "transfer_id",
+                &self.transfer_id.as_ref().map(|id| Hex(id.as_slice())),
+            )
             .field("peer", &self.peer)
             .field("patient_ref", &self.patient_ref.as_ref().map(|_| Redacted))
             .field("purpose", &self.purpose)
@@ -240,7 +243,10 @@ impl fmt::Debug for AuditFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditFilter")
             .field("patient", &self.patient.as_ref().map(|_| Redacted))
-            .field("transfer_id", &self.transfer_id.as_ref().map(|id| Hex(id.as_slice())))
+            .field(
+                "transfer_id",
+                &self.transfer_id.as_ref().map(|id| Hex(id.as_slice())),
+            )
             .field("break_glass_only", &self.break_glass_only)
             .field("since_seq", &self.since_seq)
             .field("limit", &self.limit)

@@ -63,17 +63,16 @@ pub fn import_fhir_consent(
     if json.get("modifierExtension").is_some() {
         return refuse("modifierExtension present: it may change the meaning of the consent");
     }
-    let Some(id) = json.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()) else {
+    let Some(id) = json
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
         return refuse("Consent has no id (needed to trace the directive to its source)");
     };
     match json.get("status").and_then(Value::as_str) {
         Some("active") => {}
-        Some(other) => {
-            return refuse(format!(
-                "status {} is not active",
-                code_for_reason(other)
-            ))
-        }
+        Some(other) => return refuse(format!("status {} is not active", code_for_reason(other))),
         None => return refuse("Consent has no status"),
     }
     let scope_codes = codes(json.get("scope"), CONSENT_SCOPE);
@@ -82,7 +81,10 @@ pub fn import_fhir_consent(
         return refuse("scope is not patient-privacy or research (treatment and advance-directive consents are not access rules)");
     }
     let patient = patient_id(json.get("patient"))?;
-    let base = match codes(json.get("policyRule"), ACT_CODE).first().map(String::as_str) {
+    let base = match codes(json.get("policyRule"), ACT_CODE)
+        .first()
+        .map(String::as_str)
+    {
         Some("OPTIN" | "OPTINR") => Some(Effect::Permit),
         Some("OPTOUT" | "OPTOUTE") => Some(Effect::Deny),
         Some(other) => {
@@ -97,7 +99,10 @@ pub fn import_fhir_consent(
     let emergency_only = json
         .get("category")
         .and_then(Value::as_array)
-        .is_some_and(|cats| cats.iter().any(|c| codes(Some(c), ACT_CODE).iter().any(|x| x == "EMRGONLY")));
+        .is_some_and(|cats| {
+            cats.iter()
+                .any(|c| codes(Some(c), ACT_CODE).iter().any(|x| x == "EMRGONLY"))
+        });
 
     let mut directive = ConsentDirective {
         id: id.to_owned(),
@@ -138,7 +143,12 @@ pub fn import_fhir_consent(
         return Ok(vec![directive]);
     }
 
-    let effect = match (provision.and_then(|p| p.get("type")).and_then(Value::as_str), base) {
+    let effect = match (
+        provision
+            .and_then(|p| p.get("type"))
+            .and_then(Value::as_str),
+        base,
+    ) {
         (Some("permit"), _) => Effect::Permit,
         (Some("deny"), _) => Effect::Deny,
         (Some(other), _) => {
@@ -165,16 +175,22 @@ pub fn import_fhir_consent(
 /// condition the gateway cannot enforce exactly.
 fn map_provision(p: &Value, d: &mut ConsentDirective) -> Result<(), ImportRefusal> {
     if p.get("data").is_some() {
-        return refuse("restriction to specific records (provision.data) cannot be enforced by the gateway");
+        return refuse(
+            "restriction to specific records (provision.data) cannot be enforced by the gateway",
+        );
     }
     if p.get("class").is_some() {
         return refuse("restriction by resource type or document class (provision.class) cannot be enforced by the gateway");
     }
     if p.get("code").is_some() {
-        return refuse("restriction by document code (provision.code) cannot be enforced by the gateway");
+        return refuse(
+            "restriction by document code (provision.code) cannot be enforced by the gateway",
+        );
     }
     if p.get("dataPeriod").is_some() {
-        return refuse("restriction by record date (provision.dataPeriod) cannot be enforced by the gateway");
+        return refuse(
+            "restriction by record date (provision.dataPeriod) cannot be enforced by the gateway",
+        );
     }
 
     let mut facilities = Vec::new();
@@ -196,7 +212,11 @@ fn map_provision(p: &Value, d: &mut ConsentDirective) -> Result<(), ImportRefusa
             }
             Some("PRCP" | "IRCP") => {
                 if kind != "Organization" || target.is_empty() {
-                    let kind = if kind.is_empty() { "non-resource" } else { kind };
+                    let kind = if kind.is_empty() {
+                        "non-resource"
+                    } else {
+                        kind
+                    };
                     return refuse(format!(
                         "actor is a {}, not a facility: the federation authorizes facilities, not individuals",
                         code_for_reason(kind)
@@ -219,8 +239,14 @@ fn map_provision(p: &Value, d: &mut ConsentDirective) -> Result<(), ImportRefusa
 
     for action in array(p.get("action")) {
         for code in codes(Some(action), CONSENT_ACTION) {
-            if !matches!(code.as_str(), "collect" | "access" | "use" | "disclose" | "correct") {
-                return refuse(format!("action {} is not supported", code_for_reason(&code)));
+            if !matches!(
+                code.as_str(),
+                "collect" | "access" | "use" | "disclose" | "correct"
+            ) {
+                return refuse(format!(
+                    "action {} is not supported",
+                    code_for_reason(&code)
+                ));
             }
         }
     }
@@ -276,7 +302,9 @@ fn map_provision(p: &Value, d: &mut ConsentDirective) -> Result<(), ImportRefusa
 }
 
 fn array(v: Option<&Value>) -> &[Value] {
-    v.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// Codes of a CodeableConcept (or a bare Coding) in `system`.
@@ -297,7 +325,9 @@ fn codes(concept: Option<&Value>, system: &str) -> Vec<String> {
 }
 
 fn actor_role(actor: &Value) -> Option<String> {
-    codes(actor.get("role"), PARTICIPATION_TYPE).into_iter().next()
+    codes(actor.get("role"), PARTICIPATION_TYPE)
+        .into_iter()
+        .next()
 }
 
 /// "Organization/f001" or "https://x/fhir/Organization/f001" → ("Organization", "f001").
@@ -336,7 +366,9 @@ fn period_bounds(period: &Value) -> Result<(Option<i64>, Option<i64>), ImportRef
             None => Ok(None),
             Some(v) => match v.as_str().and_then(|s| fhir_instant(s, end)) {
                 Some(t) => Ok(Some(t)),
-                None => refuse(format!("provision.period.{key} is not a FHIR date or dateTime")),
+                None => refuse(format!(
+                    "provision.period.{key} is not a FHIR date or dateTime"
+                )),
             },
         }
     };
@@ -377,7 +409,11 @@ fn fhir_instant(s: &str, end: bool) -> Option<i64> {
         (true, _, Some(_)) => start.next_day()?,
         (true, Some(m), None) => {
             let next = Month::try_from(m).ok()?.next();
-            let year = if next == Month::January { year + 1 } else { year };
+            let year = if next == Month::January {
+                year + 1
+            } else {
+                year
+            };
             Date::from_calendar_date(year, next, 1).ok()?
         }
         (true, None, None) => Date::from_calendar_date(year + 1, Month::January, 1).ok()?,
@@ -407,7 +443,10 @@ mod tests {
 
     #[test]
     fn references() {
-        assert_eq!(split_reference("Organization/f001"), ("Organization", "f001"));
+        assert_eq!(
+            split_reference("Organization/f001"),
+            ("Organization", "f001")
+        );
         assert_eq!(
             split_reference("https://h.example/fhir/Patient/p1"),
             ("Patient", "p1")

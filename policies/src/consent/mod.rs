@@ -165,8 +165,8 @@ pub fn evaluate(
         }
         match d.effect {
             Effect::Deny => {
-                let hits = d.covers_purpose(purpose)
-                    && categories.iter().any(|c| d.covers_category(*c));
+                let hits =
+                    d.covers_purpose(purpose) && categories.iter().any(|c| d.covers_category(*c));
                 if hits {
                     state.deny_applies = true;
                     ids.insert(d.id.clone());

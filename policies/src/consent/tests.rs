@@ -53,12 +53,22 @@ fn sensitive_permits_need_the_recipient_named() {
     let all = directive("p-all", Effect::Permit, Scope::AllFederation);
     let mut named_permit = directive("p-b", Effect::Permit, named(&["clinic-b"]));
     named_permit.categories = vec![Category::SubstanceUse];
-    let record = cats(&[Category::General, Category::SubstanceUse, Category::MentalHealth]);
+    let record = cats(&[
+        Category::General,
+        Category::SubstanceUse,
+        Category::MentalHealth,
+    ]);
 
-    let s = evaluate(&[all.clone()], "clinic-b", Purpose::Treatment, &record, NOW);
+    let s = evaluate(std::slice::from_ref(&all), "clinic-b", Purpose::Treatment, &record, NOW);
     assert!(s.permitted_categories.is_empty(), "{s:?}");
 
-    let s = evaluate(&[all, named_permit], "clinic-b", Purpose::Treatment, &record, NOW);
+    let s = evaluate(
+        &[all, named_permit],
+        "clinic-b",
+        Purpose::Treatment,
+        &record,
+        NOW,
+    );
     assert_eq!(s.permitted_categories, cats(&[Category::SubstanceUse]));
     assert_eq!(s.directive_ids, vec!["p-b".to_owned()]);
 }
@@ -69,8 +79,26 @@ fn research_needs_research_named_explicitly() {
     let mut research = directive("p2", Effect::Permit, Scope::AllFederation);
     research.purposes = vec![Purpose::Research];
     let record = cats(&[Category::General]);
-    assert!(!evaluate(&[all_purposes.clone()], "uni", Purpose::Research, &record, NOW).research_permit);
-    assert!(evaluate(&[all_purposes, research.clone()], "uni", Purpose::Research, &record, NOW).research_permit);
+    assert!(
+        !evaluate(
+            std::slice::from_ref(&all_purposes),
+            "uni",
+            Purpose::Research,
+            &record,
+            NOW
+        )
+        .research_permit
+    );
+    assert!(
+        evaluate(
+            &[all_purposes, research.clone()],
+            "uni",
+            Purpose::Research,
+            &record,
+            NOW
+        )
+        .research_permit
+    );
     // A research permit says nothing about treatment.
     assert!(!evaluate(&[research], "uni", Purpose::Treatment, &record, NOW).research_permit);
 }
@@ -82,7 +110,14 @@ fn validity_and_revocation() {
     d.valid_until = Some(NOW + 10);
     let record = cats(&[Category::General]);
     let applies = |d: &ConsentDirective, at: i64| {
-        evaluate(std::slice::from_ref(d), "x", Purpose::Treatment, &record, at).deny_applies
+        evaluate(
+            std::slice::from_ref(d),
+            "x",
+            Purpose::Treatment,
+            &record,
+            at,
+        )
+        .deny_applies
     };
     assert!(applies(&d, NOW));
     assert!(applies(&d, NOW - 10));

@@ -25,7 +25,10 @@ fn append_links_entries_and_verify_counts_them() {
     let entries = fill(&store, 3000);
     assert_eq!(store.audit_len(), 3000);
     assert_eq!(store.audit_verify(), Ok(3000));
-    assert_eq!(entries.first().map(|e| (e.seq, e.prev_hash)), Some((1, [0; 32])));
+    assert_eq!(
+        entries.first().map(|e| (e.seq, e.prev_hash)),
+        Some((1, [0; 32]))
+    );
     for pair in entries.windows(2) {
         assert_eq!(pair[1].seq, pair[0].seq + 1);
         assert_eq!(pair[1].prev_hash, pair[0].hash);
@@ -49,10 +52,17 @@ fn zero_time_is_stamped() {
     let mut record = audit_record(None, None, false);
     record.time_ms = 0;
     let entry = store.audit_append(record).expect("append");
-    assert!(entry.record.time_ms > 1_600_000_000_000, "{}", entry.record.time_ms);
+    assert!(
+        entry.record.time_ms > 1_600_000_000_000,
+        "{}",
+        entry.record.time_ms
+    );
     let mut record = audit_record(None, None, false);
     record.time_ms = 5;
-    assert_eq!(store.audit_append(record).expect("append").record.time_ms, 5);
+    assert_eq!(
+        store.audit_append(record).expect("append").record.time_ms,
+        5
+    );
 }
 
 #[test]
@@ -71,18 +81,56 @@ fn tampered(seq: u64, at: usize) -> AuditChainError {
     let at = at.min(value.len() - 1);
     value[at] ^= 0x01;
     tree.insert(key, value).expect("tamper");
-    store.audit_verify().expect_err("tampering must be detected")
+    store
+        .audit_verify()
+        .expect_err("tampering must be detected")
 }
 
 #[test]
 fn a_changed_byte_is_detected_at_its_seq() {
     // Layout: version byte, prev_hash (32), hash (32), body length, body.
-    assert_eq!(tampered(77, 0), AuditChainError { seq: 77, problem: ChainProblem::Undecodable });
-    assert_eq!(tampered(77, 5), AuditChainError { seq: 77, problem: ChainProblem::PrevHashMismatch });
-    assert_eq!(tampered(77, 40), AuditChainError { seq: 77, problem: ChainProblem::HashMismatch });
-    assert_eq!(tampered(77, 90), AuditChainError { seq: 77, problem: ChainProblem::HashMismatch });
-    assert_eq!(tampered(1, usize::MAX), AuditChainError { seq: 1, problem: ChainProblem::HashMismatch });
-    assert_eq!(tampered(200, 100), AuditChainError { seq: 200, problem: ChainProblem::HashMismatch });
+    assert_eq!(
+        tampered(77, 0),
+        AuditChainError {
+            seq: 77,
+            problem: ChainProblem::Undecodable
+        }
+    );
+    assert_eq!(
+        tampered(77, 5),
+        AuditChainError {
+            seq: 77,
+            problem: ChainProblem::PrevHashMismatch
+        }
+    );
+    assert_eq!(
+        tampered(77, 40),
+        AuditChainError {
+            seq: 77,
+            problem: ChainProblem::HashMismatch
+        }
+    );
+    assert_eq!(
+        tampered(77, 90),
+        AuditChainError {
+            seq: 77,
+            problem: ChainProblem::HashMismatch
+        }
+    );
+    assert_eq!(
+        tampered(1, usize::MAX),
+        AuditChainError {
+            seq: 1,
+            problem: ChainProblem::HashMismatch
+        }
+    );
+    assert_eq!(
+        tampered(200, 100),
+        AuditChainError {
+            seq: 200,
+            problem: ChainProblem::HashMismatch
+        }
+    );
 }
 
 #[test]
@@ -93,7 +141,10 @@ fn a_deleted_entry_is_detected_at_its_seq() {
     tree.remove(50u64.to_be_bytes()).expect("delete");
     assert_eq!(
         store.audit_verify(),
-        Err(AuditChainError { seq: 50, problem: ChainProblem::Missing })
+        Err(AuditChainError {
+            seq: 50,
+            problem: ChainProblem::Missing
+        })
     );
 }
 
@@ -106,7 +157,10 @@ fn a_truncated_tail_is_detected() {
     tree.remove(19u64.to_be_bytes()).expect("delete");
     assert_eq!(
         store.audit_verify(),
-        Err(AuditChainError { seq: 19, problem: ChainProblem::Missing })
+        Err(AuditChainError {
+            seq: 19,
+            problem: ChainProblem::Missing
+        })
     );
 }
 
@@ -129,10 +183,17 @@ fn a_rewritten_entry_with_a_consistent_hash_breaks_the_next_link() {
     value.extend_from_slice(&victim.prev_hash);
     value.extend_from_slice(&hash);
     value = postcard::to_extend(&body, value).expect("encode");
-    store.trees().audit.insert(victim.seq.to_be_bytes(), value).expect("rewrite");
+    store
+        .trees()
+        .audit
+        .insert(victim.seq.to_be_bytes(), value)
+        .expect("rewrite");
     assert_eq!(
         store.audit_verify(),
-        Err(AuditChainError { seq: 11, problem: ChainProblem::PrevHashMismatch })
+        Err(AuditChainError {
+            seq: 11,
+            problem: ChainProblem::PrevHashMismatch
+        })
     );
 }
 
@@ -147,7 +208,10 @@ fn index_tampering_is_detected_at_the_entry() {
     assert!(t.audit_by_patient.remove(&key).expect("remove").is_some());
     assert_eq!(
         store.audit_verify(),
-        Err(AuditChainError { seq: 30, problem: ChainProblem::IndexMismatch { index: "patient" } })
+        Err(AuditChainError {
+            seq: 30,
+            problem: ChainProblem::IndexMismatch { index: "patient" }
+        })
     );
     t.audit_by_patient.insert(&key, &[][..]).expect("restore");
     assert_eq!(store.audit_verify(), Ok(100));
@@ -157,14 +221,24 @@ fn index_tampering_is_detected_at_the_entry() {
     t.audit_by_patient.insert(&stray, &[][..]).expect("insert");
     assert_eq!(
         store.audit_verify(),
-        Err(AuditChainError { seq: 12, problem: ChainProblem::IndexMismatch { index: "patient" } })
+        Err(AuditChainError {
+            seq: 12,
+            problem: ChainProblem::IndexMismatch { index: "patient" }
+        })
     );
     t.audit_by_patient.remove(&stray).expect("remove");
     // Entry 61 is break-glass (60 % 10 == 0); hiding it from the break-glass index.
-    t.audit_break_glass.remove(61u64.to_be_bytes()).expect("remove");
+    t.audit_break_glass
+        .remove(61u64.to_be_bytes())
+        .expect("remove");
     assert_eq!(
         store.audit_verify(),
-        Err(AuditChainError { seq: 61, problem: ChainProblem::IndexMismatch { index: "break-glass" } })
+        Err(AuditChainError {
+            seq: 61,
+            problem: ChainProblem::IndexMismatch {
+                index: "break-glass"
+            }
+        })
     );
 }
 
@@ -247,7 +321,10 @@ fn query_by_transfer_and_break_glass() {
             ..AuditFilter::default()
         })
         .expect("list");
-    assert_eq!(seqs(&glass), (0..10).map(|i| i * 10 + 1).collect::<Vec<u64>>());
+    assert_eq!(
+        seqs(&glass),
+        (0..10).map(|i| i * 10 + 1).collect::<Vec<u64>>()
+    );
 
     // Combined: Patient/0 and break-glass (i % 70 == 0 → seqs 1, 71).
     let both = store

@@ -6,10 +6,15 @@ async fn consents_are_indexed_by_exact_patient_and_survive_reopen() {
     store.consent_put("Patient/1", "c-1", b"one").expect("put");
     store.consent_put("Patient/1", "c-2", b"two").expect("put");
     // A patient whose reference extends another's must not leak into its list.
-    store.consent_put("Patient/10", "c-3", b"three").expect("put");
+    store
+        .consent_put("Patient/10", "c-3", b"three")
+        .expect("put");
     assert_eq!(
         store.consent_list("Patient/1").expect("list"),
-        vec![("c-1".to_owned(), b"one".to_vec()), ("c-2".to_owned(), b"two".to_vec())]
+        vec![
+            ("c-1".to_owned(), b"one".to_vec()),
+            ("c-2".to_owned(), b"two".to_vec())
+        ]
     );
     assert_eq!(
         store.consent_get("c-3").expect("get"),
@@ -45,11 +50,17 @@ async fn requests_and_records_round_trip() {
     store.request_put("r-2", b"second").expect("put");
     store.request_put("r-1", b"first").expect("put");
     store.request_put("r-2", b"second v2").expect("put");
-    assert_eq!(store.request_get("r-2").expect("get"), Some(b"second v2".to_vec()));
+    assert_eq!(
+        store.request_get("r-2").expect("get"),
+        Some(b"second v2".to_vec())
+    );
     assert_eq!(store.request_get("r-3").expect("get"), None);
     assert_eq!(
         store.request_list().expect("list"),
-        vec![("r-1".to_owned(), b"first".to_vec()), ("r-2".to_owned(), b"second v2".to_vec())]
+        vec![
+            ("r-1".to_owned(), b"first".to_vec()),
+            ("r-2".to_owned(), b"second v2".to_vec())
+        ]
     );
     // Large enough to become a sled blob file, which commit must fdatasync.
     let bundle = vec![b'x'; 600 * 1024];

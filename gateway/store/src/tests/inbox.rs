@@ -5,7 +5,10 @@ use crate::{InboxInsert, StoreError};
 fn insert_is_idempotent_and_returns_the_existing_entry() {
     let (_dir, store) = open();
     let first = inbox_entry(1, 100);
-    assert_eq!(store.inbox_insert(&first).expect("insert"), InboxInsert::Inserted);
+    assert_eq!(
+        store.inbox_insert(&first).expect("insert"),
+        InboxInsert::Inserted
+    );
     let mut retry = inbox_entry(1, 999);
     retry.receipt = vec![0xff; 10];
     assert_eq!(
@@ -37,8 +40,14 @@ fn list_is_newest_first() {
 async fn ack_records_the_first_acknowledgement_and_persists() {
     let (dir, store) = open();
     store.inbox_insert(&inbox_entry(1, 100)).expect("insert");
-    assert_eq!(store.inbox_ack(&tid(1), 500).expect("ack").acked_ms, Some(500));
-    assert_eq!(store.inbox_ack(&tid(1), 900).expect("ack").acked_ms, Some(500));
+    assert_eq!(
+        store.inbox_ack(&tid(1), 500).expect("ack").acked_ms,
+        Some(500)
+    );
+    assert_eq!(
+        store.inbox_ack(&tid(1), 900).expect("ack").acked_ms,
+        Some(500)
+    );
     let err = store.inbox_ack(&tid(2), 500).expect_err("absent");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     store.commit().await.expect("commit");

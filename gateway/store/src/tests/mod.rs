@@ -70,7 +70,11 @@ fn inbox_entry(n: u32, received_ms: u64) -> InboxEntry {
     }
 }
 
-fn audit_record(patient: Option<&str>, transfer: Option<TransferId>, break_glass: bool) -> AuditRecord {
+fn audit_record(
+    patient: Option<&str>,
+    transfer: Option<TransferId>,
+    break_glass: bool,
+) -> AuditRecord {
     AuditRecord {
         time_ms: 1_700_000_000_000,
         event: "submitted".into(),

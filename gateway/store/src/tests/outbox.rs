@@ -5,9 +5,14 @@ use crate::{StoreError, TransferState};
 fn insert_get_and_list_newest_first() {
     let (_dir, store) = open();
     for (n, created) in [(1, 300), (2, 100), (3, 200)] {
-        store.outbox_insert(&outbox_entry(n, created)).expect("insert");
+        store
+            .outbox_insert(&outbox_entry(n, created))
+            .expect("insert");
     }
-    assert_eq!(store.outbox_get(&tid(2)).expect("get"), Some(outbox_entry(2, 100)));
+    assert_eq!(
+        store.outbox_get(&tid(2)).expect("get"),
+        Some(outbox_entry(2, 100))
+    );
     assert_eq!(store.outbox_get(&tid(9)).expect("get"), None);
     let listed: Vec<u64> = store
         .outbox_list()
@@ -24,9 +29,14 @@ fn duplicate_id_is_refused_and_original_kept() {
     store.outbox_insert(&outbox_entry(1, 100)).expect("insert");
     let mut other = outbox_entry(1, 500);
     other.recipient = "facility-c".into();
-    let err = store.outbox_insert(&other).expect_err("duplicate must fail");
+    let err = store
+        .outbox_insert(&other)
+        .expect_err("duplicate must fail");
     assert!(matches!(err, StoreError::DuplicateTransfer { .. }), "{err}");
-    assert_eq!(store.outbox_get(&tid(1)).expect("get"), Some(outbox_entry(1, 100)));
+    assert_eq!(
+        store.outbox_get(&tid(1)).expect("get"),
+        Some(outbox_entry(1, 100))
+    );
     assert_eq!(store.outbox_list().expect("list").len(), 1);
 }
 
@@ -62,12 +72,33 @@ fn update_may_not_change_identity() {
     let err = store
         .outbox_update(&tid(1), |e| e.transfer_id = tid(2))
         .expect_err("immutable");
-    assert!(matches!(err, StoreError::ImmutableField { field: "transfer_id", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::ImmutableField {
+                field: "transfer_id",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = store
         .outbox_update(&tid(1), |e| e.created_ms = 1)
         .expect_err("immutable");
-    assert!(matches!(err, StoreError::ImmutableField { field: "created_ms", .. }), "{err}");
-    assert_eq!(store.outbox_get(&tid(1)).expect("get"), Some(outbox_entry(1, 100)));
+    assert!(
+        matches!(
+            err,
+            StoreError::ImmutableField {
+                field: "created_ms",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        store.outbox_get(&tid(1)).expect("get"),
+        Some(outbox_entry(1, 100))
+    );
     assert_eq!(store.outbox_get(&tid(2)).expect("get"), None);
 }
 
@@ -97,10 +128,19 @@ fn due_returns_pending_entries_whose_time_has_come_oldest_first() {
 
     let ids = |v: Vec<crate::OutboxEntry>| v.iter().map(|e| e.transfer_id).collect::<Vec<_>>();
     assert_eq!(ids(store.outbox_due(400, 10).expect("due")), vec![tid(3)]);
-    assert_eq!(ids(store.outbox_due(500, 10).expect("due")), vec![tid(3), tid(2), tid(1)]);
-    assert_eq!(ids(store.outbox_due(500, 2).expect("due")), vec![tid(3), tid(2)]);
+    assert_eq!(
+        ids(store.outbox_due(500, 10).expect("due")),
+        vec![tid(3), tid(2), tid(1)]
+    );
+    assert_eq!(
+        ids(store.outbox_due(500, 2).expect("due")),
+        vec![tid(3), tid(2)]
+    );
     assert_eq!(store.outbox_due(500, 0).expect("due").len(), 0);
-    assert_eq!(ids(store.outbox_due(u64::MAX, 10).expect("due")), vec![tid(3), tid(2), tid(1), tid(4)]);
+    assert_eq!(
+        ids(store.outbox_due(u64::MAX, 10).expect("due")),
+        vec![tid(3), tid(2), tid(1), tid(4)]
+    );
     assert_eq!(store.outbox_due(99, 10).expect("due").len(), 0);
 }
 
@@ -108,7 +148,9 @@ fn due_returns_pending_entries_whose_time_has_come_oldest_first() {
 async fn states_and_due_index_survive_reopen() {
     let (dir, store) = open();
     for n in 1..=3 {
-        store.outbox_insert(&outbox_entry(n, 100 + u64::from(n))).expect("insert");
+        store
+            .outbox_insert(&outbox_entry(n, 100 + u64::from(n)))
+            .expect("insert");
     }
     store
         .outbox_update(&tid(1), |e| {
@@ -137,7 +179,10 @@ async fn states_and_due_index_survive_reopen() {
         .collect();
     assert_eq!(
         due,
-        vec![(tid(3), TransferState::Queued), (tid(2), TransferState::Delivering)]
+        vec![
+            (tid(3), TransferState::Queued),
+            (tid(2), TransferState::Delivering)
+        ]
     );
 }
 

@@ -32,7 +32,10 @@ fn writer_round_trip() {
     assert_eq!(std::fs::read(&path).expect("read"), expected);
     // Kinds are separate directories.
     assert!(!store.spool_path(&id, SpoolKind::Outbox).exists());
-    assert_eq!(files_in(path.parent().expect("parent")), vec![hex::encode(id)]);
+    assert_eq!(
+        files_in(path.parent().expect("parent")),
+        vec![hex::encode(id)]
+    );
 }
 
 #[test]
@@ -44,7 +47,11 @@ fn unfinished_writer_leaves_no_file() {
     let mut w = store.spool_writer(&id, SpoolKind::Outbox).expect("writer");
     w.write_chunk(&[1; 1 << 20]).expect("write");
     assert!(!path.exists(), "nothing at the final path before finish");
-    assert_eq!(files_in(&dir).len(), 1, "the partial file exists while writing");
+    assert_eq!(
+        files_in(&dir).len(),
+        1,
+        "the partial file exists while writing"
+    );
     drop(w);
     assert!(!path.exists());
     assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
@@ -58,7 +65,9 @@ fn partial_files_left_by_a_crash_are_removed_on_open() {
     w.write_chunk(b"half an envelope").expect("write");
     // Simulates a crash: the writer's cleanup never runs.
     std::mem::forget(w);
-    let mut done = store.spool_writer(&tid(4), SpoolKind::Inbox).expect("writer");
+    let mut done = store
+        .spool_writer(&tid(4), SpoolKind::Inbox)
+        .expect("writer");
     done.write_chunk(b"whole").expect("write");
     done.finish().expect("finish");
     let spool = store.spool_path(&id, SpoolKind::Inbox);
@@ -78,5 +87,7 @@ fn remove_is_durable_and_idempotent() {
     assert!(store.spool_path(&id, SpoolKind::Inbox).exists());
     store.spool_remove(&id, SpoolKind::Inbox).expect("remove");
     assert!(!store.spool_path(&id, SpoolKind::Inbox).exists());
-    store.spool_remove(&id, SpoolKind::Inbox).expect("remove again");
+    store
+        .spool_remove(&id, SpoolKind::Inbox)
+        .expect("remove again");
 }
