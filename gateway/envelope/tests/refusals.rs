@@ -1,6 +1,8 @@
 //! Everything a hostile or broken peer (or a careless local caller) can do wrong is refused
 //! with a reason the audit log can tell apart.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
 mod common;
 
 use common::{params, Fixture, Node, Parts, SENDER};

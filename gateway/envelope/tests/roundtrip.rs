@@ -1,5 +1,7 @@
 //! Sealing and opening whole and streamed envelopes, both suites, edge sizes.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
 mod common;
 
 use common::{params, Fixture, Node, Parts, Prng, CREATED_AT_MS, RECIPIENT, SENDER};
