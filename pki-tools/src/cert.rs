@@ -45,7 +45,7 @@ pub fn facility_id_from_cert(cert_der: &[u8]) -> Result<FacilityId, PkiError> {
 /// Parse a DER certificate, rejecting trailing bytes.
 pub(crate) fn parse(der: &[u8]) -> Option<X509Certificate<'_>> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Some(cert),
+        Ok(([], cert)) => Some(cert),
         _ => None,
     }
 }
@@ -87,6 +87,10 @@ pub(crate) fn serial_hex(raw: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
 mod tests {
     use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 

@@ -282,6 +282,10 @@ fn parse_host(host: &str) -> Result<HostKind, PkiError> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
 mod tests {
     use super::*;
 

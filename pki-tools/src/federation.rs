@@ -966,6 +966,10 @@ fn json_problem(path: &Path, what: &str, e: &serde_json::Error) -> PkiError {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
 mod tests {
     use super::*;
 

@@ -151,6 +151,10 @@ pub(crate) fn pem_encode(tag: &str, der: &[u8]) -> Zeroizing<String> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
 mod tests {
     use super::*;
 

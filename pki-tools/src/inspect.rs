@@ -148,7 +148,7 @@ fn describe_cert(path: &Path, der: &[u8]) -> Result<String, PkiError> {
 
 fn describe_crl(path: &Path, der: &[u8]) -> Result<String, PkiError> {
     let crl = match CertificateRevocationList::from_der(der) {
-        Ok((rest, crl)) if rest.is_empty() => crl,
+        Ok(([], crl)) => crl,
         _ => return Err(PkiError::invalid(path, "not a valid X.509 CRL")),
     };
     let mut out = String::new();

@@ -215,6 +215,10 @@ fn ed25519_v2_der(seed: &[u8; 32], public: &[u8; 32]) -> Zeroizing<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
 mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;

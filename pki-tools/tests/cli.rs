@@ -1,5 +1,10 @@
 //! Every `pki` command, driven through the real binary, including its error cases.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
+
 mod common;
 
 use std::fs;

@@ -1,5 +1,10 @@
 //! The library API the gateway uses: Federation, key loaders, certificate helpers, directory.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
+
 mod common;
 
 use std::fs;

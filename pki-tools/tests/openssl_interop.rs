@@ -1,5 +1,10 @@
 //! Interoperability: the real `openssl` binary accepts what `pki` issues.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
+
 mod common;
 
 use common::Scratch;

@@ -1,3 +1,8 @@
+#![allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
+
 use rcgen::{
     BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };

@@ -1,6 +1,13 @@
 //! Shared harness: run the real `pki` binary and the real `openssl` in a temporary directory.
 
-#![allow(dead_code)] // Each test binary uses a different subset of the helpers.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
