@@ -1,7 +1,10 @@
 //! Everything a hostile or broken peer (or a careless local caller) can do wrong is refused
 //! with a reason the audit log can tell apart.
 
-#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 mod common;
 
@@ -439,5 +442,79 @@ fn errors_have_stable_reasons_and_no_data() {
     assert_eq!(
         EnvelopeError::MissingLastFrame.reason(),
         "missing-last-frame"
+    );
+}
+
+#[test]
+fn a_huge_declared_payload_with_few_frames_allocates_nothing_big() {
+    // A validly signed header may claim up to `max_payload`; the receiver must not trust it
+    // for allocation. 3 GiB declared, one 100-byte chunk sent, then the stream ends.
+    let sender = Node::new();
+    let recipient = Node::new();
+    let mut p = params(&[], Suite::Aes256Gcm, 100);
+    p.payload_len = 3 * 1024 * 1024 * 1024;
+    let (mut sealer, mut envelope) = Sealer::start(
+        &p,
+        b"m",
+        &recipient.encryption.public_key(),
+        &sender.signing,
+    )
+    .unwrap();
+    envelope.extend_from_slice(&sealer.seal_chunk(&[5u8; 100], false).unwrap());
+    let err = open_all(
+        &envelope,
+        |_| vec![sender.verifying()],
+        &[&recipient.encryption],
+        Limits::default(),
+    );
+    assert_eq!(err.unwrap_err(), EnvelopeError::MissingLastFrame);
+    // A short chunk claiming to be last is a length mismatch, not a success.
+    let mut p = params(&[], Suite::Aes256Gcm, 100);
+    p.payload_len = 150;
+    let (mut sealer, _) = Sealer::start(
+        &p,
+        b"m",
+        &recipient.encryption.public_key(),
+        &sender.signing,
+    )
+    .unwrap();
+    assert_eq!(
+        sealer.seal_chunk(&[5u8; 50], true).unwrap_err(),
+        EnvelopeError::LengthMismatch
+    );
+}
+
+#[test]
+fn frames_with_the_wrong_size_are_refused_before_decryption() {
+    let f = fixture();
+    // Frame 1 cut to 50 plaintext bytes, its length prefix fixed up: a short frame that cannot
+    // be the last one because 250 bytes are still due.
+    let mut parts = Parts::split(&f.envelope);
+    let mut short = (66u32).to_be_bytes().to_vec();
+    short.extend_from_slice(&parts.frames[1][4..70]);
+    parts.frames[1] = short;
+    assert_eq!(
+        f.open(&parts.join()).unwrap_err(),
+        EnvelopeError::LengthMismatch
+    );
+    // More plaintext than the header declares: the reader counts before anything decrypts.
+    let parts = Parts::split(&f.envelope);
+    let mut reader = EnvelopeReader::new(Limits::default());
+    reader.push(&parts.prefix);
+    for frame in [
+        &parts.frames[0],
+        &parts.frames[1],
+        &parts.frames[1],
+        &parts.frames[1],
+    ] {
+        reader.push(frame);
+    }
+    reader.header().unwrap().unwrap();
+    for _ in 0..3 {
+        reader.next_frame().unwrap().unwrap();
+    }
+    assert_eq!(
+        reader.next_frame().unwrap_err(),
+        EnvelopeError::LengthMismatch
     );
 }

@@ -1,6 +1,9 @@
 //! Sealing and opening whole and streamed envelopes, both suites, edge sizes.
 
-#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 mod common;
 

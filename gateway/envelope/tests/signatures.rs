@@ -1,6 +1,9 @@
 //! Ed25519 against RFC 8032, signed receipts and generic signed messages.
 
-#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 mod common;
 

@@ -3,7 +3,10 @@
 //! Source: tests/testdata/vectors/rfc9180-x25519.json (cfrg/draft-irtf-cfrg-hpke
 //! test-vectors.json, see the README next to it).
 
-#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 use hpke::aead::{Aead, AesGcm128, AesGcm256, ChaCha20Poly1305, ExportOnlyAead};
 use hpke::kem::X25519HkdfSha256;
