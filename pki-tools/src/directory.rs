@@ -130,6 +130,11 @@ fn check(d: &Directory, now: i64, min_version: Option<u64>) -> Result<(), Direct
             now,
         });
     }
+    if d.expires_at <= d.issued_at {
+        return Err(DirectoryError::BadPayload(
+            "expires_at is not after issued_at".to_owned(),
+        ));
+    }
     if d.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
         return Err(DirectoryError::NotYetValid {
             issued_at: d.issued_at,

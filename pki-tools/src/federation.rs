@@ -303,14 +303,7 @@ impl Federation {
                 format!("unsupported format (expected {STATE_FORMAT})"),
             ));
         }
-        for facility in &state.facilities {
-            facility.endpoint.parse::<Endpoint>().map_err(|_| {
-                PkiError::invalid(
-                    &state_path,
-                    format!("facility {} has an invalid endpoint", facility.id),
-                )
-            })?;
-        }
+        validate_state(&state).map_err(|problem| PkiError::invalid(&state_path, problem))?;
 
         let cert_path = dir.join(layout::CA_CERT);
         let ca_cert_der = files::pem_decode(&cert_path, &files::read(&cert_path)?, "CERTIFICATE")?;
@@ -915,6 +908,57 @@ fn validate_name(name: &str) -> Result<(), PkiError> {
     }
     if name.chars().any(char::is_control) {
         return Err(PkiError::InvalidName("must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Invariants the rest of the code relies on; a hand-edited or damaged state file fails here
+/// instead of producing a wrong directory.
+fn validate_state(state: &State) -> Result<(), String> {
+    let mut ids: Vec<&FacilityId> = state.facilities.iter().map(|f| &f.id).collect();
+    ids.sort();
+    if let Some(pair) = ids.windows(2).find(|w| w.first() == w.get(1)) {
+        let id = pair.first().map(|id| id.to_string()).unwrap_or_default();
+        return Err(format!("facility {id} is listed twice"));
+    }
+    for f in &state.facilities {
+        if f.endpoint.parse::<Endpoint>().is_err() {
+            return Err(format!("facility {} has an invalid endpoint", f.id));
+        }
+        let current = f
+            .certificates
+            .iter()
+            .filter(|c| c.role == CertRole::Current)
+            .count();
+        if current != 1 {
+            return Err(format!(
+                "facility {} must have exactly one current certificate",
+                f.id
+            ));
+        }
+        if !(1..=2).contains(&f.signing_keys.len()) || !(1..=2).contains(&f.encryption_keys.len()) {
+            return Err(format!(
+                "facility {} must have one or two signing and encryption keys",
+                f.id
+            ));
+        }
+    }
+    let serials = state
+        .facilities
+        .iter()
+        .flat_map(|f| f.certificates.iter())
+        .chain(state.unattached_certificates.iter())
+        .map(|c| c.serial.as_str());
+    if let Some(bad) = serials
+        .clone()
+        .find(|s| s.is_empty() || hex::decode(s).is_err())
+    {
+        return Err(format!("certificate serial {bad:?} is not hex"));
+    }
+    let mut sorted: Vec<&str> = serials.collect();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w.first() == w.get(1)) {
+        return Err("a certificate serial is listed twice".to_owned());
     }
     Ok(())
 }

@@ -524,6 +524,35 @@ fn missing_unreadable_or_corrupt_federation_files_are_named() {
     );
     fs::write(s.path("fed/federation.json"), &state).unwrap();
 
+    // Structurally valid JSON that breaks the state's invariants.
+    s.pki(&[
+        "add-facility",
+        "--dir",
+        "fed",
+        "--id",
+        "hosp-a",
+        "--name",
+        "A",
+        "--endpoint",
+        "https://a.example:443",
+        "--out",
+        "node-a",
+    ])
+    .ok();
+    let good = s.read("fed/federation.json");
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let facility = json["facilities"][0].clone();
+    json["facilities"].as_array_mut().unwrap().push(facility);
+    fs::write(s.path("fed/federation.json"), json.to_string()).unwrap();
+    s.pki(&["publish", "--dir", "fed"])
+        .fails_with(&["fed/federation.json: facility hosp-a is listed twice"]);
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    json["facilities"][0]["encryption_keys"] = serde_json::json!([]);
+    fs::write(s.path("fed/federation.json"), json.to_string()).unwrap();
+    s.pki(&["publish", "--dir", "fed"])
+        .fails_with(&["fed/federation.json: facility hosp-a must have one or two"]);
+    fs::write(s.path("fed/federation.json"), &good).unwrap();
+
     // Unreadable (a directory where a file should be).
     fs::remove_file(s.path("fed/ca.crt")).unwrap();
     fs::create_dir(s.path("fed/ca.crt")).unwrap();

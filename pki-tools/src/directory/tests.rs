@@ -159,6 +159,19 @@ fn directory_from_the_future_is_refused() {
 }
 
 #[test]
+fn directory_expiring_before_issue_is_refused() {
+    let ca = ca();
+    let mut d = directory(1);
+    d.expires_at = d.issued_at;
+    assert_eq!(
+        verify_directory(&signed(&d, &ca), &ca.cert_der, d.issued_at - 10, None),
+        Err(DirectoryError::BadPayload(
+            "expires_at is not after issued_at".to_owned()
+        ))
+    );
+}
+
+#[test]
 fn older_version_is_refused() {
     let ca = ca();
     let bytes = signed(&directory(4), &ca);
