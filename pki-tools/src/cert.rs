@@ -137,6 +137,24 @@ mod tests {
     }
 
     #[test]
+    fn mutated_or_truncated_certificates_are_handled() {
+        let der = cert_with_sans(vec![uri("urn:healthfed:facility:hosp-a")]);
+        for i in 0..der.len() {
+            let mut mutated = der.clone();
+            if let Some(b) = mutated.get_mut(i) {
+                *b ^= 0x01;
+            }
+            // A flip inside the URI can only give an invalid id or a different, still-valid
+            // one; either way parsing must not panic.
+            let _ = facility_id_from_cert(&mutated);
+            assert!(
+                facility_id_from_cert(&der[..i]).is_err(),
+                "truncated at {i}"
+            );
+        }
+    }
+
+    #[test]
     fn fingerprint_is_sha256_of_der() {
         // FIPS 180-2 test vector: SHA-256("abc").
         assert_eq!(

@@ -266,3 +266,30 @@ fn signed_but_invalid_payloads_are_refused() {
         ));
     }
 }
+
+#[test]
+fn no_single_byte_mutation_yields_a_different_directory() {
+    // A cheap stand-in for fuzzing the decoder of untrusted bytes: every bit-flip of the file is
+    // either refused or (if it only touched insignificant bytes) yields the original content.
+    let ca = ca();
+    let d = directory(1);
+    let bytes = signed(&d, &ca);
+    for i in 0..bytes.len() {
+        for bit in [0x01u8, 0x20, 0x80] {
+            let mut mutated = bytes.clone();
+            if let Some(b) = mutated.get_mut(i) {
+                *b ^= bit;
+            }
+            if let Ok(got) = verify_directory(&mutated, &ca.cert_der, NOW, None) {
+                assert_eq!(
+                    got, d,
+                    "mutation at byte {i} produced a different directory"
+                );
+            }
+        }
+    }
+    // Truncations are refused.
+    for len in 0..bytes.len() - 2 {
+        assert!(verify_directory(&bytes[..len], &ca.cert_der, NOW, None).is_err());
+    }
+}
