@@ -38,6 +38,16 @@ pub fn check_private_key_permissions(path: &Path) -> Result<(), PkiError> {
     Ok(())
 }
 
+/// Read a PEM certificate file (e.g. `ca.crt`, `tls.crt`) and return its DER, after checking
+/// that it parses as X.509. Errors name the file.
+pub fn read_cert_der(path: &Path) -> Result<Vec<u8>, PkiError> {
+    let der = pem_decode(path, &read(path)?, "CERTIFICATE")?;
+    if crate::cert::parse(&der).is_none() {
+        return Err(PkiError::invalid(path, "not a valid X.509 certificate"));
+    }
+    Ok(der)
+}
+
 /// A temporary sibling of `path`, unique per call, hidden from directory listings.
 pub(crate) fn temp_path_for(path: &Path) -> Result<PathBuf, PkiError> {
     let name = path

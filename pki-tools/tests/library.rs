@@ -126,6 +126,16 @@ fn certificate_helpers() {
     assert_eq!(facility_id_from_cert(&cert).unwrap(), id("hosp-a"));
     let facility = FacilityFile::load(&s.path("node-a/facility.json")).unwrap();
     assert_eq!(cert_fingerprint(&cert), facility.tls_cert_sha256);
+    assert_eq!(
+        pki_tools::files::read_cert_der(&s.path("node-a/tls.crt")).unwrap(),
+        cert
+    );
+    let err = pki_tools::files::read_cert_der(&s.path("node-a/tls.key")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("node-a/tls.key: expected a PEM CERTIFICATE block"),
+        "{err}"
+    );
     // The CA certificate names no facility.
     assert!(facility_id_from_cert(&cert_der(&s, "fed/ca.crt")).is_err());
 }
