@@ -1,0 +1,68 @@
+//! CPU time and peak RSS of other processes, read from /proc (Linux only).
+
+use std::fs;
+use std::io;
+use std::process::Command;
+
+/// Clock ticks per second for the utime/stime fields of /proc/<pid>/stat.
+pub fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds consumed so far by every thread of `pid`.
+pub fn cpu_seconds(pid: u32, ticks: f64) -> io::Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces; fields after the last ')' are fixed.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("unexpected /proc/pid/stat format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime field 15.
+    let parse = |i: usize| -> io::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .ok_or_else(|| io::Error::other("unexpected /proc/pid/stat format"))
+    };
+    Ok((parse(11)? + parse(12)?) / ticks)
+}
+
+/// Parent pid of `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Direct children of `pid` (nginx workers of a master).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| parent_of(*p) == Some(pid))
+        .collect()
+}
+
+/// Resets the peak RSS (VmHWM) of `pid` to its current RSS (proc(5), clear_refs value 5).
+pub fn reset_peak_rss(pid: u32) -> io::Result<()> {
+    fs::write(format!("/proc/{pid}/clear_refs"), "5")
+}
+
+/// Peak resident set size (VmHWM) of `pid`, in KiB.
+pub fn peak_rss_kib(pid: u32) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no VmHWM in /proc/pid/status"))
+}

@@ -1,0 +1,736 @@
+//! The benchmark run: phases, measurements, results.json and results.md.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::floor::{self, Floor};
+use crate::load::{self, LoadResult, LoadSpec, Target};
+use crate::procfs;
+use crate::procs::{self, Proc};
+use crate::setup::{self, BenchFederation, Payload};
+use crate::{BoxError, RunArgs};
+
+const GIB: u64 = 1 << 30;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One line of results.json. Fields that do not apply to a scenario are null.
+#[derive(Debug, Default, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub payload_bytes: Option<u64>,
+    pub payload_source: Option<String>,
+    pub concurrency: Option<usize>,
+    /// Gateway transfers/s (submit to verified receipt), or the scenario's rate.
+    pub ours_per_s: Option<f64>,
+    /// nginx mTLS proxy requests/s with the same payload and concurrency.
+    pub baseline_per_s: Option<f64>,
+    pub ratio: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub baseline_p50_ms: Option<f64>,
+    pub baseline_p99_ms: Option<f64>,
+    pub baseline_p999_ms: Option<f64>,
+    /// CPU (user + system) of both nodes per delivered transfer.
+    pub cpu_ms_per_transfer: Option<f64>,
+    pub cpu_ms_sender: Option<f64>,
+    pub cpu_ms_receiver: Option<f64>,
+    pub floor_ms_per_transfer: Option<f64>,
+    /// cpu_ms_per_transfer / floor_ms_per_transfer.
+    pub cpu_ratio: Option<f64>,
+    /// Largest peak RSS of the two nodes during the scenario.
+    pub peak_rss_mib: Option<f64>,
+    pub peak_rss_mib_sender: Option<f64>,
+    pub peak_rss_mib_receiver: Option<f64>,
+    pub baseline_cpu_ms_per_req: Option<f64>,
+    /// Largest peak RSS of the nginx processes during the scenario.
+    pub baseline_peak_rss_mib: Option<f64>,
+    pub loadgen_cpu_ms_per_req: Option<f64>,
+    pub ours_errors: Option<u64>,
+    pub baseline_errors: Option<u64>,
+    pub first_error: Option<String>,
+    pub mb_per_s: Option<f64>,
+    pub baseline_mb_per_s: Option<f64>,
+    pub detail: Option<Value>,
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// CPU seconds of a set of processes (missing ones count as zero: they were sampled before).
+fn cpu_of(pids: &[u32], ticks: f64) -> Vec<f64> {
+    pids.iter()
+        .map(|p| procfs::cpu_seconds(*p, ticks).unwrap_or(0.0))
+        .collect()
+}
+
+struct Measured {
+    load: LoadResult,
+    /// CPU seconds in the window, per measured pid.
+    cpu: Vec<f64>,
+    loadgen_cpu: f64,
+    /// Peak RSS (KiB) per measured pid over warm-up + window.
+    peak_kib: Vec<u64>,
+}
+
+async fn measure(
+    target: &Target,
+    payload: &Bytes,
+    content_type: &str,
+    spec: LoadSpec,
+    pids: &[u32],
+    ticks: f64,
+) -> Measured {
+    for p in pids {
+        let _ = procfs::reset_peak_rss(*p);
+    }
+    let me = std::process::id();
+    let mut samples: Vec<(Vec<f64>, f64)> = Vec::new();
+    let load = load::run(target, payload, content_type, spec, |_| {
+        samples.push((
+            cpu_of(pids, ticks),
+            procfs::cpu_seconds(me, ticks).unwrap_or(0.0),
+        ))
+    })
+    .await;
+    let (cpu, loadgen_cpu) = match (samples.first(), samples.get(1)) {
+        (Some((a, la)), Some((b, lb))) => (a.iter().zip(b).map(|(x, y)| y - x).collect(), lb - la),
+        _ => (vec![0.0; pids.len()], 0.0),
+    };
+    let peak_kib = pids
+        .iter()
+        .map(|p| procfs::peak_rss_kib(*p).unwrap_or(0))
+        .collect();
+    Measured {
+        load,
+        cpu,
+        loadgen_cpu,
+        peak_kib,
+    }
+}
+
+fn per_req_ms(cpu_s: f64, n: u64) -> Option<f64> {
+    (n > 0).then(|| cpu_s * 1e3 / n as f64)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+struct Env {
+    fed: BenchFederation,
+    sender: Proc,
+    receiver: Proc,
+    nginx: Proc,
+    ticks: f64,
+}
+
+impl Env {
+    fn gateway_target(&self, payload: &Payload, content_type: &str) -> Target {
+        let q = serde_urlencoded::to_string([
+            ("to", setup::RECEIVER),
+            ("patient", payload.patient.as_str()),
+            ("purpose", "treatment"),
+            ("content_type", content_type),
+            ("wait", "receipt"),
+        ])
+        .unwrap_or_default();
+        Target {
+            addr: self.fed.sender.local,
+            path: format!("/v1/transfers?{q}"),
+            token: Some(self.fed.sender.token.clone()),
+            tls: None,
+            ok: StatusCode::OK,
+        }
+    }
+
+    fn nginx_target(&self) -> Result<Target, BoxError> {
+        let id = &self.fed.sender.dir;
+        Ok(Target {
+            addr: self.fed.sink_tls,
+            path: "/ingest".to_owned(),
+            token: None,
+            tls: Some(load::mtls_client(
+                &self.fed.ca_cert,
+                &id.join(pki_tools::layout::TLS_CERT),
+                &id.join(pki_tools::layout::TLS_KEY),
+            )?),
+            ok: StatusCode::OK,
+        })
+    }
+
+    fn node_pids(&self) -> Vec<u32> {
+        vec![self.sender.pid(), self.receiver.pid()]
+    }
+
+    fn nginx_pids(&self) -> Vec<u32> {
+        let mut v = vec![self.nginx.pid()];
+        v.extend(procfs::children(self.nginx.pid()));
+        v
+    }
+
+    fn check_alive(&mut self) -> Result<(), BoxError> {
+        self.sender.check_alive()?;
+        self.receiver.check_alive()?;
+        self.nginx.check_alive()
+    }
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[bench {}] {}", utc_now(), msg.as_ref());
+}
+
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%H:%M:%S"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn start(args: &RunArgs, work: &Path) -> Result<Env, BoxError> {
+    let fed = setup::create_federation(work)?;
+    let mut nodes = Vec::new();
+    for node in [&fed.sender, &fed.receiver] {
+        let mut cmd = Command::new(&args.gateway);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&node.config)
+            .current_dir(&node.dir);
+        let mut p = Proc::spawn(
+            &format!("gateway {}", node.id),
+            cmd,
+            &work.join(format!("{}.log", node.id)),
+        )?;
+        procs::wait_listening(&mut p, node.local, Duration::from_secs(60))?;
+        procs::wait_listening(&mut p, node.peer, Duration::from_secs(60))?;
+        nodes.push(p);
+    }
+    let prefix = work.join("nginx");
+    for d in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"] {
+        std::fs::create_dir_all(prefix.join(d))?;
+    }
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(&conf, procs::nginx_conf(&fed, &prefix))?;
+    let mut cmd = Command::new(&args.nginx);
+    cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf);
+    let mut nginx = Proc::spawn("nginx", cmd, &work.join("nginx.log"))?;
+    procs::wait_listening(&mut nginx, fed.sink_tls, Duration::from_secs(30))?;
+    let receiver = nodes.pop().ok_or("receiver missing")?;
+    let sender = nodes.pop().ok_or("sender missing")?;
+    Ok(Env {
+        fed,
+        sender,
+        receiver,
+        nginx,
+        ticks: procfs::clock_ticks(),
+    })
+}
+
+pub async fn run(args: RunArgs) -> Result<(), BoxError> {
+    let begun = Instant::now();
+    let work = tempfile::Builder::new()
+        .prefix("healthfed-bench-")
+        .tempdir_in(std::env::temp_dir())?;
+    log(format!("work dir {}", work.path().display()));
+    let mut rows = Vec::new();
+    let result = run_in(&args, work.path(), &mut rows).await;
+    std::fs::create_dir_all(&args.out)?;
+    let json_path = args.out.join("results.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&rows)?)?;
+    let md = markdown(&rows);
+    std::fs::write(args.out.join("results.md"), &md)?;
+    println!("{md}");
+    log(format!(
+        "wrote {} ({} rows) in {:.0}s",
+        json_path.display(),
+        rows.len(),
+        begun.elapsed().as_secs_f64()
+    ));
+    if args.keep {
+        let kept = work.keep();
+        log(format!("kept {}", kept.display()));
+    }
+    result
+}
+
+async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), BoxError> {
+    let mut payloads = setup::payloads(&args.testdata)?;
+    if args.quick {
+        payloads.retain(|p| p.label == "100k");
+    }
+    let concurrencies: &[usize] = if args.quick {
+        &[8, 32]
+    } else {
+        &[1, 8, 32, 128]
+    };
+    let seconds = args.seconds.unwrap_or(if args.quick { 5 } else { 8 });
+    let warmup = Duration::from_secs(if args.quick { 1 } else { 2 });
+
+    log("starting two gateway nodes and nginx");
+    let mut env = start(args, work)?;
+    let nginx = env.nginx_target()?;
+
+    // Sanity: every payload goes through both before anything is measured.
+    for p in payloads.iter_mut() {
+        let t = env.gateway_target(p, "fhir");
+        if let Err(e) = load::send_once(&t, &p.bytes, "application/fhir+json").await {
+            if p.label == "1m" {
+                log(format!(
+                    "merged ~1 MB bundle refused ({e}); using Milan Beatty as is"
+                ));
+                *p = setup::milan_as_is(&args.testdata)?;
+                let t = env.gateway_target(p, "fhir");
+                load::send_once(&t, &p.bytes, "application/fhir+json").await?;
+            } else {
+                return Err(format!("payload {} refused by the gateway: {e}", p.label).into());
+            }
+        }
+        load::send_once(&nginx, &p.bytes, "application/fhir+json").await?;
+        log(format!(
+            "payload {}: {} bytes, {}",
+            p.label,
+            p.bytes.len(),
+            p.source
+        ));
+    }
+
+    log("crypto floor");
+    let mut floors = Vec::new();
+    for p in &payloads {
+        let f = floor::measure(
+            &p.bytes,
+            Duration::from_millis(if args.quick { 500 } else { 1500 }),
+        )?;
+        rows.push(floor_row(p.label, &p.source, &f));
+        floors.push(f);
+    }
+
+    for (p, f) in payloads.iter().zip(&floors) {
+        for &c in concurrencies {
+            env.check_alive()?;
+            let spec = LoadSpec {
+                concurrency: c,
+                warmup,
+                measure: Duration::from_secs(seconds),
+                grace: Duration::from_secs(60),
+            };
+            let ours_t = env.gateway_target(p, "fhir");
+            let ours = measure(
+                &ours_t,
+                &p.bytes,
+                "application/fhir+json",
+                spec,
+                &env.node_pids(),
+                env.ticks,
+            )
+            .await;
+            let base = measure(
+                &nginx,
+                &p.bytes,
+                "application/fhir+json",
+                spec,
+                &env.nginx_pids(),
+                env.ticks,
+            )
+            .await;
+            let row = transfer_row(p, c, &ours, &base, f);
+            log(format!(
+                "{} x{c}: ours {:.1}/s p99 {:.1} ms cpu {:.2} ms | nginx {:.1}/s | errors {}/{}",
+                p.label,
+                row.ours_per_s.unwrap_or(0.0),
+                row.p99_ms.unwrap_or(f64::NAN),
+                row.cpu_ms_per_transfer.unwrap_or(f64::NAN),
+                row.baseline_per_s.unwrap_or(0.0),
+                ours.load.errors,
+                base.load.errors,
+            ));
+            rows.push(row);
+        }
+    }
+
+    if !args.quick {
+        env.check_alive()?;
+        match big_file(&env, &nginx, args, work).await {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                log(format!("1 GiB scenario failed: {e}"));
+                rows.push(Row {
+                    scenario: "transfer_1gib".into(),
+                    payload_bytes: Some(GIB),
+                    first_error: Some(e.to_string()),
+                    ..Row::default()
+                });
+            }
+        }
+    }
+    // Nodes and nginx are stopped before the store and policy benches so they get the cores.
+    drop(env);
+
+    if !args.quick {
+        rows.push(policy_row(args));
+        rows.extend(audit_rows(args, work));
+    }
+    Ok(())
+}
+
+fn floor_row(label: &str, source: &str, f: &Floor) -> Row {
+    Row {
+        scenario: format!("crypto_floor_{label}"),
+        payload_bytes: Some(f.payload_bytes as u64),
+        payload_source: Some(source.to_owned()),
+        floor_ms_per_transfer: Some(f.ms_per_transfer),
+        detail: serde_json::to_value(f).ok(),
+        ..Row::default()
+    }
+}
+
+fn transfer_row(p: &Payload, c: usize, ours: &Measured, base: &Measured, f: &Floor) -> Row {
+    let ours_per_s = Some(ours.load.per_s());
+    let baseline_per_s = Some(base.load.per_s());
+    let n = ours.load.completed;
+    let cpu = per_req_ms(ours.cpu.iter().sum(), n);
+    Row {
+        scenario: format!("transfer_{}", p.label),
+        payload_bytes: Some(p.bytes.len() as u64),
+        payload_source: Some(p.source.clone()),
+        concurrency: Some(c),
+        ours_per_s,
+        baseline_per_s,
+        ratio: ratio(ours_per_s, baseline_per_s),
+        p50_ms: ours.load.percentile_ms(0.50),
+        p99_ms: ours.load.percentile_ms(0.99),
+        p999_ms: ours.load.percentile_ms(0.999),
+        baseline_p50_ms: base.load.percentile_ms(0.50),
+        baseline_p99_ms: base.load.percentile_ms(0.99),
+        baseline_p999_ms: base.load.percentile_ms(0.999),
+        cpu_ms_per_transfer: cpu,
+        cpu_ms_sender: ours.cpu.first().and_then(|c| per_req_ms(*c, n)),
+        cpu_ms_receiver: ours.cpu.get(1).and_then(|c| per_req_ms(*c, n)),
+        floor_ms_per_transfer: Some(f.ms_per_transfer),
+        cpu_ratio: ratio(cpu, Some(f.ms_per_transfer)),
+        peak_rss_mib: ours.peak_kib.iter().max().map(|k| mib(*k)),
+        peak_rss_mib_sender: ours.peak_kib.first().map(|k| mib(*k)),
+        peak_rss_mib_receiver: ours.peak_kib.get(1).map(|k| mib(*k)),
+        baseline_cpu_ms_per_req: per_req_ms(base.cpu.iter().sum(), base.load.completed),
+        baseline_peak_rss_mib: base.peak_kib.iter().max().map(|k| mib(*k)),
+        loadgen_cpu_ms_per_req: per_req_ms(ours.loadgen_cpu, n),
+        ours_errors: Some(ours.load.errors),
+        baseline_errors: Some(base.load.errors),
+        first_error: ours
+            .load
+            .first_error
+            .clone()
+            .or_else(|| base.load.first_error.clone())
+            .or_else(|| {
+                (ours.load.timed_out || base.load.timed_out)
+                    .then(|| "in-flight requests abandoned after the grace period".to_owned())
+            }),
+        mb_per_s: Some(ours.load.per_s() * p.bytes.len() as f64 / 1e6),
+        baseline_mb_per_s: Some(base.load.per_s() * p.bytes.len() as f64 / 1e6),
+        detail: None,
+    }
+}
+
+/// Writes exactly 1 GiB made of a real bundle's bytes repeated.
+fn generate_gib(testdata: &Path, path: &Path) -> Result<String, BoxError> {
+    let (raw, patient) = setup::clemente_raw(testdata)?;
+    let mut block = Vec::with_capacity(8 << 20);
+    while block.len() < (8 << 20) {
+        block.extend_from_slice(&raw);
+    }
+    block.truncate(8 << 20);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for _ in 0..(GIB / (8 << 20)) {
+        f.write_all(&block)?;
+    }
+    f.flush()?;
+    Ok(patient)
+}
+
+async fn big_file(env: &Env, nginx: &Target, args: &RunArgs, work: &Path) -> Result<Row, BoxError> {
+    let file = work.join("generated-1gib.bin");
+    log("generating the 1 GiB file");
+    let patient = generate_gib(&args.testdata, &file)?;
+    let payload = Payload {
+        label: "1gib",
+        bytes: Bytes::new(),
+        patient,
+        source: "Clemente_Kreiger bundle bytes repeated to exactly 1 GiB".into(),
+    };
+    let ct = "application/octet-stream";
+    let target = env.gateway_target(&payload, ct);
+    let timeout = Duration::from_secs(600);
+
+    let pids = env.node_pids();
+    for p in &pids {
+        let _ = procfs::reset_peak_rss(*p);
+    }
+    let cpu0 = cpu_of(&pids, env.ticks);
+    log("1 GiB through the gateway");
+    let ours = load::send_file(&target, &file, ct, timeout).await;
+    let cpu1 = cpu_of(&pids, env.ticks);
+    let peak: Vec<u64> = pids
+        .iter()
+        .map(|p| procfs::peak_rss_kib(*p).unwrap_or(0))
+        .collect();
+
+    let npids = env.nginx_pids();
+    for p in &npids {
+        let _ = procfs::reset_peak_rss(*p);
+    }
+    log("1 GiB through nginx");
+    let base = load::send_file(nginx, &file, ct, timeout).await;
+    let npeak = npids
+        .iter()
+        .map(|p| procfs::peak_rss_kib(*p).unwrap_or(0))
+        .max();
+    let _ = std::fs::remove_file(&file);
+
+    let mbps = |d: &Duration| GIB as f64 / 1e6 / d.as_secs_f64();
+    let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| b - a).collect();
+    let ours_ok = ours.as_ref().ok();
+    let f = floor::measure(&vec![0x42u8; GIB as usize / 16], Duration::from_millis(500))?;
+    let floor_ms = f.ms_per_transfer * 16.0;
+    let cpu_ms = cpu.iter().sum::<f64>() * 1e3;
+    let row = Row {
+        scenario: "transfer_1gib".into(),
+        payload_bytes: Some(GIB),
+        payload_source: Some(payload.source.clone()),
+        concurrency: Some(1),
+        ours_per_s: ours_ok.map(|d| 1.0 / d.as_secs_f64()),
+        baseline_per_s: base.as_ref().ok().map(|d| 1.0 / d.as_secs_f64()),
+        ratio: None,
+        p50_ms: ours_ok.map(|d| d.as_secs_f64() * 1e3),
+        cpu_ms_per_transfer: ours_ok.map(|_| cpu_ms),
+        cpu_ms_sender: ours_ok.and(cpu.first().map(|c| c * 1e3)),
+        cpu_ms_receiver: ours_ok.and(cpu.get(1).map(|c| c * 1e3)),
+        floor_ms_per_transfer: Some(floor_ms),
+        cpu_ratio: ours_ok.map(|_| cpu_ms / floor_ms),
+        peak_rss_mib: peak.iter().max().map(|k| mib(*k)),
+        peak_rss_mib_sender: peak.first().map(|k| mib(*k)),
+        peak_rss_mib_receiver: peak.get(1).map(|k| mib(*k)),
+        baseline_peak_rss_mib: npeak.map(mib),
+        mb_per_s: ours_ok.map(mbps),
+        baseline_mb_per_s: base.as_ref().ok().map(mbps),
+        first_error: ours
+            .as_ref()
+            .err()
+            .map(|e| format!("gateway: {e}"))
+            .or_else(|| base.as_ref().err().map(|e| format!("nginx: {e}"))),
+        ..Row::default()
+    };
+    let r = ratio(row.mb_per_s, row.baseline_mb_per_s);
+    log(format!(
+        "1 GiB: ours {:.1} MB/s (peak RSS {:.1}/{:.1} MiB) | nginx {:.1} MB/s",
+        row.mb_per_s.unwrap_or(0.0),
+        row.peak_rss_mib_sender.unwrap_or(0.0),
+        row.peak_rss_mib_receiver.unwrap_or(0.0),
+        row.baseline_mb_per_s.unwrap_or(0.0)
+    ));
+    Ok(Row { ratio: r, ..row })
+}
+
+/// Runs a release example with a deadline; returns its stdout parsed as JSON.
+fn run_example(
+    args: &RunArgs,
+    name: &str,
+    extra: &[&str],
+    timeout: Duration,
+) -> Result<Value, BoxError> {
+    let bin = args.examples.join(name);
+    let mut child = std::process::Command::new(&bin)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut out = String::new();
+            if let Some(mut s) = child.stdout.take() {
+                std::io::Read::read_to_string(&mut s, &mut out)?;
+            }
+            if !status.success() {
+                return Err(format!("{name} failed ({status})").into());
+            }
+            let line = out
+                .lines()
+                .rev()
+                .find(|l| l.trim_start().starts_with('{'))
+                .unwrap_or("");
+            return Ok(serde_json::from_str(line).map_err(|e| format!("{name} output: {e}"))?);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{name} did not finish within {}s", timeout.as_secs()).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn policy_row(args: &RunArgs) -> Row {
+    log("policy decisions");
+    match run_example(args, "decisions_bench", &["3"], Duration::from_secs(120)) {
+        Ok(v) => Row {
+            scenario: "policy_decisions".into(),
+            concurrency: Some(1),
+            ours_per_s: v["decisions_per_sec"].as_f64(),
+            detail: Some(v),
+            ..Row::default()
+        },
+        Err(e) => Row {
+            scenario: "policy_decisions".into(),
+            first_error: Some(e.to_string()),
+            ..Row::default()
+        },
+    }
+}
+
+fn audit_rows(args: &RunArgs, work: &Path) -> Vec<Row> {
+    log(format!(
+        "audit store: {} entries (append, verify, query)",
+        args.audit_entries
+    ));
+    let dir: PathBuf = work.join("audit-bench");
+    let n = args.audit_entries.to_string();
+    let dir_s = dir.display().to_string();
+    match run_example(args, "audit_bench", &[&n, &dir_s], Duration::from_secs(900)) {
+        Ok(v) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            let entries = v["entries"].as_u64();
+            vec![
+                Row {
+                    scenario: "audit_append_durable".into(),
+                    payload_bytes: None,
+                    concurrency: Some(1),
+                    ours_per_s: v["append_per_sec"].as_f64(),
+                    detail: Some(v.clone()),
+                    ..Row::default()
+                },
+                Row {
+                    scenario: "audit_verify".into(),
+                    ours_per_s: v["verify_per_sec"].as_f64(),
+                    detail: Some(serde_json::json!({ "entries": entries })),
+                    ..Row::default()
+                },
+                Row {
+                    scenario: "audit_query_by_patient".into(),
+                    p50_ms: v["query_patient_p50_ms"].as_f64(),
+                    p99_ms: v["query_patient_p99_ms"].as_f64(),
+                    detail: Some(serde_json::json!({
+                        "entries": entries,
+                        "avg_results": v["query_patient_avg_results"],
+                        "limit100_p50_ms": v["query_patient_limit100_p50_ms"],
+                        "limit100_p99_ms": v["query_patient_limit100_p99_ms"],
+                    })),
+                    ..Row::default()
+                },
+            ]
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            vec![Row {
+                scenario: "audit".into(),
+                first_error: Some(e.to_string()),
+                ..Row::default()
+            }]
+        }
+    }
+}
+
+fn f(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+/// The human-readable table (pasted into BENCHMARKS.md).
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario | bytes | conc | ours/s | nginx/s | ratio | p50 ms | p99 ms | p999 ms | nginx p99 ms | CPU ms/transfer (snd+rcv) | floor ms | CPU/floor | peak RSS MiB snd/rcv | nginx CPU ms/req | errors |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows.iter().filter(|r| r.scenario.starts_with("transfer")) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}+{}) | {} | {} | {}/{} | {} | {} |",
+            r.scenario,
+            r.payload_bytes.map_or_else(String::new, |b| b.to_string()),
+            r.concurrency.map_or_else(String::new, |c| c.to_string()),
+            f(r.ours_per_s, 1),
+            f(r.baseline_per_s, 1),
+            f(r.ratio, 2),
+            f(r.p50_ms, 1),
+            f(r.p99_ms, 1),
+            f(r.p999_ms, 1),
+            f(r.baseline_p99_ms, 1),
+            f(r.cpu_ms_per_transfer, 2),
+            f(r.cpu_ms_sender, 2),
+            f(r.cpu_ms_receiver, 2),
+            f(r.floor_ms_per_transfer, 3),
+            f(r.cpu_ratio, 1),
+            f(r.peak_rss_mib_sender, 0),
+            f(r.peak_rss_mib_receiver, 0),
+            f(r.baseline_cpu_ms_per_req, 2),
+            match (r.ours_errors, r.baseline_errors, &r.first_error) {
+                (Some(a), Some(b), None) => format!("{a}/{b}"),
+                (a, b, e) => format!(
+                    "{}/{} {}",
+                    a.unwrap_or(0),
+                    b.unwrap_or(0),
+                    e.as_deref().unwrap_or("").chars().take(80).collect::<String>()
+                ),
+            }
+        );
+    }
+    for r in rows.iter().filter(|r| r.scenario == "transfer_1gib") {
+        let _ = writeln!(
+            s,
+            "\n1 GiB: ours {} MB/s, nginx {} MB/s; peak RSS sender {} MiB, receiver {} MiB, nginx {} MiB; CPU {} ms (floor {} ms)",
+            f(r.mb_per_s, 1),
+            f(r.baseline_mb_per_s, 1),
+            f(r.peak_rss_mib_sender, 1),
+            f(r.peak_rss_mib_receiver, 1),
+            f(r.baseline_peak_rss_mib, 1),
+            f(r.cpu_ms_per_transfer, 0),
+            f(r.floor_ms_per_transfer, 0),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| other | rate /s | p50 ms | p99 ms | floor ms | note |\n|---|---:|---:|---:|---:|---|"
+    );
+    for r in rows.iter().filter(|r| !r.scenario.starts_with("transfer")) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            f(r.ours_per_s, 0),
+            f(r.p50_ms, 3),
+            f(r.p99_ms, 3),
+            f(r.floor_ms_per_transfer, 3),
+            r.first_error.as_deref().unwrap_or(""),
+        );
+    }
+    let _ = MIB;
+    s
+}

@@ -1,0 +1,279 @@
+//! Builds the benchmark federation (CA, two gateway facilities and the nginx server identity)
+//! and the payloads, all from the shared test data.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use pki_tools::{Endpoint, FacilityId, FacilityKind, Federation};
+
+use crate::BoxError;
+
+pub const SENDER: &str = "hosp-central";
+pub const RECEIVER: &str = "clinic-north";
+/// The identity nginx presents: a facility certificate issued by the same federation CA, so
+/// the load generator verifies nginx exactly as one gateway verifies another.
+pub const SINK: &str = "bench-nginx";
+
+/// Everything the harness needs to run one gateway node.
+#[derive(Debug, Clone)]
+pub struct NodeFiles {
+    pub id: &'static str,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub token: String,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// The federation on disk.
+#[derive(Debug, Clone)]
+pub struct BenchFederation {
+    pub ca_cert: PathBuf,
+    pub sender: NodeFiles,
+    pub receiver: NodeFiles,
+    /// Directory holding the nginx server certificate and key (tls.crt, tls.key).
+    pub sink_dir: PathBuf,
+    /// Port nginx terminates mutual TLS on.
+    pub sink_tls: SocketAddr,
+    /// Port of the plain-HTTP sink behind nginx.
+    pub sink_plain: SocketAddr,
+}
+
+/// A free loopback port: bound and released again. The harness starts its servers right after,
+/// so a clash with another process is unlikely and shows up as a start-up failure.
+pub fn free_port() -> Result<SocketAddr, BoxError> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(l.local_addr()?)
+}
+
+pub fn create_federation(dir: &Path) -> Result<BenchFederation, BoxError> {
+    let fed_dir = dir.join("federation");
+    let mut fed = Federation::init(&fed_dir, "Benchmark Federation", false)?;
+    let mut nodes = Vec::new();
+    for (id, name, kind) in [
+        (SENDER, "Central Hospital", FacilityKind::Hospital),
+        (RECEIVER, "North Clinic", FacilityKind::Clinic),
+    ] {
+        let peer = free_port()?;
+        let local = free_port()?;
+        let fid: FacilityId = id.parse()?;
+        let endpoint: Endpoint = format!("https://127.0.0.1:{}", peer.port()).parse()?;
+        let node_dir = dir.join(id);
+        fed.add_facility(&fid, name, &endpoint, kind, &node_dir)?;
+        nodes.push((id, node_dir, peer, local));
+    }
+    let sink_tls = free_port()?;
+    let sink_plain = free_port()?;
+    let sink_dir = dir.join(SINK);
+    fed.add_facility(
+        &SINK.parse()?,
+        "Benchmark nginx",
+        &format!("https://127.0.0.1:{}", sink_tls.port()).parse()?,
+        FacilityKind::Clinic,
+        &sink_dir,
+    )?;
+    fed.publish(Duration::from_secs(7 * 24 * 3600))?;
+
+    let mut files = Vec::new();
+    for (id, node_dir, peer, local) in nodes {
+        let token = random_token()?;
+        pki_tools::files::write_atomic(&node_dir.join("api.token"), token.as_bytes(), true)?;
+        let token_sha256 = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let rendered = node_toml(id, peer, local, &hex::encode(token_sha256.as_ref()));
+        let config = node_dir.join("node.toml");
+        pki_tools::files::write_atomic(&config, rendered.as_bytes(), false)?;
+        files.push(NodeFiles {
+            id,
+            dir: node_dir,
+            config,
+            token,
+            local,
+            peer,
+        });
+    }
+    let mut files = files.into_iter();
+    let (Some(sender), Some(receiver)) = (files.next(), files.next()) else {
+        return Err("federation setup lost a node".into());
+    };
+    Ok(BenchFederation {
+        ca_cert: fed_dir.join(pki_tools::layout::CA_CERT),
+        sender,
+        receiver,
+        sink_dir,
+        sink_tls,
+        sink_plain,
+    })
+}
+
+/// The node configuration, as `gateway::config::ConfigTemplate` (used by `gateway demo`)
+/// renders it. Kept as a copy so that this crate does not depend on the gateway library; the
+/// harness runs `gateway check` on it before starting a node, so any drift fails loudly.
+fn node_toml(id: &str, peer: SocketAddr, local: SocketAddr, token_sha256_hex: &str) -> String {
+    format!(
+        r#"# healthfed gateway node configuration (benchmark harness).
+version = 1
+
+[node]
+facility_id = "{id}"
+data_dir = "data"
+
+[peer]
+listen = "{peer}"
+
+[local_api]
+listen = "{local}"
+token_file = "api.token"
+tokens = [{{ name = "bench", sha256 = "{token_sha256_hex}" }}]
+
+[keys]
+ca_cert = "ca.crt"
+tls_cert = "tls.crt"
+tls_key = "tls.key"
+signing_key = "signing.key"
+encryption_key = "encryption.key"
+
+[federation]
+directory = "../federation/{directory}"
+crl = "../federation/{crl}"
+"#,
+        directory = pki_tools::layout::DIRECTORY,
+        crl = pki_tools::layout::CRL,
+    )
+}
+
+fn random_token() -> Result<String, BoxError> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| "system rng failed")?;
+    Ok(hex::encode(bytes))
+}
+
+/// One payload used in the transfer scenarios.
+#[derive(Clone)]
+pub struct Payload {
+    /// "10k", "100k", "1m".
+    pub label: &'static str,
+    pub bytes: Bytes,
+    pub patient: String,
+    /// How it was made from the shared test data (file names and sizes).
+    pub source: String,
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Payloads are (synthetic) patient records: never print them.
+        f.debug_struct("Payload")
+            .field("label", &self.label)
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const CLEMENTE: &str = "Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json";
+const MILAN: &str = "Milan_Beatty_e78d0ed2-1b54-4c30-90ae-f7405af1e402.json";
+const TRENTON: &str = "Trenton_Turner_54a45132-91fc-485e-b401-8c7644a0d517.json";
+
+fn load_bundle(bundles: &Path, name: &str) -> Result<(Value, u64), BoxError> {
+    let path = bundles.join(name);
+    let raw = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((serde_json::from_slice(&raw)?, raw.len() as u64))
+}
+
+fn entries(bundle: &Value) -> Vec<Value> {
+    bundle["entry"].as_array().cloned().unwrap_or_default()
+}
+
+fn is_patient(entry: &Value) -> bool {
+    entry["resource"]["resourceType"] == "Patient"
+}
+
+pub fn patient_id(bundle: &Value) -> Option<String> {
+    entries(bundle)
+        .iter()
+        .find(|e| is_patient(e))
+        .and_then(|e| e["resource"]["id"].as_str().map(str::to_owned))
+}
+
+/// A valid FHIR bundle: `base` with its entries replaced by its Patient entry followed by as
+/// many of `pool` (in order) as needed to reach `target` bytes (compact JSON).
+fn trimmed(base: &Value, pool: &[Value], target: usize) -> Result<(Vec<u8>, usize), BoxError> {
+    let mut chosen: Vec<Value> = entries(base).into_iter().filter(is_patient).collect();
+    let mut bundle = base.clone();
+    bundle["entry"] = Value::Array(chosen.clone());
+    let mut size = serde_json::to_vec(&bundle)?.len();
+    for e in pool.iter().filter(|e| !is_patient(e)) {
+        if size >= target {
+            break;
+        }
+        size += serde_json::to_vec(e)?.len() + 1;
+        chosen.push(e.clone());
+    }
+    let n = chosen.len();
+    bundle["entry"] = Value::Array(chosen);
+    Ok((serde_json::to_vec(&bundle)?, n))
+}
+
+/// ~10 KB and ~100 KB: Clemente Kreiger's Synthea bundle (general data) cut down to its Patient
+/// plus the first entries that reach the size. ~1 MB: Milan Beatty's bundle plus entries of
+/// Trenton Turner's (both general), cut at 1 MB. No shared bundle is within 2x of these sizes
+/// as it stands, and cutting whole entries keeps a bundle the gateway parses and classifies.
+pub fn payloads(testdata: &Path) -> Result<Vec<Payload>, BoxError> {
+    let bundles = testdata.join("fhir").join("bundles");
+    let (clemente, clemente_len) = load_bundle(&bundles, CLEMENTE)?;
+    let (milan, milan_len) = load_bundle(&bundles, MILAN)?;
+    let (trenton, trenton_len) = load_bundle(&bundles, TRENTON)?;
+    let clemente_patient = patient_id(&clemente).ok_or("Clemente bundle has no Patient")?;
+    let milan_patient = patient_id(&milan).ok_or("Milan bundle has no Patient")?;
+
+    let mut out = Vec::new();
+    for (label, target) in [("10k", 10_000usize), ("100k", 100_000)] {
+        let (bytes, n) = trimmed(&clemente, &entries(&clemente), target)?;
+        out.push(Payload {
+            label,
+            source: format!(
+                "{CLEMENTE} ({clemente_len} B) cut to Patient + {} entries, compact JSON",
+                n.saturating_sub(1)
+            ),
+            bytes: Bytes::from(bytes),
+            patient: clemente_patient.clone(),
+        });
+    }
+    let mut pool = entries(&milan);
+    pool.extend(entries(&trenton));
+    let (bytes, n) = trimmed(&milan, &pool, 1_000_000)?;
+    out.push(Payload {
+        label: "1m",
+        source: format!(
+            "{MILAN} ({milan_len} B) + entries of {TRENTON} ({trenton_len} B): Patient + {} entries, compact JSON",
+            n.saturating_sub(1)
+        ),
+        bytes: Bytes::from(bytes),
+        patient: milan_patient,
+    });
+    Ok(out)
+}
+
+/// The ~1 MB payload as it stands in the test data (fallback when the merged bundle is refused).
+pub fn milan_as_is(testdata: &Path) -> Result<Payload, BoxError> {
+    let path = testdata.join("fhir").join("bundles").join(MILAN);
+    let raw = std::fs::read(&path)?;
+    let v: Value = serde_json::from_slice(&raw)?;
+    Ok(Payload {
+        label: "1m",
+        source: format!("{MILAN} as is ({} B)", raw.len()),
+        patient: patient_id(&v).ok_or("Milan bundle has no Patient")?,
+        bytes: Bytes::from(raw),
+    })
+}
+
+/// The raw bytes of Clemente's bundle, repeated to build the generated 1 GiB file.
+pub fn clemente_raw(testdata: &Path) -> Result<(Vec<u8>, String), BoxError> {
+    let path = testdata.join("fhir").join("bundles").join(CLEMENTE);
+    let raw = std::fs::read(&path)?;
+    let v: Value = serde_json::from_slice(&raw)?;
+    Ok((raw, patient_id(&v).ok_or("Clemente bundle has no Patient")?))
+}
