@@ -91,8 +91,9 @@ pub fn wait_listening(
 
 /// nginx as the deployable alternative: TLS 1.3 only, client certificates required and
 /// verified against the federation CA, proxying to a trivial sink (`return 200`) over a
-/// keep-alive upstream. Request bodies are streamed to the upstream
-/// (`proxy_request_buffering off`), its fastest setting; 2 workers for the 2 cores.
+/// keep-alive upstream. Request bodies are read completely before they go upstream
+/// (`proxy_request_buffering on`, in memory up to 2 MiB, spilled to a temp file above, like
+/// the gateway's own upload spool); 2 workers for the 2 cores.
 pub fn nginx_conf(fed: &BenchFederation, prefix: &Path) -> String {
     let cert = fed.sink_dir.join(pki_tools::layout::TLS_CERT);
     let key = fed.sink_dir.join(pki_tools::layout::TLS_KEY);
@@ -130,8 +131,8 @@ http {{
             proxy_pass http://sink;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_request_buffering off;
-            proxy_buffering off;
+            proxy_request_buffering on;
+            client_body_buffer_size 2m;
         }}
     }}
     server {{
