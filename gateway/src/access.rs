@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
-use policies::consent::{evaluate, ConsentDirective};
+use policies::consent::{evaluate, ConsentDirective, ConsentState};
 use policies::{AccessRequest, Action, Category, Decision, FacilityInfo, PolicyEngine, Purpose};
 
 use crate::node::NodeState;
+use crate::record::ConsentBasis;
 use crate::trust::{now_unix, Peer};
 
 pub struct PolicyHandle {
@@ -93,30 +94,38 @@ pub struct Question<'a> {
     pub purpose: Purpose,
     pub clinician_role: Option<&'a str>,
     pub break_glass: bool,
+    /// For receive: the consent the sender relied on, carried in the envelope.
+    pub asserted: Option<&'a ConsentBasis>,
 }
 
-/// Asks the policy engine, with the patient's consent directives as context. A store failure
-/// is a Deny (fail closed).
-pub fn decide(state: &NodeState, q: &Question<'_>) -> Decision {
+/// Asks the policy engine, with the patient's consent directives as context, and returns the
+/// consent state it used (a sender passes it on in the envelope). A store failure is a Deny
+/// (fail closed).
+pub fn decide(state: &NodeState, q: &Question<'_>) -> (Decision, ConsentState) {
     let directives = match consent_directives(state, q.patient) {
         Ok(d) => d,
         Err(e) => {
-            return Decision {
+            let decision = Decision {
                 allowed: false,
                 policy_ids: Vec::new(),
                 errors: vec![e.clone()],
                 reason: "consent directives could not be read (denied)".to_owned(),
-            }
+            };
+            return (decision, ConsentState::default());
         }
     };
     let now = now_unix();
-    let consent = evaluate(
-        &directives,
-        q.counterparty.id.as_str(),
-        q.purpose,
-        q.categories,
-        now,
-    );
+    // Consent is about who ends up holding the data: the peer when we send or answer a
+    // request, this node when we receive.
+    let recipient = match q.action {
+        Action::Receive => state.me().as_str(),
+        Action::BreakGlass if q.asserted.is_some() => state.me().as_str(),
+        _ => q.counterparty.id.as_str(),
+    };
+    let mut consent = evaluate(&directives, recipient, q.purpose, q.categories, now);
+    if let Some(basis) = q.asserted {
+        merge_asserted(&mut consent, basis, q.categories);
+    }
     let trust = state.trust();
     let local = trust.peer(state.me());
     let request = AccessRequest {
@@ -136,10 +145,34 @@ pub fn decide(state: &NodeState, q: &Question<'_>) -> Decision {
         content_type: q.content_type.to_owned(),
         purpose: q.purpose,
         break_glass: q.break_glass,
-        consent,
+        consent: consent.clone(),
         now_unix: now,
     };
-    state.policy.engine().authorize(&request)
+    (state.policy.engine().authorize(&request), consent)
+}
+
+/// The sender's consent counts for the categories this record actually has; a local deny
+/// stays in force.
+fn merge_asserted(consent: &mut ConsentState, basis: &ConsentBasis, categories: &BTreeSet<Category>) {
+    for c in &basis.permitted_categories {
+        if let Ok(c) = c.parse::<Category>() {
+            if categories.contains(&c) {
+                consent.permitted_categories.insert(c);
+            }
+        }
+    }
+    consent.research_permit |= basis.research_permit;
+    consent
+        .directive_ids
+        .extend(basis.directive_ids.iter().map(|id| format!("sender:{id}")));
+}
+
+pub fn basis_of(consent: &ConsentState) -> ConsentBasis {
+    ConsentBasis {
+        permitted_categories: consent.permitted_categories.iter().map(ToString::to_string).collect(),
+        research_permit: consent.research_permit,
+        directive_ids: consent.directive_ids.clone(),
+    }
 }
 
 fn facility_info(peer: &Peer) -> FacilityInfo {

@@ -60,6 +60,15 @@ impl ApiClient {
         Ok(ApiClient { target, token })
     }
 
+    /// Only over HTTP to a running node: never opens the store in-process (for tests and
+    /// tools that must not take the node's place).
+    pub fn remote(config: &NodeConfig) -> Result<ApiClient, ClientError> {
+        Ok(ApiClient {
+            target: Target::Remote(config.local_api.listen),
+            token: read_token(config)?,
+        })
+    }
+
     pub fn is_offline(&self) -> bool {
         matches!(self.target, Target::InProcess { .. })
     }

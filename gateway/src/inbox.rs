@@ -26,7 +26,7 @@ use crate::access::{decide, Question};
 use crate::audit::{self, event};
 use crate::node::NodeState;
 use crate::outbox::decision_reason;
-use crate::record::RecordMetadata;
+use crate::record::{ConsentBasis, RecordMetadata};
 use crate::transport::PeerIdentity;
 use crate::trust::now_ms;
 
@@ -299,7 +299,7 @@ async fn receive_inner(
         .purpose()
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("envelope refused: {e}")))?;
     let break_glass = metadata.break_glass_reason.is_some();
-    let decision = decide(
+    let (decision, _) = decide(
         state,
         &Question {
             action: if break_glass {
@@ -314,6 +314,7 @@ async fn receive_inner(
             purpose,
             clinician_role: metadata.clinician_role.as_deref(),
             break_glass,
+            asserted: Some(metadata.consent_basis.as_ref().unwrap_or(&ConsentBasis::default())),
         },
     );
     let mut rec = audit::record(

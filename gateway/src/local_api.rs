@@ -982,7 +982,7 @@ async fn policy_check(
     let content_type = input
         .content_type
         .unwrap_or_else(|| "application/fhir+json".to_owned());
-    let decision = decide(
+    let (decision, _) = decide(
         &state,
         &Question {
             action,
@@ -993,6 +993,7 @@ async fn policy_check(
             purpose,
             clinician_role: input.clinician_role.as_deref(),
             break_glass: input.break_glass,
+            asserted: None,
         },
     );
     Json(json!({

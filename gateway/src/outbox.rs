@@ -15,7 +15,7 @@ use gateway_envelope::{
 use gateway_store::{OutboxEntry, SpoolKind, TransferState, TransferSummary};
 use policies::{Action, Category, Purpose};
 
-use crate::access::{decide, Question};
+use crate::access::{basis_of, decide, Question};
 use crate::audit::{self, event};
 use crate::identity::NodeIdentity;
 use crate::node::NodeState;
@@ -136,7 +136,7 @@ pub async fn submit(
     let break_glass = req.break_glass_reason.is_some();
     let transfer_id = TransferId::new_random().map_err(SubmitError::local)?;
 
-    let decision = decide(
+    let (decision, consent) = decide(
         state,
         &Question {
             action: if break_glass {
@@ -151,6 +151,7 @@ pub async fn submit(
             purpose: req.purpose,
             clinician_role: req.clinician_role.as_deref(),
             break_glass,
+            asserted: None,
         },
     );
     let summary = TransferSummary {
@@ -196,6 +197,7 @@ pub async fn submit(
         clinician_role: req.clinician_role.clone(),
         break_glass_reason: req.break_glass_reason.clone(),
         request_id: req.request_id.clone(),
+        consent_basis: Some(basis_of(&consent)),
     };
     let payload_len = payload.len();
     let sealed = {

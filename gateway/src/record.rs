@@ -105,6 +105,17 @@ pub struct RecordMetadata {
     pub break_glass_reason: Option<String>,
     /// Set when this transfer answers a pull request from the recipient.
     pub request_id: Option<String>,
+    /// The patient consent the sender relied on (directives live where the patient gave them,
+    /// usually at the sender): the receiver's policy sees it alongside its own directives.
+    pub consent_basis: Option<ConsentBasis>,
+}
+
+/// The sender's consent evaluation for this transfer, signed inside the envelope.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConsentBasis {
+    pub permitted_categories: Vec<String>,
+    pub research_permit: bool,
+    pub directive_ids: Vec<String>,
 }
 
 impl fmt::Debug for RecordMetadata {

@@ -366,7 +366,7 @@ pub async fn incoming(
         Err(_) => declared.clone(),
     };
     let break_glass = wire.break_glass_reason.is_some();
-    let decision = decide(
+    let (decision, _) = decide(
         state,
         &Question {
             action: if break_glass {
@@ -381,6 +381,7 @@ pub async fn incoming(
             purpose,
             clinician_role: wire.clinician_role.as_deref(),
             break_glass,
+            asserted: None,
         },
     );
     let mut drec = rec.clone();

@@ -1,0 +1,150 @@
+//! Audit-log benchmark: appends N entries in committed batches, then measures verification
+//! throughput and query-by-patient latency. Prints one JSON object on stdout.
+//!
+//! Usage: cargo run --release -p gateway-store --example audit_bench -- <entries> <dir>
+//! Entries are appended to whatever the store in <dir> already holds.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use gateway_store::{AuditFilter, AuditRecord, Store};
+
+/// Entries per commit, like a busy gateway's group commit.
+const BATCH: u64 = 1_000;
+/// Entries per patient on average, so a 10 M log has 10 000 patients.
+const ENTRIES_PER_PATIENT: u64 = 1_000;
+const QUERIES: usize = 1_000;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(n), Some(dir)) = (
+        args.get(1).and_then(|n| n.parse::<u64>().ok()),
+        args.get(2).map(PathBuf::from),
+    ) else {
+        eprintln!("usage: audit_bench <entries> <dir>");
+        return ExitCode::from(64);
+    };
+    match run(n, dir) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("audit_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(n: u64, dir: PathBuf) -> Result<String, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()?;
+    let store = Store::open(&dir)?;
+    let existing = store.audit_len();
+    let total = existing + n;
+    let patients = (total / ENTRIES_PER_PATIENT).max(1);
+
+    let started = Instant::now();
+    let mut seq = existing;
+    while seq < total {
+        let batch_end = (seq + BATCH).min(total);
+        while seq < batch_end {
+            store.audit_append(record(seq, patients))?;
+            seq += 1;
+        }
+        runtime.block_on(store.commit())?;
+    }
+    let append = started.elapsed();
+
+    let started = Instant::now();
+    let verified = store.audit_verify()?;
+    let verify = started.elapsed();
+
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut full = Vec::with_capacity(QUERIES);
+    let mut paged = Vec::with_capacity(QUERIES);
+    let mut returned = 0usize;
+    for _ in 0..QUERIES {
+        let patient = format!("Patient/bench-{}", rng.next() % patients);
+        let mut filter = AuditFilter {
+            patient: Some(patient),
+            ..AuditFilter::default()
+        };
+        let t = Instant::now();
+        returned += store.audit_list(&filter)?.len();
+        full.push(t.elapsed());
+        filter.limit = Some(100);
+        let t = Instant::now();
+        let _ = store.audit_list(&filter)?;
+        paged.push(t.elapsed());
+    }
+    let stats = store.commit_stats();
+    Ok(format!(
+        concat!(
+            "{{\"entries\":{},\"appended\":{},\"patients\":{},",
+            "\"append_secs\":{:.3},\"append_per_sec\":{:.0},\"commits\":{},\"flushes\":{},",
+            "\"verify_secs\":{:.3},\"verify_per_sec\":{:.0},",
+            "\"queries\":{},\"query_patient_avg_results\":{:.1},",
+            "\"query_patient_p50_ms\":{:.3},\"query_patient_p99_ms\":{:.3},",
+            "\"query_patient_limit100_p50_ms\":{:.3},\"query_patient_limit100_p99_ms\":{:.3}}}"
+        ),
+        verified,
+        n,
+        patients,
+        append.as_secs_f64(),
+        n as f64 / append.as_secs_f64().max(1e-9),
+        stats.commits,
+        stats.flushes,
+        verify.as_secs_f64(),
+        verified as f64 / verify.as_secs_f64().max(1e-9),
+        QUERIES,
+        returned as f64 / QUERIES as f64,
+        percentile_ms(&mut full, 50),
+        percentile_ms(&mut full, 99),
+        percentile_ms(&mut paged, 50),
+        percentile_ms(&mut paged, 99),
+    ))
+}
+
+/// A plausible record: every entry names a patient and a transfer (about five events per
+/// transfer), one in a hundred is break-glass.
+fn record(seq: u64, patients: u64) -> AuditRecord {
+    let mut transfer = [0u8; 16];
+    transfer[8..].copy_from_slice(&(seq / 5).to_be_bytes());
+    let mixed = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 17;
+    AuditRecord {
+        time_ms: 1_700_000_000_000 + seq,
+        event: ["submitted", "sent", "delivered", "receipt-verified", "policy-decision"]
+            [(seq % 5) as usize]
+            .into(),
+        transfer_id: Some(transfer),
+        peer: Some("facility-b.example".into()),
+        patient_ref: Some(format!("Patient/bench-{}", mixed % patients)),
+        purpose: Some("treatment".into()),
+        clinician: Some("Practitioner/bench".into()),
+        outcome: "ok".into(),
+        reason: None,
+        policy_ids: vec!["consent-default".into()],
+        break_glass: seq % 100 == 0,
+    }
+}
+
+fn percentile_ms(samples: &mut [Duration], pct: usize) -> f64 {
+    samples.sort_unstable();
+    let i = (samples.len() * pct / 100).min(samples.len().saturating_sub(1));
+    samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// Deterministic query mix without a rand dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
