@@ -59,7 +59,13 @@ fn sensitive_permits_need_the_recipient_named() {
         Category::MentalHealth,
     ]);
 
-    let s = evaluate(std::slice::from_ref(&all), "clinic-b", Purpose::Treatment, &record, NOW);
+    let s = evaluate(
+        std::slice::from_ref(&all),
+        "clinic-b",
+        Purpose::Treatment,
+        &record,
+        NOW,
+    );
     assert!(s.permitted_categories.is_empty(), "{s:?}");
 
     let s = evaluate(
