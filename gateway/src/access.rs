@@ -153,7 +153,11 @@ pub fn decide(state: &NodeState, q: &Question<'_>) -> (Decision, ConsentState) {
 
 /// The sender's consent counts for the categories this record actually has; a local deny
 /// stays in force.
-fn merge_asserted(consent: &mut ConsentState, basis: &ConsentBasis, categories: &BTreeSet<Category>) {
+fn merge_asserted(
+    consent: &mut ConsentState,
+    basis: &ConsentBasis,
+    categories: &BTreeSet<Category>,
+) {
     for c in &basis.permitted_categories {
         if let Ok(c) = c.parse::<Category>() {
             if categories.contains(&c) {
@@ -169,7 +173,11 @@ fn merge_asserted(consent: &mut ConsentState, basis: &ConsentBasis, categories: 
 
 pub fn basis_of(consent: &ConsentState) -> ConsentBasis {
     ConsentBasis {
-        permitted_categories: consent.permitted_categories.iter().map(ToString::to_string).collect(),
+        permitted_categories: consent
+            .permitted_categories
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         research_permit: consent.research_permit,
         directive_ids: consent.directive_ids.clone(),
     }

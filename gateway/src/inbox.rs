@@ -314,7 +314,12 @@ async fn receive_inner(
             purpose,
             clinician_role: metadata.clinician_role.as_deref(),
             break_glass,
-            asserted: Some(metadata.consent_basis.as_ref().unwrap_or(&ConsentBasis::default())),
+            asserted: Some(
+                metadata
+                    .consent_basis
+                    .as_ref()
+                    .unwrap_or(&ConsentBasis::default()),
+            ),
         },
     );
     let mut rec = audit::record(

@@ -143,6 +143,7 @@ pub async fn run(
     stop: watch::Sender<bool>,
 ) {
     delivery::recover_after_restart(&state);
+    remove_leftover_uploads(&state.config.data_dir);
     let peer = tokio::spawn(peer_api::serve(state.clone(), peer_listener));
     let local = tokio::spawn(local_api::serve(state.clone(), local_listener));
     let scheduler = tokio::spawn(delivery::run_scheduler(state.clone()));
@@ -164,6 +165,17 @@ pub async fn run(
     reload.abort();
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "final commit failed");
+    }
+}
+
+/// Plaintext uploads are spilled to `data/uploads` only while they are sealed; a crash can leave
+/// one behind, so they are removed before the node accepts work.
+fn remove_leftover_uploads(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("uploads")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let _ = std::fs::remove_file(entry.path());
     }
 }
 
