@@ -500,3 +500,40 @@ pub async fn raw_peer_post(
     let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
     Ok((status, bytes))
 }
+
+// ---- consent, policy and request helpers -------------------------------------------------------
+
+/// The bundle whose file name starts with `prefix` (e.g. "Eliseo_Cummings"), with its bytes.
+pub fn bundle_by_prefix(prefix: &str) -> Vec<u8> {
+    bundles()
+        .into_iter()
+        .find(|(name, _)| name.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no bundle named {prefix}*"))
+        .1
+}
+
+/// Data categories the gateway finds in a FHIR bundle (the policies crate's classifier).
+pub fn bundle_categories(bytes: &[u8]) -> Vec<String> {
+    policies::classify::classify_fhir_bundle(bytes)
+        .unwrap()
+        .categories
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+impl Node {
+    /// Runs `gateway <args…> --config <this node's node.toml>` (the flag goes last, so it
+    /// lands in the leaf subcommand); returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let config = self.dir.config_path.display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--config", &config]);
+        gateway_cli(&all)
+    }
+
+    /// Audit entries of one event kind (e.g. "policy-decision").
+    pub async fn audit_events(&self, event: &str) -> Vec<Value> {
+        self.audit().await.into_iter().filter(|e| e["event"] == event).collect()
+    }
+}
