@@ -25,13 +25,16 @@ fn facility(id: &str, kind: &str) -> FacilityInfo {
 }
 
 /// A mix of allowed and denied requests over every action and policy.
-fn scenarios() -> Vec<(
+/// (action, purpose, record categories, peer, clinician role)
+type Scenario = (
     Action,
     Purpose,
     BTreeSet<Category>,
     FacilityInfo,
     Option<&'static str>,
-)> {
+);
+
+fn scenarios() -> Vec<Scenario> {
     let general = BTreeSet::from([Category::General]);
     let sensitive = BTreeSet::from([
         Category::General,
