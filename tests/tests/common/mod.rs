@@ -1,0 +1,104 @@
+//! Helpers shared by the transport, envelope and reliability tests (each test binary uses a
+//! different subset, hence the dead-code allowance).
+
+#![allow(dead_code, reason = "each test binary uses a different subset of these helpers")]
+#![allow(clippy::unwrap_used, reason = "test helpers: a failure is a test failure")]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use gateway::record::{RecordMetadata, METADATA_VERSION};
+use gateway_envelope::{seal_to_vec, EncryptionPublicKey, SealParams, SigningKey, Suite, TransferId, DEFAULT_CHUNK_SIZE};
+use pki_tools::FacilityFile;
+use tests::{Fed, Node};
+
+/// The federation CA certificate as PEM (what a raw client trusts for the server).
+pub fn ca_pem(fed: &Fed) -> Vec<u8> {
+    let any = fed.nodes.values().next().unwrap();
+    std::fs::read(any.dir.join("ca.crt")).unwrap()
+}
+
+/// A facility's Ed25519 signing key, loaded from its node directory.
+pub fn signing_key(dir: &Path) -> SigningKey {
+    let der = pki_tools::keys::load_ed25519_pkcs8(&dir.join("signing.key")).unwrap();
+    SigningKey::from_pkcs8(&der).unwrap()
+}
+
+/// A facility's HPKE public key, from its `facility.json`.
+pub fn encryption_key(dir: &Path) -> EncryptionPublicKey {
+    EncryptionPublicKey(FacilityFile::load(&dir.join("facility.json")).unwrap().encryption_public_key)
+}
+
+pub fn now_ms() -> u64 {
+    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+/// Metadata for a general-category record sent for treatment (allowed by the default policies).
+pub fn general_metadata() -> Vec<u8> {
+    RecordMetadata {
+        version: METADATA_VERSION,
+        content_type: "application/octet-stream".to_owned(),
+        patient: "pat-raw-1".to_owned(),
+        purpose: "treatment".to_owned(),
+        categories: vec!["general".to_owned()],
+        clinician: None,
+        clinician_role: None,
+        break_glass_reason: None,
+        request_id: None,
+        consent_basis: None,
+    }
+    .encode()
+}
+
+/// Seals `payload` as a real envelope: header names `sender` → `recipient`, signed by `signer`,
+/// encrypted to `to_key`. Small chunks so that even a small payload spans several frames.
+pub fn seal(
+    id: TransferId,
+    sender: &str,
+    recipient: &str,
+    signer: &SigningKey,
+    to_key: &EncryptionPublicKey,
+    payload: &[u8],
+) -> Vec<u8> {
+    let params = SealParams {
+        transfer_id: id,
+        sender,
+        recipient,
+        created_at_ms: now_ms(),
+        payload_len: payload.len() as u64,
+        payload_digest: gateway_envelope::sha256(payload),
+        suite: Suite::default(),
+        chunk_size: DEFAULT_CHUNK_SIZE.min(4096),
+    };
+    seal_to_vec(&params, &general_metadata(), payload, to_key, signer).unwrap()
+}
+
+/// Audit entries of the `rejected` event.
+pub async fn rejections(node: &Node) -> Vec<Value> {
+    node.audit().await.into_iter().filter(|e| e["event"] == "rejected").collect()
+}
+
+/// Waits (bounded) for a `rejected` audit entry matching `pred`; returns it.
+pub async fn wait_rejection(node: &Node, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let all = rejections(node).await;
+        if let Some(found) = all.iter().find(|e| pred(e)) {
+            return found.clone();
+        }
+        assert!(Instant::now() < deadline, "no matching rejected audit entry; rejected entries: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rewrites a key in a node's config section (the line right after `[section]`).
+pub fn add_config_line(fed: &Fed, id: &str, section: &str, line: &str) {
+    let path = &fed.nodes[id].config_path;
+    let text = std::fs::read_to_string(path).unwrap();
+    let header = format!("[{section}]\n");
+    assert!(text.contains(&header), "no [{section}] in {}", path.display());
+    let text = text.replacen(&header, &format!("{header}{line}\n"), 1);
+    std::fs::write(path, text).unwrap();
+}
