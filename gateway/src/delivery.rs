@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::Semaphore;
 use tokio_util::io::ReaderStream;
+use tracing::Instrument;
 
 use gateway_envelope::{SignedReceipt, TransferId};
 use gateway_store::{OutboxEntry, SpoolKind, TransferState};
@@ -63,8 +64,9 @@ pub async fn run_scheduler(state: Arc<NodeState>) {
                 break;
             };
             let state = state.clone();
+            let span = tracing::info_span!("delivery", transfer = %id, peer = %entry.recipient);
             tokio::spawn(async move {
-                deliver(&state, entry).await;
+                deliver(&state, entry).instrument(span).await;
                 state.clear_inflight(&id);
                 drop(permit);
                 state.wake.notify_one();

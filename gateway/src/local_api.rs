@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body as AxumBody;
 use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -41,6 +42,8 @@ use crate::trust::{now_ms, now_unix};
 /// Payloads up to this size are held in memory while being sealed; larger ones are spilled
 /// to a private temp file (deleted once sealed).
 const IN_MEMORY_PAYLOAD: usize = 8 * 1024 * 1024;
+/// Largest body the buffered routes (JSON, PUT records, consent import) accept.
+const MAX_BUFFERED_BODY: usize = 64 * 1024 * 1024;
 
 type Shared = Arc<NodeState>;
 
@@ -76,7 +79,10 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/records/{patient}", put(put_record))
         .route("/v1/policy/check", post(policy_check))
         .route("/v1/policy/reload", post(policy_reload))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Buffered bodies (JSON, records, consent imports); transfers stream and are bounded
+        // by local_api.max_body_bytes in read_payload.
+        .layer(DefaultBodyLimit::max(MAX_BUFFERED_BODY));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api)

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
+use tracing::Instrument;
 
 use crate::audit::{self, event};
 use crate::delivery::ENVELOPE_PATH;
@@ -74,6 +75,7 @@ async fn connection(state: Arc<NodeState>, tcp: TcpStream, limit: Arc<Semaphore>
     tracing::debug!(peer = %identity.facility, fingerprint = %hex::encode(identity.fingerprint), "peer connected");
 
     let timeout = Duration::from_secs(state.config.peer.request_timeout_secs);
+    let identity_for_span = identity.facility.clone();
     let svc_state = state.clone();
     // Layer order, outermost first: errors from the inner layers become HTTP responses; shed
     // load instead of queueing when the listener-wide limit is reached; bound each request in time.
@@ -87,6 +89,7 @@ async fn connection(state: Arc<NodeState>, tcp: TcpStream, limit: Arc<Semaphore>
             let identity = identity.clone();
             async move { Ok::<_, Infallible>(route(&state, &identity, req).await) }
         });
+    let span = tracing::info_span!("peer", facility = %identity_for_span);
     let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -95,6 +98,7 @@ async fn connection(state: Arc<NodeState>, tcp: TcpStream, limit: Arc<Semaphore>
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
+        .instrument(span)
         .await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "peer connection ended with an error");

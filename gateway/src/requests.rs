@@ -55,6 +55,10 @@ pub struct WireAnswer {
     pub status: String,
     pub reason: Option<String>,
     pub transfer_id: Option<String>,
+    /// The holder's determining policies, so the requester's audit log shows the decision
+    /// too (absent in answers from older nodes).
+    #[serde(default)]
+    pub policy_ids: Vec<String>,
 }
 
 /// A request as the requesting doctor sees it (`gateway requests`).
@@ -187,8 +191,10 @@ pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView
     let signed = sign_message(&state.identity.signing, REQUEST_DOMAIN, &body);
     let answer = post_request(state, &holder, signed).await;
     view.updated_ms = now_ms();
+    let mut holder_policy_ids = Vec::new();
     match answer {
         Ok((status, answer)) => {
+            holder_policy_ids.clone_from(&answer.policy_ids);
             view.reason = answer.reason.clone();
             view.transfer_id = answer.transfer_id.clone();
             view.state = match (status, answer.status.as_str()) {
@@ -217,6 +223,7 @@ pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView
     rec.purpose = Some(view.purpose.clone());
     rec.clinician = Some(view.clinician.clone());
     rec.break_glass = view.break_glass;
+    rec.policy_ids = holder_policy_ids;
     rec.reason = Some(format!(
         "request {id}: {}",
         view.reason.clone().unwrap_or_else(|| "accepted".to_owned())
@@ -257,6 +264,7 @@ async fn post_request(
         status: "error".to_owned(),
         reason: Some(format!("peer {} answered {}", holder.id, status.as_u16())),
         transfer_id: None,
+        policy_ids: Vec::new(),
     });
     Ok((status, answer))
 }
@@ -272,6 +280,7 @@ fn denied(reason: &str) -> WireAnswer {
         status: "denied".to_owned(),
         reason: Some(reason.to_owned()),
         transfer_id: None,
+        policy_ids: Vec::new(),
     }
 }
 
@@ -396,7 +405,13 @@ pub async fn incoming(
     let _ = audit::append(state, drec);
     if !decision.allowed {
         let _ = state.store.commit().await;
-        return answer(StatusCode::FORBIDDEN, &denied(&decision.reason));
+        return answer(
+            StatusCode::FORBIDDEN,
+            &WireAnswer {
+                policy_ids: decision.policy_ids,
+                ..denied(&decision.reason)
+            },
+        );
     }
     let submitted = submit(
         state,
@@ -421,11 +436,16 @@ pub async fn incoming(
                 status: "accepted".to_owned(),
                 reason: None,
                 transfer_id: Some(id.to_string()),
+                policy_ids: decision.policy_ids,
             },
         ),
-        Err(crate::outbox::SubmitError::Denied { reason, .. }) => {
-            answer(StatusCode::FORBIDDEN, &denied(&reason))
-        }
+        Err(crate::outbox::SubmitError::Denied { reason, policy_ids }) => answer(
+            StatusCode::FORBIDDEN,
+            &WireAnswer {
+                policy_ids,
+                ..denied(&reason)
+            },
+        ),
         Err(e) => {
             tracing::error!(error = %e, "answering a request failed");
             answer(
