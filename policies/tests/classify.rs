@@ -125,3 +125,24 @@ fn classify_codes_always_includes_general() {
         BTreeSet::from([Category::HivSti, Category::SubstanceUse, Category::General])
     );
 }
+
+#[test]
+fn truncated_and_corrupted_input_is_an_error_not_a_panic() {
+    let bytes =
+        std::fs::read(format!("{BUNDLES}Bundle-xds.json")).unwrap_or_else(|e| panic!("{e}"));
+    let mut errors = 0;
+    for cut in (0..bytes.len()).step_by(7) {
+        if classify_fhir_bundle(&bytes[..cut]).is_err() {
+            errors += 1;
+        }
+    }
+    // Every strict prefix of a JSON object is invalid JSON.
+    assert_eq!(errors, bytes.len().div_ceil(7));
+    let mut corrupted = bytes.clone();
+    for i in (0..corrupted.len()).step_by(13) {
+        corrupted[i] = corrupted[i].wrapping_add(1);
+        let _ = classify_fhir_bundle(&corrupted);
+    }
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(classify_fhir_bundle(deep.as_bytes()).is_err());
+}

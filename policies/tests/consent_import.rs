@@ -207,3 +207,55 @@ fn malformed_or_inactive_resources_are_refused() {
     }
     assert!(import_fhir_consent(&no_id, "t", NOW).is_err());
 }
+
+/// Replaces every value reachable in `v` (one at a time) with each of a few
+/// wrong-typed values; the importer must answer (import or refuse), never panic.
+#[test]
+fn mutated_examples_never_panic() {
+    fn paths(v: &serde_json::Value, prefix: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    let p = format!("{prefix}/{k}");
+                    out.push(p.clone());
+                    paths(child, p, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let p = format!("{prefix}/{i}");
+                    out.push(p.clone());
+                    paths(child, p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let replacements = [
+        serde_json::Value::Null,
+        serde_json::json!(7),
+        serde_json::json!("Organization/"),
+        serde_json::json!([]),
+        serde_json::json!({}),
+        serde_json::json!("9999-99-99"),
+    ];
+    let mut answered = 0;
+    for name in ["Emergency", "notOrg", "signature", "smartonfhir", "basic"] {
+        let path = format!("{DIR}Consent-consent-example-{name}.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let mut all = Vec::new();
+        paths(&json, String::new(), &mut all);
+        for p in &all {
+            for r in &replacements {
+                let mut v = json.clone();
+                if let Some(slot) = v.pointer_mut(p) {
+                    *slot = r.clone();
+                }
+                let _ = import_fhir_consent(&v, "fuzz", NOW);
+                answered += 1;
+            }
+        }
+    }
+    assert!(answered > 500, "{answered}");
+}
