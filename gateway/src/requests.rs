@@ -116,7 +116,7 @@ pub fn list(state: &NodeState) -> Result<Vec<RequestView>, String> {
             v
         })
         .collect();
-    out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+    out.sort_by_key(|v| std::cmp::Reverse(v.created_ms));
     Ok(out)
 }
 
