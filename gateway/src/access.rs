@@ -119,7 +119,6 @@ pub fn decide(state: &NodeState, q: &Question<'_>) -> (Decision, ConsentState) {
     // request, this node when we receive.
     let recipient = match q.action {
         Action::Receive => state.me().as_str(),
-        Action::BreakGlass if q.asserted.is_some() => state.me().as_str(),
         _ => q.counterparty.id.as_str(),
     };
     let mut consent = evaluate(&directives, recipient, q.purpose, q.categories, now);

@@ -367,8 +367,8 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                     one => vec![one],
                 };
                 println!(
-                    "{:<32}  {:<14} {:<10} {:>10} {:>8}  {}",
-                    "TRANSFER", "TO", "STATE", "BYTES", "ATTEMPTS", "NOTE"
+                    "{:<32}  {:<14} {:<10} {:>10} {:>8}  NOTE",
+                    "TRANSFER", "TO", "STATE", "BYTES", "ATTEMPTS"
                 );
                 for r in rows {
                     println!(
@@ -417,8 +417,8 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                 print_json(&body);
             } else {
                 println!(
-                    "{:<32}  {:<14} {:<10} {:<32}  {}",
-                    "REQUEST", "FROM", "STATE", "TRANSFER", "REASON"
+                    "{:<32}  {:<14} {:<10} {:<32}  REASON",
+                    "REQUEST", "FROM", "STATE", "TRANSFER"
                 );
                 for r in body.as_array().cloned().unwrap_or_default() {
                     println!(
@@ -537,8 +537,8 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
                 print_json(&body);
             } else {
                 println!(
-                    "{:<32}  {:<14} {:>10}  {}",
-                    "TRANSFER", "FROM", "BYTES", "ACKNOWLEDGED"
+                    "{:<32}  {:<14} {:>10}  ACKNOWLEDGED",
+                    "TRANSFER", "FROM", "BYTES"
                 );
                 for r in body.as_array().cloned().unwrap_or_default() {
                     println!(

@@ -302,11 +302,9 @@ async fn receive_inner(
     let (decision, _) = decide(
         state,
         &Question {
-            action: if break_glass {
-                Action::BreakGlass
-            } else {
-                Action::Receive
-            },
+            // Inbound break-glass is a receive with the flag set: the engine's BreakGlass action
+            // means answering a peer's emergency pull.
+            action: Action::Receive,
             counterparty: &sender,
             patient: &metadata.patient,
             categories: &categories,

@@ -149,16 +149,21 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn parse_id(id: &str) -> Result<TransferId, Response> {
-    id.parse::<TransferId>().map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "transfer id must be 32 hex characters",
-        )
-    })
+/// A request problem found while parsing; small, unlike a `Response`, so helpers can return it.
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, self.0)
+    }
 }
 
-fn parse_categories(list: Option<&str>) -> Result<BTreeSet<Category>, Response> {
+fn parse_id(id: &str) -> Result<TransferId, BadRequest> {
+    id.parse::<TransferId>()
+        .map_err(|_| BadRequest("transfer id must be 32 hex characters".to_owned()))
+}
+
+fn parse_categories(list: Option<&str>) -> Result<BTreeSet<Category>, BadRequest> {
     let mut out = BTreeSet::new();
     for c in list
         .unwrap_or("")
@@ -167,17 +172,17 @@ fn parse_categories(list: Option<&str>) -> Result<BTreeSet<Category>, Response> 
         .filter(|c| !c.is_empty())
     {
         out.insert(c.parse::<Category>().map_err(|_| {
-            error(StatusCode::BAD_REQUEST, format!("unknown data category {c:?}; use hiv-sti, mental-health, substance-use, reproductive-health, genetic or general"))
+            BadRequest(format!("unknown data category {c:?}; use hiv-sti, mental-health, substance-use, reproductive-health, genetic or general"))
         })?);
     }
     Ok(out)
 }
 
-fn parse_purpose(p: &str) -> Result<Purpose, Response> {
+fn parse_purpose(p: &str) -> Result<Purpose, BadRequest> {
     p.parse::<Purpose>().map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "unknown purpose; use treatment, payment, operations, research or public-health",
+        BadRequest(
+            "unknown purpose; use treatment, payment, operations, research or public-health"
+                .to_owned(),
         )
     })
 }
@@ -214,7 +219,7 @@ async fn post_transfer(
     };
     let purpose = match parse_purpose(&q.purpose) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let content_type = match ContentType::parse(q.content_type.as_deref().unwrap_or("fhir")) {
         Ok(c) => c,
@@ -222,7 +227,7 @@ async fn post_transfer(
     };
     let categories = match parse_categories(q.categories.as_deref()) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if q.break_glass_reason
         .as_deref()
@@ -237,7 +242,7 @@ async fn post_transfer(
     };
     let payload = match read_payload(&state, body).await {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     // Subscribe before submitting so a fast delivery cannot be missed.
     let mut outcomes = state.outcomes.subscribe();
@@ -436,7 +441,7 @@ async fn list_transfers(State(state): State<Shared>) -> Response {
 async fn get_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.store.outbox_get(&id.0) {
         Ok(Some(e)) => Json(TransferView::from(&e)).into_response(),
@@ -448,7 +453,7 @@ async fn get_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Re
 async fn cancel_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.store.outbox_get(&id.0) {
         Ok(Some(_)) => {}
@@ -505,7 +510,7 @@ fn fetch_error(e: FetchError) -> Response {
 async fn get_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match open_received(&state, id).await {
         Ok((entry, meta, _rx)) => Json(json!({
@@ -531,7 +536,7 @@ async fn get_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Respo
 async fn get_inbox_payload(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match open_received(&state, id).await {
         Ok((entry, meta, rx)) => {
@@ -563,7 +568,7 @@ fn tokio_stream_from(
 async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.store.inbox_ack(&id.0, now_ms()) {
         Ok(entry) => {
@@ -634,7 +639,7 @@ impl From<&AuditEntry> for AuditView {
 async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>) -> Response {
     let transfer_id = match q.transfer.as_deref().map(parse_id).transpose() {
         Ok(t) => t.map(|t| t.0),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let filter = AuditFilter {
         patient: q.patient,
@@ -865,11 +870,11 @@ async fn post_request(State(state): State<Shared>, Json(input): Json<RequestInpu
     };
     let purpose = match parse_purpose(&input.purpose) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let categories = match parse_categories(Some(&input.categories.join(","))) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let req = NewRequest {
         from: input.from,
@@ -964,11 +969,11 @@ async fn policy_check(
     };
     let purpose = match parse_purpose(&input.purpose) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut categories = match parse_categories(Some(&input.categories.join(","))) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if categories.is_empty() {
         categories.insert(Category::General);

@@ -93,7 +93,7 @@ impl RecordSource for StoreRecordSource {
         let own = self.state.identity.verifying_key();
         let opened = open_all(
             &stored.sealed,
-            |_| vec![own.clone()],
+            |_| vec![own],
             &self.state.identity.decryption_keys(),
             Limits {
                 max_header: 64 * 1024,
