@@ -1,0 +1,154 @@
+//! Delivery survives a receiver that is down and a sender killed with SIGKILL mid-burst: every
+//! transfer the sender acknowledged (202) is delivered exactly once.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::{Method, StatusCode};
+use pki_tools::FacilityKind;
+use serde_json::Value;
+
+use gateway::api_client::{collect_json, ApiClient};
+use tests::{bundle, patient_id, Fed};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_waits_queued_while_the_receiver_is_down_then_delivers() {
+    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let a = fed.start("hosp-a");
+    let payload = bundle("Bundle-micro.json");
+    let id = a.send_bundle("clinic-b", &payload).await.transfer_id();
+
+    // Several attempts fail to connect; the transfer stays queued for another try, not failed.
+    let mut view: Value;
+    tests::assert_eventually!(
+        Duration::from_secs(30),
+        {
+            view = a.transfer(&id).await;
+            view["attempts"].as_u64().unwrap_or(0) >= 3
+        },
+        "no retries recorded: {view}"
+    );
+    assert!(view["state"] == "queued" || view["state"] == "delivering", "{view}");
+    assert!(view["last_error"].as_str().is_some_and(|e| e.contains("clinic-b")), "{view}");
+    let retries = a.audit_events("retry-scheduled").await;
+    assert!(retries.iter().filter(|e| e["transfer_id"] == id.as_str()).count() >= 2, "{retries:#?}");
+
+    let b = fed.start("clinic-b");
+    let view = a.wait_state(&id, "delivered", Duration::from_secs(60)).await;
+    assert_eq!(view["receipt_held"], true);
+    assert_eq!(b.fetch(&id).await, payload);
+    assert_eq!(b.inbox().await.len(), 1);
+    assert!(a.audit_verifies().await);
+    assert!(b.audit_verifies().await);
+}
+
+const BURST: usize = 500;
+const CONCURRENCY: usize = 16;
+/// The sender is killed once this many submissions have been acknowledged.
+const KILL_AFTER: usize = 150;
+
+/// Submits without panicking: the node may die under us. `Some(id)` only for a 202.
+async fn try_submit(api: &ApiClient, patient: &str, payload: &[u8]) -> Option<String> {
+    let query = serde_urlencoded::to_string([
+        ("to", "clinic-b"),
+        ("patient", patient),
+        ("purpose", "treatment"),
+        ("content_type", "fhir"),
+    ])
+    .unwrap();
+    let resp = api
+        .call(Method::POST, &format!("/v1/transfers?{query}"), Body::from(payload.to_vec()), Some("application/octet-stream"))
+        .await
+        .ok()?;
+    let (status, body) = collect_json(resp).await.ok()?;
+    (status == StatusCode::ACCEPTED).then(|| body["transfer_id"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_once() {
+    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let mut a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let payload = Arc::new(bundle("Bundle-micro.json"));
+    let patient = Arc::new(patient_id(&payload).unwrap_or_else(|| "no-patient".to_owned()));
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (next, accepted, payload, patient) = (next.clone(), accepted.clone(), payload.clone(), patient.clone());
+        let api = ApiClient::remote(&a.config).unwrap();
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < BURST {
+                match try_submit(&api, &patient, &payload).await {
+                    Some(id) => accepted.lock().unwrap().push(id),
+                    // The node is gone: stop submitting.
+                    None => break,
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while accepted.lock().unwrap().len() < KILL_AFTER {
+        assert!(Instant::now() < deadline, "only {} submissions accepted", accepted.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill9();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let accepted: BTreeSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    assert!(accepted.len() >= KILL_AFTER && accepted.len() < BURST, "kill did not land mid-burst: {}", accepted.len());
+
+    // Restart the sender: it must pick up every queued or mid-delivery transfer.
+    let a = fed.start("hosp-a");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let transfers: BTreeMap<String, Value> = loop {
+        let (status, list) = a.get("/v1/transfers").await;
+        assert_eq!(status, StatusCode::OK);
+        let map: BTreeMap<String, Value> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["transfer_id"].as_str().unwrap().to_owned(), t.clone()))
+            .collect();
+        let pending = map.values().filter(|t| t["state"] != "delivered").count();
+        if pending == 0 && accepted.iter().all(|id| map.contains_key(id)) {
+            break map;
+        }
+        let failed: Vec<&Value> = map.values().filter(|t| t["state"] == "failed").collect();
+        assert!(failed.is_empty(), "transfers failed: {failed:#?}");
+        assert!(Instant::now() < deadline, "{pending} transfers still undelivered after 180 s\n{}", a.log_text());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    // Every acknowledged transfer is known to the restarted sender and delivered with a receipt.
+    for id in &accepted {
+        assert_eq!(transfers[id]["receipt_held"], true, "{}", transfers[id]);
+    }
+    // The receiver holds each delivered transfer exactly once: its inbox is exactly the
+    // sender's delivered set (a submission cut by the kill may have been queued without its
+    // 202 reaching us; at most one per concurrent submitter).
+    let inbox = b.inbox().await;
+    let inbox_ids: BTreeSet<String> = inbox.iter().map(|e| e["transfer_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(inbox.len(), inbox_ids.len(), "duplicate inbox entries");
+    let sent_ids: BTreeSet<String> = transfers.keys().cloned().collect();
+    assert_eq!(inbox_ids, sent_ids, "receiver inbox differs from the sender's delivered transfers");
+    assert!(accepted.is_subset(&inbox_ids));
+    assert!(inbox.len() - accepted.len() <= CONCURRENCY, "{} unacknowledged deliveries", inbox.len() - accepted.len());
+    let received = b.audit_events("received").await;
+    assert_eq!(received.len(), inbox.len(), "a transfer was stored more than once");
+    assert!(a.audit_verifies().await, "sender audit chain broken after SIGKILL");
+    assert!(b.audit_verifies().await, "receiver audit chain broken");
+    eprintln!(
+        "burst: {} acknowledged before SIGKILL, {} transfers known after restart, {} received",
+        accepted.len(),
+        transfers.len(),
+        inbox.len()
+    );
+}
