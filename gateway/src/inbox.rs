@@ -26,7 +26,7 @@ use crate::access::{decide, Question};
 use crate::audit::{self, event};
 use crate::node::NodeState;
 use crate::outbox::decision_reason;
-use crate::record::{ConsentBasis, RecordMetadata};
+use crate::record::{break_glass_window_ok, ConsentBasis, RecordMetadata};
 use crate::transport::PeerIdentity;
 use crate::trust::now_ms;
 
@@ -299,6 +299,11 @@ async fn receive_inner(
         .purpose()
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("envelope refused: {e}")))?;
     let break_glass = metadata.break_glass_reason.is_some();
+    if break_glass {
+        break_glass_window_ok(metadata.break_glass_until_ms, now_ms()).map_err(|why| {
+            Refusal::new(StatusCode::FORBIDDEN, format!("envelope refused: {why}"))
+        })?;
+    }
     let (decision, _) = decide(
         state,
         &Question {

@@ -255,6 +255,7 @@ async fn post_transfer(
         clinician: q.clinician,
         clinician_role: q.clinician_role,
         break_glass_reason: q.break_glass_reason,
+        break_glass_until_ms: None,
         request_id: None,
     };
     match submit(&state, req, payload).await {

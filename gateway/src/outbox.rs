@@ -20,7 +20,8 @@ use crate::audit::{self, event};
 use crate::identity::NodeIdentity;
 use crate::node::NodeState;
 use crate::record::{
-    check_record, ContentType, PatientRef, RecordError, RecordMetadata, METADATA_VERSION,
+    check_record, ContentType, PatientRef, RecordError, RecordMetadata, BREAK_GLASS_WINDOW_MS,
+    METADATA_VERSION,
 };
 use crate::trust::now_ms;
 
@@ -37,6 +38,8 @@ pub struct SubmitRequest {
     pub clinician: Option<String>,
     pub clinician_role: Option<String>,
     pub break_glass_reason: Option<String>,
+    /// For an answer to a break-glass pull request: the requester's window.
+    pub break_glass_until_ms: Option<u64>,
     pub request_id: Option<String>,
 }
 
@@ -196,6 +199,9 @@ pub async fn submit(
         clinician: req.clinician.clone(),
         clinician_role: req.clinician_role.clone(),
         break_glass_reason: req.break_glass_reason.clone(),
+        break_glass_until_ms: req
+            .break_glass_until_ms
+            .or_else(|| break_glass.then(|| now_ms() + BREAK_GLASS_WINDOW_MS)),
         request_id: req.request_id.clone(),
         consent_basis: Some(basis_of(&consent)),
     };

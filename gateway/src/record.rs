@@ -13,6 +13,10 @@ use policies::{Category, Purpose};
 
 pub const METADATA_VERSION: u8 = 1;
 
+/// Break-glass is an emergency authorization, valid this long from when the clinician invoked
+/// it: a break-glass transfer or request that arrives later is refused.
+pub const BREAK_GLASS_WINDOW_MS: u64 = 60 * 60 * 1000;
+
 /// The content types a record may have. Anything else travels as `other` with its MIME type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentType {
@@ -103,6 +107,8 @@ pub struct RecordMetadata {
     pub clinician: Option<String>,
     pub clinician_role: Option<String>,
     pub break_glass_reason: Option<String>,
+    /// End of the break-glass window (unix ms), set with `break_glass_reason`.
+    pub break_glass_until_ms: Option<u64>,
     /// Set when this transfer answers a pull request from the recipient.
     pub request_id: Option<String>,
     /// The patient consent the sender relied on (directives live where the patient gave them,
@@ -126,6 +132,21 @@ impl fmt::Debug for RecordMetadata {
             .field("categories", &self.categories)
             .finish_non_exhaustive()
     }
+}
+
+/// Checks a break-glass window carried by a peer: present, not expired, not longer than ours.
+pub fn break_glass_window_ok(until_ms: Option<u64>, now_ms: u64) -> Result<(), &'static str> {
+    let Some(until) = until_ms else {
+        return Err("break-glass without a time limit");
+    };
+    if until < now_ms {
+        return Err("break-glass authorization expired");
+    }
+    // Five minutes of clock skew allowed.
+    if until > now_ms + BREAK_GLASS_WINDOW_MS + 5 * 60 * 1000 {
+        return Err("break-glass window longer than allowed");
+    }
+    Ok(())
 }
 
 impl RecordMetadata {
@@ -220,4 +241,68 @@ pub fn check_record(
         categories,
         derived,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn break_glass_window_is_required_bounded_and_expires() {
+        let now = 1_000_000_000;
+        assert!(break_glass_window_ok(Some(now + BREAK_GLASS_WINDOW_MS), now).is_ok());
+        assert_eq!(
+            break_glass_window_ok(None, now),
+            Err("break-glass without a time limit")
+        );
+        assert_eq!(
+            break_glass_window_ok(Some(now - 1), now),
+            Err("break-glass authorization expired")
+        );
+        assert_eq!(
+            break_glass_window_ok(Some(now + 10 * BREAK_GLASS_WINDOW_MS), now),
+            Err("break-glass window longer than allowed")
+        );
+    }
+
+    #[test]
+    fn patient_ref_and_metadata_never_print_patient_data() {
+        let p = PatientRef::parse("pat-12345").unwrap();
+        assert!(!format!("{p:?}").contains("12345"));
+        let meta = RecordMetadata {
+            version: METADATA_VERSION,
+            content_type: "application/fhir+json".to_owned(),
+            patient: "pat-12345".to_owned(),
+            purpose: "treatment".to_owned(),
+            categories: vec!["general".to_owned()],
+            clinician: Some("dr-who".to_owned()),
+            clinician_role: None,
+            break_glass_reason: None,
+            break_glass_until_ms: None,
+            request_id: None,
+            consent_basis: None,
+        };
+        let shown = format!("{meta:?}");
+        assert!(
+            !shown.contains("12345") && !shown.contains("dr-who"),
+            "{shown}"
+        );
+        let back = RecordMetadata::decode(&meta.encode()).unwrap();
+        assert_eq!(back.patient, "pat-12345");
+    }
+
+    #[test]
+    fn content_types_parse_and_refuse_garbage() {
+        assert_eq!(ContentType::parse("fhir").unwrap(), ContentType::FhirBundle);
+        assert_eq!(
+            ContentType::parse("application/pdf").unwrap(),
+            ContentType::Pdf
+        );
+        assert!(matches!(
+            ContentType::parse("application/octet-stream").unwrap(),
+            ContentType::Other(_)
+        ));
+        assert!(ContentType::parse("not a type").is_err());
+        assert!(ContentType::parse("text/plain\r\nX-Injected: 1").is_err());
+    }
 }

@@ -23,7 +23,7 @@ use crate::audit::{self, event};
 use crate::inbox::{text_response, PeerResponse};
 use crate::node::NodeState;
 use crate::outbox::{decision_reason, submit, Payload, SubmitRequest};
-use crate::record::{check_record, PatientRef};
+use crate::record::{break_glass_window_ok, check_record, PatientRef, BREAK_GLASS_WINDOW_MS};
 use crate::records::{RecordSource, StoreRecordSource};
 use crate::transport::{Body, PeerIdentity};
 use crate::trust::now_ms;
@@ -46,6 +46,7 @@ struct WireRequest {
     clinician: String,
     clinician_role: Option<String>,
     break_glass_reason: Option<String>,
+    break_glass_until_ms: Option<u64>,
     created_at_ms: u64,
 }
 
@@ -161,6 +162,10 @@ pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView
         clinician: req.clinician.clone(),
         clinician_role: req.clinician_role.clone(),
         break_glass_reason: req.break_glass_reason.clone(),
+        break_glass_until_ms: req
+            .break_glass_reason
+            .is_some()
+            .then(|| now + BREAK_GLASS_WINDOW_MS),
         created_at_ms: now,
     };
     let mut view = RequestView {
@@ -375,6 +380,12 @@ pub async fn incoming(
         Err(_) => declared.clone(),
     };
     let break_glass = wire.break_glass_reason.is_some();
+    if break_glass {
+        if let Err(why) = break_glass_window_ok(wire.break_glass_until_ms, now_ms()) {
+            refuse_audit(state, peer, Some(&rec), why).await;
+            return answer(StatusCode::FORBIDDEN, &denied(why));
+        }
+    }
     let (decision, _) = decide(
         state,
         &Question {
@@ -424,6 +435,7 @@ pub async fn incoming(
             clinician: Some(wire.clinician.clone()),
             clinician_role: wire.clinician_role.clone(),
             break_glass_reason: wire.break_glass_reason.clone(),
+            break_glass_until_ms: wire.break_glass_until_ms,
             request_id: Some(wire.request_id.clone()),
         },
         Payload::Memory(record.payload),
