@@ -116,8 +116,13 @@ fn record(seq: u64, patients: u64) -> AuditRecord {
     let mixed = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 17;
     AuditRecord {
         time_ms: 1_700_000_000_000 + seq,
-        event: ["submitted", "sent", "delivered", "receipt-verified", "policy-decision"]
-            [(seq % 5) as usize]
+        event: [
+            "submitted",
+            "sent",
+            "delivered",
+            "receipt-verified",
+            "policy-decision",
+        ][(seq % 5) as usize]
             .into(),
         transfer_id: Some(transfer),
         peer: Some("facility-b.example".into()),

@@ -13,7 +13,7 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use crate::codec::{body, decode, decode_body, encode};
+use crate::codec::{decode, decode_body, encode, VERSION};
 use crate::error::StoreError;
 use crate::types::{AuditEntry, AuditFilter, AuditRecord, TransferId};
 use crate::{now_ms, tx_err, Store, Trees};
@@ -170,28 +170,67 @@ impl Store {
     /// Appends a record: assigns the next seq, stamps `time_ms` if it is 0, links and hashes
     /// it. Durable after the next [`Store::commit`].
     pub fn audit_append(&self, record: AuditRecord) -> Result<AuditEntry, StoreError> {
-        let mut record = record;
-        if record.time_ms == 0 {
-            record.time_ms = now_ms();
+        self.audit_append_batch([record])?
+            .pop()
+            .ok_or(StoreError::Corrupt {
+                what: WHAT,
+                problem: "append returned no entry",
+            })
+    }
+
+    /// Appends several records atomically and in order, as consecutive seqs. One sled
+    /// transaction for the whole batch: much cheaper per entry than single appends when an
+    /// operation produces several events, or for bulk loads.
+    pub fn audit_append_batch(
+        &self,
+        records: impl IntoIterator<Item = AuditRecord>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        struct Prepared {
+            seq_key: [u8; 8],
+            value: Vec<u8>,
+            patient_key: Option<Vec<u8>>,
+            transfer_key: Option<[u8; 24]>,
+            break_glass: bool,
         }
         let mut tail = self.lock_tail()?;
-        let seq = tail.last_seq + 1;
-        let body = postcard::to_allocvec(&(seq, &record))
-            .map_err(|source| StoreError::Encode { what: WHAT, source })?;
-        let prev_hash = tail.hash;
-        let hash = chain_hash(&prev_hash, &body);
-        let value = encode(
-            WHAT,
-            &StoredEntry {
+        let (mut seq, mut hash) = (tail.last_seq, tail.hash);
+        let mut entries = Vec::new();
+        let mut prepared = Vec::new();
+        for mut record in records {
+            if record.time_ms == 0 {
+                record.time_ms = now_ms();
+            }
+            seq += 1;
+            let body = postcard::to_allocvec(&(seq, &record))
+                .map_err(|source| StoreError::Encode { what: WHAT, source })?;
+            let prev_hash = hash;
+            hash = chain_hash(&prev_hash, &body);
+            let value = encode(
+                WHAT,
+                &StoredEntry {
+                    prev_hash,
+                    hash,
+                    body: &body,
+                },
+            )?;
+            prepared.push(Prepared {
+                seq_key: seq.to_be_bytes(),
+                value,
+                patient_key: record.patient_ref.as_deref().map(|p| patient_key(p, seq)),
+                transfer_key: record.transfer_id.map(|id| transfer_key(&id, seq)),
+                break_glass: record.break_glass,
+            });
+            entries.push(AuditEntry {
+                seq,
+                record,
                 prev_hash,
                 hash,
-                body: &body,
-            },
-        )?;
+            });
+        }
+        if entries.is_empty() {
+            return Ok(entries);
+        }
         let head = encode("audit head", &(seq, hash))?;
-        let seq_key = seq.to_be_bytes();
-        let patient_key = record.patient_ref.as_deref().map(|p| patient_key(p, seq));
-        let transfer_key = record.transfer_id.map(|id| transfer_key(&id, seq));
         let t = self.trees();
         (
             &t.audit,
@@ -201,28 +240,27 @@ impl Store {
             &t.audit_head,
         )
             .transaction(|(audit, by_patient, by_transfer, break_glass, head_tree)| {
-                audit.insert(&seq_key[..], value.as_slice())?;
-                if let Some(key) = &patient_key {
-                    by_patient.insert(key.as_slice(), &[][..])?;
-                }
-                if let Some(key) = &transfer_key {
-                    by_transfer.insert(&key[..], &[][..])?;
-                }
-                if record.break_glass {
-                    break_glass.insert(&seq_key[..], &[][..])?;
+                for p in &prepared {
+                    audit.insert(&p.seq_key[..], p.value.as_slice())?;
+                    if let Some(key) = &p.patient_key {
+                        by_patient.insert(key.as_slice(), &[][..])?;
+                    }
+                    if let Some(key) = &p.transfer_key {
+                        by_transfer.insert(&key[..], &[][..])?;
+                    }
+                    if p.break_glass {
+                        break_glass.insert(&p.seq_key[..], &[][..])?;
+                    }
                 }
                 head_tree.insert(HEAD_KEY, head.as_slice())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(tx_err("append audit entry"))?;
+            .map_err(tx_err("append audit entries"))?;
+        // Only now, after the write, does the in-memory tail move: a failed append leaves
+        // the chain where it was.
         tail.last_seq = seq;
         tail.hash = hash;
-        Ok(AuditEntry {
-            seq,
-            record,
-            prev_hash,
-            hash,
-        })
+        Ok(entries)
     }
 
     /// Entries matching every condition of `filter`, in ascending seq order. A patient or
@@ -301,65 +339,34 @@ impl Store {
     /// are not covered (it checks the log up to the head it read first).
     pub fn audit_verify(&self) -> Result<u64, AuditChainError> {
         let t = self.trees();
-        let storage = |seq: u64| {
-            move |e: sled::Error| AuditChainError {
-                seq,
-                problem: ChainProblem::Storage(e.to_string()),
-            }
-        };
-        let head = t.audit_head.get(HEAD_KEY).map_err(storage(0))?;
-        let head =
-            match head {
-                Some(v) => Some(decode::<(u64, [u8; 32])>("audit head", &v).map_err(|_| {
-                    AuditChainError {
-                        seq: 0,
-                        problem: ChainProblem::HeadMismatch,
-                    }
-                })?),
-                None => None,
-            };
+        let head_fault = |problem| AuditChainError { seq: 0, problem };
+        let head = t
+            .audit_head
+            .get(HEAD_KEY)
+            .map_err(|e| head_fault(ChainProblem::Storage(e.to_string())))?
+            .map(|v| decode::<(u64, [u8; 32])>("audit head", &v))
+            .transpose()
+            .map_err(|_| head_fault(ChainProblem::HeadMismatch))?;
         let bound = head.map_or(u64::MAX, |(seq, _)| seq);
-        let mut digests = IndexDigests::new();
-        let mut expected = 1u64;
-        let mut prev = [0u8; 32];
-        let mut key_buf = Vec::with_capacity(64);
-        for item in t.audit.iter() {
-            let (key, value) = item.map_err(storage(expected))?;
-            let fail = |problem| AuditChainError {
-                seq: expected,
-                problem,
-            };
-            let seq = seq_of_key(&key).ok_or_else(|| fail(ChainProblem::Undecodable))?;
-            if seq > bound {
-                break;
-            }
-            if seq != expected {
-                return Err(fail(ChainProblem::Missing));
-            }
-            let stored: StoredEntry<'_> = body(WHAT, &value)
-                .and_then(|b| decode_body(WHAT, b))
-                .map_err(|_| fail(ChainProblem::Undecodable))?;
-            if stored.prev_hash != prev {
-                return Err(fail(ChainProblem::PrevHashMismatch));
-            }
-            if chain_hash(&prev, stored.body) != stored.hash {
-                return Err(fail(ChainProblem::HashMismatch));
-            }
-            let (body_seq, view): (u64, RecordView<'_>) =
-                decode_body(WHAT, stored.body).map_err(|_| fail(ChainProblem::Undecodable))?;
-            if body_seq != seq {
-                return Err(fail(ChainProblem::SeqMismatch));
-            }
-            digests.add_entry(&mut key_buf, seq, &view);
-            prev = stored.hash;
-            expected += 1;
-        }
-        let count = expected - 1;
+        let state = RandomState::new();
+        // The index trees are scanned on their own threads while this one walks the chain:
+        // the digests are order-independent, and the walk is the longer job.
+        let (walk, index_digests) = std::thread::scope(|scope| {
+            let scans = INDEXES.map(|(_, tree)| {
+                let tree = tree(t);
+                let state = &state;
+                scope.spawn(move || IndexDigest::of_tree(state, tree, bound))
+            });
+            let walk = walk_chain(t, &state, bound);
+            let digests = scans.map(|scan| scan.join());
+            (walk, digests)
+        });
+        let (count, prev, from_entries) = walk?;
         match head {
             Some((head_seq, head_hash)) => {
                 if count < head_seq {
                     return Err(AuditChainError {
-                        seq: expected,
+                        seq: count + 1,
                         problem: ChainProblem::Missing,
                     });
                 }
@@ -378,8 +385,25 @@ impl Store {
             }
             None => {}
         }
-        if !digests.matches_indexes(t, count)? {
-            return Err(self.locate_index_fault(count));
+        for (from_index, from_entry) in index_digests.into_iter().zip(from_entries) {
+            let from_index = match from_index {
+                Ok(Ok(digest)) => digest,
+                Ok(Err(e)) => {
+                    return Err(AuditChainError {
+                        seq: 0,
+                        problem: ChainProblem::Storage(e.to_string()),
+                    })
+                }
+                Err(_) => {
+                    return Err(AuditChainError {
+                        seq: 0,
+                        problem: ChainProblem::Storage("index scan thread panicked".into()),
+                    })
+                }
+            };
+            if from_index != from_entry {
+                return Err(self.locate_index_fault(count));
+            }
         }
         Ok(count)
     }
@@ -497,80 +521,129 @@ fn expected_keys(seq: u64, record: &AuditRecord) -> Vec<(&'static str, TreeOf, V
     keys
 }
 
-/// Order-independent digests of index key multisets: each key is hashed with SipHash under
-/// keys drawn at random for this verification (so a forger cannot aim at them), and the
-/// hashes are summed. Comparing the sum computed from the entries with the sum over each
-/// index tree checks the indexes in one sequential pass each, with no lookups.
-struct IndexDigests {
-    states: [RandomState; 2],
-    sums: [[u64; 2]; 3],
-    counts: [u64; 3],
+/// Order-independent digest of a multiset of index keys: each key is hashed with SipHash
+/// under keys drawn at random for this verification (so a forger cannot aim at them) and
+/// the hashes are summed. Comparing the digest computed from the entries with the digest of
+/// each index tree checks the indexes with one sequential scan each and no lookups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct IndexDigest {
+    sum: u64,
+    count: u64,
 }
 
-impl IndexDigests {
-    fn new() -> Self {
-        IndexDigests {
-            states: [RandomState::new(), RandomState::new()],
-            sums: [[0; 2]; 3],
-            counts: [0; 3],
-        }
+impl IndexDigest {
+    fn add(&mut self, state: &RandomState, key: &[u8]) {
+        let mut h = state.build_hasher();
+        h.write(key);
+        self.sum = self.sum.wrapping_add(h.finish());
+        self.count += 1;
     }
 
-    fn add(&mut self, index: usize, key: &[u8]) {
-        let (Some(sum), Some(count)) = (self.sums.get_mut(index), self.counts.get_mut(index))
-        else {
-            return;
-        };
-        for (state, s) in self.states.iter().zip(sum.iter_mut()) {
-            let mut h = state.build_hasher();
-            h.write(key);
-            *s = s.wrapping_add(h.finish());
+    /// The digest of an index tree's keys for entries up to `bound`; keys of entries appended
+    /// after the verification started are not judged.
+    fn of_tree(state: &RandomState, tree: &sled::Tree, bound: u64) -> Result<Self, sled::Error> {
+        let mut digest = IndexDigest::default();
+        for item in tree.iter() {
+            let (key, _) = item?;
+            let seq = key
+                .len()
+                .checked_sub(8)
+                .and_then(|at| key.get(at..))
+                .and_then(seq_of_key);
+            if seq.is_some_and(|s| s > bound) {
+                continue;
+            }
+            digest.add(state, &key);
         }
-        *count += 1;
+        Ok(digest)
     }
+}
 
-    fn add_entry(&mut self, buf: &mut Vec<u8>, seq: u64, view: &RecordView<'_>) {
+/// The index digests implied by the entries, accumulated during the walk.
+struct EntryDigests<'a> {
+    state: &'a RandomState,
+    digests: [IndexDigest; 3],
+    key_buf: Vec<u8>,
+}
+
+impl EntryDigests<'_> {
+    fn add(&mut self, seq: u64, view: &RecordView<'_>) {
+        let [patient, transfer, glass] = &mut self.digests;
         if let Some(p) = view.patient_ref {
-            buf.clear();
-            buf.extend_from_slice(p.as_bytes());
-            buf.push(0);
-            buf.extend_from_slice(&seq.to_be_bytes());
-            self.add(0, buf);
+            self.key_buf.clear();
+            self.key_buf.extend_from_slice(p.as_bytes());
+            self.key_buf.push(0);
+            self.key_buf.extend_from_slice(&seq.to_be_bytes());
+            patient.add(self.state, &self.key_buf);
         }
         if let Some(id) = &view.transfer_id {
-            self.add(1, &transfer_key(id, seq));
+            transfer.add(self.state, &transfer_key(id, seq));
         }
         if view.break_glass {
-            self.add(2, &seq.to_be_bytes());
+            glass.add(self.state, &seq.to_be_bytes());
         }
     }
+}
 
-    fn matches_indexes(&self, trees: &Trees, count: u64) -> Result<bool, AuditChainError> {
-        let mut from_trees = IndexDigests {
-            states: self.states.clone(),
-            sums: [[0; 2]; 3],
-            counts: [0; 3],
+/// Walks the chain from seq 1 up to `bound`: returns the number of entries, the last hash
+/// and the index digests the entries imply, or the first bad seq.
+fn walk_chain(
+    t: &Trees,
+    state: &RandomState,
+    bound: u64,
+) -> Result<(u64, [u8; 32], [IndexDigest; 3]), AuditChainError> {
+    let mut digests = EntryDigests {
+        state,
+        digests: [IndexDigest::default(); 3],
+        key_buf: Vec::with_capacity(64),
+    };
+    let mut expected = 1u64;
+    let mut prev = [0u8; 32];
+    for item in t.audit.iter() {
+        let fail = |problem| AuditChainError {
+            seq: expected,
+            problem,
         };
-        for (i, (_, tree)) in INDEXES.iter().enumerate() {
-            for item in tree(trees).iter() {
-                let (key, _) = item.map_err(|e| AuditChainError {
-                    seq: 0,
-                    problem: ChainProblem::Storage(e.to_string()),
-                })?;
-                let seq = key
-                    .len()
-                    .checked_sub(8)
-                    .and_then(|at| key.get(at..))
-                    .and_then(seq_of_key);
-                // Keys for entries appended after the walk started are not judged.
-                if seq.is_some_and(|s| s > count) {
-                    continue;
-                }
-                from_trees.add(i, &key);
-            }
+        let (key, value) = item.map_err(|e| fail(ChainProblem::Storage(e.to_string())))?;
+        let seq = seq_of_key(&key).ok_or_else(|| fail(ChainProblem::Undecodable))?;
+        if seq > bound {
+            break;
         }
-        Ok(from_trees.sums == self.sums && from_trees.counts == self.counts)
+        if seq != expected {
+            return Err(fail(ChainProblem::Missing));
+        }
+        let (prev_hash, hash, body) =
+            split_stored(&value).ok_or_else(|| fail(ChainProblem::Undecodable))?;
+        if *prev_hash != prev {
+            return Err(fail(ChainProblem::PrevHashMismatch));
+        }
+        if chain_hash(&prev, body) != *hash {
+            return Err(fail(ChainProblem::HashMismatch));
+        }
+        let (body_seq, view): (u64, RecordView<'_>) =
+            decode_body(WHAT, body).map_err(|_| fail(ChainProblem::Undecodable))?;
+        if body_seq != seq {
+            return Err(fail(ChainProblem::SeqMismatch));
+        }
+        digests.add(seq, &view);
+        prev = *hash;
+        expected += 1;
     }
+    Ok((expected - 1, prev, digests.digests))
+}
+
+/// Splits a stored entry into (prev_hash, hash, body) without copying. This is exactly the
+/// postcard layout of [`StoredEntry`] behind the version byte (arrays carry no length, the
+/// body a varint length), parsed by hand because it is the hot loop of verification.
+pub(crate) fn split_stored(value: &[u8]) -> Option<(&[u8; 32], &[u8; 32], &[u8])> {
+    let (&version, rest) = value.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    let (prev, rest) = rest.split_first_chunk::<32>()?;
+    let (hash, rest) = rest.split_first_chunk::<32>()?;
+    let (body, rest) = postcard::take_from_bytes::<&[u8]>(rest).ok()?;
+    rest.is_empty().then_some((prev, hash, body))
 }
 
 fn chain_hash(prev_hash: &[u8; 32], body: &[u8]) -> [u8; 32] {

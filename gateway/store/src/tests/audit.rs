@@ -363,3 +363,55 @@ fn debug_output_redacts_the_patient() {
     };
     assert!(!format!("{filter:?}").contains("secret-123"));
 }
+
+#[test]
+fn batch_append_continues_the_chain_atomically() {
+    let (_dir, store) = open();
+    let single = fill(&store, 3);
+    let batch = store
+        .audit_append_batch((0..5).map(|i| audit_record(Some("Patient/b"), Some(tid(i)), false)))
+        .expect("batch");
+    assert_eq!(seqs(&batch), vec![4, 5, 6, 7, 8]);
+    assert_eq!(batch[0].prev_hash, single[2].hash);
+    assert!(store
+        .audit_append_batch([])
+        .expect("empty batch")
+        .is_empty());
+    assert_eq!(store.audit_len(), 8);
+    let after = store
+        .audit_append(audit_record(None, None, false))
+        .expect("append");
+    assert_eq!((after.seq, after.prev_hash), (9, batch[4].hash));
+    assert_eq!(store.audit_verify(), Ok(9));
+    let listed = store
+        .audit_list(&AuditFilter {
+            patient: Some("Patient/b".into()),
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    assert_eq!(listed, batch);
+}
+
+#[test]
+fn the_hand_parser_agrees_with_postcard() {
+    let (_dir, store) = open();
+    let entry = store
+        .audit_append(audit_record(Some("Patient/1"), Some(tid(1)), true))
+        .expect("append");
+    let value = store
+        .trees()
+        .audit
+        .get(entry.seq.to_be_bytes())
+        .expect("get")
+        .expect("present");
+    let (prev, hash, body) = crate::audit::split_stored(&value).expect("parse");
+    assert_eq!((*prev, *hash), (entry.prev_hash, entry.hash));
+    assert_eq!(
+        body,
+        postcard::to_allocvec(&(entry.seq, &entry.record)).expect("encode")
+    );
+    let mut longer = value.to_vec();
+    longer.push(0);
+    assert!(crate::audit::split_stored(&longer).is_none());
+    assert!(crate::audit::split_stored(&value[..60]).is_none());
+}
