@@ -2,6 +2,11 @@
 //! (push and pull), other roles may not, and every break-glass decision is flagged in both
 //! audit logs and listed by `gateway audit list --break-glass`.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use std::time::Duration;
 
 use http::StatusCode;
@@ -16,19 +21,30 @@ const WHY: &str = "unconscious patient in the emergency department";
 fn ids(v: &Value) -> Vec<String> {
     v["policy_ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn break_glass_list(node: &Node) -> Vec<Value> {
     let (code, out, err) = node.cli(&["audit", "list", "--break-glass", "--json"]);
     assert_eq!(code, 0, "{err}");
-    serde_json::from_str::<Value>(&out).unwrap().as_array().cloned().unwrap()
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
 
@@ -52,7 +68,11 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
             "treatment",
             "fhir",
             bundle.clone(),
-            &[("clinician", "dr-er"), ("clinician_role", "emergency-physician"), ("break_glass_reason", WHY)],
+            &[
+                ("clinician", "dr-er"),
+                ("clinician_role", "emergency-physician"),
+                ("break_glass_reason", WHY),
+            ],
         )
         .await;
     let bg_transfer = ok.transfer_id();
@@ -68,8 +88,22 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
         if let Some(role) = role {
             extra.push(("clinician_role", role));
         }
-        let denied = a.send("clinic-b", &patient, "treatment", "fhir", bundle.clone(), &extra).await;
-        assert_eq!(denied.status, StatusCode::FORBIDDEN, "{role:?}: {}", denied.body);
+        let denied = a
+            .send(
+                "clinic-b",
+                &patient,
+                "treatment",
+                "fhir",
+                bundle.clone(),
+                &extra,
+            )
+            .await;
+        assert_eq!(
+            denied.status,
+            StatusCode::FORBIDDEN,
+            "{role:?}: {}",
+            denied.body
+        );
         assert!(
             ids(&denied.body).contains(&"forbid-break-glass-unauthorized-role".to_owned()),
             "{role:?}: {}",
@@ -84,14 +118,28 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
             "payment",
             "fhir",
             general.clone(),
-            &[("clinician_role", "emergency-physician"), ("break_glass_reason", WHY)],
+            &[
+                ("clinician_role", "emergency-physician"),
+                ("break_glass_reason", WHY),
+            ],
         )
         .await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.body);
-    assert!(ids(&denied.body).contains(&"forbid-payment-to-non-payer".to_owned()), "{}", denied.body);
+    assert!(
+        ids(&denied.body).contains(&"forbid-payment-to-non-payer".to_owned()),
+        "{}",
+        denied.body
+    );
     // An empty reason is refused outright.
     let empty = a
-        .send("clinic-b", &patient, "treatment", "fhir", bundle.clone(), &[("break_glass_reason", " ")])
+        .send(
+            "clinic-b",
+            &patient,
+            "treatment",
+            "fhir",
+            bundle.clone(),
+            &[("break_glass_reason", " ")],
+        )
         .await;
     assert_eq!(empty.status, StatusCode::BAD_REQUEST, "{}", empty.body);
 
@@ -100,22 +148,58 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
     std::fs::write(&file, &bundle).unwrap();
     let f = file.to_str().unwrap();
     let (code, out, err) = a.cli(&[
-        "send", "--to", "clinic-b", "--patient", &patient, "--purpose", "treatment", "--file", f, "--break-glass",
+        "send",
+        "--to",
+        "clinic-b",
+        "--patient",
+        &patient,
+        "--purpose",
+        "treatment",
+        "--file",
+        f,
+        "--break-glass",
     ]);
     assert_ne!(code, 0, "{out}{err}");
     let (code, out, err) = a.cli(&[
-        "send", "--to", "clinic-b", "--patient", &patient, "--purpose", "treatment", "--file", f, "--clinician-role",
-        "emergency-nurse", "--break-glass", "--reason", WHY,
+        "send",
+        "--to",
+        "clinic-b",
+        "--patient",
+        &patient,
+        "--purpose",
+        "treatment",
+        "--file",
+        f,
+        "--clinician-role",
+        "emergency-nurse",
+        "--break-glass",
+        "--reason",
+        WHY,
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let cli_transfer = out.trim().to_owned();
     a.wait_state(&cli_transfer, "delivered", DELIVERY).await;
     let (code, out, err) = a.cli(&[
-        "send", "--to", "clinic-b", "--patient", &patient, "--purpose", "treatment", "--file", f, "--clinician-role",
-        "physician", "--break-glass", "--reason", WHY,
+        "send",
+        "--to",
+        "clinic-b",
+        "--patient",
+        &patient,
+        "--purpose",
+        "treatment",
+        "--file",
+        f,
+        "--clinician-role",
+        "physician",
+        "--break-glass",
+        "--reason",
+        WHY,
     ]);
     assert_eq!(code, 3, "{out}{err}");
-    assert!(err.contains("break-glass is not allowed for this clinician role"), "{err}");
+    assert!(
+        err.contains("break-glass is not allowed for this clinician role"),
+        "{err}"
+    );
 
     // 4. Sender's audit: permit decisions flagged, naming the break-glass permit and the reason.
     let (_, entries) = a.get(&format!("/v1/audit?transfer={bg_transfer}")).await;
@@ -129,8 +213,14 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
     assert_eq!(decision["outcome"], "permit");
     assert_eq!(decision["break_glass"], true);
     assert_eq!(decision["clinician"], "dr-er");
-    assert!(ids(&decision).contains(&"permit-break-glass-emergency".to_owned()), "{decision}");
-    assert!(decision["reason"].as_str().unwrap().contains(WHY), "{decision}");
+    assert!(
+        ids(&decision).contains(&"permit-break-glass-emergency".to_owned()),
+        "{decision}"
+    );
+    assert!(
+        decision["reason"].as_str().unwrap().contains(WHY),
+        "{decision}"
+    );
     // Receiver's audit: the receive decision and the stored record are flagged too.
     let (_, entries) = b.get(&format!("/v1/audit?transfer={bg_transfer}")).await;
     let entries = entries.as_array().unwrap();
@@ -141,35 +231,66 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
             .unwrap_or_else(|| panic!("receiver has no {event}: {entries:?}"));
         assert_eq!(e["break_glass"], true, "{e}");
     }
-    let receive = entries.iter().find(|e| e["event"] == "policy-decision").unwrap();
+    let receive = entries
+        .iter()
+        .find(|e| e["event"] == "policy-decision")
+        .unwrap();
     assert_eq!(receive["outcome"], "permit");
-    assert!(ids(receive).contains(&"permit-break-glass-emergency".to_owned()), "{receive}");
+    assert!(
+        ids(receive).contains(&"permit-break-glass-emergency".to_owned()),
+        "{receive}"
+    );
 
     // 5. `audit list --break-glass`: only break-glass entries, including both permitted
     //    transfers and the refused attempts; the plain transfer is not there.
     let listed = break_glass_list(&a);
-    assert!(listed.iter().all(|e| e["break_glass"] == true), "{listed:?}");
+    assert!(
+        listed.iter().all(|e| e["break_glass"] == true),
+        "{listed:?}"
+    );
     for t in [&bg_transfer, &cli_transfer] {
-        assert!(listed.iter().any(|e| e["transfer_id"] == t.as_str() && e["outcome"] == "permit"), "{t}");
+        assert!(
+            listed
+                .iter()
+                .any(|e| e["transfer_id"] == t.as_str() && e["outcome"] == "permit"),
+            "{t}"
+        );
     }
     assert!(listed.iter().all(|e| e["transfer_id"] != plain.as_str()));
-    let refused_listed = listed.iter().filter(|e| e["event"] == "policy-decision" && e["outcome"] == "deny").count();
-    assert_eq!(refused_listed, 6, "4 roles + payment + CLI physician: {listed:?}");
+    let refused_listed = listed
+        .iter()
+        .filter(|e| e["event"] == "policy-decision" && e["outcome"] == "deny")
+        .count();
+    assert_eq!(
+        refused_listed, 6,
+        "4 roles + payment + CLI physician: {listed:?}"
+    );
     let listed_b = break_glass_list(&b);
     assert!(listed_b.iter().all(|e| e["break_glass"] == true));
     for t in [&bg_transfer, &cli_transfer] {
-        assert!(listed_b.iter().any(|e| e["transfer_id"] == t.as_str() && e["event"] == "received"), "{t}");
+        assert!(
+            listed_b
+                .iter()
+                .any(|e| e["transfer_id"] == t.as_str() && e["event"] == "received"),
+            "{t}"
+        );
     }
     assert!(listed_b.iter().all(|e| e["transfer_id"] != plain.as_str()));
     // The human-readable listing marks them.
     let (code, out, _) = a.cli(&["audit", "list", "--break-glass"]);
     assert_eq!(code, 0);
-    assert!(out.lines().count() >= listed.len() && out.lines().all(|l| l.contains("BREAK-GLASS")), "{out}");
+    assert!(
+        out.lines().count() >= listed.len() && out.lines().all(|l| l.contains("BREAK-GLASS")),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_pull_request_by_an_emergency_role_is_fulfilled_and_flagged() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
     let bundle = bundle_by_prefix("Chet_Thompson");
@@ -177,21 +298,52 @@ async fn break_glass_pull_request_by_an_emergency_role_is_fulfilled_and_flagged(
     assert!(bundle_categories(&bundle).contains(&"hiv-sti".to_owned()));
     let file = fed.dir.path().join("chet.json");
     std::fs::write(&file, &bundle).unwrap();
-    let (code, _, err) = a.cli(&["records", "put", "--patient", &patient, "--file", file.to_str().unwrap()]);
+    let (code, _, err) = a.cli(&[
+        "records",
+        "put",
+        "--patient",
+        &patient,
+        "--file",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
 
     // A nurse who is not an emergency nurse: refused, exit 3.
     let (code, out, err) = b.cli(&[
-        "request", "--from", "hosp-a", "--patient", &patient, "--purpose", "treatment", "--clinician", "rn-q",
-        "--clinician-role", "nurse", "--break-glass", "--reason", WHY,
+        "request",
+        "--from",
+        "hosp-a",
+        "--patient",
+        &patient,
+        "--purpose",
+        "treatment",
+        "--clinician",
+        "rn-q",
+        "--clinician-role",
+        "nurse",
+        "--break-glass",
+        "--reason",
+        WHY,
     ]);
     assert_eq!(code, 3, "{out}{err}");
     assert!(err.contains("break-glass is not allowed"), "{err}");
 
     // The emergency physician: fulfilled without consent.
     let (code, out, err) = b.cli(&[
-        "request", "--from", "hosp-a", "--patient", &patient, "--purpose", "treatment", "--clinician", "dr-er",
-        "--clinician-role", "emergency-physician", "--break-glass", "--reason", WHY,
+        "request",
+        "--from",
+        "hosp-a",
+        "--patient",
+        &patient,
+        "--purpose",
+        "treatment",
+        "--clinician",
+        "dr-er",
+        "--clinician-role",
+        "emergency-physician",
+        "--break-glass",
+        "--reason",
+        WHY,
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let id = out.split_whitespace().nth(1).unwrap().to_owned();
@@ -200,7 +352,13 @@ async fn break_glass_pull_request_by_an_emergency_role_is_fulfilled_and_flagged(
         DELIVERY,
         {
             let (_, list) = b.get("/v1/requests").await;
-            view = list.as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).cloned().unwrap();
+            view = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == id.as_str())
+                .cloned()
+                .unwrap();
             view["state"] == "fulfilled"
         },
         "break-glass request not fulfilled: {view}\n{}",
@@ -220,8 +378,16 @@ async fn break_glass_pull_request_by_an_emergency_role_is_fulfilled_and_flagged(
                 && e["reason"].as_str().is_some_and(|r| r.contains(&id))
         })
         .unwrap_or_else(|| panic!("holder did not flag the request decision: {holder:?}"));
-    assert!(ids(decision).contains(&"permit-break-glass-emergency".to_owned()), "{decision}");
+    assert!(
+        ids(decision).contains(&"permit-break-glass-emergency".to_owned()),
+        "{decision}"
+    );
     let requester = break_glass_list(&b);
-    assert!(requester.iter().any(|e| e["event"] == "request-sent"), "{requester:?}");
-    assert!(requester.iter().any(|e| e["event"] == "received" && e["transfer_id"] == transfer.as_str()));
+    assert!(
+        requester.iter().any(|e| e["event"] == "request-sent"),
+        "{requester:?}"
+    );
+    assert!(requester
+        .iter()
+        .any(|e| e["event"] == "received" && e["transfer_id"] == transfer.as_str()));
 }

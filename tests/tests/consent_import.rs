@@ -3,6 +3,11 @@
 //! outcome matches what the policies crate's own import tests expect
 //! (policies/tests/consent_import.rs), and imported directives take effect.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use http::StatusCode;
 use pki_tools::FacilityKind;
 use serde_json::Value;
@@ -28,7 +33,10 @@ const EXPECTED: [(&str, Result<&str, &str>); 12] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fhir_consent_example_is_imported_or_refused_with_a_reason() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let a = fed.start("hosp-a");
 
     // The test data holds exactly these twelve files.
@@ -37,8 +45,10 @@ async fn every_fhir_consent_example_is_imported_or_refused_with_a_reason() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     on_disk.sort();
-    let mut expected: Vec<String> =
-        EXPECTED.iter().map(|(n, _)| format!("Consent-consent-example-{n}.json")).collect();
+    let mut expected: Vec<String> = EXPECTED
+        .iter()
+        .map(|(n, _)| format!("Consent-consent-example-{n}.json"))
+        .collect();
     expected.sort();
     assert_eq!(on_disk, expected);
 
@@ -49,7 +59,11 @@ async fn every_fhir_consent_example_is_imported_or_refused_with_a_reason() {
         match outcome {
             Ok(patient) => {
                 assert_eq!(code, 0, "{name}: {out}{err}");
-                let ids: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                let ids: Vec<&str> = out
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
                 assert_eq!(ids.len(), 1, "{name}: one directive id expected: {out:?}");
                 // The printed id is the stored directive, with its FHIR source.
                 let (status, stored) = a.get(&format!("/v1/consents?patient={patient}")).await;
@@ -61,15 +75,28 @@ async fn every_fhir_consent_example_is_imported_or_refused_with_a_reason() {
                     .find(|d| d["id"] == ids[0])
                     .unwrap_or_else(|| panic!("{name}: {} not stored: {stored}", ids[0]))
                     .clone();
-                assert_eq!(d["source"], format!("fhir:Consent/consent-example-{name}"), "{name}: {d}");
+                assert_eq!(
+                    d["source"],
+                    format!("fhir:Consent/consent-example-{name}"),
+                    "{name}: {d}"
+                );
                 imported_ids.push(ids[0].to_owned());
             }
             Err(reason) => {
                 assert_eq!(code, 1, "{name}: refusal must exit 1: {out}{err}");
-                assert!(out.trim().is_empty(), "{name}: refused import printed ids: {out}");
+                assert!(
+                    out.trim().is_empty(),
+                    "{name}: refused import printed ids: {out}"
+                );
                 assert!(err.contains("consent not imported"), "{name}: {err}");
-                assert!(err.contains(reason), "{name}: expected {reason:?} in {err:?}");
-                assert!(!err.contains("Patient/"), "{name}: reason names the patient: {err}");
+                assert!(
+                    err.contains(reason),
+                    "{name}: expected {reason:?} in {err:?}"
+                );
+                assert!(
+                    !err.contains("Patient/"),
+                    "{name}: reason names the patient: {err}"
+                );
             }
         }
     }
@@ -77,8 +104,12 @@ async fn every_fhir_consent_example_is_imported_or_refused_with_a_reason() {
     // Nothing from a refused file reached the store: only the five imports exist, and the
     // patients of refused-only examples have no directives.
     let (_, f001) = a.get("/v1/consents?patient=f001").await;
-    let mut stored: Vec<String> =
-        f001.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect();
+    let mut stored: Vec<String> = f001
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
     stored.sort();
     imported_ids.sort();
     assert_eq!(stored, imported_ids);
@@ -97,12 +128,26 @@ async fn every_fhir_consent_example_is_imported_or_refused_with_a_reason() {
     // The imported opt-out (consent-example-Out) is in force: patient f001's general data is
     // denied to any facility for treatment, while another patient's is not.
     let (code, out, _) = a.cli(&[
-        "policy", "check", "--to", "clinic-b", "--patient", "f001", "--purpose", "treatment",
+        "policy",
+        "check",
+        "--to",
+        "clinic-b",
+        "--patient",
+        "f001",
+        "--purpose",
+        "treatment",
     ]);
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("forbid-patient-deny"), "{out}");
     let (code, out, _) = a.cli(&[
-        "policy", "check", "--to", "clinic-b", "--patient", "someone-else", "--purpose", "treatment",
+        "policy",
+        "check",
+        "--to",
+        "clinic-b",
+        "--patient",
+        "someone-else",
+        "--purpose",
+        "treatment",
     ]);
     assert_eq!(code, 0, "{out}");
 

@@ -3,6 +3,11 @@
 //! revocation takes effect on the next transfer, and a patient's deny directive blocks even
 //! general data for treatment.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use std::time::Duration;
 
 use http::StatusCode;
@@ -24,7 +29,11 @@ const SENSITIVE: [(&str, &str); 4] = [
 fn policy_ids(v: &Value) -> Vec<String> {
     v["policy_ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -53,45 +62,83 @@ async fn sensitive_bundles_need_consent_naming_the_recipient_and_revocation_appl
 
         // 1. No consent on file: refused before anything is queued, with the forbid's id.
         let refused = send_treatment(&a, "clinic-b", &bundle).await;
-        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{prefix}: {}", refused.body);
+        assert_eq!(
+            refused.status,
+            StatusCode::FORBIDDEN,
+            "{prefix}: {}",
+            refused.body
+        );
         assert!(
             policy_ids(&refused.body).contains(&"forbid-sensitive-without-consent".to_owned()),
             "{prefix}: {}",
             refused.body
         );
         assert!(
-            refused.body["error"].as_str().unwrap_or("").contains("no consent on file"),
+            refused.body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no consent on file"),
             "{prefix}: {}",
             refused.body
         );
 
         // 2. A consent naming another facility does not help.
         let (code, out, err) = a.cli(&[
-            "consent", "grant", "--patient", &patient, "--facility", "clinic-c", "--purpose", "treatment",
+            "consent",
+            "grant",
+            "--patient",
+            &patient,
+            "--facility",
+            "clinic-c",
+            "--purpose",
+            "treatment",
         ]);
         assert_eq!(code, 0, "{prefix}: grant to clinic-c: {out}{err}");
         let still = send_treatment(&a, "clinic-b", &bundle).await;
-        assert_eq!(still.status, StatusCode::FORBIDDEN, "{prefix}: consent for clinic-c let clinic-b in");
+        assert_eq!(
+            still.status,
+            StatusCode::FORBIDDEN,
+            "{prefix}: consent for clinic-c let clinic-b in"
+        );
 
         // 3. The patient's consent naming clinic-b, recorded with the CLI: permitted, delivered,
         //    byte-identical at the recipient.
         let (code, out, err) = a.cli(&[
-            "consent", "grant", "--patient", &patient, "--facility", "clinic-b", "--purpose", "treatment",
-            "--recorded-by", "dr-consent",
+            "consent",
+            "grant",
+            "--patient",
+            &patient,
+            "--facility",
+            "clinic-b",
+            "--purpose",
+            "treatment",
+            "--recorded-by",
+            "dr-consent",
         ]);
         assert_eq!(code, 0, "{prefix}: grant: {out}{err}");
         let directive = out.trim().to_owned();
-        assert!(directive.starts_with("cd-"), "{prefix}: grant printed {out:?}");
+        assert!(
+            directive.starts_with("cd-"),
+            "{prefix}: grant printed {out:?}"
+        );
         let sent = send_treatment(&a, "clinic-b", &bundle).await;
         let id = sent.transfer_id();
         a.wait_state(&id, "delivered", DELIVERY).await;
-        assert!(b.fetch(&id).await == bundle, "{prefix}: payload differs at the recipient");
+        assert!(
+            b.fetch(&id).await == bundle,
+            "{prefix}: payload differs at the recipient"
+        );
 
         // 4. Revoked with the CLI: the very next transfer is refused again.
         let (code, out, err) = a.cli(&["consent", "revoke", "--id", &directive]);
         assert_eq!(code, 0, "{prefix}: revoke: {out}{err}");
         let after = send_treatment(&a, "clinic-b", &bundle).await;
-        assert_eq!(after.status, StatusCode::FORBIDDEN, "{prefix}: revoked consent still honoured: {}", after.body);
+        assert_eq!(
+            after.status,
+            StatusCode::FORBIDDEN,
+            "{prefix}: revoked consent still honoured: {}",
+            after.body
+        );
         assert!(policy_ids(&after.body).contains(&"forbid-sensitive-without-consent".to_owned()));
 
         // `consent show` lists both directives; the revoked one is marked.
@@ -114,16 +161,29 @@ async fn sensitive_bundles_need_consent_naming_the_recipient_and_revocation_appl
     // deny with the forbid's id, and every permit names the treatment permit.
     assert_eq!(b.inbox().await.len(), SENSITIVE.len());
     let decisions = a.audit_events("policy-decision").await;
-    let denies: Vec<&Value> = decisions.iter().filter(|d| d["outcome"] == "deny").collect();
-    let permits: Vec<&Value> = decisions.iter().filter(|d| d["outcome"] == "permit").collect();
+    let denies: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| d["outcome"] == "deny")
+        .collect();
+    let permits: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| d["outcome"] == "permit")
+        .collect();
     assert_eq!(denies.len(), 3 * SENSITIVE.len(), "{decisions:?}");
     assert_eq!(permits.len(), SENSITIVE.len(), "{decisions:?}");
     for d in denies {
-        assert!(policy_ids(d).contains(&"forbid-sensitive-without-consent".to_owned()), "{d}");
+        assert!(
+            policy_ids(d).contains(&"forbid-sensitive-without-consent".to_owned()),
+            "{d}"
+        );
         assert_eq!(d["peer"], "clinic-b");
     }
     for p in &permits {
-        assert_eq!(policy_ids(p), vec!["permit-treatment-between-members".to_owned()], "{p}");
+        assert_eq!(
+            policy_ids(p),
+            vec!["permit-treatment-between-members".to_owned()],
+            "{p}"
+        );
     }
     // The recipient decided too, on the consent basis the sender carried in the envelope.
     let received: Vec<Value> = b
@@ -157,13 +217,25 @@ async fn a_deny_directive_covering_the_recipient_blocks_even_general_data() {
 
     // The patient withholds consent from clinic-b (CLI): refused by the patient-deny forbid.
     let (code, out, err) = a.cli(&[
-        "consent", "deny", "--patient", &patient, "--facility", "clinic-b", "--purpose", "treatment",
+        "consent",
+        "deny",
+        "--patient",
+        &patient,
+        "--facility",
+        "clinic-b",
+        "--purpose",
+        "treatment",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let directive = out.trim().to_owned();
     let refused = a.send_bundle("clinic-b", &bundle).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
-    assert_eq!(policy_ids(&refused.body), vec!["forbid-patient-deny".to_owned()], "{}", refused.body);
+    assert_eq!(
+        policy_ids(&refused.body),
+        vec!["forbid-patient-deny".to_owned()],
+        "{}",
+        refused.body
+    );
     // A permit recorded later does not cancel the deny (deny wins).
     let (status, body) = a
         .post_json(
@@ -173,7 +245,10 @@ async fn a_deny_directive_covering_the_recipient_blocks_even_general_data() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(a.send_bundle("clinic-b", &bundle).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        a.send_bundle("clinic-b", &bundle).await.status,
+        StatusCode::FORBIDDEN
+    );
 
     // The deny names clinic-b only: clinic-c still gets the record.
     let to_c = a.send_bundle("clinic-c", &bundle).await.transfer_id();
@@ -184,7 +259,14 @@ async fn a_deny_directive_covering_the_recipient_blocks_even_general_data() {
     let file = fed.dir.path().join("clemente.json");
     std::fs::write(&file, &bundle).unwrap();
     let (code, out, err) = a.cli(&[
-        "send", "--to", "clinic-b", "--patient", &patient, "--purpose", "treatment", "--file",
+        "send",
+        "--to",
+        "clinic-b",
+        "--patient",
+        &patient,
+        "--purpose",
+        "treatment",
+        "--file",
         file.to_str().unwrap(),
     ]);
     assert_eq!(code, 3, "{out}{err}");

@@ -1,6 +1,11 @@
 //! `gateway policy check` against a running node: prints the decision and the determining
 //! policy ids, exits 0 on permit and 3 on deny, and has no side effects.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use pki_tools::FacilityKind;
 use serde_json::json;
 
@@ -18,7 +23,12 @@ fn check(node: &Node, args: &[&str]) -> (i32, String, String, String) {
             .trim()
             .to_owned()
     };
-    (code, line("decision:"), line("determining policies:"), out.clone())
+    (
+        code,
+        line("decision:"),
+        line("determining policies:"),
+        out.clone(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,19 +61,44 @@ async fn policy_check_prints_decision_and_policies_and_exits_0_or_3_without_side
     // (args, expected exit code, expected decision, expected determining policies)
     let cases: Vec<(Vec<&str>, i32, &str, &str)> = vec![
         (
-            vec!["--to", "clinic-b", "--patient", "pat-1", "--purpose", "treatment"],
+            vec![
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-1",
+                "--purpose",
+                "treatment",
+            ],
             0,
             "permit",
             "permit-treatment-between-members",
         ),
         (
-            vec!["--to", "clinic-b", "--patient", "pat-1", "--purpose", "treatment", "--category", "mental-health"],
+            vec![
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-1",
+                "--purpose",
+                "treatment",
+                "--category",
+                "mental-health",
+            ],
             3,
             "deny",
             "forbid-sensitive-without-consent",
         ),
         (
-            vec!["--to", "clinic-b", "--patient", "pat-consented", "--purpose", "treatment", "--category", "hiv-sti"],
+            vec![
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-consented",
+                "--purpose",
+                "treatment",
+                "--category",
+                "hiv-sti",
+            ],
             0,
             "permit",
             "permit-treatment-between-members",
@@ -71,48 +106,100 @@ async fn policy_check_prints_decision_and_policies_and_exits_0_or_3_without_side
         (
             // The consent covers hiv-sti only, not genetic.
             vec![
-                "--to", "clinic-b", "--patient", "pat-consented", "--purpose", "treatment", "--category", "hiv-sti",
-                "--category", "genetic",
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-consented",
+                "--purpose",
+                "treatment",
+                "--category",
+                "hiv-sti",
+                "--category",
+                "genetic",
             ],
             3,
             "deny",
             "forbid-sensitive-without-consent",
         ),
         (
-            vec!["--to", "clinic-b", "--patient", "pat-denied", "--purpose", "treatment"],
+            vec![
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-denied",
+                "--purpose",
+                "treatment",
+            ],
             3,
             "deny",
             "forbid-patient-deny",
         ),
         (
-            vec!["--to", "payer-p", "--patient", "pat-1", "--purpose", "payment"],
+            vec![
+                "--to",
+                "payer-p",
+                "--patient",
+                "pat-1",
+                "--purpose",
+                "payment",
+            ],
             0,
             "permit",
             "permit-payment-to-payers",
         ),
         (
-            vec!["--to", "clinic-b", "--patient", "pat-1", "--purpose", "payment"],
+            vec![
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-1",
+                "--purpose",
+                "payment",
+            ],
             3,
             "deny",
             "forbid-payment-to-non-payer",
         ),
         (
-            vec!["--to", "clinic-b", "--patient", "pat-1", "--purpose", "research"],
+            vec![
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-1",
+                "--purpose",
+                "research",
+            ],
             3,
             "deny",
             "forbid-research-without-consent",
         ),
         (
             // Nothing permits operations: default deny, no determining policy.
-            vec!["--to", "clinic-b", "--patient", "pat-1", "--purpose", "operations"],
+            vec![
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-1",
+                "--purpose",
+                "operations",
+            ],
             3,
             "deny",
             "(none: default deny)",
         ),
         (
             vec![
-                "--to", "clinic-b", "--patient", "pat-1", "--purpose", "treatment", "--category", "hiv-sti",
-                "--clinician-role", "emergency-physician", "--break-glass",
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-1",
+                "--purpose",
+                "treatment",
+                "--category",
+                "hiv-sti",
+                "--clinician-role",
+                "emergency-physician",
+                "--break-glass",
             ],
             0,
             "permit",
@@ -120,7 +207,14 @@ async fn policy_check_prints_decision_and_policies_and_exits_0_or_3_without_side
         ),
         (
             vec![
-                "--to", "clinic-b", "--patient", "pat-1", "--purpose", "treatment", "--clinician-role", "physician",
+                "--to",
+                "clinic-b",
+                "--patient",
+                "pat-1",
+                "--purpose",
+                "treatment",
+                "--clinician-role",
+                "physician",
                 "--break-glass",
             ],
             3,
@@ -129,7 +223,14 @@ async fn policy_check_prints_decision_and_policies_and_exits_0_or_3_without_side
         ),
         (
             // Receiving from clinic-b: this node is the recipient.
-            vec!["--from", "clinic-b", "--patient", "pat-1", "--purpose", "treatment"],
+            vec![
+                "--from",
+                "clinic-b",
+                "--patient",
+                "pat-1",
+                "--purpose",
+                "treatment",
+            ],
             0,
             "permit",
             "permit-treatment-between-members",
@@ -144,16 +245,39 @@ async fn policy_check_prints_decision_and_policies_and_exits_0_or_3_without_side
     }
 
     // Usage errors: an unknown facility, or both --to and --from.
-    let (code, _, err) = a.cli(&["policy", "check", "--to", "nowhere", "--patient", "p", "--purpose", "treatment"]);
+    let (code, _, err) = a.cli(&[
+        "policy",
+        "check",
+        "--to",
+        "nowhere",
+        "--patient",
+        "p",
+        "--purpose",
+        "treatment",
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not in the federation directory"), "{err}");
-    let (code, _, _) =
-        a.cli(&["policy", "check", "--to", "clinic-b", "--from", "clinic-b", "--patient", "p", "--purpose", "treatment"]);
+    let (code, _, _) = a.cli(&[
+        "policy",
+        "check",
+        "--to",
+        "clinic-b",
+        "--from",
+        "clinic-b",
+        "--patient",
+        "p",
+        "--purpose",
+        "treatment",
+    ]);
     assert_eq!(code, 2, "clap usage error expected");
 
     // No side effects: the audit log is exactly as before, nothing was queued.
     let audit_after = a.audit().await;
-    assert_eq!(audit_after.len(), audit_before.len(), "policy check wrote to the audit log");
+    assert_eq!(
+        audit_after.len(),
+        audit_before.len(),
+        "policy check wrote to the audit log"
+    );
     assert_eq!(audit_after, audit_before);
     let (_, transfers) = a.get("/v1/transfers").await;
     assert_eq!(transfers.as_array().map(Vec::len), Some(0), "{transfers}");

@@ -2,6 +2,11 @@
 //! the log says why) and on reload (the old set stays active, the answer says why); a policy
 //! that errors at evaluation makes the decision a Deny whose audit entry carries the error.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +15,8 @@ use pki_tools::FacilityKind;
 
 use tests::{assert_eventually, bundle_by_prefix, gateway_cli, patient_id, Fed, Node};
 
-const SYNTAX_ERROR: &str = "\n@id(\"broken\")\npermit (principal, action, resource) when { context. };\n";
+const SYNTAX_ERROR: &str =
+    "\n@id(\"broken\")\npermit (principal, action, resource) when { context. };\n";
 const SCHEMA_VIOLATION: &str =
     "\n@id(\"unknown-attribute\")\npermit (principal, action, resource) when { context.weather == \"sunny\" };\n";
 const SUSPEND_CLINIC_B: &str = "@id(\"forbid-test-clinic-b-suspended\")\n@reason(\"clinic-b is suspended\")\nforbid (principal == Facility::\"clinic-b\", action, resource);\n";
@@ -46,7 +52,16 @@ fn append(file: &Path, text: &str) {
 
 /// (exit code, stdout) of `gateway policy check --to clinic-b … --purpose treatment`.
 fn check_clinic_b(node: &Node, categories: &[&str]) -> (i32, String) {
-    let mut args = vec!["policy", "check", "--to", "clinic-b", "--patient", "pat-1", "--purpose", "treatment"];
+    let mut args = vec![
+        "policy",
+        "check",
+        "--to",
+        "clinic-b",
+        "--patient",
+        "pat-1",
+        "--purpose",
+        "treatment",
+    ];
     for c in categories {
         args.extend_from_slice(&["--category", c]);
     }
@@ -60,7 +75,10 @@ async fn an_invalid_policy_set_is_refused_at_start_with_exit_64_and_the_reason()
         ("syntax error", SYNTAX_ERROR, "federation.cedar"),
         ("schema violation", SCHEMA_VIOLATION, "weather"),
     ] {
-        let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+        let fed = Fed::new(&[
+            ("hosp-a", FacilityKind::Hospital),
+            ("clinic-b", FacilityKind::Clinic),
+        ]);
         let policies = copy_policies(fed.dir.path());
         append(&policies.join("federation.cedar"), breakage);
         use_policy_dir(&fed, "hosp-a", &policies);
@@ -68,10 +86,20 @@ async fn an_invalid_policy_set_is_refused_at_start_with_exit_64_and_the_reason()
         let mut node = fed.spawn("hosp-a");
         let code = node.wait_exit(Duration::from_secs(30));
         let log = node.log_text();
-        assert_eq!(code, Some(64), "{what}: node did not refuse to start:\n{log}");
+        assert_eq!(
+            code,
+            Some(64),
+            "{what}: node did not refuse to start:\n{log}"
+        );
         assert!(log.contains("policy"), "{what}: {log}");
-        assert!(log.contains(why), "{what}: log does not say why ({why}):\n{log}");
-        assert!(std::net::TcpStream::connect(node.dir.local).is_err(), "{what}: local API is up");
+        assert!(
+            log.contains(why),
+            "{what}: log does not say why ({why}):\n{log}"
+        );
+        assert!(
+            std::net::TcpStream::connect(node.dir.local).is_err(),
+            "{what}: local API is up"
+        );
 
         // `gateway check` refuses the same config the same way.
         let config = fed.nodes["hosp-a"].config_path.to_str().unwrap().to_owned();
@@ -80,7 +108,10 @@ async fn an_invalid_policy_set_is_refused_at_start_with_exit_64_and_the_reason()
         assert!(err.contains(why), "{what}: {err}");
     }
     // Control: the unmodified copy starts.
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let policies = copy_policies(fed.dir.path());
     use_policy_dir(&fed, "hosp-a", &policies);
     let a = fed.start("hosp-a");
@@ -89,7 +120,10 @@ async fn an_invalid_policy_set_is_refused_at_start_with_exit_64_and_the_reason()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reload_keeps_the_old_set_and_a_valid_one_takes_effect() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let policies = copy_policies(fed.dir.path());
     let federation = policies.join("federation.cedar");
     let original = std::fs::read_to_string(&federation).unwrap();
@@ -108,9 +142,15 @@ async fn a_refused_reload_keeps_the_old_set_and_a_valid_one_takes_effect() {
     let (code, out, err) = a.cli(&["policy", "reload"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("previous set stays active"), "{err}");
-    assert!(err.contains("federation.cedar"), "reload answer does not say why: {err}");
+    assert!(
+        err.contains("federation.cedar"),
+        "reload answer does not say why: {err}"
+    );
     assert_eq!(check_clinic_b(&a, &[]), (0, before.clone()));
-    assert_eq!(check_clinic_b(&a, &["mental-health"]), (3, sensitive_before.clone()));
+    assert_eq!(
+        check_clinic_b(&a, &["mental-health"]),
+        (3, sensitive_before.clone())
+    );
     // The file-change reload also refuses it (logged), and decisions stay the same.
     assert_eventually!(
         Duration::from_secs(15),
@@ -121,7 +161,8 @@ async fn a_refused_reload_keeps_the_old_set_and_a_valid_one_takes_effect() {
     assert_eq!(check_clinic_b(&a, &[]), (0, before.clone()));
     // Real transfers are still decided by the old set.
     let sent = a.send_bundle("clinic-b", &general).await.transfer_id();
-    a.wait_state(&sent, "delivered", Duration::from_secs(60)).await;
+    a.wait_state(&sent, "delivered", Duration::from_secs(60))
+        .await;
 
     // 2. A valid new set (original file restored, plus a forbid) is picked up by the
     //    file-change reload without a restart.
@@ -140,7 +181,14 @@ async fn a_refused_reload_keeps_the_old_set_and_a_valid_one_takes_effect() {
     assert!(last.contains("forbid-test-clinic-b-suspended"), "{last}");
     let refused = a.send_bundle("clinic-b", &general).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
-    assert!(refused.body["error"].as_str().unwrap_or("").contains("clinic-b is suspended"), "{}", refused.body);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("clinic-b is suspended"),
+        "{}",
+        refused.body
+    );
     // ... and by an explicit reload, which answers with success.
     std::fs::remove_file(policies.join("suspend.cedar")).unwrap();
     let (code, out, err) = a.cli(&["policy", "reload"]);
@@ -152,7 +200,10 @@ async fn a_refused_reload_keeps_the_old_set_and_a_valid_one_takes_effect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_errors_at_evaluation_denies_and_the_audit_entry_carries_the_error() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let policies = copy_policies(fed.dir.path());
     std::fs::write(policies.join("overflow.cedar"), OVERFLOW).unwrap();
     use_policy_dir(&fed, "hosp-a", &policies);
@@ -172,7 +223,11 @@ async fn a_policy_that_errors_at_evaluation_denies_and_the_audit_entry_carries_t
     let refused = a.send_bundle("clinic-b", &general).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     assert!(
-        refused.body["policy_ids"].as_array().unwrap().iter().any(|p| p == "forbid-overflowing"),
+        refused.body["policy_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "forbid-overflowing"),
         "{}",
         refused.body
     );
@@ -184,5 +239,12 @@ async fn a_policy_that_errors_at_evaluation_denies_and_the_audit_entry_carries_t
     let reason = d["reason"].as_str().unwrap();
     assert!(reason.contains("evaluation errors"), "{reason}");
     assert!(reason.to_lowercase().contains("overflow"), "{reason}");
-    assert!(d["policy_ids"].as_array().unwrap().iter().any(|p| p == "forbid-overflowing"), "{d}");
+    assert!(
+        d["policy_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "forbid-overflowing"),
+        "{d}"
+    );
 }

@@ -3,6 +3,11 @@
 //! denied without it (reason visible to the requester, exit code 3), and both nodes audit the
 //! decision with its policy ids.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -14,7 +19,11 @@ use tests::{assert_eventually, bundle_by_prefix, bundle_categories, patient_id, 
 fn requests_json(node: &Node) -> Vec<Value> {
     let (code, out, err) = node.cli(&["requests", "--json"]);
     assert_eq!(code, 0, "{err}");
-    serde_json::from_str::<Value>(&out).unwrap().as_array().cloned().unwrap()
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap()
 }
 
 fn request_by_id(node: &Node, id: &str) -> Value {
@@ -26,13 +35,20 @@ fn request_by_id(node: &Node, id: &str) -> Value {
 
 /// `request <id> <state>…` → id.
 fn printed_request_id(out: &str) -> String {
-    out.split_whitespace().nth(1).unwrap_or_else(|| panic!("no request id in {out:?}")).to_owned()
+    out.split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no request id in {out:?}"))
+        .to_owned()
 }
 
 fn ids(v: &Value) -> Vec<String> {
     v["policy_ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -47,7 +63,10 @@ async fn audit_mentioning(node: &Node, needle: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
 
@@ -58,12 +77,27 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
     assert!(bundle_categories(&bundle).contains(&"mental-health".to_owned()));
     let file = fed.dir.path().join("eliseo.json");
     std::fs::write(&file, &bundle).unwrap();
-    let (code, out, err) = a.cli(&["records", "put", "--patient", &patient, "--file", file.to_str().unwrap()]);
+    let (code, out, err) = a.cli(&[
+        "records",
+        "put",
+        "--patient",
+        &patient,
+        "--file",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{out}{err}");
 
     let ask = |who: &str| {
         b.cli(&[
-            "request", "--from", "hosp-a", "--patient", &patient, "--purpose", "treatment", "--clinician", who,
+            "request",
+            "--from",
+            "hosp-a",
+            "--patient",
+            &patient,
+            "--purpose",
+            "treatment",
+            "--clinician",
+            who,
         ])
     };
 
@@ -71,13 +105,19 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
     let (code, out, err) = ask("dr-x");
     assert_eq!(code, 3, "{out}{err}");
     assert!(out.contains("denied"), "{out}");
-    assert!(err.contains("no consent on file naming the recipient"), "{err}");
+    assert!(
+        err.contains("no consent on file naming the recipient"),
+        "{err}"
+    );
     let denied_id = printed_request_id(&out);
     let denied = request_by_id(&b, &denied_id);
     assert_eq!(denied["state"], "denied", "{denied}");
     assert!(denied["transfer_id"].is_null(), "{denied}");
     assert!(
-        denied["reason"].as_str().unwrap_or("").contains("no consent on file naming the recipient"),
+        denied["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no consent on file naming the recipient"),
         "{denied}"
     );
     // Nothing was sent.
@@ -88,7 +128,14 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
     // 2. The patient consents to clinic-b: the request is fulfilled with a transfer id and the
     //    record arrives byte-identical.
     let (code, out, err) = a.cli(&[
-        "consent", "grant", "--patient", &patient, "--facility", "clinic-b", "--purpose", "treatment",
+        "consent",
+        "grant",
+        "--patient",
+        &patient,
+        "--facility",
+        "clinic-b",
+        "--purpose",
+        "treatment",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = ask("dr-x");
@@ -110,13 +157,18 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0]["transfer_id"], transfer.as_str());
     assert_eq!(inbox[0]["from"], "hosp-a");
-    assert!(b.fetch(&transfer).await == bundle, "pulled record differs from the one held");
+    assert!(
+        b.fetch(&transfer).await == bundle,
+        "pulled record differs from the one held"
+    );
     let (status, meta) = b.get(&format!("/v1/inbox/{transfer}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(meta["request_id"], ok_id.as_str(), "{meta}");
     assert_eq!(meta["clinician"], "dr-x");
     // The holder's transfer is delivered with a verified receipt.
-    let held = a.wait_state(&transfer, "delivered", Duration::from_secs(60)).await;
+    let held = a
+        .wait_state(&transfer, "delivered", Duration::from_secs(60))
+        .await;
     assert_eq!(held["receipt_held"], true);
 
     // 3. Audit on the holder: a deny and a permit decision, each naming its request and
@@ -128,14 +180,21 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
         .unwrap_or_else(|| panic!("no decision for {denied_id}: {denied_audit:?}"));
     assert_eq!(decision["outcome"], "deny");
     assert_eq!(decision["peer"], "clinic-b");
-    assert!(ids(decision).contains(&"forbid-sensitive-without-consent".to_owned()), "{decision}");
+    assert!(
+        ids(decision).contains(&"forbid-sensitive-without-consent".to_owned()),
+        "{decision}"
+    );
     let ok_audit = audit_mentioning(&a, &ok_id).await;
     let decision = ok_audit
         .iter()
         .find(|e| e["event"] == "policy-decision")
         .unwrap_or_else(|| panic!("no decision for {ok_id}: {ok_audit:?}"));
     assert_eq!(decision["outcome"], "permit");
-    assert_eq!(ids(decision), vec!["permit-treatment-between-members".to_owned()], "{decision}");
+    assert_eq!(
+        ids(decision),
+        vec!["permit-treatment-between-members".to_owned()],
+        "{decision}"
+    );
 
     // Audit on the requester: the denial with the holder's policy ids, and the receive decision
     // for the fulfilled request's transfer.
@@ -145,7 +204,10 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
         .find(|e| e["event"] == "request-answered")
         .unwrap_or_else(|| panic!("requester did not audit the answer: {answered:?}"));
     assert_eq!(answer["outcome"], "denied", "{answer}");
-    assert!(ids(answer).contains(&"forbid-sensitive-without-consent".to_owned()), "{answer}");
+    assert!(
+        ids(answer).contains(&"forbid-sensitive-without-consent".to_owned()),
+        "{answer}"
+    );
     let (_, received) = b.get(&format!("/v1/audit?transfer={transfer}")).await;
     let receive_decision = received
         .as_array()
@@ -161,7 +223,10 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_request_for_a_record_not_held_or_an_unknown_holder_is_refused() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
 
@@ -170,34 +235,70 @@ async fn pull_request_for_a_record_not_held_or_an_unknown_holder_is_refused() {
     let patient = patient_id(&bundle).unwrap();
     let resp = a
         .api()
-        .call(Method::PUT, &format!("/v1/records/{patient}"), axum::body::Body::from(bundle.clone()), None)
+        .call(
+            Method::PUT,
+            &format!("/v1/records/{patient}"),
+            axum::body::Body::from(bundle.clone()),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     // A record whose bundle is about somebody else is refused at PUT.
     let resp = a
         .api()
-        .call(Method::PUT, "/v1/records/someone-else", axum::body::Body::from(bundle.clone()), None)
+        .call(
+            Method::PUT,
+            "/v1/records/someone-else",
+            axum::body::Body::from(bundle.clone()),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
     let (code, out, err) = b.cli(&[
-        "request", "--from", "hosp-a", "--patient", "someone-else", "--purpose", "treatment", "--clinician", "dr-y",
+        "request",
+        "--from",
+        "hosp-a",
+        "--patient",
+        "someone-else",
+        "--purpose",
+        "treatment",
+        "--clinician",
+        "dr-y",
     ]);
     assert_eq!(code, 3, "{out}{err}");
     assert!(err.contains("no record for this patient"), "{err}");
 
     let (code, out, err) = b.cli(&[
-        "request", "--from", "no-such-facility", "--patient", &patient, "--purpose", "treatment", "--clinician",
+        "request",
+        "--from",
+        "no-such-facility",
+        "--patient",
+        &patient,
+        "--purpose",
+        "treatment",
+        "--clinician",
         "dr-y",
     ]);
     assert_ne!(code, 0, "{out}{err}");
-    assert!(err.contains("not active in the federation directory"), "{err}");
+    assert!(
+        err.contains("not active in the federation directory"),
+        "{err}"
+    );
 
     // General data for treatment needs no explicit consent: the pull succeeds.
     let (code, out, err) = b.cli(&[
-        "request", "--from", "hosp-a", "--patient", &patient, "--purpose", "treatment", "--clinician", "dr-y",
+        "request",
+        "--from",
+        "hosp-a",
+        "--patient",
+        &patient,
+        "--purpose",
+        "treatment",
+        "--clinician",
+        "dr-y",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let id = printed_request_id(&out);
