@@ -979,10 +979,12 @@ async fn policy_check(
     if categories.is_empty() {
         categories.insert(Category::General);
     }
+    // Ask exactly what the transfer paths ask: an inbound break-glass record is a receive with
+    // the flag (this node is the recipient); only outbound break-glass is the breakGlass action.
     let action = match (input.direction.as_str(), input.break_glass) {
-        (_, true) => Action::BreakGlass,
+        ("receive", _) => Action::Receive,
+        ("send" | "request", true) => Action::BreakGlass,
         ("send", false) => Action::Send,
-        ("receive", false) => Action::Receive,
         ("request", false) => Action::Request,
         _ => {
             return error(
