@@ -537,3 +537,28 @@ impl Node {
         self.audit().await.into_iter().filter(|e| e["event"] == event).collect()
     }
 }
+
+/// A copy of the shipped policy set (policies/cedar) in `dir`/policies, for tests that run a
+/// node with an operator policy directory.
+pub fn copy_policies(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/cedar");
+    let dst = dir.join("policies");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["federation.cedar", "schema.cedarschema"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    dst
+}
+
+impl Fed {
+    /// Points a node's config at `policy_dir` (`[policy] dir`) and makes it look for changed
+    /// policy files every second. Call before starting the node.
+    pub fn use_policy_dir(&self, id: &str, policy_dir: &Path) {
+        let path = &self.nodes[id].config_path;
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains("[federation]\n"), "config template changed");
+        let text = text.replace("[federation]\n", "[federation]\nreload_interval_secs = 1\n")
+            + &format!("\n[policy]\ndir = \"{}\"\n", policy_dir.display());
+        std::fs::write(path, text).unwrap();
+    }
+}

@@ -13,7 +13,9 @@ use http::StatusCode;
 use pki_tools::FacilityKind;
 use serde_json::Value;
 
-use tests::{assert_eventually, bundle_by_prefix, bundle_categories, patient_id, Fed, Node};
+use tests::{
+    assert_eventually, bundle_by_prefix, bundle_categories, copy_policies, patient_id, Fed, Node,
+};
 
 const DELIVERY: Duration = Duration::from_secs(90);
 const WHY: &str = "unconscious patient in the emergency department";
@@ -390,4 +392,90 @@ async fn break_glass_pull_request_by_an_emergency_role_is_fulfilled_and_flagged(
     assert!(requester
         .iter()
         .any(|e| e["event"] == "received" && e["transfer_id"] == transfer.as_str()));
+}
+
+/// The receiver's own policy sees the right facilities for a break-glass push: principal =
+/// itself (the recipient), resource.sender = the sending peer, exactly as for a normal push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receivers_policy_applies_to_break_glass_pushes_with_the_sender_as_sender() {
+    const REFUSE_HOSP_A: &str = "@id(\"forbid-records-from-hosp-a\")\n@reason(\"this clinic does not accept records from hosp-a\")\nforbid (principal == Facility::\"clinic-b\", action, resource)\nwhen { resource.sender == Facility::\"hosp-a\" };\n";
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let policies = copy_policies(fed.dir.path());
+    std::fs::write(policies.join("local.cedar"), REFUSE_HOSP_A).unwrap();
+    fed.use_policy_dir("clinic-b", &policies);
+    let a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let bundle = bundle_by_prefix("Clemente_Kreiger");
+    let patient = patient_id(&bundle).unwrap();
+
+    // Control: a normal push is refused by clinic-b's policy.
+    let plain = a.send_bundle("clinic-b", &bundle).await.transfer_id();
+    let view = a.wait_state(&plain, "failed", DELIVERY).await;
+    assert!(
+        view["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not accept records from hosp-a"),
+        "{view}"
+    );
+    // A break-glass push by an emergency physician: hosp-a permits it, clinic-b's policy
+    // still refuses it (break-glass lifts consent forbids, not the receiver's own forbids).
+    let bg = a
+        .send(
+            "clinic-b",
+            &patient,
+            "treatment",
+            "fhir",
+            bundle.clone(),
+            &[
+                ("clinician_role", "emergency-physician"),
+                ("break_glass_reason", WHY),
+            ],
+        )
+        .await
+        .transfer_id();
+    let view = a.wait_state(&bg, "failed", DELIVERY).await;
+    assert!(
+        view["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not accept records from hosp-a"),
+        "{view}"
+    );
+    assert!(b.inbox().await.is_empty());
+    let (_, entries) = b.get(&format!("/v1/audit?transfer={bg}")).await;
+    let decision = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "policy-decision")
+        .cloned()
+        .unwrap_or_else(|| panic!("no receive decision: {entries}"));
+    assert_eq!(decision["outcome"], "deny", "{decision}");
+    assert_eq!(decision["break_glass"], true);
+    assert_eq!(
+        ids(&decision),
+        vec!["forbid-records-from-hosp-a".to_owned()],
+        "{decision}"
+    );
+
+    // `policy check --from hosp-a --break-glass` on clinic-b gives the same answer.
+    let (code, out, _) = b.cli(&[
+        "policy",
+        "check",
+        "--from",
+        "hosp-a",
+        "--patient",
+        &patient,
+        "--purpose",
+        "treatment",
+        "--clinician-role",
+        "emergency-physician",
+        "--break-glass",
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("forbid-records-from-hosp-a"), "{out}");
 }

@@ -7,13 +7,15 @@
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use http::StatusCode;
 use pki_tools::FacilityKind;
 
-use tests::{assert_eventually, bundle_by_prefix, gateway_cli, patient_id, Fed, Node};
+use tests::{
+    assert_eventually, bundle_by_prefix, copy_policies, gateway_cli, patient_id, Fed, Node,
+};
 
 const SYNTAX_ERROR: &str =
     "\n@id(\"broken\")\npermit (principal, action, resource) when { context. };\n";
@@ -22,27 +24,6 @@ const SCHEMA_VIOLATION: &str =
 const SUSPEND_CLINIC_B: &str = "@id(\"forbid-test-clinic-b-suspended\")\n@reason(\"clinic-b is suspended\")\nforbid (principal == Facility::\"clinic-b\", action, resource);\n";
 /// `context.now` (Unix seconds, a Long) times i64::MAX overflows on every evaluation.
 const OVERFLOW: &str = "@id(\"forbid-overflowing\")\n@reason(\"overflow test\")\nforbid (principal, action, resource)\nwhen { context.now * 9223372036854775807 > 0 };\n";
-
-/// A copy of the shipped policy set (policies/cedar) in `dir`.
-fn copy_policies(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/cedar");
-    let dst = dir.join("policies");
-    std::fs::create_dir_all(&dst).unwrap();
-    for f in ["federation.cedar", "schema.cedarschema"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
-    }
-    dst
-}
-
-/// Points a node at `policy_dir` and makes it look for changed files every second.
-fn use_policy_dir(fed: &Fed, id: &str, policy_dir: &Path) {
-    let path = &fed.nodes[id].config_path;
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains("[federation]\n"));
-    let text = text.replace("[federation]\n", "[federation]\nreload_interval_secs = 1\n")
-        + &format!("\n[policy]\ndir = \"{}\"\n", policy_dir.display());
-    std::fs::write(path, text).unwrap();
-}
 
 fn append(file: &Path, text: &str) {
     let mut s = std::fs::read_to_string(file).unwrap();
@@ -81,7 +62,7 @@ async fn an_invalid_policy_set_is_refused_at_start_with_exit_64_and_the_reason()
         ]);
         let policies = copy_policies(fed.dir.path());
         append(&policies.join("federation.cedar"), breakage);
-        use_policy_dir(&fed, "hosp-a", &policies);
+        fed.use_policy_dir("hosp-a", &policies);
 
         let mut node = fed.spawn("hosp-a");
         let code = node.wait_exit(Duration::from_secs(30));
@@ -113,7 +94,7 @@ async fn an_invalid_policy_set_is_refused_at_start_with_exit_64_and_the_reason()
         ("clinic-b", FacilityKind::Clinic),
     ]);
     let policies = copy_policies(fed.dir.path());
-    use_policy_dir(&fed, "hosp-a", &policies);
+    fed.use_policy_dir("hosp-a", &policies);
     let a = fed.start("hosp-a");
     assert_eq!(check_clinic_b(&a, &[]).0, 0);
 }
@@ -127,7 +108,7 @@ async fn a_refused_reload_keeps_the_old_set_and_a_valid_one_takes_effect() {
     let policies = copy_policies(fed.dir.path());
     let federation = policies.join("federation.cedar");
     let original = std::fs::read_to_string(&federation).unwrap();
-    use_policy_dir(&fed, "hosp-a", &policies);
+    fed.use_policy_dir("hosp-a", &policies);
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
     let general = bundle_by_prefix("Clemente_Kreiger");
@@ -206,7 +187,7 @@ async fn a_policy_that_errors_at_evaluation_denies_and_the_audit_entry_carries_t
     ]);
     let policies = copy_policies(fed.dir.path());
     std::fs::write(policies.join("overflow.cedar"), OVERFLOW).unwrap();
-    use_policy_dir(&fed, "hosp-a", &policies);
+    fed.use_policy_dir("hosp-a", &policies);
     let a = fed.start("hosp-a");
     let _b = fed.start("clinic-b");
 
