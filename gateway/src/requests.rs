@@ -6,7 +6,7 @@
 //! comes back at once with a reason the doctor can act on, without protected details.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +31,9 @@ use crate::trust::now_ms;
 pub const REQUEST_PATH: &str = "/v1/requests";
 const REQUEST_DOMAIN: &str = "healthfed/record-request/1";
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Serializes read-modify-write updates of stored request views (the answer to a request and
+/// the arrival of its record are handled by different tasks).
+static VIEW_UPDATE: Mutex<()> = Mutex::new(());
 /// A pull request not answered by a transfer within this time is shown as expired.
 const REQUEST_LIFETIME_MS: u64 = 24 * 3600 * 1000;
 
@@ -123,6 +126,7 @@ pub fn list(state: &NodeState) -> Result<Vec<RequestView>, String> {
 
 /// Called by the inbox when a transfer answering one of our requests arrives.
 pub fn mark_fulfilled(state: &NodeState, request_id: &str, transfer: TransferId) {
+    let _guard = VIEW_UPDATE.lock().unwrap_or_else(PoisonError::into_inner);
     let Ok(Some(bytes)) = state.store.request_get(&store_key(request_id)) else {
         return;
     };
@@ -203,15 +207,7 @@ pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView
             view.reason = answer.reason.clone();
             view.transfer_id = answer.transfer_id.clone();
             view.state = match (status, answer.status.as_str()) {
-                (StatusCode::ACCEPTED, _) => {
-                    // The record may already have arrived (the transfer races this answer).
-                    match state.store.request_get(&store_key(&id)) {
-                        Ok(Some(b)) => serde_json::from_slice::<RequestView>(&b)
-                            .map(|v| v.state)
-                            .unwrap_or_else(|_| "pending".to_owned()),
-                        _ => "pending".to_owned(),
-                    }
-                }
+                (StatusCode::ACCEPTED, _) => "pending".to_owned(),
                 (_, "denied") => "denied".to_owned(),
                 _ => "failed".to_owned(),
             };
@@ -221,7 +217,23 @@ pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView
             view.reason = Some(e);
         }
     }
-    save(state, &view)?;
+    {
+        // The record may arrive before this answer (the transfer races it) and the inbox marks
+        // the request fulfilled from another task: read and write under the same lock as
+        // `mark_fulfilled`, so that neither update overwrites the other.
+        let _guard = VIEW_UPDATE.lock().unwrap_or_else(PoisonError::into_inner);
+        if view.state == "pending" {
+            if let Ok(Some(b)) = state.store.request_get(&store_key(&id)) {
+                if let Ok(stored) = serde_json::from_slice::<RequestView>(&b) {
+                    if stored.state == "fulfilled" {
+                        view.state = stored.state;
+                        view.transfer_id = stored.transfer_id;
+                    }
+                }
+            }
+        }
+        save(state, &view)?;
+    }
     let mut rec = audit::record(event::REQUEST_ANSWERED, &view.state);
     rec.peer = Some(holder.id.to_string());
     rec.patient_ref = Some(view.patient.clone());
