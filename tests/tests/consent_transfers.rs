@@ -278,4 +278,38 @@ async fn a_deny_directive_covering_the_recipient_blocks_even_general_data() {
     let again = a.send_bundle("clinic-b", &bundle).await.transfer_id();
     a.wait_state(&again, "delivered", DELIVERY).await;
     assert_eq!(b.inbox().await.len(), 2);
+
+    // A consent's end date counts: one that ended in 2020 grants nothing, one running to 2099
+    // does (CLI --until, inclusive day).
+    let eliseo = bundle_by_prefix("Eliseo_Cummings");
+    let eliseo_patient = patient_id(&eliseo).unwrap();
+    let grant_until = |day: &str| {
+        a.cli(&[
+            "consent",
+            "grant",
+            "--patient",
+            &eliseo_patient,
+            "--facility",
+            "clinic-b",
+            "--purpose",
+            "treatment",
+            "--until",
+            day,
+        ])
+    };
+    let (code, out, err) = grant_until("2020-01-31");
+    assert_eq!(code, 0, "{out}{err}");
+    let expired = a.send_bundle("clinic-b", &eliseo).await;
+    assert_eq!(
+        expired.status,
+        StatusCode::FORBIDDEN,
+        "expired consent honoured: {}",
+        expired.body
+    );
+    let (code, _, _) = grant_until("31/01/2099");
+    assert_eq!(code, 64, "a malformed --until is a usage error");
+    let (code, out, err) = grant_until("2099-01-31");
+    assert_eq!(code, 0, "{out}{err}");
+    let ok = a.send_bundle("clinic-b", &eliseo).await.transfer_id();
+    a.wait_state(&ok, "delivered", DELIVERY).await;
 }
