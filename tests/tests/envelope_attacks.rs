@@ -18,6 +18,17 @@ use common::{add_config_line, ca_pem, encryption_key, seal, signing_key, wait_re
 
 const PATH: &str = "/v1/envelopes";
 
+/// Names of the files in a node's spool directory (`inbox` or `outbox`).
+fn spool_files(node_dir: &std::path::Path, kind: &str) -> Vec<String> {
+    let dir = node_dir.join("data").join("spool").join(kind);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn inbox_ids(inbox: &[Value]) -> Vec<String> {
     inbox.iter().map(|e| e["transfer_id"].as_str().unwrap().to_owned()).collect()
 }
@@ -113,8 +124,10 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
     assert_refusal_audited(&b, &id, "truncated").await;
 
-    // Nothing but the control envelope was stored, and the audit chain is intact.
+    // Nothing but the control envelope was stored (not even a partial spool file), and the
+    // audit chain is intact.
     assert_eq!(inbox_ids(&b.inbox().await), vec![good_id.to_string()]);
+    assert_eq!(spool_files(b_dir, "inbox"), vec![good_id.to_string()]);
     assert_eq!(b.fetch(&good_id.to_string()).await, payload);
     assert!(b.audit_verifies().await);
 }
@@ -153,5 +166,6 @@ async fn oversized_and_malformed_bodies_change_nothing() {
     let audit = b.audit().await;
     assert_eq!(audit.len(), audit_before + 2, "{audit:#?}");
     assert!(b.inbox().await.is_empty());
+    assert!(spool_files(&fed.nodes["clinic-b"].dir, "inbox").is_empty());
     assert!(b.audit_verifies().await);
 }

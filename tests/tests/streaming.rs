@@ -98,9 +98,11 @@ async fn a_200_mb_record_streams_through_with_bounded_memory() {
     let (status, body) = collect_json(resp).await.unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["transfer_id"].as_str().unwrap().to_owned();
+    let accepted_after = started.elapsed();
     let view = a.wait_state(&id, "delivered", Duration::from_secs(180)).await;
     assert_eq!(view["payload_bytes"], TOTAL);
     assert_eq!(view["receipt_held"], true);
+    let delivered_after = started.elapsed();
 
     // Fetch and hash as it streams; never hold the record in test memory.
     let resp = b
@@ -120,7 +122,10 @@ async fn a_200_mb_record_streams_through_with_bounded_memory() {
     }
     assert_eq!(received, TOTAL);
     assert_eq!(ctx.finish().as_ref(), expected.as_ref(), "fetched payload differs from what was sent");
-    eprintln!("200 MB sent, delivered and fetched in {:?}", started.elapsed());
+    eprintln!(
+        "200 MB: accepted after {accepted_after:?}, delivered after {delivered_after:?}, fetched after {:?}",
+        started.elapsed()
+    );
 
     for node in [&a, &b] {
         let kb = peak_rss_kb(node.pid());

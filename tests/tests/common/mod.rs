@@ -46,6 +46,7 @@ pub fn general_metadata() -> Vec<u8> {
         clinician: None,
         clinician_role: None,
         break_glass_reason: None,
+        break_glass_until_ms: None,
         request_id: None,
         consent_basis: None,
     }
