@@ -30,17 +30,26 @@ fn spool_files(node_dir: &std::path::Path, kind: &str) -> Vec<String> {
 }
 
 fn inbox_ids(inbox: &[Value]) -> Vec<String> {
-    inbox.iter().map(|e| e["transfer_id"].as_str().unwrap().to_owned()).collect()
+    inbox
+        .iter()
+        .map(|e| e["transfer_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Asserts the receiver audited a refusal of transfer `id` whose reason contains `needle`.
 async fn assert_refusal_audited(node: &Node, id: &TransferId, needle: &str) {
     let hex = id.to_string();
-    let entry = wait_rejection(node, Duration::from_secs(10), |e| e["transfer_id"] == hex.as_str()).await;
+    let entry = wait_rejection(node, Duration::from_secs(10), |e| {
+        e["transfer_id"] == hex.as_str()
+    })
+    .await;
     assert_eq!(entry["outcome"], "refused", "{entry}");
     assert_eq!(entry["peer"], "hosp-a", "{entry}");
     let reason = entry["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains(needle), "reason {reason:?} does not mention {needle:?}");
+    assert!(
+        reason.contains(needle),
+        "reason {reason:?} does not mention {needle:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +66,11 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
     let ident = RawIdentity::from_node_dir(a_dir);
     let signer = signing_key(a_dir);
     let to_b = encryption_key(b_dir);
-    let b_verifying = VerifyingKey(FacilityFile::load(&b_dir.join("facility.json")).unwrap().signing_public_key);
+    let b_verifying = VerifyingKey(
+        FacilityFile::load(&b_dir.join("facility.json"))
+            .unwrap()
+            .signing_public_key,
+    );
     let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let post = |body: Vec<u8>| raw_peer_post(b.dir.peer, &ca, &ident, PATH, body);
 
@@ -67,7 +80,10 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
     let good = seal(good_id, "hosp-a", "clinic-b", &signer, &to_b, &payload);
     let (status, receipt) = post(good.clone()).await.unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&receipt));
-    let verified = SignedReceipt::from_bytes(&receipt).unwrap().verify(&[b_verifying]).unwrap();
+    let verified = SignedReceipt::from_bytes(&receipt)
+        .unwrap()
+        .verify(&[b_verifying])
+        .unwrap();
     assert_eq!(verified.transfer_id, good_id);
     assert_eq!(verified.payload_digest, gateway_envelope::sha256(&payload));
     assert_eq!(inbox_ids(&b.inbox().await), vec![good_id.to_string()]);
@@ -75,7 +91,10 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
     // Replay: the same bytes again → 409 with the original receipt, nothing new stored.
     let (status, again) = post(good.clone()).await.unwrap();
     assert_eq!(status, 409);
-    assert_eq!(again, receipt, "a replay must get the original receipt back");
+    assert_eq!(
+        again, receipt,
+        "a replay must get the original receipt back"
+    );
     let dup = wait_rejection(&b, Duration::from_secs(10), |e| {
         e["transfer_id"] == good_id.to_string().as_str() && e["outcome"] == "duplicate"
     })
@@ -95,7 +114,10 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
     let id = TransferId::new_random().unwrap();
     let mut env = seal(id, "hosp-a", "clinic-b", &signer, &to_b, &payload);
     let digest = gateway_envelope::sha256(&payload);
-    let pos = env.windows(32).position(|w| w == digest).expect("payload digest in the header");
+    let pos = env
+        .windows(32)
+        .position(|w| w == digest)
+        .expect("payload digest in the header");
     env[pos] ^= 0x80;
     let (status, text) = post(env).await.unwrap();
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&text));
@@ -134,7 +156,10 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_bodies_change_nothing() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     add_config_line(&fed, "clinic-b", "peer", "max_envelope_bytes = 1000000");
     let b = fed.start("clinic-b");
     let ca = ca_pem(&fed);
@@ -142,10 +167,14 @@ async fn oversized_and_malformed_bodies_change_nothing() {
     let audit_before = b.audit().await.len();
 
     // Oversized: 2 MB against a 1 MB limit.
-    let (status, text) = raw_peer_post(b.dir.peer, &ca, &ident, PATH, vec![0x42; 2_000_000]).await.unwrap();
+    let (status, text) = raw_peer_post(b.dir.peer, &ca, &ident, PATH, vec![0x42; 2_000_000])
+        .await
+        .unwrap();
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&text));
     let big = wait_rejection(&b, Duration::from_secs(10), |e| {
-        e["reason"].as_str().is_some_and(|r| r.contains("larger than this node accepts"))
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("larger than this node accepts"))
     })
     .await;
     assert_eq!(big["peer"], "hosp-a");
@@ -154,10 +183,14 @@ async fn oversized_and_malformed_bodies_change_nothing() {
     // Malformed: random bytes are not an envelope.
     let mut noise = vec![0u8; 4096];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut noise).unwrap();
-    let (status, text) = raw_peer_post(b.dir.peer, &ca, &ident, PATH, noise).await.unwrap();
+    let (status, text) = raw_peer_post(b.dir.peer, &ca, &ident, PATH, noise)
+        .await
+        .unwrap();
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
     let bad = wait_rejection(&b, Duration::from_secs(10), |e| {
-        e["reason"].as_str().is_some_and(|r| r.contains("malformed"))
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("malformed"))
     })
     .await;
     assert_eq!(bad["peer"], "hosp-a");

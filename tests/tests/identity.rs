@@ -23,18 +23,25 @@ async fn refused_connection(node: &Node, needle: &str) -> Value {
     let needle = needle.to_ascii_lowercase();
     wait_rejection(node, Duration::from_secs(10), |e| {
         e["outcome"] == "connection-refused"
-            && e["reason"].as_str().is_some_and(|r| r.to_ascii_lowercase().contains(&needle))
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.to_ascii_lowercase().contains(&needle))
     })
     .await
 }
 
 fn endpoint(addr: SocketAddr) -> Endpoint {
-    format!("https://{}:{}", addr.ip(), addr.port()).parse().unwrap()
+    format!("https://{}:{}", addr.ip(), addr.port())
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_from_non_members_are_refused_and_audited() {
-    let mut fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let mut fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     // Reload the CRL and directory every second so the revocation case does not wait 10 s.
     add_config_line(&fed, "clinic-b", "federation", "reload_interval_secs = 1");
     let b = fed.start("clinic-b");
@@ -46,54 +53,100 @@ async fn connections_from_non_members_are_refused_and_audited() {
     // Control: hosp-a's genuine identity gets through TLS and identity (the empty body is then
     // refused by the envelope layer, which proves the request reached the route).
     let genuine = RawIdentity::from_node_dir(&a_dir);
-    let (status, _) = raw_peer_post(b.dir.peer, &ca, &genuine, PATH, Vec::new()).await.unwrap();
+    let (status, _) = raw_peer_post(b.dir.peer, &ca, &genuine, PATH, Vec::new())
+        .await
+        .unwrap();
     assert_eq!(status, 400);
     assert!(
-        !b.audit().await.iter().any(|e| e["outcome"] == "connection-refused"),
+        !b.audit()
+            .await
+            .iter()
+            .any(|e| e["outcome"] == "connection-refused"),
         "the genuine member must not be refused"
     );
 
     // Unknown CA: a certificate for "hosp-a" from another federation's CA.
     let foreign_dir = tempfile::tempdir().unwrap();
-    let mut foreign = Federation::init(&foreign_dir.path().join("fed"), "Foreign Federation", false).unwrap();
+    let mut foreign =
+        Federation::init(&foreign_dir.path().join("fed"), "Foreign Federation", false).unwrap();
     foreign
-        .add_facility(&a_id, "Impostor", &a_endpoint, FacilityKind::Hospital, &foreign_dir.path().join("node"))
+        .add_facility(
+            &a_id,
+            "Impostor",
+            &a_endpoint,
+            FacilityKind::Hospital,
+            &foreign_dir.path().join("node"),
+        )
         .unwrap();
     let impostor = RawIdentity::from_node_dir(&foreign_dir.path().join("node"));
     let result = raw_peer_post(b.dir.peer, &ca, &impostor, PATH, b"x".to_vec()).await;
-    assert!(result.is_err(), "a foreign CA's certificate got an answer: {result:?}");
+    assert!(
+        result.is_err(),
+        "a foreign CA's certificate got an answer: {result:?}"
+    );
     let e = refused_connection(&b, "unknownissuer").await;
-    assert!(e["reason"].as_str().unwrap().starts_with("tls handshake refused"), "{e}");
+    assert!(
+        e["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("tls handshake refused"),
+        "{e}"
+    );
 
     // Expired: hosp-a's name, our CA, but not valid since yesterday.
     let expired_dir = fed.dir.path().join("expired-a");
     let now = time::OffsetDateTime::now_utc();
     fed.pki
-        .issue_tls_cert_with_validity(&a_id, &a_endpoint, now - time::Duration::days(3), now - time::Duration::days(1), &expired_dir)
+        .issue_tls_cert_with_validity(
+            &a_id,
+            &a_endpoint,
+            now - time::Duration::days(3),
+            now - time::Duration::days(1),
+            &expired_dir,
+        )
         .unwrap();
     let expired = RawIdentity::from_node_dir(&expired_dir);
     let result = raw_peer_post(b.dir.peer, &ca, &expired, PATH, b"x".to_vec()).await;
-    assert!(result.is_err(), "an expired certificate got an answer: {result:?}");
+    assert!(
+        result.is_err(),
+        "an expired certificate got an answer: {result:?}"
+    );
     refused_connection(&b, "expired").await;
 
     // Not in the directory: a facility the CA certified but the operator never published.
     let unlisted = fed.add("lab-x", FacilityKind::Lab);
     let unlisted_id = RawIdentity::from_node_dir(&unlisted.dir);
     let result = raw_peer_post(b.dir.peer, &ca, &unlisted_id, PATH, b"x".to_vec()).await;
-    assert!(result.is_err(), "an unpublished facility got an answer: {result:?}");
+    assert!(
+        result.is_err(),
+        "an unpublished facility got an answer: {result:?}"
+    );
     let e = refused_connection(&b, "not in the federation directory").await;
     assert_eq!(e["peer"], "lab-x", "{e}");
-    assert!(e["reason"].as_str().unwrap().starts_with("peer identity refused"), "{e}");
+    assert!(
+        e["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("peer identity refused"),
+        "{e}"
+    );
 
     // Revoked: hosp-a's genuine certificate, once the CRL lists it, is refused at the handshake.
     fed.pki.revoke(&a_id, Some("key-compromise")).unwrap();
     fed.publish();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if raw_peer_post(b.dir.peer, &ca, &genuine, PATH, Vec::new()).await.is_err() {
+        if raw_peer_post(b.dir.peer, &ca, &genuine, PATH, Vec::new())
+            .await
+            .is_err()
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "revoked hosp-a still accepted after 15 s\n{}", b.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "revoked hosp-a still accepted after 15 s\n{}",
+            b.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     refused_connection(&b, "revoked").await;
@@ -105,15 +158,26 @@ async fn connections_from_non_members_are_refused_and_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_to_a_server_that_is_another_facility_is_not_made() {
-    let mut fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-c", FacilityKind::Clinic)]);
+    let mut fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-c", FacilityKind::Clinic),
+    ]);
     // The directory says clinic-b lives at clinic-c's address.
     let c_peer = fed.nodes["clinic-c"].peer;
-    fed.add_at("clinic-b", FacilityKind::Clinic, c_peer, "127.0.0.1:9".parse().unwrap());
+    fed.add_at(
+        "clinic-b",
+        FacilityKind::Clinic,
+        c_peer,
+        "127.0.0.1:9".parse().unwrap(),
+    );
     fed.publish();
     let a = fed.start("hosp-a");
     let c = fed.start("clinic-c");
 
-    let id = a.send_bundle("clinic-b", &bundle("Bundle-micro.json")).await.transfer_id();
+    let id = a
+        .send_bundle("clinic-b", &bundle("Bundle-micro.json"))
+        .await
+        .transfer_id();
     let expected = "server is facility clinic-c, expected clinic-b";
     let mut view: Value;
     tests::assert_eventually!(
@@ -121,7 +185,9 @@ async fn delivery_to_a_server_that_is_another_facility_is_not_made() {
         {
             view = a.transfer(&id).await;
             view["attempts"].as_u64().unwrap_or(0) >= 2
-                && view["last_error"].as_str().is_some_and(|e| e.contains(expected))
+                && view["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(expected))
         },
         "no identity-mismatch error recorded: {view}"
     );
@@ -134,12 +200,18 @@ async fn delivery_to_a_server_that_is_another_facility_is_not_made() {
         .filter(|e| e["transfer_id"] == id.as_str() && e["event"] == "retry-scheduled")
         .collect();
     assert!(
-        retries.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains(expected))),
+        retries
+            .iter()
+            .any(|e| e["reason"].as_str().is_some_and(|r| r.contains(expected))),
         "hosp-a's audit does not show the mismatch: {retries:#?}"
     );
     assert!(a.audit().await.iter().all(|e| e["event"] != "delivered"));
     // clinic-c received nothing and has no record of the transfer.
     assert!(c.inbox().await.is_empty());
-    assert!(c.audit().await.iter().all(|e| e["transfer_id"] != id.as_str()));
+    assert!(c
+        .audit()
+        .await
+        .iter()
+        .all(|e| e["transfer_id"] != id.as_str()));
     assert!(a.audit_verifies().await);
 }

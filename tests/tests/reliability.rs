@@ -18,7 +18,10 @@ use tests::{bundle, patient_id, Fed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_waits_queued_while_the_receiver_is_down_then_delivers() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let a = fed.start("hosp-a");
     let payload = bundle("Bundle-micro.json");
     let id = a.send_bundle("clinic-b", &payload).await.transfer_id();
@@ -33,13 +36,30 @@ async fn transfer_waits_queued_while_the_receiver_is_down_then_delivers() {
         },
         "no retries recorded: {view}"
     );
-    assert!(view["state"] == "queued" || view["state"] == "delivering", "{view}");
-    assert!(view["last_error"].as_str().is_some_and(|e| e.contains("clinic-b")), "{view}");
+    assert!(
+        view["state"] == "queued" || view["state"] == "delivering",
+        "{view}"
+    );
+    assert!(
+        view["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("clinic-b")),
+        "{view}"
+    );
     let retries = a.audit_events("retry-scheduled").await;
-    assert!(retries.iter().filter(|e| e["transfer_id"] == id.as_str()).count() >= 2, "{retries:#?}");
+    assert!(
+        retries
+            .iter()
+            .filter(|e| e["transfer_id"] == id.as_str())
+            .count()
+            >= 2,
+        "{retries:#?}"
+    );
 
     let b = fed.start("clinic-b");
-    let view = a.wait_state(&id, "delivered", Duration::from_secs(60)).await;
+    let view = a
+        .wait_state(&id, "delivered", Duration::from_secs(60))
+        .await;
     assert_eq!(view["receipt_held"], true);
     assert_eq!(b.fetch(&id).await, payload);
     assert_eq!(b.inbox().await.len(), 1);
@@ -62,7 +82,12 @@ async fn try_submit(api: &ApiClient, patient: &str, payload: &[u8]) -> Option<St
     ])
     .unwrap();
     let resp = api
-        .call(Method::POST, &format!("/v1/transfers?{query}"), Body::from(payload.to_vec()), Some("application/octet-stream"))
+        .call(
+            Method::POST,
+            &format!("/v1/transfers?{query}"),
+            Body::from(payload.to_vec()),
+            Some("application/octet-stream"),
+        )
         .await
         .ok()?;
     let (status, body) = collect_json(resp).await.ok()?;
@@ -71,7 +96,10 @@ async fn try_submit(api: &ApiClient, patient: &str, payload: &[u8]) -> Option<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_once() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let mut a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
     let payload = Arc::new(bundle("Bundle-micro.json"));
@@ -81,7 +109,12 @@ async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_on
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut workers = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (next, accepted, payload, patient) = (next.clone(), accepted.clone(), payload.clone(), patient.clone());
+        let (next, accepted, payload, patient) = (
+            next.clone(),
+            accepted.clone(),
+            payload.clone(),
+            patient.clone(),
+        );
         let api = ApiClient::remote(&a.config).unwrap();
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::SeqCst) < BURST {
@@ -95,7 +128,11 @@ async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_on
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while accepted.lock().unwrap().len() < KILL_AFTER {
-        assert!(Instant::now() < deadline, "only {} submissions accepted", accepted.lock().unwrap().len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} submissions accepted",
+            accepted.lock().unwrap().len()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     a.kill9();
@@ -103,7 +140,11 @@ async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_on
         w.await.unwrap();
     }
     let accepted: BTreeSet<String> = accepted.lock().unwrap().iter().cloned().collect();
-    assert!(accepted.len() >= KILL_AFTER && accepted.len() < BURST, "kill did not land mid-burst: {}", accepted.len());
+    assert!(
+        accepted.len() >= KILL_AFTER && accepted.len() < BURST,
+        "kill did not land mid-burst: {}",
+        accepted.len()
+    );
 
     // Restart the sender: it must pick up every queued or mid-delivery transfer.
     let a = fed.start("hosp-a");
@@ -123,7 +164,11 @@ async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_on
         }
         let failed: Vec<&Value> = map.values().filter(|t| t["state"] == "failed").collect();
         assert!(failed.is_empty(), "transfers failed: {failed:#?}");
-        assert!(Instant::now() < deadline, "{pending} transfers still undelivered after 180 s\n{}", a.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "{pending} transfers still undelivered after 180 s\n{}",
+            a.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
 
@@ -135,15 +180,32 @@ async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_on
     // sender's delivered set (a submission cut by the kill may have been queued without its
     // 202 reaching us; at most one per concurrent submitter).
     let inbox = b.inbox().await;
-    let inbox_ids: BTreeSet<String> = inbox.iter().map(|e| e["transfer_id"].as_str().unwrap().to_owned()).collect();
+    let inbox_ids: BTreeSet<String> = inbox
+        .iter()
+        .map(|e| e["transfer_id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(inbox.len(), inbox_ids.len(), "duplicate inbox entries");
     let sent_ids: BTreeSet<String> = transfers.keys().cloned().collect();
-    assert_eq!(inbox_ids, sent_ids, "receiver inbox differs from the sender's delivered transfers");
+    assert_eq!(
+        inbox_ids, sent_ids,
+        "receiver inbox differs from the sender's delivered transfers"
+    );
     assert!(accepted.is_subset(&inbox_ids));
-    assert!(inbox.len() - accepted.len() <= CONCURRENCY, "{} unacknowledged deliveries", inbox.len() - accepted.len());
+    assert!(
+        inbox.len() - accepted.len() <= CONCURRENCY,
+        "{} unacknowledged deliveries",
+        inbox.len() - accepted.len()
+    );
     let received = b.audit_events("received").await;
-    assert_eq!(received.len(), inbox.len(), "a transfer was stored more than once");
-    assert!(a.audit_verifies().await, "sender audit chain broken after SIGKILL");
+    assert_eq!(
+        received.len(),
+        inbox.len(),
+        "a transfer was stored more than once"
+    );
+    assert!(
+        a.audit_verifies().await,
+        "sender audit chain broken after SIGKILL"
+    );
     assert!(b.audit_verifies().await, "receiver audit chain broken");
     eprintln!(
         "burst: {} acknowledged before SIGKILL, {} transfers known after restart, {} received",

@@ -34,7 +34,11 @@ struct Generated {
 
 impl Generated {
     fn new(pattern: Arc<Vec<u8>>) -> Generated {
-        Generated { pattern, index: 0, remaining: TOTAL }
+        Generated {
+            pattern,
+            index: 0,
+            remaining: TOTAL,
+        }
     }
 
     fn next_block(&mut self) -> Option<Bytes> {
@@ -54,7 +58,10 @@ impl hyper::body::Body for Generated {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         Poll::Ready(self.next_block().map(|b| Ok(Frame::data(b))))
     }
 
@@ -72,7 +79,10 @@ fn peak_rss_kb(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mb_record_streams_through_with_bounded_memory() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
 
@@ -92,14 +102,21 @@ async fn a_200_mb_record_streams_through_with_bounded_memory() {
     let query = "to=clinic-b&patient=pat-stream-1&purpose=treatment&content_type=application%2Foctet-stream";
     let resp = a
         .api()
-        .call(Method::POST, &format!("/v1/transfers?{query}"), Body::new(Generated::new(pattern)), Some("application/octet-stream"))
+        .call(
+            Method::POST,
+            &format!("/v1/transfers?{query}"),
+            Body::new(Generated::new(pattern)),
+            Some("application/octet-stream"),
+        )
         .await
         .unwrap();
     let (status, body) = collect_json(resp).await.unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["transfer_id"].as_str().unwrap().to_owned();
     let accepted_after = started.elapsed();
-    let view = a.wait_state(&id, "delivered", Duration::from_secs(180)).await;
+    let view = a
+        .wait_state(&id, "delivered", Duration::from_secs(180))
+        .await;
     assert_eq!(view["payload_bytes"], TOTAL);
     assert_eq!(view["receipt_held"], true);
     let delivered_after = started.elapsed();
@@ -107,7 +124,12 @@ async fn a_200_mb_record_streams_through_with_bounded_memory() {
     // Fetch and hash as it streams; never hold the record in test memory.
     let resp = b
         .api()
-        .call(Method::GET, &format!("/v1/inbox/{id}/payload"), Body::empty(), None)
+        .call(
+            Method::GET,
+            &format!("/v1/inbox/{id}/payload"),
+            Body::empty(),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -121,7 +143,11 @@ async fn a_200_mb_record_streams_through_with_bounded_memory() {
         }
     }
     assert_eq!(received, TOTAL);
-    assert_eq!(ctx.finish().as_ref(), expected.as_ref(), "fetched payload differs from what was sent");
+    assert_eq!(
+        ctx.finish().as_ref(),
+        expected.as_ref(),
+        "fetched payload differs from what was sent"
+    );
     eprintln!(
         "200 MB: accepted after {accepted_after:?}, delivered after {delivered_after:?}, fetched after {:?}",
         started.elapsed()
@@ -130,7 +156,12 @@ async fn a_200_mb_record_streams_through_with_bounded_memory() {
     for node in [&a, &b] {
         let kb = peak_rss_kb(node.pid());
         eprintln!("{} peak RSS {} MiB", node.dir.id, kb / 1024);
-        assert!(kb < MAX_RSS_KB, "{} peaked at {} MiB: the record was buffered", node.dir.id, kb / 1024);
+        assert!(
+            kb < MAX_RSS_KB,
+            "{} peaked at {} MiB: the record was buffered",
+            node.dir.id,
+            kb / 1024
+        );
     }
     assert!(a.audit_verifies().await);
     assert!(b.audit_verifies().await);

@@ -1,8 +1,14 @@
 //! Helpers shared by the transport, envelope and reliability tests (each test binary uses a
 //! different subset, hence the dead-code allowance).
 
-#![allow(dead_code, reason = "each test binary uses a different subset of these helpers")]
-#![allow(clippy::unwrap_used, reason = "test helpers: a failure is a test failure")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of these helpers"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure is a test failure"
+)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,7 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use gateway::record::{RecordMetadata, METADATA_VERSION};
-use gateway_envelope::{seal_to_vec, EncryptionPublicKey, SealParams, SigningKey, Suite, TransferId, DEFAULT_CHUNK_SIZE};
+use gateway_envelope::{
+    seal_to_vec, EncryptionPublicKey, SealParams, SigningKey, Suite, TransferId, DEFAULT_CHUNK_SIZE,
+};
 use pki_tools::FacilityFile;
 use tests::{Fed, Node};
 
@@ -28,11 +36,21 @@ pub fn signing_key(dir: &Path) -> SigningKey {
 
 /// A facility's HPKE public key, from its `facility.json`.
 pub fn encryption_key(dir: &Path) -> EncryptionPublicKey {
-    EncryptionPublicKey(FacilityFile::load(&dir.join("facility.json")).unwrap().encryption_public_key)
+    EncryptionPublicKey(
+        FacilityFile::load(&dir.join("facility.json"))
+            .unwrap()
+            .encryption_public_key,
+    )
 }
 
 pub fn now_ms() -> u64 {
-    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
 }
 
 /// Metadata for a general-category record sent for treatment (allowed by the default policies).
@@ -78,18 +96,29 @@ pub fn seal(
 
 /// Audit entries of the `rejected` event.
 pub async fn rejections(node: &Node) -> Vec<Value> {
-    node.audit().await.into_iter().filter(|e| e["event"] == "rejected").collect()
+    node.audit()
+        .await
+        .into_iter()
+        .filter(|e| e["event"] == "rejected")
+        .collect()
 }
 
 /// Waits (bounded) for a `rejected` audit entry matching `pred`; returns it.
-pub async fn wait_rejection(node: &Node, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+pub async fn wait_rejection(
+    node: &Node,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let all = rejections(node).await;
         if let Some(found) = all.iter().find(|e| pred(e)) {
             return found.clone();
         }
-        assert!(Instant::now() < deadline, "no matching rejected audit entry; rejected entries: {all:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "no matching rejected audit entry; rejected entries: {all:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -99,7 +128,11 @@ pub fn add_config_line(fed: &Fed, id: &str, section: &str, line: &str) {
     let path = &fed.nodes[id].config_path;
     let text = std::fs::read_to_string(path).unwrap();
     let header = format!("[{section}]\n");
-    assert!(text.contains(&header), "no [{section}] in {}", path.display());
+    assert!(
+        text.contains(&header),
+        "no [{section}] in {}",
+        path.display()
+    );
     let text = text.replacen(&header, &format!("{header}{line}\n"), 1);
     std::fs::write(path, text).unwrap();
 }
