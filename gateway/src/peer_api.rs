@@ -22,7 +22,7 @@ use crate::delivery::ENVELOPE_PATH;
 use crate::inbox::{self, text_response, PeerResponse};
 use crate::node::NodeState;
 use crate::requests::REQUEST_PATH;
-use crate::transport::{identify, PeerIdentity, CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::transport::{identify, still_trusted, PeerIdentity, CONNECTION_WINDOW, STREAM_WINDOW};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -126,6 +126,19 @@ async fn route(
     peer: &PeerIdentity,
     req: Request<Incoming>,
 ) -> PeerResponse {
+    // The connection was identified at its handshake; the peer may have been revoked since.
+    if let Err(rejection) = still_trusted(peer, &state.trust()) {
+        audit_refused_connection(
+            state,
+            Some(peer.facility.to_string()),
+            format!("peer identity refused: {rejection}"),
+        )
+        .await;
+        return text_response(
+            StatusCode::FORBIDDEN,
+            "peer identity refused: not a current federation member",
+        );
+    }
     match (req.method().as_str(), req.uri().path()) {
         ("POST", ENVELOPE_PATH) => inbox::receive(state, peer, req).await,
         ("POST", REQUEST_PATH) => crate::requests::incoming(state, peer, req).await,

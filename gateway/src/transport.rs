@@ -86,6 +86,24 @@ pub fn identify(
     })
 }
 
+/// Checks an identity established earlier (at the handshake) against the current trust: the
+/// facility must still be active and its certificate still listed. A connection outlives trust
+/// reloads (HTTP/2 connections are pooled and kept alive), so a revocation must also reach the
+/// requests of connections that were accepted before it.
+pub fn still_trusted(identity: &PeerIdentity, trust: &Trust) -> Result<(), IdentityRejection> {
+    let facility = identity.facility.to_string();
+    let peer = trust
+        .peer(&identity.facility)
+        .ok_or_else(|| IdentityRejection::NotInDirectory(facility.clone()))?;
+    if !peer.active {
+        return Err(IdentityRejection::Inactive(facility));
+    }
+    if !peer.tls_fingerprints.contains(&identity.fingerprint) {
+        return Err(IdentityRejection::UnlistedCertificate(facility));
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("peer {peer}: endpoint is not https://HOST:PORT")]
