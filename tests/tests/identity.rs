@@ -215,3 +215,69 @@ async fn delivery_to_a_server_that_is_another_facility_is_not_made() {
         .all(|e| e["transfer_id"] != id.as_str()));
     assert!(a.audit_verifies().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_sender_is_cut_off_even_on_an_established_connection() {
+    let mut fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    add_config_line(&fed, "clinic-b", "federation", "reload_interval_secs = 1");
+    let a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let payload = bundle("Bundle-micro.json");
+
+    // A first transfer opens hosp-a's pooled HTTP/2 connection to clinic-b.
+    let first = a.send_bundle("clinic-b", &payload).await.transfer_id();
+    a.wait_state(&first, "delivered", Duration::from_secs(60))
+        .await;
+
+    // The operator revokes hosp-a; clinic-b picks up the new CRL and directory.
+    let a_id: FacilityId = "hosp-a".parse().unwrap();
+    fed.pki.revoke(&a_id, Some("key-compromise")).unwrap();
+    fed.publish();
+    tests::assert_eventually!(
+        Duration::from_secs(15),
+        b.log_text().contains("federation trust reloaded"),
+        "clinic-b did not reload its trust"
+    );
+
+    // hosp-a still holds the connection it opened before the revocation: nothing it sends on
+    // it may be accepted.
+    let second = a.send_bundle("clinic-b", &payload).await.transfer_id();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let view = a.transfer(&second).await;
+    assert_ne!(view["state"], "delivered", "{view}");
+    assert_eq!(
+        b.inbox().await.len(),
+        1,
+        "clinic-b accepted a record from a revoked facility"
+    );
+    assert!(b
+        .audit()
+        .await
+        .iter()
+        .all(|e| !(e["event"] == "received" && e["transfer_id"] == second.as_str())));
+    // It is refused at the identity layer, before the envelope is read: no policy decision
+    // about it was even needed.
+    let e = refused_connection(&b, "facility hosp-a is not active").await;
+    assert_eq!(e["peer"], "hosp-a", "{e}");
+    assert!(b
+        .audit()
+        .await
+        .iter()
+        .all(|e| e["transfer_id"] != second.as_str()));
+    tests::assert_eventually!(
+        Duration::from_secs(10),
+        a.transfer(&second).await["state"] == "failed",
+        "the refused transfer did not fail"
+    );
+    let view = a.transfer(&second).await;
+    assert!(
+        view["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("peer identity refused")),
+        "{view}"
+    );
+    assert!(b.audit_verifies().await);
+}
