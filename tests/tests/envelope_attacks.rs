@@ -14,7 +14,7 @@ use gateway_envelope::{SignedReceipt, SigningKey, TransferId, VerifyingKey};
 use pki_tools::{FacilityFile, FacilityKind};
 use tests::{raw_peer_post, Fed, Node, RawIdentity};
 
-use common::{add_config_line, ca_pem, encryption_key, seal, signing_key, wait_rejection};
+use common::{add_config_line, ca_pem, encryption_key, seal, seal_at, signing_key, wait_rejection};
 
 const PATH: &str = "/v1/envelopes";
 
@@ -145,6 +145,31 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
     let (status, text) = post(cut).await.unwrap();
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
     assert_refusal_audited(&b, &id, "truncated").await;
+
+    // Impersonation: a genuine clinic-c envelope (signed with clinic-c's own key) sent over
+    // hosp-a's TLS connection.
+    let id = TransferId::new_random().unwrap();
+    let c_signer = signing_key(&fed.nodes["clinic-c"].dir);
+    let env = seal(id, "clinic-c", "clinic-b", &c_signer, &to_b, &payload);
+    let (status, text) = post(env).await.unwrap();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&text));
+    assert_refusal_audited(&b, &id, "sender does not match the TLS identity").await;
+
+    // Stale: correctly signed, but created three days ago (outside the replay window).
+    let id = TransferId::new_random().unwrap();
+    let three_days_ago = common::now_ms() - 3 * 24 * 3600 * 1000;
+    let env = seal_at(
+        id,
+        "hosp-a",
+        "clinic-b",
+        &signer,
+        &to_b,
+        &payload,
+        three_days_ago,
+    );
+    let (status, text) = post(env).await.unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
+    assert_refusal_audited(&b, &id, "outside the accepted time window").await;
 
     // Nothing but the control envelope was stored (not even a partial spool file), and the
     // audit chain is intact.

@@ -81,11 +81,24 @@ pub fn seal(
     to_key: &EncryptionPublicKey,
     payload: &[u8],
 ) -> Vec<u8> {
+    seal_at(id, sender, recipient, signer, to_key, payload, now_ms())
+}
+
+/// Like [`seal`], with the header's creation time given (for replay-window tests).
+pub fn seal_at(
+    id: TransferId,
+    sender: &str,
+    recipient: &str,
+    signer: &SigningKey,
+    to_key: &EncryptionPublicKey,
+    payload: &[u8],
+    created_at_ms: u64,
+) -> Vec<u8> {
     let params = SealParams {
         transfer_id: id,
         sender,
         recipient,
-        created_at_ms: now_ms(),
+        created_at_ms,
         payload_len: payload.len() as u64,
         payload_digest: gateway_envelope::sha256(payload),
         suite: Suite::default(),
