@@ -214,3 +214,93 @@ async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_on
         inbox.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_mid_burst_still_stores_every_transfer_exactly_once() {
+    const COUNT: usize = 200;
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let a = fed.start("hosp-a");
+    let mut b = fed.start("clinic-b");
+    let payload = Arc::new(bundle("Bundle-micro.json"));
+    let patient = Arc::new(patient_id(&payload).unwrap_or_else(|| "no-patient".to_owned()));
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (next, accepted, payload, patient) = (
+            next.clone(),
+            accepted.clone(),
+            payload.clone(),
+            patient.clone(),
+        );
+        let api = ApiClient::remote(&a.config).unwrap();
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < COUNT {
+                let id = try_submit(&api, &patient, &payload)
+                    .await
+                    .expect("sender refused a submission");
+                accepted.lock().unwrap().push(id);
+            }
+        }));
+    }
+
+    // Kill the receiver once it has stored some of the burst, while more are arriving.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.inbox().await.len() < COUNT / 5 {
+        assert!(Instant::now() < deadline, "the receiver stored too little");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.kill9();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let accepted: BTreeSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    assert_eq!(accepted.len(), COUNT);
+    let b = fed.start("clinic-b");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, list) = a.get("/v1/transfers").await;
+        let list = list.as_array().unwrap().clone();
+        let failed: Vec<&Value> = list.iter().filter(|t| t["state"] == "failed").collect();
+        assert!(failed.is_empty(), "transfers failed: {failed:#?}");
+        let pending = list.iter().filter(|t| t["state"] != "delivered").count();
+        if pending == 0 {
+            assert_eq!(list.len(), COUNT);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} transfers still undelivered after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let inbox = b.inbox().await;
+    let inbox_ids: BTreeSet<String> = inbox
+        .iter()
+        .map(|e| e["transfer_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(inbox.len(), inbox_ids.len(), "duplicate inbox entries");
+    assert_eq!(
+        inbox_ids, accepted,
+        "receiver inbox differs from what was sent"
+    );
+    // Every stored record has exactly one `received` audit entry, even those whose receipt was
+    // lost with the killed process (their resend is audited as a duplicate, not a second receipt).
+    let received = b.audit_events("received").await;
+    let received_ids: BTreeSet<String> = received
+        .iter()
+        .map(|e| e["transfer_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(received.len(), COUNT, "received audit entries");
+    assert_eq!(received_ids, accepted);
+    assert!(a.audit_verifies().await);
+    assert!(
+        b.audit_verifies().await,
+        "receiver audit chain broken after SIGKILL"
+    );
+}
