@@ -174,8 +174,6 @@ impl std::fmt::Debug for Payload {
 }
 
 const CLEMENTE: &str = "Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json";
-const MILAN: &str = "Milan_Beatty_e78d0ed2-1b54-4c30-90ae-f7405af1e402.json";
-const TRENTON: &str = "Trenton_Turner_54a45132-91fc-485e-b401-8c7644a0d517.json";
 
 fn load_bundle(bundles: &Path, name: &str) -> Result<(Value, u64), BoxError> {
     let path = bundles.join(name);
@@ -217,21 +215,22 @@ fn trimmed(base: &Value, pool: &[Value], target: usize) -> Result<(Vec<u8>, usiz
     Ok((serde_json::to_vec(&bundle)?, n))
 }
 
-/// ~10 KB and ~100 KB: Clemente Kreiger's Synthea bundle (general data) cut down to its Patient
-/// plus the first entries that reach the size. ~1 MB: Milan Beatty's bundle plus entries of
-/// Trenton Turner's (both general), cut at 1 MB. No shared bundle is within 2x of these sizes
-/// as it stands, and cutting whole entries keeps a bundle the gateway parses and classifies.
+/// Clemente Kreiger's Synthea bundle is the only Synthea bundle in the shared data with
+/// general data only (the others carry sensitive codes and are refused without consent), and
+/// no shared bundle is within 2x of the target sizes. So: ~10 KB and ~100 KB are Clemente's
+/// bundle cut to its Patient plus the first entries that reach the size; ~1 MB is Clemente's
+/// Patient plus its other entries repeated (copies get an id suffix "-rN" so that resource ids
+/// stay unique). Cutting and repeating whole entries keeps a bundle the gateway parses and
+/// classifies like any other.
 pub fn payloads(testdata: &Path) -> Result<Vec<Payload>, BoxError> {
     let bundles = testdata.join("fhir").join("bundles");
     let (clemente, clemente_len) = load_bundle(&bundles, CLEMENTE)?;
-    let (milan, milan_len) = load_bundle(&bundles, MILAN)?;
-    let (trenton, trenton_len) = load_bundle(&bundles, TRENTON)?;
-    let clemente_patient = patient_id(&clemente).ok_or("Clemente bundle has no Patient")?;
-    let milan_patient = patient_id(&milan).ok_or("Milan bundle has no Patient")?;
+    let patient = patient_id(&clemente).ok_or("Clemente bundle has no Patient")?;
+    let originals = entries(&clemente);
 
     let mut out = Vec::new();
     for (label, target) in [("10k", 10_000usize), ("100k", 100_000)] {
-        let (bytes, n) = trimmed(&clemente, &entries(&clemente), target)?;
+        let (bytes, n) = trimmed(&clemente, &originals, target)?;
         out.push(Payload {
             label,
             source: format!(
@@ -239,35 +238,38 @@ pub fn payloads(testdata: &Path) -> Result<Vec<Payload>, BoxError> {
                 n.saturating_sub(1)
             ),
             bytes: Bytes::from(bytes),
-            patient: clemente_patient.clone(),
+            patient: patient.clone(),
         });
     }
-    let mut pool = entries(&milan);
-    pool.extend(entries(&trenton));
-    let (bytes, n) = trimmed(&milan, &pool, 1_000_000)?;
+    let mut pool = Vec::new();
+    for round in 0..16 {
+        for e in originals.iter().filter(|e| !is_patient(e)) {
+            let mut e = e.clone();
+            if round > 0 {
+                if let Some(id) = e["resource"]["id"]
+                    .as_str()
+                    .map(|s| format!("{s}-r{round}"))
+                {
+                    e["resource"]["id"] = Value::String(id);
+                }
+                if let Some(url) = e["fullUrl"].as_str().map(|s| format!("{s}-r{round}")) {
+                    e["fullUrl"] = Value::String(url);
+                }
+            }
+            pool.push(e);
+        }
+    }
+    let (bytes, n) = trimmed(&clemente, &pool, 1_000_000)?;
     out.push(Payload {
         label: "1m",
         source: format!(
-            "{MILAN} ({milan_len} B) + entries of {TRENTON} ({trenton_len} B): Patient + {} entries, compact JSON",
+            "{CLEMENTE} ({clemente_len} B): Patient + {} entries (its entries repeated, ids suffixed), compact JSON",
             n.saturating_sub(1)
         ),
         bytes: Bytes::from(bytes),
-        patient: milan_patient,
+        patient,
     });
     Ok(out)
-}
-
-/// The ~1 MB payload as it stands in the test data (fallback when the merged bundle is refused).
-pub fn milan_as_is(testdata: &Path) -> Result<Payload, BoxError> {
-    let path = testdata.join("fhir").join("bundles").join(MILAN);
-    let raw = std::fs::read(&path)?;
-    let v: Value = serde_json::from_slice(&raw)?;
-    Ok(Payload {
-        label: "1m",
-        source: format!("{MILAN} as is ({} B)", raw.len()),
-        patient: patient_id(&v).ok_or("Milan bundle has no Patient")?,
-        bytes: Bytes::from(raw),
-    })
 }
 
 /// The raw bytes of Clemente's bundle, repeated to build the generated 1 GiB file.
