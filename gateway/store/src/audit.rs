@@ -42,24 +42,26 @@ struct StoredEntry<'a> {
 
 /// A borrowed decoding of `postcard((seq, record))` that allocates nothing, for verification.
 /// Field order and types mirror [`AuditRecord`]; the tests verify real entries with it.
+/// Strings are borrowed as bytes: postcard encodes both alike, and the walk needs no UTF-8
+/// validation (the chain hash already covers every byte).
 #[derive(Deserialize)]
 struct RecordView<'a> {
     _time_ms: u64,
     #[serde(borrow)]
-    _event: &'a str,
+    _event: &'a [u8],
     transfer_id: Option<TransferId>,
     #[serde(borrow)]
-    _peer: Option<&'a str>,
+    _peer: Option<&'a [u8]>,
     #[serde(borrow)]
-    patient_ref: Option<&'a str>,
+    patient_ref: Option<&'a [u8]>,
     #[serde(borrow)]
-    _purpose: Option<&'a str>,
+    _purpose: Option<&'a [u8]>,
     #[serde(borrow)]
-    _clinician: Option<&'a str>,
+    _clinician: Option<&'a [u8]>,
     #[serde(borrow)]
-    _outcome: &'a str,
+    _outcome: &'a [u8],
     #[serde(borrow)]
-    _reason: Option<&'a str>,
+    _reason: Option<&'a [u8]>,
     _policy_ids: SkipStrs,
     break_glass: bool,
 }
@@ -76,7 +78,7 @@ impl<'de> Deserialize<'de> for SkipStrs {
                 f.write_str("a sequence of strings")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SkipStrs, A::Error> {
-                while seq.next_element::<&'de str>()?.is_some() {}
+                while seq.next_element::<&'de [u8]>()?.is_some() {}
                 Ok(SkipStrs)
             }
         }
@@ -571,7 +573,7 @@ impl EntryDigests<'_> {
         let [patient, transfer, glass] = &mut self.digests;
         if let Some(p) = view.patient_ref {
             self.key_buf.clear();
-            self.key_buf.extend_from_slice(p.as_bytes());
+            self.key_buf.extend_from_slice(p);
             self.key_buf.push(0);
             self.key_buf.extend_from_slice(&seq.to_be_bytes());
             patient.add(self.state, &self.key_buf);
