@@ -297,13 +297,11 @@ impl Store {
             if !key.starts_with(&prefix) {
                 break;
             }
-            let seq = key
-                .get(prefix.len()..)
-                .and_then(seq_of_key)
-                .ok_or(StoreError::Corrupt {
-                    what: "audit index",
-                    problem: "malformed key",
-                })?;
+            // A patient reference may itself contain 0x00, so the prefix can match keys of
+            // another patient whose reference extends it: their key is longer, skip them.
+            let Some(seq) = key.get(prefix.len()..).and_then(seq_of_key) else {
+                continue;
+            };
             let entry = if from_index {
                 match t
                     .audit

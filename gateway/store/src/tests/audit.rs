@@ -288,6 +288,25 @@ fn query_by_patient_is_exact_and_ordered() {
         })
         .expect("list");
     assert_eq!(seqs(&page), expected[3..6].to_vec());
+    // A reference containing NUL is stored and queried exactly, without disturbing others.
+    let odd = store
+        .audit_append(super::audit_record(Some("Patient/1\0x"), None, false))
+        .expect("append");
+    let only_odd = store
+        .audit_list(&AuditFilter {
+            patient: Some("Patient/1\0x".into()),
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    assert_eq!(only_odd, vec![odd]);
+    let again = store
+        .audit_list(&AuditFilter {
+            patient: Some("Patient/1".into()),
+            ..AuditFilter::default()
+        })
+        .expect("list");
+    assert_eq!(seqs(&again), expected);
+    assert_eq!(store.audit_verify(), Ok(102));
     let none = store
         .audit_list(&AuditFilter {
             patient: Some("Patient/nobody".into()),
