@@ -319,7 +319,7 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
     let max = state.config.local_api.max_body_bytes;
     let mut stream = body.into_data_stream();
     let mut mem = BytesMut::new();
-    let mut file: Option<(std::fs::File, std::path::PathBuf)> = None;
+    let mut file: Option<Spill> = None;
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     let mut total: u64 = 0;
     let local = |e: std::io::Error| {
@@ -339,17 +339,18 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
             ));
         }
         digest.update(&chunk);
-        if let Some((f, _)) = file.as_mut() {
-            tokio::task::block_in_place(|| f.write_all(&chunk)).map_err(local)?;
+        if let Some(spill) = file.as_mut() {
+            tokio::task::block_in_place(|| spill.file.write_all(&chunk)).map_err(local)?;
         } else {
             mem.extend_from_slice(&chunk);
             if mem.len() > IN_MEMORY_PAYLOAD {
                 let dir = state.config.data_dir.join("uploads");
-                let (mut f, path) =
+                let (f, path) =
                     tokio::task::block_in_place(|| new_private_file(&dir)).map_err(local)?;
-                tokio::task::block_in_place(|| f.write_all(&mem)).map_err(local)?;
+                // From here on, any early return (refusal, I/O error, client gone) removes it.
+                let spill = file.insert(Spill { file: f, path });
+                tokio::task::block_in_place(|| spill.file.write_all(&mem)).map_err(local)?;
                 mem.clear();
-                file = Some((f, path));
             }
         }
     }
@@ -359,8 +360,8 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
         .try_into()
         .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "digest"))?;
     Ok(match file {
-        Some((f, path)) => {
-            drop(f);
+        Some(spill) => {
+            let path = spill.into_path();
             Payload::File {
                 path,
                 len: total,
@@ -369,6 +370,28 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
         }
         None => Payload::Memory(mem.freeze()),
     })
+}
+
+/// An upload being spilled to disk. It holds plaintext, so it is removed when dropped (an upload
+/// refused, cut off or abandoned by its client) unless handed over as a `Payload`, which then
+/// owns its removal.
+struct Spill {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl Spill {
+    fn into_path(mut self) -> std::path::PathBuf {
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn new_private_file(dir: &std::path::Path) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
