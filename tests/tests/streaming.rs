@@ -166,3 +166,100 @@ async fn a_200_mb_record_streams_through_with_bounded_memory() {
     assert!(a.audit_verifies().await);
     assert!(b.audit_verifies().await);
 }
+
+/// A body that sends `blocks` MiB of data and then fails, as a client that dies mid-upload.
+struct BrokenUpload {
+    blocks: usize,
+}
+
+impl hyper::body::Body for BrokenUpload {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.blocks == 0 {
+            return Poll::Ready(Some(Err(std::io::Error::other("client gave up"))));
+        }
+        self.blocks -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![0x5a; BLOCK])))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(100 * BLOCK as u64)
+    }
+}
+
+fn upload_files(node: &tests::Node) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(node.dir.dir.join("data").join("uploads")) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_or_interrupted_uploads_leave_no_plaintext_behind() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let config = &fed.nodes["hosp-a"].config_path;
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replacen(
+            "[local_api]\n",
+            "[local_api]\nmax_body_bytes = 20000000\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let a = fed.start("hosp-a");
+    let query = "to=clinic-b&patient=pat-upload-1&purpose=treatment&content_type=application%2Foctet-stream";
+
+    // Over the limit: 30 MiB against 20 MB, large enough to have been spilled to disk first.
+    let big = Bytes::from(vec![0x5a; 30 * BLOCK]);
+    let resp = a
+        .api()
+        .call(
+            Method::POST,
+            &format!("/v1/transfers?{query}"),
+            Body::from(big),
+            Some("application/octet-stream"),
+        )
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    tests::assert_eventually!(
+        Duration::from_secs(10),
+        upload_files(&a).is_empty(),
+        "a refused upload left plaintext on disk: {:?}",
+        upload_files(&a)
+    );
+
+    // Interrupted: the client dies after 12 MiB of a declared 100 MiB.
+    let result = a
+        .api()
+        .call(
+            Method::POST,
+            &format!("/v1/transfers?{query}"),
+            Body::new(BrokenUpload { blocks: 12 }),
+            Some("application/octet-stream"),
+        )
+        .await;
+    assert!(
+        result.as_ref().map_or(true, |r| !r.status().is_success()),
+        "a broken upload was accepted"
+    );
+    tests::assert_eventually!(
+        Duration::from_secs(10),
+        upload_files(&a).is_empty(),
+        "an interrupted upload left plaintext on disk: {:?}",
+        upload_files(&a)
+    );
+    let (_, list) = a.get("/v1/transfers").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+}
