@@ -171,6 +171,16 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
     assert_refusal_audited(&b, &id, "outside the accepted time window").await;
 
+    // Future-dated: an hour ahead of the receiver's clock (beyond the allowed skew).
+    let id = TransferId::new_random().unwrap();
+    let in_an_hour = common::now_ms() + 3600 * 1000;
+    let env = seal_at(
+        id, "hosp-a", "clinic-b", &signer, &to_b, &payload, in_an_hour,
+    );
+    let (status, text) = post(env).await.unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
+    assert_refusal_audited(&b, &id, "outside the accepted time window").await;
+
     // Nothing but the control envelope was stored (not even a partial spool file), and the
     // audit chain is intact.
     assert_eq!(inbox_ids(&b.inbox().await), vec![good_id.to_string()]);
