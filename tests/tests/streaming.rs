@@ -34,10 +34,14 @@ struct Generated {
 
 impl Generated {
     fn new(pattern: Arc<Vec<u8>>) -> Generated {
+        Generated::with_len(pattern, TOTAL)
+    }
+
+    fn with_len(pattern: Arc<Vec<u8>>, len: u64) -> Generated {
         Generated {
             pattern,
             index: 0,
-            remaining: TOTAL,
+            remaining: len,
         }
     }
 
@@ -262,4 +266,112 @@ async fn refused_or_interrupted_uploads_leave_no_plaintext_behind() {
     );
     let (_, list) = a.get("/v1/transfers").await;
     assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+}
+
+fn random_pattern() -> Arc<Vec<u8>> {
+    let mut pattern = vec![0u8; BLOCK];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut pattern).unwrap();
+    Arc::new(pattern)
+}
+
+fn digest_of(mut gen: Generated) -> ring::digest::Digest {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    while let Some(block) = gen.next_block() {
+        ctx.update(&block);
+    }
+    ctx.finish()
+}
+
+fn spool_entries(node: &tests::Node, kind: &str) -> Vec<String> {
+    match std::fs::read_dir(node.dir.dir.join("data").join("spool").join(kind)) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_killed_mid_stream_resends_the_record_whole() {
+    const LEN: u64 = 48 * 1024 * 1024;
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let mut a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let pattern = random_pattern();
+    let expected = digest_of(Generated::with_len(pattern.clone(), LEN));
+
+    let query = "to=clinic-b&patient=pat-stream-2&purpose=treatment&content_type=application%2Foctet-stream";
+    let resp = a
+        .api()
+        .call(
+            Method::POST,
+            &format!("/v1/transfers?{query}"),
+            Body::new(Generated::with_len(pattern, LEN)),
+            Some("application/octet-stream"),
+        )
+        .await
+        .unwrap();
+    let (status, body) = collect_json(resp).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["transfer_id"].as_str().unwrap().to_owned();
+
+    // SIGKILL the sender while clinic-b is part-way through writing the envelope.
+    tests::assert_eventually!(
+        Duration::from_secs(60),
+        spool_entries(&b, "inbox")
+            .iter()
+            .any(|n| n.ends_with(".partial")),
+        "the envelope never started streaming (or finished before it could be interrupted): {}",
+        a.transfer(&id).await
+    );
+    a.kill9();
+
+    // clinic-b refuses the cut-off envelope, stores nothing and keeps no partial file.
+    tests::assert_eventually!(
+        Duration::from_secs(30),
+        spool_entries(&b, "inbox").is_empty(),
+        "partial spool file left behind: {:?}",
+        spool_entries(&b, "inbox")
+    );
+    assert!(b.inbox().await.is_empty());
+    let cut = b.audit_events("rejected").await;
+    assert!(
+        cut.iter().any(|e| e["transfer_id"] == id.as_str()
+            && e["reason"].as_str().is_some_and(|r| r.contains("cut off"))),
+        "the interrupted envelope was not audited: {cut:#?}"
+    );
+
+    // The restarted sender resends it from the start; it arrives whole, once.
+    let a = fed.start("hosp-a");
+    let view = a
+        .wait_state(&id, "delivered", Duration::from_secs(120))
+        .await;
+    assert!(view["attempts"].as_u64().unwrap() >= 2, "{view}");
+    let resp = b
+        .api()
+        .call(
+            Method::GET,
+            &format!("/v1/inbox/{id}/payload"),
+            Body::empty(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            ctx.update(&data);
+        }
+    }
+    assert_eq!(ctx.finish().as_ref(), expected.as_ref());
+    assert_eq!(b.inbox().await.len(), 1);
+    assert_eq!(spool_entries(&b, "inbox"), vec![id.clone()]);
+    assert_eq!(b.audit_events("received").await.len(), 1);
+    assert!(a.audit_verifies().await);
+    assert!(b.audit_verifies().await);
 }
