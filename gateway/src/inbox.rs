@@ -19,7 +19,7 @@ use gateway_envelope::{
     EnvelopeError, EnvelopeReader, Limits, Opener, Receipt, SignedReceipt, TransferId,
     VerifiedHeader,
 };
-use gateway_store::{InboxEntry, InboxInsert, SpoolKind};
+use gateway_store::{AuditFilter, InboxEntry, InboxInsert, SpoolKind};
 use policies::Action;
 
 use crate::access::{decide, Question};
@@ -73,6 +73,8 @@ struct Received {
     header: VerifiedHeader,
     metadata: RecordMetadata,
     policy_ids: Vec<String>,
+    /// Stored by an earlier, interrupted attempt whose `received` audit entry was lost.
+    recovered: bool,
 }
 
 pub async fn receive(
@@ -137,6 +139,14 @@ async fn accepted(
         .break_glass_reason
         .as_ref()
         .map(|why| format!("break-glass: {why}"));
+    if received.recovered {
+        let note = "stored by an earlier attempt that was interrupted before this entry was \
+                    written; recorded on the sender's resend";
+        rec.reason = Some(match rec.reason.take() {
+            Some(r) => format!("{r}; {note}"),
+            None => note.to_owned(),
+        });
+    }
     if let Err(e) = audit::append(state, rec) {
         tracing::error!(error = %e, "audit append failed");
         return text_response(
@@ -250,9 +260,17 @@ async fn receive_inner(
         .map_err(|e| Refusal::new(StatusCode::FORBIDDEN, format!("envelope refused: {e}")))?;
 
     // 2. Replay: a transfer id is accepted once, ever (the inbox never forgets an id).
+    let mut stored_before: Option<InboxEntry> = None;
     match state.store.inbox_get(&header.transfer_id().0) {
         Ok(Some(existing)) if existing.header_digest == header.header_digest() => {
-            return Ok(Err(existing.receipt));
+            if receipt_audited(state, header.transfer_id()) {
+                return Ok(Err(existing.receipt));
+            }
+            // The inbox insert became durable (another request's commit flushed it) but the
+            // node died before its `received` audit entry was: the record is held without a
+            // trace in the audit log. Read the metadata again so that entry can be written in
+            // full. The payload is not read again: it was verified when it was stored.
+            stored_before = Some(existing);
         }
         Ok(Some(_)) => {
             return Err(Refusal::new(
@@ -342,6 +360,19 @@ async fn receive_inner(
         metadata.break_glass_reason.as_deref(),
     ));
     let _ = audit::append(state, rec);
+    if let Some(existing) = stored_before {
+        // Already stored, so its receipt entry is written whatever today's decision is (the
+        // decision entry above records today's answer).
+        return Ok(Ok((
+            Received {
+                header,
+                metadata,
+                policy_ids: decision.policy_ids,
+                recovered: true,
+            },
+            existing.receipt,
+        )));
+    }
     if !decision.allowed {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
@@ -435,9 +466,23 @@ async fn receive_inner(
             header,
             metadata,
             policy_ids: decision.policy_ids,
+            recovered: false,
         },
         receipt,
     )))
+}
+
+/// Whether the audit log holds the `received` entry of a stored transfer. When the log cannot
+/// be read, answers yes: the caller then behaves as for any replay.
+fn receipt_audited(state: &NodeState, id: TransferId) -> bool {
+    let filter = AuditFilter {
+        transfer_id: Some(id.0),
+        ..AuditFilter::default()
+    };
+    match state.store.audit_list(&filter) {
+        Ok(entries) => entries.iter().any(|e| e.record.event == event::RECEIVED),
+        Err(_) => true,
+    }
 }
 
 async fn next_chunk(
