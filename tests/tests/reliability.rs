@@ -296,6 +296,15 @@ async fn receiver_killed_mid_burst_still_stores_every_transfer_exactly_once() {
         .iter()
         .map(|e| e["transfer_id"].as_str().unwrap().to_owned())
         .collect();
+    let recovered = received
+        .iter()
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("recorded on the sender's resend"))
+        })
+        .count();
+    eprintln!("receiver kill: {recovered} receipt audit entries recovered on resend");
     assert_eq!(received.len(), COUNT, "received audit entries");
     assert_eq!(received_ids, accepted);
     assert!(a.audit_verifies().await);
