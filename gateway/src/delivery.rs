@@ -14,7 +14,7 @@ use tokio_util::io::ReaderStream;
 use tracing::Instrument;
 
 use gateway_envelope::{SignedReceipt, TransferId};
-use gateway_store::{OutboxEntry, SpoolKind, TransferState};
+use gateway_store::{AuditFilter, OutboxEntry, SpoolKind, TransferState};
 
 use crate::audit::{self, event};
 use crate::node::{NodeState, TransferOutcome};
@@ -25,18 +25,52 @@ pub const ENVELOPE_PATH: &str = "/v1/envelopes";
 
 /// After a crash, transfers caught mid-delivery go back to the queue: the receiver's
 /// idempotence (same transfer id → same receipt) makes the resend safe.
+///
+/// A state change and its audit entry are separate sled writes, and another request's commit
+/// can make the first durable without the second: a crash in between leaves a transfer that
+/// was queued or delivered with no `submitted` or `delivered` entry. Those entries are written
+/// now, marked as recorded at restart.
 pub fn recover_after_restart(state: &NodeState) {
     let Ok(entries) = state.store.outbox_list() else {
         return;
     };
-    for e in entries
-        .iter()
-        .filter(|e| e.state == TransferState::Delivering)
-    {
-        let _ = state.store.outbox_update(&e.transfer_id, |e| {
-            e.state = TransferState::Queued;
-            e.next_attempt_ms = now_ms();
-        });
+    for e in &entries {
+        if e.state == TransferState::Delivering {
+            let _ = state.store.outbox_update(&e.transfer_id, |e| {
+                e.state = TransferState::Queued;
+                e.next_attempt_ms = now_ms();
+            });
+        }
+        if !audited(state, e.transfer_id, event::SUBMITTED) {
+            let mut rec = base_record(e, event::SUBMITTED, "queued");
+            rec.reason = Some(
+                "recorded at restart: queued before the node stopped, without this entry"
+                    .to_owned(),
+            );
+            let _ = audit::append(state, rec);
+        }
+        if e.state == TransferState::Delivered && !audited(state, e.transfer_id, event::DELIVERED) {
+            let mut rec = base_record(e, event::DELIVERED, "delivered");
+            rec.reason = Some(
+                "recorded at restart: the receipt was stored before the node stopped, \
+                 without this entry"
+                    .to_owned(),
+            );
+            let _ = audit::append(state, rec);
+        }
+    }
+}
+
+/// Whether the audit log holds an entry of `event` for this transfer. When the log cannot be
+/// read, answers yes (no entry is written twice on a guess).
+fn audited(state: &NodeState, transfer_id: [u8; 16], event: &str) -> bool {
+    let filter = AuditFilter {
+        transfer_id: Some(transfer_id),
+        ..AuditFilter::default()
+    };
+    match state.store.audit_list(&filter) {
+        Ok(entries) => entries.iter().any(|e| e.record.event == event),
+        Err(_) => true,
     }
 }
 
@@ -140,17 +174,22 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
                 tracing::error!(transfer = %id, error = %e, "cannot record delivery");
                 return;
             }
-            let mut rec = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
-            rec.reason =
-                Some("signed receipt verified against the recipient's directory key".to_owned());
-            let _ = audit::append(state, rec);
-            let mut rec = base_record(&entry, event::DELIVERED, "delivered");
-            if duplicate {
+            // A resend after a crash may find the delivery already audited (the entries became
+            // durable, the state change did not): audit it once.
+            if !(duplicate && audited(state, entry.transfer_id, event::DELIVERED)) {
+                let mut rec = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
                 rec.reason = Some(
-                    "recipient already held this transfer; its receipt was returned".to_owned(),
+                    "signed receipt verified against the recipient's directory key".to_owned(),
                 );
+                let _ = audit::append(state, rec);
+                let mut rec = base_record(&entry, event::DELIVERED, "delivered");
+                if duplicate {
+                    rec.reason = Some(
+                        "recipient already held this transfer; its receipt was returned".to_owned(),
+                    );
+                }
+                let _ = audit::append(state, rec);
             }
-            let _ = audit::append(state, rec);
             if let Err(e) = state.store.commit().await {
                 tracing::error!(transfer = %id, error = %e, "commit failed");
             }
