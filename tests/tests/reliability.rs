@@ -202,13 +202,54 @@ async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_on
         inbox.len(),
         "a transfer was stored more than once"
     );
+    // The sender's audit log records every delivery exactly once, including those cut by the
+    // kill and completed after the restart.
+    let delivered: Vec<String> = a
+        .audit_events("delivered")
+        .await
+        .iter()
+        .map(|e| e["transfer_id"].as_str().unwrap().to_owned())
+        .collect();
+    let delivered_set: BTreeSet<String> = delivered.iter().cloned().collect();
+    let missing: Vec<&String> = sent_ids.difference(&delivered_set).collect();
+    assert!(
+        missing.is_empty(),
+        "delivered without a 'delivered' audit entry: {missing:?}"
+    );
+    assert_eq!(
+        delivered.len(),
+        sent_ids.len(),
+        "a delivery was audited twice"
+    );
+    let submitted: BTreeSet<String> = a
+        .audit_events("submitted")
+        .await
+        .iter()
+        .map(|e| e["transfer_id"].as_str().unwrap().to_owned())
+        .collect();
+    let unsubmitted: Vec<&String> = sent_ids.difference(&submitted).collect();
+    assert!(
+        unsubmitted.is_empty(),
+        "sent without a 'submitted' audit entry: {unsubmitted:?}"
+    );
     assert!(
         a.audit_verifies().await,
         "sender audit chain broken after SIGKILL"
     );
     assert!(b.audit_verifies().await, "receiver audit chain broken");
+    let recorded_at_restart = a
+        .audit()
+        .await
+        .iter()
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("recorded at restart"))
+        })
+        .count();
     eprintln!(
-        "burst: {} acknowledged before SIGKILL, {} transfers known after restart, {} received",
+        "burst: {} acknowledged before SIGKILL, {} transfers known after restart, {} received, \
+         {recorded_at_restart} audit entries recorded at restart",
         accepted.len(),
         transfers.len(),
         inbox.len()
