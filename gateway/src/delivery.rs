@@ -132,12 +132,23 @@ enum Outcome {
 async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
     let id = TransferId(entry.transfer_id);
     let now = now_ms();
-    if !matches!(
-        entry.state,
-        TransferState::Queued | TransferState::Delivering
-    ) {
-        return;
-    }
+    // `entry` is the scheduler's snapshot, taken before it waited for a worker: the transfer
+    // may have been delivered, cancelled or failed since (its in-flight mark is cleared when a
+    // delivery ends). Claim it from its current state, atomically, or leave it alone.
+    let mut claimed = false;
+    let updated = state.store.outbox_update(&entry.transfer_id, |e| {
+        claimed = e.state == TransferState::Queued;
+        if claimed {
+            e.state = TransferState::Delivering;
+            e.attempts += 1;
+            e.updated_ms = now;
+        }
+    });
+    let entry = match updated {
+        Ok(e) if claimed => e,
+        _ => return,
+    };
+    let attempt = entry.attempts;
     let age_ms = now.saturating_sub(entry.created_ms);
     if age_ms > state.config.delivery.max_age_secs.saturating_mul(1000) {
         finish_failed(
@@ -148,16 +159,6 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
         .await;
         return;
     }
-    let attempt = entry.attempts + 1;
-    let updated = state.store.outbox_update(&entry.transfer_id, |e| {
-        e.state = TransferState::Delivering;
-        e.attempts = attempt;
-        e.updated_ms = now;
-    });
-    let entry = match updated {
-        Ok(e) if e.state == TransferState::Delivering => e,
-        _ => return,
-    };
     let mut rec = base_record(&entry, event::SENT, "attempt");
     rec.reason = Some(format!("attempt {attempt}"));
     let _ = audit::append(state, rec);
@@ -174,22 +175,17 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
                 tracing::error!(transfer = %id, error = %e, "cannot record delivery");
                 return;
             }
-            // A resend after a crash may find the delivery already audited (the entries became
-            // durable, the state change did not): audit it once.
-            if !(duplicate && audited(state, entry.transfer_id, event::DELIVERED)) {
-                let mut rec = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
+            let mut rec = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
+            rec.reason =
+                Some("signed receipt verified against the recipient's directory key".to_owned());
+            let _ = audit::append(state, rec);
+            let mut rec = base_record(&entry, event::DELIVERED, "delivered");
+            if duplicate {
                 rec.reason = Some(
-                    "signed receipt verified against the recipient's directory key".to_owned(),
+                    "recipient already held this transfer; its receipt was returned".to_owned(),
                 );
-                let _ = audit::append(state, rec);
-                let mut rec = base_record(&entry, event::DELIVERED, "delivered");
-                if duplicate {
-                    rec.reason = Some(
-                        "recipient already held this transfer; its receipt was returned".to_owned(),
-                    );
-                }
-                let _ = audit::append(state, rec);
             }
+            let _ = audit::append(state, rec);
             if let Err(e) = state.store.commit().await {
                 tracing::error!(transfer = %id, error = %e, "commit failed");
             }
