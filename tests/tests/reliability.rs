@@ -354,3 +354,49 @@ async fn receiver_killed_mid_burst_still_stores_every_transfer_exactly_once() {
         "receiver audit chain broken after SIGKILL"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_without_failures_sends_each_transfer_once() {
+    const COUNT: usize = 300;
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let payload = Arc::new(bundle("Bundle-micro.json"));
+    let patient = Arc::new(patient_id(&payload).unwrap_or_else(|| "no-patient".to_owned()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (next, payload, patient) = (next.clone(), payload.clone(), patient.clone());
+        let api = ApiClient::remote(&a.config).unwrap();
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < COUNT {
+                try_submit(&api, &patient, &payload)
+                    .await
+                    .expect("sender refused a submission");
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, list) = a.get("/v1/transfers").await;
+        let list = list.as_array().unwrap().clone();
+        if list.len() == COUNT && list.iter().all(|t| t["state"] == "delivered") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "burst not delivered in 120 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Nothing failed, so nothing may have been sent twice: no replay reached the receiver and
+    // each transfer has one attempt and one delivery in the sender's audit log.
+    let replays = b.audit_events("rejected").await;
+    assert!(replays.is_empty(), "the receiver saw resends: {replays:#?}");
+    assert_eq!(a.audit_events("sent").await.len(), COUNT, "attempts");
+    assert_eq!(a.audit_events("delivered").await.len(), COUNT, "deliveries");
+    assert_eq!(b.inbox().await.len(), COUNT);
+}
