@@ -27,7 +27,9 @@ static NEXT_HOST: AtomicU8 = AtomicU8::new(2);
 
 /// Path to a file in the repository's test data (copied from the shared FHIR data set).
 pub fn testdata(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(rel)
 }
 
 /// Every FHIR bundle in the test data, with its bytes.
@@ -36,7 +38,12 @@ pub fn bundles() -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -51,7 +58,9 @@ pub fn patient_id(bundle: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(bundle).ok()?;
     v["entry"].as_array()?.iter().find_map(|e| {
         let r = &e["resource"];
-        (r["resourceType"] == "Patient").then(|| r["id"].as_str().map(str::to_owned)).flatten()
+        (r["resourceType"] == "Patient")
+            .then(|| r["id"].as_str().map(str::to_owned))
+            .flatten()
     })
 }
 
@@ -127,7 +136,8 @@ pub struct Fed {
 }
 
 /// Retries fast enough for tests.
-pub const FAST_RETRIES: &str = "\n[delivery]\ninitial_backoff_ms = 100\nmax_backoff_ms = 800\nmax_attempts = 200\n";
+pub const FAST_RETRIES: &str =
+    "\n[delivery]\ninitial_backoff_ms = 100\nmax_backoff_ms = 800\nmax_attempts = 200\n";
 
 impl Fed {
     pub fn new(specs: &[(&str, FacilityKind)]) -> Fed {
@@ -135,8 +145,12 @@ impl Fed {
     }
 
     pub fn with_extra(specs: &[(&str, FacilityKind)], extra_toml: &str) -> Fed {
-        let dir = tempfile::Builder::new().prefix("healthfed-it-").tempdir().unwrap();
-        let pki = Federation::init(&dir.path().join("federation"), "Test Federation", false).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("healthfed-it-")
+            .tempdir()
+            .unwrap();
+        let pki =
+            Federation::init(&dir.path().join("federation"), "Test Federation", false).unwrap();
         let mut fed = Fed {
             dir,
             pki,
@@ -164,9 +178,17 @@ impl Fed {
 
     /// Adds a facility whose directory endpoint is `peer` (tests use this to point one facility
     /// at another's address).
-    pub fn add_at(&mut self, id: &str, kind: FacilityKind, peer: SocketAddr, local: SocketAddr) -> NodeDir {
+    pub fn add_at(
+        &mut self,
+        id: &str,
+        kind: FacilityKind,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> NodeDir {
         let fid: FacilityId = id.parse().unwrap();
-        let endpoint: Endpoint = format!("https://{}:{}", peer.ip(), peer.port()).parse().unwrap();
+        let endpoint: Endpoint = format!("https://{}:{}", peer.ip(), peer.port())
+            .parse()
+            .unwrap();
         let node_dir = self.dir.path().join(id);
         self.pki
             .add_facility(&fid, &format!("Facility {id}"), &endpoint, kind, &node_dir)
@@ -183,7 +205,9 @@ impl Fed {
     }
 
     pub fn publish(&mut self) {
-        self.pki.publish(Duration::from_secs(7 * 24 * 3600)).unwrap();
+        self.pki
+            .publish(Duration::from_secs(7 * 24 * 3600))
+            .unwrap();
     }
 
     pub fn write_config(&self, id: &str) {
@@ -195,7 +219,10 @@ impl Fed {
             facility_id: id,
             peer_listen: nd.peer,
             local_listen: nd.local,
-            token_sha256_hex: &hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes())),
+            token_sha256_hex: &hex::encode(ring::digest::digest(
+                &ring::digest::SHA256,
+                token.as_bytes(),
+            )),
             directory: &fed.join("directory.json"),
             crl: &fed.join("crl.pem"),
         }
@@ -223,7 +250,11 @@ impl Fed {
     pub fn spawn(&self, id: &str) -> Node {
         let nd = &self.nodes[id];
         let log = nd.dir.join("node.log");
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(gateway_bin())
             .args(["run", "--config"])
             .arg(&nd.config_path)
@@ -275,7 +306,12 @@ impl Node {
             if std::net::TcpStream::connect(self.dir.local).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "node {} did not start:\n{}", self.dir.id, self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not start:\n{}",
+                self.dir.id,
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -314,7 +350,9 @@ impl Node {
     /// SIGTERM and wait (≤ 20 s) for the drain.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if c.try_wait().unwrap().is_some() {
@@ -336,17 +374,38 @@ impl Node {
     }
 
     pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.api().json(Method::POST, path, Some(body)).await.unwrap()
+        self.api()
+            .json(Method::POST, path, Some(body))
+            .await
+            .unwrap()
     }
 
     /// Submits a record; `extra` adds query parameters (categories, clinician_role, …).
-    pub async fn send(&self, to: &str, patient: &str, purpose: &str, content_type: &str, payload: Vec<u8>, extra: &[(&str, &str)]) -> Submitted {
-        let mut q = vec![("to", to), ("patient", patient), ("purpose", purpose), ("content_type", content_type)];
+    pub async fn send(
+        &self,
+        to: &str,
+        patient: &str,
+        purpose: &str,
+        content_type: &str,
+        payload: Vec<u8>,
+        extra: &[(&str, &str)],
+    ) -> Submitted {
+        let mut q = vec![
+            ("to", to),
+            ("patient", patient),
+            ("purpose", purpose),
+            ("content_type", content_type),
+        ];
         q.extend_from_slice(extra);
         let query = serde_urlencoded::to_string(&q).unwrap();
         let resp = self
             .api()
-            .call(Method::POST, &format!("/v1/transfers?{query}"), Body::from(payload), Some("application/octet-stream"))
+            .call(
+                Method::POST,
+                &format!("/v1/transfers?{query}"),
+                Body::from(payload),
+                Some("application/octet-stream"),
+            )
             .await
             .unwrap();
         let (status, body) = collect_json(resp).await.unwrap();
@@ -356,7 +415,8 @@ impl Node {
     /// Sends a FHIR bundle for its own patient, for treatment.
     pub async fn send_bundle(&self, to: &str, bundle: &[u8]) -> Submitted {
         let patient = patient_id(bundle).unwrap_or_else(|| "no-patient".to_owned());
-        self.send(to, &patient, "treatment", "fhir", bundle.to_vec(), &[]).await
+        self.send(to, &patient, "treatment", "fhir", bundle.to_vec(), &[])
+            .await
     }
 
     pub async fn transfer(&self, id: &str) -> Value {
@@ -371,28 +431,52 @@ impl Node {
             if v["state"] == state {
                 return v;
             }
-            assert!(Instant::now() < deadline, "transfer {id} did not reach {state}: {v}\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "transfer {id} did not reach {state}: {v}\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn inbox(&self) -> Vec<Value> {
-        self.get("/v1/inbox").await.1.as_array().cloned().unwrap_or_default()
+        self.get("/v1/inbox")
+            .await
+            .1
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Fetches and decrypts a received record.
     pub async fn fetch(&self, id: &str) -> Vec<u8> {
         let resp = self
             .api()
-            .call(Method::GET, &format!("/v1/inbox/{id}/payload"), Body::empty(), None)
+            .call(
+                Method::GET,
+                &format!("/v1/inbox/{id}/payload"),
+                Body::empty(),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        resp.into_body().collect().await.unwrap().to_bytes().to_vec()
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
     }
 
     pub async fn audit(&self) -> Vec<Value> {
-        self.get("/v1/audit").await.1.as_array().cloned().unwrap_or_default()
+        self.get("/v1/audit")
+            .await
+            .1
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn audit_verifies(&self) -> bool {
@@ -466,9 +550,12 @@ pub async fn raw_peer_post(
     for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
         roots.add(c.unwrap()).unwrap();
     }
-    let certs: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut &identity.cert_pem[..]).map(|c| c.unwrap()).collect();
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &identity.key_pem[..]).unwrap().unwrap();
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &identity.cert_pem[..])
+        .map(|c| c.unwrap())
+        .collect();
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &identity.key_pem[..])
+        .unwrap()
+        .unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -476,7 +563,9 @@ pub async fn raw_peer_post(
         .with_client_auth_cert(certs, key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let name = ServerName::IpAddress(match addr.ip() {
         IpAddr::V4(v4) => v4.into(),
         IpAddr::V6(v6) => v6.into(),
@@ -485,9 +574,10 @@ pub async fn raw_peer_post(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .map_err(|e| format!("h2: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("h2: {e}"))?;
     tokio::spawn(conn);
     let req = http::Request::post(format!("https://{}{path}", addr.ip()))
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
@@ -497,7 +587,13 @@ pub async fn raw_peer_post(
         .map_err(|_| "timeout".to_owned())?
         .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
     Ok((status, bytes))
 }
 
@@ -534,7 +630,11 @@ impl Node {
 
     /// Audit entries of one event kind (e.g. "policy-decision").
     pub async fn audit_events(&self, event: &str) -> Vec<Value> {
-        self.audit().await.into_iter().filter(|e| e["event"] == event).collect()
+        self.audit()
+            .await
+            .into_iter()
+            .filter(|e| e["event"] == event)
+            .collect()
     }
 }
 

@@ -10,7 +10,10 @@ use tests::{bundles, patient_id, patient_names, Fed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bundle_is_delivered_byte_identical_with_a_verified_receipt() {
-    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital), ("clinic-b", FacilityKind::Clinic)]);
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
     let mut sent = Vec::new();
@@ -35,7 +38,10 @@ async fn every_bundle_is_delivered_byte_identical_with_a_verified_receipt() {
         let view = a.wait_state(id, "delivered", Duration::from_secs(60)).await;
         assert_eq!(view["receipt_held"], true, "{name}");
         let got = b.fetch(id).await;
-        assert!(got == *bytes, "{name}: fetched payload differs from what was sent");
+        assert!(
+            got == *bytes,
+            "{name}: fetched payload differs from what was sent"
+        );
     }
     assert_eq!(b.inbox().await.len(), sent.len());
     assert!(a.audit_verifies().await);
@@ -79,4 +85,3 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
-
