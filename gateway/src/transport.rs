@@ -129,13 +129,6 @@ pub enum ConnectError {
     Http { peer: String, source: hyper::Error },
 }
 
-impl ConnectError {
-    /// Identity failures will not heal by retrying soon; network failures may.
-    pub fn is_identity(&self) -> bool {
-        matches!(self, ConnectError::Identity { .. })
-    }
-}
-
 /// One HTTP/2 connection per peer, shared by all concurrent transfers to it and re-established
 /// when it closes.
 #[derive(Clone)]
