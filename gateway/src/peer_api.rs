@@ -146,11 +146,49 @@ async fn route(
     }
 }
 
+/// Refused connections are audited, but anyone who can reach the port can cause them: past
+/// `REFUSALS_AUDITED_PER_MINUTE` in a minute, further ones are counted and summarised in one
+/// entry when the next minute starts, so a scanner cannot flood the log or the disk.
+const REFUSALS_AUDITED_PER_MINUTE: u64 = 120;
+
+static REFUSAL_WINDOW: std::sync::Mutex<(u64, u64, u64)> = std::sync::Mutex::new((0, 0, 0));
+
 async fn audit_refused_connection(state: &NodeState, claimed: Option<String>, reason: String) {
     tracing::warn!(reason = %reason, "peer connection refused");
-    let mut rec = audit::record(event::REJECTED, "connection-refused");
-    rec.peer = claimed;
-    rec.reason = Some(reason);
-    let _ = audit::append(state, rec);
-    let _ = state.store.commit().await;
+    let minute = crate::trust::now_ms() / 60_000;
+    let (audit_this, suppressed_before) = {
+        let mut w = match REFUSAL_WINDOW.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (window, count, suppressed) = &mut *w;
+        let mut carried = 0;
+        if *window != minute {
+            carried = *suppressed;
+            *window = minute;
+            *count = 0;
+            *suppressed = 0;
+        }
+        *count += 1;
+        let audit_this = *count <= REFUSALS_AUDITED_PER_MINUTE;
+        if !audit_this {
+            *suppressed += 1;
+        }
+        (audit_this, carried)
+    };
+    if suppressed_before > 0 {
+        let mut rec = audit::record(event::REJECTED, "connection-refused");
+        rec.reason = Some(format!(
+            "{suppressed_before} further refused connections in the previous minute were not audited one by one"
+        ));
+        let _ = audit::append(state, rec);
+    }
+    if audit_this {
+        let mut rec = audit::record(event::REJECTED, "connection-refused");
+        rec.peer = claimed;
+        rec.reason = Some(reason);
+        let _ = audit::append(state, rec);
+    }
+    // Nothing is acknowledged to the refused peer, so the entry rides on the next group commit
+    // instead of forcing one per refusal.
 }
