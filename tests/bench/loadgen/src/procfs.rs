@@ -66,3 +66,21 @@ pub fn peak_rss_kib(pid: u32) -> io::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| io::Error::other("no VmHWM in /proc/pid/status"))
 }
+
+/// Busy CPU seconds of the whole machine so far (all CPUs: total minus idle and iowait).
+pub fn machine_busy_seconds(ticks: f64) -> io::Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .ok_or_else(|| io::Error::other("unexpected /proc/stat format"))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    Ok((total - idle) / ticks)
+}

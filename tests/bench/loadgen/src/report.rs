@@ -54,6 +54,10 @@ pub struct Row {
     /// Largest peak RSS of the nginx processes during the scenario.
     pub baseline_peak_rss_mib: Option<f64>,
     pub loadgen_cpu_ms_per_req: Option<f64>,
+    /// Cores busy machine-wide during the gateway window, and how many of them were used by
+    /// processes outside the benchmark (other work on the machine competing for the 2 cores).
+    pub machine_busy_cores: Option<f64>,
+    pub other_processes_cores: Option<f64>,
     pub ours_errors: Option<u64>,
     pub baseline_errors: Option<u64>,
     pub first_error: Option<String>,
@@ -81,6 +85,8 @@ struct Measured {
     /// CPU seconds in the window, per measured pid.
     cpu: Vec<f64>,
     loadgen_cpu: f64,
+    /// Machine-wide busy CPU seconds in the window.
+    machine_cpu: f64,
     /// Peak RSS (KiB) per measured pid over warm-up + window.
     peak_kib: Vec<u64>,
 }
@@ -97,17 +103,22 @@ async fn measure(
         let _ = procfs::reset_peak_rss(*p);
     }
     let me = std::process::id();
-    let mut samples: Vec<(Vec<f64>, f64)> = Vec::new();
+    let mut samples: Vec<(Vec<f64>, f64, f64)> = Vec::new();
     let load = load::run(target, payload, content_type, spec, |_| {
         samples.push((
             cpu_of(pids, ticks),
             procfs::cpu_seconds(me, ticks).unwrap_or(0.0),
+            procfs::machine_busy_seconds(ticks).unwrap_or(0.0),
         ))
     })
     .await;
-    let (cpu, loadgen_cpu) = match (samples.first(), samples.get(1)) {
-        (Some((a, la)), Some((b, lb))) => (a.iter().zip(b).map(|(x, y)| y - x).collect(), lb - la),
-        _ => (vec![0.0; pids.len()], 0.0),
+    let (cpu, loadgen_cpu, machine_cpu) = match (samples.first(), samples.get(1)) {
+        (Some((a, la, ma)), Some((b, lb, mb))) => (
+            a.iter().zip(b).map(|(x, y)| y - x).collect(),
+            lb - la,
+            mb - ma,
+        ),
+        _ => (vec![0.0; pids.len()], 0.0, 0.0),
     };
     let peak_kib = pids
         .iter()
@@ -117,6 +128,7 @@ async fn measure(
         load,
         cpu,
         loadgen_cpu,
+        machine_cpu,
         peak_kib,
     }
 }
@@ -424,6 +436,11 @@ fn transfer_row(p: &Payload, c: usize, ours: &Measured, base: &Measured, f: &Flo
         baseline_cpu_ms_per_req: per_req_ms(base.cpu.iter().sum(), base.load.completed),
         baseline_peak_rss_mib: base.peak_kib.iter().max().map(|k| mib(*k)),
         loadgen_cpu_ms_per_req: per_req_ms(ours.loadgen_cpu, n),
+        machine_busy_cores: Some(ours.machine_cpu / ours.load.window.as_secs_f64()),
+        other_processes_cores: Some(
+            (ours.machine_cpu - ours.cpu.iter().sum::<f64>() - ours.loadgen_cpu).max(0.0)
+                / ours.load.window.as_secs_f64(),
+        ),
         ours_errors: Some(ours.load.errors),
         baseline_errors: Some(base.load.errors),
         first_error: ours
@@ -726,16 +743,16 @@ pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| scenario | bytes | conc | ours/s | nginx/s | ratio | p50 ms | p99 ms | p999 ms | nginx p99 ms | CPU ms/transfer (snd+rcv) | floor ms | CPU/floor | peak RSS MiB snd/rcv | nginx CPU ms/req | errors |"
+        "| scenario | bytes | conc | ours/s | nginx/s | ratio | p50 ms | p99 ms | p999 ms | nginx p99 ms | CPU ms/transfer (snd+rcv) | floor ms | CPU/floor | peak RSS MiB snd/rcv | nginx CPU ms/req | cores busy (others) | errors |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows.iter().filter(|r| r.scenario.starts_with("transfer")) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}+{}) | {} | {} | {}/{} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}+{}) | {} | {} | {}/{} | {} | {} ({}) | {} |",
             r.scenario,
             r.payload_bytes.map_or_else(String::new, |b| b.to_string()),
             r.concurrency.map_or_else(String::new, |c| c.to_string()),
@@ -754,6 +771,8 @@ pub fn markdown(rows: &[Row]) -> String {
             f(r.peak_rss_mib_sender, 0),
             f(r.peak_rss_mib_receiver, 0),
             f(r.baseline_cpu_ms_per_req, 2),
+            f(r.machine_busy_cores, 2),
+            f(r.other_processes_cores, 2),
             match (r.ours_errors, r.baseline_errors, &r.first_error) {
                 (Some(a), Some(b), None) => format!("{a}/{b}"),
                 (a, b, e) => format!(
