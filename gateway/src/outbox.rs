@@ -114,27 +114,22 @@ pub async fn submit(
         return Err(SubmitError::SelfAddressed);
     }
 
-    let checked = match (&req.content_type, &payload) {
-        (ContentType::FhirBundle, Payload::Memory(bytes)) => check_record(
-            &req.content_type,
-            &req.patient,
-            &req.categories,
-            Some(bytes),
-        )?,
-        (ContentType::FhirBundle, Payload::File { path, len, .. }) => {
-            if *len > MAX_FHIR_BUNDLE_BYTES {
-                return Err(SubmitError::BundleTooLarge);
-            }
-            let bytes = std::fs::read(path).map_err(SubmitError::local)?;
-            check_record(
-                &req.content_type,
-                &req.patient,
-                &req.categories,
-                Some(&bytes),
-            )?
-        }
-        _ => check_record(&req.content_type, &req.patient, &req.categories, None)?,
+    // Parsing a FHIR bundle takes milliseconds per megabyte: keep it off the async workers so
+    // one large bundle does not stall every other request.
+    let source = match &payload {
+        Payload::Memory(bytes) => BundleSource::Memory(bytes.clone()),
+        Payload::File { path, len, .. } => BundleSource::File(path.clone(), *len),
     };
+    let (content_type, patient, declared) = (
+        req.content_type.clone(),
+        req.patient.clone(),
+        req.categories.clone(),
+    );
+    let checked = tokio::task::spawn_blocking(move || {
+        check_payload(&content_type, &patient, &declared, source)
+    })
+    .await
+    .map_err(SubmitError::local)??;
     let categories = checked.categories;
     let break_glass = req.break_glass_reason.is_some();
     let transfer_id = TransferId::new_random().map_err(SubmitError::local)?;
@@ -254,6 +249,32 @@ pub async fn submit(
     state.wake.notify_one();
     tracing::info!(transfer = %transfer_id, peer = %peer.id, bytes = payload_len, "transfer queued");
     Ok(transfer_id)
+}
+
+enum BundleSource {
+    Memory(Bytes),
+    File(PathBuf, u64),
+}
+
+fn check_payload(
+    content_type: &ContentType,
+    patient: &PatientRef,
+    declared: &BTreeSet<Category>,
+    source: BundleSource,
+) -> Result<crate::record::CheckedRecord, SubmitError> {
+    if *content_type != ContentType::FhirBundle {
+        return Ok(check_record(content_type, patient, declared, None)?);
+    }
+    let bytes = match source {
+        BundleSource::Memory(bytes) => bytes,
+        BundleSource::File(_, len) if len > MAX_FHIR_BUNDLE_BYTES => {
+            return Err(SubmitError::BundleTooLarge)
+        }
+        BundleSource::File(path, _) => {
+            Bytes::from(std::fs::read(path).map_err(SubmitError::local)?)
+        }
+    };
+    Ok(check_record(content_type, patient, declared, Some(&bytes))?)
 }
 
 /// The audit reason of a decision: what was asked, and why it was refused if it was.

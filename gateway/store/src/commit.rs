@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 
 use crate::error::StoreError;
+use crate::spool::SpoolDirs;
 use crate::types::CommitStats;
 
 /// The handle the store keeps; dropping it stops and joins the thread, which releases the
@@ -174,11 +175,16 @@ pub(crate) struct SledFiles {
     data_file: File,
     root_entries: BTreeSet<OsString>,
     blob_entries: BTreeSet<OsString>,
+    spool: Arc<SpoolDirs>,
 }
 
 impl SledFiles {
     /// Opens sled's data file and makes everything sled created so far durable.
-    pub(crate) fn open(db: sled::Db, dir: &Path) -> Result<SledFiles, StoreError> {
+    pub(crate) fn open(
+        db: sled::Db,
+        dir: &Path,
+        spool: Arc<SpoolDirs>,
+    ) -> Result<SledFiles, StoreError> {
         let data_path = dir.join("db");
         let data_file =
             File::open(&data_path).map_err(|e| StoreError::io("open", &data_path, e))?;
@@ -188,6 +194,7 @@ impl SledFiles {
             data_file,
             root_entries: BTreeSet::new(),
             blob_entries: BTreeSet::new(),
+            spool,
         };
         let conf = dir.join("conf");
         sync_file(&conf)?;
@@ -198,6 +205,8 @@ impl SledFiles {
     /// One durable commit: sled flush, then fdatasync of every file it may have written,
     /// then fsync of the directories whose entries changed.
     pub(crate) fn sync(&mut self) -> Result<(), StoreError> {
+        // Spool files renamed into place before this flush started.
+        self.spool.sync_if_dirty()?;
         // Blobs written before the flush are synced first, so the log never durably refers
         // to a blob that is not; blobs written concurrently are caught by the second pass.
         self.sync_blobs()?;

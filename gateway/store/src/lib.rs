@@ -79,6 +79,7 @@ pub struct Store {
 struct Inner {
     dir: PathBuf,
     spool_dir: PathBuf,
+    spool_dirs: Arc<spool::SpoolDirs>,
     trees: Trees,
     audit_tail: Mutex<audit::Tail>,
     // Joins its thread (which holds its own sled handle) on drop, so that once the last
@@ -137,13 +138,15 @@ impl Store {
         };
         let tail = audit::Tail::load(&trees)?;
         // Makes the trees' creation durable before anything is acknowledged.
-        let files = SledFiles::open(db, &sled_dir)?;
+        let spool_dirs = spool::SpoolDirs::new(&spool_dir);
+        let files = SledFiles::open(db, &sled_dir, Arc::clone(&spool_dirs))?;
         sync_dir(dir)?;
         let committer = Committer::start(files)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 spool_dir,
+                spool_dirs,
                 trees,
                 audit_tail: Mutex::new(tail),
                 committer,
@@ -162,13 +165,22 @@ impl Store {
         self.inner.committer.stats()
     }
 
+    #[cfg(test)]
+    pub(crate) fn spool_dirs_dirty(&self) -> bool {
+        self.inner.spool_dirs.is_dirty()
+    }
+
     /// A writer for the spool file of `id`; see [`SpoolWriter`].
     pub fn spool_writer(
         &self,
         id: &TransferId,
         kind: SpoolKind,
     ) -> Result<SpoolWriter, StoreError> {
-        SpoolWriter::create(&self.inner.spool_dir.join(kind.dir_name()), id)
+        SpoolWriter::create(
+            &self.inner.spool_dir.join(kind.dir_name()),
+            id,
+            Arc::clone(&self.inner.spool_dirs),
+        )
     }
 
     /// Where the finished spool file of `id` is (whether or not it exists).

@@ -7,7 +7,8 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::commit::sync_dir;
 use crate::error::StoreError;
@@ -23,6 +24,51 @@ const BUFFER_BYTES: usize = 256 * 1024;
 /// (a sender retrying while its first attempt is still streaming) never share a file.
 static NEXT_PARTIAL: AtomicU64 = AtomicU64::new(0);
 
+/// The spool directories, and whether a file was renamed into one of them since the last
+/// group commit. A rename is made durable by an fsync of its directory; doing that once per
+/// group commit instead of once per file keeps it off every transfer's path (the caller
+/// commits before it acknowledges anything, so the ordering guarantee is unchanged).
+pub(crate) struct SpoolDirs {
+    dirty: AtomicBool,
+    dirs: Vec<PathBuf>,
+}
+
+impl SpoolDirs {
+    pub(crate) fn new(spool_dir: &Path) -> Arc<SpoolDirs> {
+        Arc::new(SpoolDirs {
+            dirty: AtomicBool::new(false),
+            dirs: [SpoolKind::Outbox, SpoolKind::Inbox]
+                .iter()
+                .map(|k| spool_dir.join(k.dir_name()))
+                .collect(),
+        })
+    }
+
+    fn mark(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
+    /// Called by the commit thread at the start of every flush: every rename that happened
+    /// before the flush started is durable when it ends.
+    pub(crate) fn sync_if_dirty(&self) -> Result<(), StoreError> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        for dir in &self.dirs {
+            if let Err(e) = sync_dir(dir) {
+                self.dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes one envelope into the spool. Obtain it from [`crate::Store::spool_writer`], write
 /// the bytes, then call [`SpoolWriter::finish`]. Dropping it unfinished deletes what was
 /// written. Writes are blocking file I/O; `finish` fsyncs, so call it from a blocking
@@ -31,12 +77,16 @@ pub struct SpoolWriter {
     file: Option<BufWriter<File>>,
     partial: PathBuf,
     dest: PathBuf,
-    dir: PathBuf,
+    dirs: Arc<SpoolDirs>,
     written: u64,
 }
 
 impl SpoolWriter {
-    pub(crate) fn create(dir: &Path, id: &TransferId) -> Result<SpoolWriter, StoreError> {
+    pub(crate) fn create(
+        dir: &Path,
+        id: &TransferId,
+        dirs: Arc<SpoolDirs>,
+    ) -> Result<SpoolWriter, StoreError> {
         let name = transfer_id_hex(id);
         let n = NEXT_PARTIAL.fetch_add(1, Ordering::Relaxed);
         let partial = dir.join(format!("{name}.{}-{n}{PARTIAL_SUFFIX}", std::process::id()));
@@ -49,7 +99,7 @@ impl SpoolWriter {
             file: Some(BufWriter::with_capacity(BUFFER_BYTES, file)),
             partial,
             dest: dir.join(name),
-            dir: dir.to_path_buf(),
+            dirs,
             written: 0,
         })
     }
@@ -74,7 +124,9 @@ impl SpoolWriter {
     }
 
     /// Makes the file durable and moves it to its final path: fsync the file, rename it into
-    /// place (replacing any previous file for the id), fsync the directory. Returns its length.
+    /// place (replacing any previous file for the id). The rename itself becomes durable with
+    /// the next [`crate::Store::commit`] (which fsyncs the spool directories), so commit before
+    /// acknowledging the file. Returns its length.
     pub fn finish(mut self) -> Result<u64, StoreError> {
         let file = self.file.take().ok_or_else(|| finished(&self.partial))?;
         let file = file
@@ -89,7 +141,7 @@ impl SpoolWriter {
         }
         // From here the partial path no longer exists; Drop must not remove anything.
         self.partial = PathBuf::new();
-        sync_dir(&self.dir)?;
+        self.dirs.mark();
         Ok(self.written)
     }
 }

@@ -91,3 +91,22 @@ fn remove_is_durable_and_idempotent() {
         .spool_remove(&id, SpoolKind::Inbox)
         .expect("remove again");
 }
+
+#[tokio::test]
+async fn a_finished_file_is_made_durable_by_the_next_commit() {
+    let (_dir, store) = open();
+    assert!(!store.spool_dirs_dirty());
+    let mut w = store
+        .spool_writer(&tid(7), SpoolKind::Outbox)
+        .expect("writer");
+    w.write_chunk(b"envelope").expect("write");
+    w.finish().expect("finish");
+    // The rename is pending until a group commit fsyncs the spool directories.
+    assert!(store.spool_dirs_dirty());
+    store.commit().await.expect("commit");
+    assert!(!store.spool_dirs_dirty());
+    assert_eq!(
+        std::fs::read(store.spool_path(&tid(7), SpoolKind::Outbox)).expect("read"),
+        b"envelope"
+    );
+}
