@@ -11,10 +11,12 @@
 //! The gateway unions these with the categories the sender declared; the
 //! stricter (the union) wins.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::LazyLock;
 
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::Category;
@@ -104,25 +106,67 @@ impl System {
     }
 
     /// ICD-10 codes are written with or without the dot ("F32.9" / "F329").
-    fn normalize(self, code: &str) -> String {
+    /// Borrows when the code is already normal (the common case), so a lookup
+    /// does not allocate.
+    fn normalize(self, code: &str) -> Cow<'_, str> {
         match self {
-            System::Icd10 => code
-                .chars()
-                .filter(|c| *c != '.')
-                .map(|c| c.to_ascii_uppercase())
-                .collect(),
-            _ => code.trim().to_owned(),
+            System::Icd10 => {
+                if code.bytes().any(|b| b == b'.' || b.is_ascii_lowercase()) {
+                    Cow::Owned(
+                        code.chars()
+                            .filter(|c| *c != '.')
+                            .map(|c| c.to_ascii_uppercase())
+                            .collect(),
+                    )
+                } else {
+                    Cow::Borrowed(code)
+                }
+            }
+            _ => Cow::Borrowed(code.trim()),
         }
     }
 }
 
-struct Table {
-    exact: HashMap<(System, String), Category>,
+/// The rules of one code system.
+#[derive(Default)]
+struct Rules {
+    exact: HashMap<String, Category>,
     /// Prefix rules, longest first, so the most specific matches first.
-    prefixes: Vec<(System, String, Category)>,
+    prefixes: Vec<(String, Category)>,
+}
+
+/// Rules split by system, so a lookup hashes a borrowed `&str` and scans only
+/// its own system's prefixes.
+#[derive(Default)]
+struct Table {
+    snomed: Rules,
+    loinc: Rules,
+    icd10: Rules,
+    rxnorm: Rules,
+    actcode: Rules,
 }
 
 impl Table {
+    fn rules(&self, system: System) -> &Rules {
+        match system {
+            System::Snomed => &self.snomed,
+            System::Loinc => &self.loinc,
+            System::Icd10 => &self.icd10,
+            System::RxNorm => &self.rxnorm,
+            System::ActCode => &self.actcode,
+        }
+    }
+
+    fn rules_mut(&mut self, system: System) -> &mut Rules {
+        match system {
+            System::Snomed => &mut self.snomed,
+            System::Loinc => &mut self.loinc,
+            System::Icd10 => &mut self.icd10,
+            System::RxNorm => &mut self.rxnorm,
+            System::ActCode => &mut self.actcode,
+        }
+    }
+
     fn parse(src: &str) -> Result<Table, ClassifyError> {
         let mut exact = HashMap::new();
         let mut prefixes = Vec::new();
@@ -153,7 +197,7 @@ impl Table {
                 Some(prefix) => (prefix, true),
                 None => (*code, false),
             };
-            let code = system.normalize(code);
+            let code = system.normalize(code).into_owned();
             if code.is_empty() || code.contains('*') {
                 return Err(problem("empty code or misplaced '*'".to_owned()));
             }
@@ -174,19 +218,29 @@ impl Table {
             prefixes.push((system, code, category));
         }
         prefixes.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.1.cmp(&b.1)));
-        Ok(Table { exact, prefixes })
+        let mut table = Table::default();
+        for ((system, code), category) in exact {
+            table.rules_mut(system).exact.insert(code, category);
+        }
+        // Pushed in global order, so each system's list stays longest first.
+        for (system, code, category) in prefixes {
+            table.rules_mut(system).prefixes.push((code, category));
+        }
+        Ok(table)
     }
 
     fn lookup(&self, system_uri: &str, code: &str) -> Option<Category> {
         let system = System::from_uri(system_uri)?;
+        let rules = self.rules(system);
         let code = system.normalize(code);
-        if let Some(category) = self.exact.get(&(system, code.clone())) {
+        if let Some(category) = rules.exact.get(code.as_ref()) {
             return Some(*category);
         }
-        self.prefixes
+        rules
+            .prefixes
             .iter()
-            .find(|(s, prefix, _)| *s == system && code.starts_with(prefix.as_str()))
-            .map(|(_, _, category)| *category)
+            .find(|(prefix, _)| code.starts_with(prefix.as_str()))
+            .map(|(_, category)| *category)
     }
 }
 
@@ -219,12 +273,390 @@ pub fn classify_codes<'a>(codings: impl Iterator<Item = (&'a str, &'a str)>) -> 
 /// Classifies a FHIR R4 Bundle (JSON). Every coding anywhere in the bundle
 /// counts (code, category, reasonCode, value, meta.security, contained
 /// resources …), because a sensitive code is sensitive wherever it appears.
+///
+/// Reads the JSON in one pass without building a tree: strings are borrowed
+/// from `bytes` (copied only when escaped and of interest). Results are those
+/// of [`classify_fhir_bundle_reference`], the tree-based original: a document
+/// with a repeated object key (where JSON parsers differ, and a tree keeps the
+/// last value) is handed to it, so the two never disagree.
 pub fn classify_fhir_bundle(bytes: &[u8]) -> Result<BundleFacts, ClassifyError> {
     let table = TABLE.as_ref().map_err(Clone::clone)?;
-    let bundle: Value = serde_json::from_slice(bytes).map_err(|e| ClassifyError::NotJson {
+    let mut scan = Scan {
+        table,
+        facts: BundleFacts::empty(),
+        keys: Vec::new(),
+        duplicate_key: false,
+        root: None,
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Node {
+        scan: &mut scan,
+        role: Role::Root,
+        capture: false,
+    }
+    .deserialize(&mut de)
+    .and_then(|_| de.end());
+    if let Err(e) = parsed {
+        if scan.duplicate_key {
+            return classify_with_tree(table, bytes);
+        }
+        return Err(not_json(&e));
+    }
+    match scan.root {
+        Some(Root {
+            is_bundle: true,
+            entry,
+        }) => match entry {
+            EntryShape::NotArray => Err(ClassifyError::BadEntries),
+            EntryShape::Missing | EntryShape::Array => Ok(scan.facts),
+        },
+        _ => Err(ClassifyError::NotBundle),
+    }
+}
+
+/// The original tree-based classifier, kept as the reference the streaming
+/// one is tested and benchmarked against, and as its fallback for repeated
+/// keys. Not part of the API.
+#[doc(hidden)]
+pub fn classify_fhir_bundle_reference(bytes: &[u8]) -> Result<BundleFacts, ClassifyError> {
+    let table = TABLE.as_ref().map_err(Clone::clone)?;
+    classify_with_tree(table, bytes)
+}
+
+fn not_json(e: &serde_json::Error) -> ClassifyError {
+    ClassifyError::NotJson {
         line: e.line(),
         column: e.column(),
-    })?;
+    }
+}
+
+impl BundleFacts {
+    fn empty() -> BundleFacts {
+        BundleFacts {
+            patient_ids: BTreeSet::new(),
+            resource_types: BTreeSet::new(),
+            categories: BTreeSet::from([Category::General]),
+            matched_codes: 0,
+        }
+    }
+}
+
+/// State of one streaming classification.
+struct Scan<'t, 'de> {
+    table: &'t Table,
+    facts: BundleFacts,
+    /// Keys of the objects being read, outermost first; each object checks
+    /// its new keys against its own tail of this stack.
+    keys: Vec<Cow<'de, str>>,
+    /// Set (and the parse aborted) on a repeated key: the tree semantics
+    /// (last value wins, earlier values vanish) need the tree.
+    duplicate_key: bool,
+    /// What the top-level object said; `None` if the document is no object.
+    root: Option<Root>,
+}
+
+impl Scan<'_, '_> {
+    fn coding(&mut self, system: &str, code: &str) {
+        if let Some(category) = self.table.lookup(system, code) {
+            if category.is_sensitive() {
+                self.facts.matched_codes += 1;
+            }
+            self.facts.categories.insert(category);
+        }
+    }
+}
+
+fn insert_str(set: &mut BTreeSet<String>, value: &str) {
+    // Most resource types repeat: look up before allocating.
+    if !set.contains(value) {
+        set.insert(value.to_owned());
+    }
+}
+
+struct Root {
+    is_bundle: bool,
+    entry: EntryShape,
+}
+
+enum EntryShape {
+    Missing,
+    Array,
+    NotArray,
+}
+
+/// Where a JSON value sits, as far as [`BundleFacts`] is concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The document.
+    Root,
+    /// `Bundle.entry`.
+    Entries,
+    /// `Bundle.entry[i]`.
+    Entry,
+    /// `Bundle.entry[i].resource`.
+    Resource,
+    /// `Bundle.entry[i].resource.identifier` (of a Patient, or not yet known).
+    Identifiers,
+    /// `Bundle.entry[i].resource.identifier[j]`.
+    Identifier,
+    /// Anywhere else: only codings matter.
+    Other,
+}
+
+/// What a value turned out to be, as far as its parent needs to know.
+enum Seen<'de> {
+    /// A string its parent asked for (`capture`).
+    Str(Cow<'de, str>),
+    Array,
+    /// The string `value`s of an `Identifiers` array.
+    Identifiers(Vec<Cow<'de, str>>),
+    Other,
+}
+
+impl<'de> Seen<'de> {
+    fn into_str(self) -> Option<Cow<'de, str>> {
+        match self {
+            Seen::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Reads one JSON value of any shape.
+struct Node<'a, 't, 'de> {
+    scan: &'a mut Scan<'t, 'de>,
+    role: Role,
+    /// Whether the parent wants this value if it is a string.
+    capture: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_, '_, 'de> {
+    type Value = Seen<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Seen<'de>, D::Error> {
+        // `deserialize_any`, as `Value` does: same syntax checks, number
+        // parsing, nesting limit and error positions.
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
+    type Value = Seen<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Seen<'de>, E> {
+        Ok(Seen::Other)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Seen<'de>, E> {
+        Ok(Seen::Other)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Seen<'de>, E> {
+        Ok(Seen::Other)
+    }
+
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<Seen<'de>, E> {
+        Ok(Seen::Other)
+    }
+
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<Seen<'de>, E> {
+        Ok(Seen::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Seen<'de>, E> {
+        Ok(Seen::Other)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Seen<'de>, E> {
+        Ok(Seen::Other)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Seen<'de>, E> {
+        Ok(if self.capture {
+            Seen::Str(Cow::Borrowed(v))
+        } else {
+            Seen::Other
+        })
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Seen<'de>, E> {
+        // Escaped string, unescaped into the parser's scratch buffer.
+        Ok(if self.capture {
+            Seen::Str(Cow::Owned(v.to_owned()))
+        } else {
+            Seen::Other
+        })
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Seen<'de>, E> {
+        Ok(if self.capture {
+            Seen::Str(Cow::Owned(v))
+        } else {
+            Seen::Other
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seen<'de>, A::Error> {
+        let scan = self.scan;
+        match self.role {
+            Role::Identifiers => {
+                let mut values = Vec::new();
+                while let Some(seen) = seq.next_element_seed(Node {
+                    scan: &mut *scan,
+                    role: Role::Identifier,
+                    capture: false,
+                })? {
+                    if let Seen::Str(value) = seen {
+                        values.push(value);
+                    }
+                }
+                Ok(Seen::Identifiers(values))
+            }
+            role => {
+                let role = if role == Role::Entries {
+                    Role::Entry
+                } else {
+                    Role::Other
+                };
+                while seq
+                    .next_element_seed(Node {
+                        scan: &mut *scan,
+                        role,
+                        capture: false,
+                    })?
+                    .is_some()
+                {}
+                Ok(Seen::Array)
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Seen<'de>, A::Error> {
+        let scan = self.scan;
+        let role = self.role;
+        let start = scan.keys.len();
+        let mut system = None;
+        let mut code = None;
+        let mut resource_type: Option<Cow<'de, str>> = None;
+        let mut id = None;
+        let mut identifiers = None;
+        let mut value = None;
+        let mut entry = EntryShape::Missing;
+        while let Some(key) = map.next_key_seed(Key)? {
+            if scan.keys.iter().skip(start).any(|k| *k == key) {
+                scan.duplicate_key = true;
+                return Err(de::Error::custom("repeated object key"));
+            }
+            let (child, capture) = match (role, key.as_ref()) {
+                (_, "system" | "code") => (Role::Other, true),
+                (Role::Root | Role::Resource, "resourceType") => (Role::Other, true),
+                (Role::Root, "entry") => (Role::Entries, false),
+                (Role::Entry, "resource") => (Role::Resource, false),
+                (Role::Resource, "id") => (Role::Other, true),
+                // Identifiers matter only for a Patient; skip collecting them
+                // when the resource type is already known to be another.
+                (Role::Resource, "identifier")
+                    if resource_type.as_deref().is_none_or(|k| k == "Patient") =>
+                {
+                    (Role::Identifiers, false)
+                }
+                (Role::Identifier, "value") => (Role::Other, true),
+                _ => (Role::Other, false),
+            };
+            let seen = map.next_value_seed(Node {
+                scan: &mut *scan,
+                role: child,
+                capture,
+            })?;
+            match (role, key.as_ref()) {
+                (_, "system") => system = seen.into_str(),
+                (_, "code") => code = seen.into_str(),
+                (Role::Root | Role::Resource, "resourceType") => resource_type = seen.into_str(),
+                (Role::Root, "entry") => {
+                    entry = match seen {
+                        Seen::Array => EntryShape::Array,
+                        _ => EntryShape::NotArray,
+                    }
+                }
+                (Role::Resource, "id") => id = seen.into_str(),
+                (Role::Resource, "identifier") => {
+                    identifiers = match seen {
+                        Seen::Identifiers(values) => Some(values),
+                        _ => None,
+                    }
+                }
+                (Role::Identifier, "value") => value = seen.into_str(),
+                _ => {}
+            }
+            scan.keys.push(key);
+        }
+        scan.keys.truncate(start);
+
+        if let (Some(system), Some(code)) = (system, code) {
+            scan.coding(&system, &code);
+        }
+        match role {
+            Role::Root => {
+                scan.root = Some(Root {
+                    is_bundle: resource_type.as_deref() == Some("Bundle"),
+                    entry,
+                });
+            }
+            Role::Resource => {
+                if let Some(kind) = resource_type {
+                    insert_str(&mut scan.facts.resource_types, &kind);
+                    if kind == "Patient" {
+                        for patient_id in id.into_iter().chain(identifiers.into_iter().flatten()) {
+                            insert_str(&mut scan.facts.patient_ids, &patient_id);
+                        }
+                    }
+                }
+            }
+            Role::Identifier => return Ok(value.map_or(Seen::Other, Seen::Str)),
+            _ => {}
+        }
+        Ok(Seen::Other)
+    }
+}
+
+/// Reads an object key, borrowed unless escaped.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// The original implementation: parse into a `Value` tree, then walk it.
+fn classify_with_tree(table: &Table, bytes: &[u8]) -> Result<BundleFacts, ClassifyError> {
+    let bundle: Value = serde_json::from_slice(bytes).map_err(|e| not_json(&e))?;
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ClassifyError::NotBundle);
     }
@@ -234,12 +666,7 @@ pub fn classify_fhir_bundle(bytes: &[u8]) -> Result<BundleFacts, ClassifyError> 
         Some(_) => return Err(ClassifyError::BadEntries),
     };
 
-    let mut facts = BundleFacts {
-        patient_ids: BTreeSet::new(),
-        resource_types: BTreeSet::new(),
-        categories: BTreeSet::from([Category::General]),
-        matched_codes: 0,
-    };
+    let mut facts = BundleFacts::empty();
     for resource in entries.iter().filter_map(|e| e.get("resource")) {
         let Some(kind) = resource.get("resourceType").and_then(Value::as_str) else {
             continue;
@@ -361,5 +788,92 @@ mod tests {
         assert!(!text.contains("secret"), "{text}");
         let err = classify_fhir_bundle(b"{\"resourceType\":\"Bundle\",\"entry\":{}}").err();
         assert_eq!(err, Some(ClassifyError::BadEntries));
+    }
+
+    /// The lookup as it was before the table was split by system (owned
+    /// normalization, one global prefix list), for comparison.
+    fn lookup_before_split(src: &str, system_uri: &str, code: &str) -> Option<Category> {
+        let normalize = |system: System, code: &str| -> String {
+            match system {
+                System::Icd10 => code
+                    .chars()
+                    .filter(|c| *c != '.')
+                    .map(|c| c.to_ascii_uppercase())
+                    .collect(),
+                _ => code.trim().to_owned(),
+            }
+        };
+        let mut exact = HashMap::new();
+        let mut prefixes = Vec::new();
+        for line in src
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let Some(system) = System::from_table(fields[0]) else {
+                continue; // header
+            };
+            let category: Category = fields[2].parse().unwrap();
+            match fields[1].strip_suffix('*') {
+                Some(p) => prefixes.push((system, normalize(system, p), category)),
+                None => {
+                    exact.insert((system, normalize(system, fields[1])), category);
+                }
+            }
+        }
+        prefixes.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.1.cmp(&b.1)));
+        let system = System::from_uri(system_uri)?;
+        let code = normalize(system, code);
+        if let Some(category) = exact.get(&(system, code.clone())) {
+            return Some(*category);
+        }
+        prefixes
+            .iter()
+            .find(|(s, prefix, _)| *s == system && code.starts_with(prefix.as_str()))
+            .map(|(_, _, category)| *category)
+    }
+
+    #[test]
+    fn split_table_lookup_matches_the_global_one() {
+        let table = Table::parse(CATEGORY_CODES_TSV).unwrap();
+        let uris = [
+            SNOMED,
+            ICD10,
+            "http://hl7.org/fhir/sid/icd-10",
+            "urn:oid:2.16.840.1.113883.6.90",
+            "http://loinc.org",
+            "http://www.nlm.nih.gov/research/umls/rxnorm",
+            "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "http://example.org/codes",
+        ];
+        let mut codes: Vec<String> = Vec::new();
+        for line in CATEGORY_CODES_TSV.lines().filter(|l| !l.starts_with('#')) {
+            let Some(code) = line.split('\t').nth(1) else {
+                continue;
+            };
+            let code = code.trim_end_matches('*');
+            for variant in [
+                code.to_owned(),
+                code.to_lowercase(),
+                format!(" {code} "),
+                format!("{code}.1"),
+                format!("{code}9"),
+                code.chars().take(code.len().saturating_sub(1)).collect(),
+                code.replacen('.', "", 1),
+                format!("{}.{}", &code[..1], &code[1..]),
+            ] {
+                codes.push(variant);
+            }
+        }
+        codes.extend(["", " ", ".", "f17.210", "F17.2", "O09.90", "O0"].map(String::from));
+        let mut matched = 0;
+        for uri in uris {
+            for code in &codes {
+                let want = lookup_before_split(CATEGORY_CODES_TSV, uri, code);
+                assert_eq!(table.lookup(uri, code), want, "{uri} {code:?}");
+                matched += usize::from(want.is_some());
+            }
+        }
+        assert!(matched > 200, "{matched}");
     }
 }
