@@ -323,7 +323,23 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
             &p.bytes,
             Duration::from_millis(if args.quick { 500 } else { 1500 }),
         )?;
-        rows.push(floor_row(p.label, &p.source, &f));
+        let mut row = floor_row(p.label, &p.source, &f);
+        let classify = classify_ms(
+            &p.bytes,
+            Duration::from_millis(if args.quick { 300 } else { 1000 }),
+        );
+        log(format!(
+            "{}: crypto floor {:.3} ms/transfer; FHIR classification alone {} ms",
+            p.label,
+            f.ms_per_transfer,
+            classify
+                .as_ref()
+                .map_or_else(Clone::clone, |ms| format!("{ms:.3}"))
+        ));
+        if let (Some(Value::Object(d)), Ok(ms)) = (row.detail.as_mut(), classify) {
+            d.insert("fhir_classify_ms".into(), ms.into());
+        }
+        rows.push(row);
         floors.push(f);
     }
 
@@ -393,6 +409,20 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
         rows.extend(audit_rows(args, work));
     }
     Ok(())
+}
+
+/// What the sender spends on `policies::classify::classify_fhir_bundle` (the gateway's FHIR
+/// parse and classification of every bundle it sends), per transfer: not crypto, but a cost
+/// every FHIR transfer pays, measured the same way as the floor.
+fn classify_ms(bundle: &[u8], min_time: Duration) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut n = 0u32;
+    while n < 3 || started.elapsed() < min_time {
+        let facts = policies::classify::classify_fhir_bundle(bundle).map_err(|e| e.to_string())?;
+        std::hint::black_box(facts);
+        n += 1;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e3 / f64::from(n))
 }
 
 fn floor_row(label: &str, source: &str, f: &Floor) -> Row {
