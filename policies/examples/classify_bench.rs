@@ -1,0 +1,108 @@
+//! Classification throughput: streaming `classify_fhir_bundle` against the
+//! tree-based original (`classify_fhir_bundle_reference`) on the same bytes.
+//!
+//! `cargo run --release -p policies --example classify_bench [-- <seconds per run>]`
+//! prints one JSON object per bundle on stdout, e.g.
+//! `{"bench":"policies.classify","bundle":"...","bytes":1012331,"old_mb_s":30.1,
+//!   "new_mb_s":120.4,"speedup":4.0}` (MB = 10^6 bytes). Bundles: the ~1 MB
+//! Synthea bundle from tests/testdata/fhir/bundles, its first entries cut to
+//! ~100 KB, and a ~190 KB non-Synthea bundle.
+
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use policies::classify::{classify_fhir_bundle, classify_fhir_bundle_reference, BundleFacts};
+
+const BUNDLES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/testdata/fhir/bundles/"
+);
+const ONE_MB: &str = "Gilberto_Orosco_6ece62f3-283c-4387-aa9b-affba8ebf4c3.json";
+
+/// The first entries of `bytes` (a Bundle) whose re-serialization stays under `limit`.
+fn cut_to(bytes: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let mut bundle: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let entries = bundle
+        .get_mut("entry")
+        .and_then(serde_json::Value::as_array_mut)
+        .ok_or("no entries")?;
+    let all = std::mem::take(entries);
+    let mut out = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
+    for entry in all {
+        let entries = bundle
+            .get_mut("entry")
+            .and_then(serde_json::Value::as_array_mut)
+            .ok_or("no entries")?;
+        entries.push(entry);
+        let next = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
+        if next.len() > limit {
+            break;
+        }
+        out = next;
+    }
+    Ok(out)
+}
+
+/// MB/s of `f` on `bytes`, over at least `budget` of repeated runs.
+fn throughput(bytes: &[u8], budget: Duration, f: fn(&[u8]) -> Option<BundleFacts>) -> f64 {
+    let start = Instant::now();
+    let mut runs = 0u64;
+    while runs < 3 || start.elapsed() < budget {
+        black_box(f(black_box(bytes)));
+        runs += 1;
+    }
+    (bytes.len() as f64 * runs as f64) / start.elapsed().as_secs_f64() / 1e6
+}
+
+fn main() -> ExitCode {
+    let seconds = match std::env::args().nth(1).map(|s| s.parse::<f64>()) {
+        None => 2.0,
+        Some(Ok(s)) if s > 0.0 => s,
+        Some(_) => {
+            eprintln!("usage: classify_bench [seconds per run]");
+            return ExitCode::from(64);
+        }
+    };
+    let budget = Duration::from_secs_f64(seconds);
+    let load =
+        |file: &str| std::fs::read(format!("{BUNDLES}{file}")).map_err(|e| format!("{file}: {e}"));
+    let inputs = load(ONE_MB).and_then(|one_mb| {
+        Ok(vec![
+            ("synthea-100k".to_owned(), cut_to(&one_mb, 100_000)?),
+            ("synthea-1m".to_owned(), one_mb),
+            (
+                "practitionerInformation".to_owned(),
+                load("practitionerInformation1559319163815.json")?,
+            ),
+        ])
+    });
+    let inputs = match inputs {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            eprintln!("classify_bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, bytes) in &inputs {
+        let new = classify_fhir_bundle(bytes);
+        if new.is_err() || new != classify_fhir_bundle_reference(bytes) {
+            eprintln!("classify_bench: {name}: implementations disagree or fail");
+            return ExitCode::FAILURE;
+        }
+        let old_mb_s = throughput(bytes, budget, |b| classify_fhir_bundle_reference(b).ok());
+        let new_mb_s = throughput(bytes, budget, |b| classify_fhir_bundle(b).ok());
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "policies.classify",
+                "bundle": name,
+                "bytes": bytes.len(),
+                "old_mb_s": (old_mb_s * 10.0).round() / 10.0,
+                "new_mb_s": (new_mb_s * 10.0).round() / 10.0,
+                "speedup": (new_mb_s / old_mb_s * 100.0).round() / 100.0,
+            })
+        );
+    }
+    ExitCode::SUCCESS
+}
