@@ -355,10 +355,7 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                 Some(id) => format!("/v1/transfers/{id}"),
                 None => "/v1/transfers".to_owned(),
             };
-            let (status, body) = c.json(Method::GET, &path, None).await.map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            let body = ok_json(&c, Method::GET, &path, None).await?;
             if json {
                 print_json(&body);
             } else {
@@ -390,13 +387,13 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
         }
         Command::Cancel { config, id } => {
             let c = client(&config).await?;
-            let (status, body) = c
-                .json(Method::POST, &format!("/v1/transfers/{id}/cancel"), None)
-                .await
-                .map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            ok_json(
+                &c,
+                Method::POST,
+                &format!("/v1/transfers/{id}/cancel"),
+                None,
+            )
+            .await?;
             println!("cancelled {id}");
             Ok(())
         }
@@ -406,13 +403,7 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
         Command::Request(args) => request(args).await,
         Command::Requests { config, json } => {
             let c = client(&config).await?;
-            let (status, body) = c
-                .json(Method::GET, "/v1/requests", None)
-                .await
-                .map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            let body = ok_json(&c, Method::GET, "/v1/requests", None).await?;
             if json {
                 print_json(&body);
             } else {
@@ -461,6 +452,22 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
             }
         },
         Command::Policy { action } => policy(action).await,
+    }
+}
+
+/// Calls the API and insists on a 2xx answer, turning anything else into a failure that
+/// carries the API's error text.
+async fn ok_json(
+    c: &ApiClient,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Failure> {
+    let (status, body) = c.json(method, path, body).await.map_err(fail)?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(api_failure(status, &body))
     }
 }
 
@@ -529,10 +536,7 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
     let c = client(config).await?;
     match action {
         InboxAction::List { json } => {
-            let (status, body) = c.json(Method::GET, "/v1/inbox", None).await.map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            let body = ok_json(&c, Method::GET, "/v1/inbox", None).await?;
             if json {
                 print_json(&body);
             } else {
@@ -571,13 +575,7 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
             Ok(())
         }
         InboxAction::Ack { id } => {
-            let (status, body) = c
-                .json(Method::POST, &format!("/v1/inbox/{id}/ack"), None)
-                .await
-                .map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            ok_json(&c, Method::POST, &format!("/v1/inbox/{id}/ack"), None).await?;
             println!("acknowledged {id}");
             Ok(())
         }
@@ -658,13 +656,7 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
                 ("transfer", transfer),
                 ("break_glass", break_glass.then(|| "true".to_owned())),
             ]);
-            let (status, body) = c
-                .json(Method::GET, &format!("/v1/audit?{q}"), None)
-                .await
-                .map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            let body = ok_json(&c, Method::GET, &format!("/v1/audit?{q}"), None).await?;
             if json {
                 print_json(&body);
             } else {
@@ -732,13 +724,7 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
         ConsentAction::Deny(args) => directive(args, "deny").await,
         ConsentAction::Revoke { config, id } => {
             let c = client(&config).await?;
-            let (status, body) = c
-                .json(Method::POST, &format!("/v1/consents/{id}/revoke"), None)
-                .await
-                .map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            ok_json(&c, Method::POST, &format!("/v1/consents/{id}/revoke"), None).await?;
             println!("revoked {id}");
             Ok(())
         }
@@ -749,13 +735,7 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
         } => {
             let c = client(&config).await?;
             let q = query(&[("patient", Some(patient))]);
-            let (status, body) = c
-                .json(Method::GET, &format!("/v1/consents?{q}"), None)
-                .await
-                .map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            let body = ok_json(&c, Method::GET, &format!("/v1/consents?{q}"), None).await?;
             if json {
                 print_json(&body);
             } else {
@@ -822,13 +802,7 @@ async fn directive(args: DirectiveArgs, effect: &str) -> Result<(), Failure> {
         "valid_until": valid_until,
         "recorded_by": args.recorded_by,
     });
-    let (status, body) = c
-        .json(Method::POST, "/v1/consents", Some(body))
-        .await
-        .map_err(fail)?;
-    if !status.is_success() {
-        return Err(api_failure(status, &body));
-    }
+    let body = ok_json(&c, Method::POST, "/v1/consents", Some(body)).await?;
     println!("{}", body["directive_id"].as_str().unwrap_or_default());
     Ok(())
 }
@@ -855,13 +829,7 @@ async fn request(args: RequestArgs) -> Result<(), Failure> {
         "categories": args.categories,
         "break_glass_reason": if args.break_glass { args.reason } else { None },
     });
-    let (status, body) = c
-        .json(Method::POST, "/v1/requests", Some(body))
-        .await
-        .map_err(fail)?;
-    if !status.is_success() {
-        return Err(api_failure(status, &body));
-    }
+    let body = ok_json(&c, Method::POST, "/v1/requests", Some(body)).await?;
     let state = body["state"].as_str().unwrap_or("");
     println!(
         "request {} {}{}{}",
@@ -920,13 +888,7 @@ async fn policy(action: PolicyAction) -> Result<(), Failure> {
                 "clinician_role": clinician_role,
                 "break_glass": break_glass,
             });
-            let (status, body) = c
-                .json(Method::POST, "/v1/policy/check", Some(body))
-                .await
-                .map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            let body = ok_json(&c, Method::POST, "/v1/policy/check", Some(body)).await?;
             let policies = body["policy_ids"]
                 .as_array()
                 .map(|a| {
@@ -957,13 +919,7 @@ async fn policy(action: PolicyAction) -> Result<(), Failure> {
         }
         PolicyAction::Reload(config) => {
             let c = client(&config).await?;
-            let (status, body) = c
-                .json(Method::POST, "/v1/policy/reload", None)
-                .await
-                .map_err(fail)?;
-            if !status.is_success() {
-                return Err(api_failure(status, &body));
-            }
+            ok_json(&c, Method::POST, "/v1/policy/reload", None).await?;
             println!("policy set reloaded");
             Ok(())
         }
