@@ -33,6 +33,10 @@ pub enum ClassifyError {
     NotBundle,
     #[error("peer record: Bundle.entry is not an array")]
     BadEntries,
+    /// JSON parsers disagree on repeated properties (most keep the last), so a repeated
+    /// `code` could hide a sensitive one from this check; FHIR forbids repeats anyway.
+    #[error("peer record repeats a JSON property within one object (FHIR forbids this)")]
+    RepeatedKey,
     #[error("category code table line {line}: {problem}")]
     Table { line: usize, problem: String },
 }
@@ -276,9 +280,10 @@ pub fn classify_codes<'a>(codings: impl Iterator<Item = (&'a str, &'a str)>) -> 
 ///
 /// Reads the JSON in one pass without building a tree: strings are borrowed
 /// from `bytes` (copied only when escaped and of interest). Results are those
-/// of [`classify_fhir_bundle_reference`], the tree-based original: a document
-/// with a repeated object key (where JSON parsers differ, and a tree keeps the
-/// last value) is handed to it, so the two never disagree.
+/// of [`classify_fhir_bundle_reference`], the tree-based original, except that a
+/// document with a repeated object key is refused: JSON parsers differ on which
+/// value wins (a tree keeps the last), so a repeated `code` could otherwise hide
+/// a sensitive code from this check while a downstream parser sees it.
 pub fn classify_fhir_bundle(bytes: &[u8]) -> Result<BundleFacts, ClassifyError> {
     let table = TABLE.as_ref().map_err(Clone::clone)?;
     let mut scan = Scan {
@@ -298,7 +303,7 @@ pub fn classify_fhir_bundle(bytes: &[u8]) -> Result<BundleFacts, ClassifyError> 
     .and_then(|_| de.end());
     if let Err(e) = parsed {
         if scan.duplicate_key {
-            return classify_with_tree(table, bytes);
+            return Err(ClassifyError::RepeatedKey);
         }
         return Err(not_json(&e));
     }
