@@ -55,10 +55,13 @@ async fn every_bundle_is_delivered_byte_identical_with_a_verified_receipt() {
     for node in ["hosp-a", "clinic-b"] {
         let data = fed.nodes[node].dir.join("data");
         for entry in walk(&data) {
+            // Names are ASCII: a lossy view keeps them intact and lets std's (optimized)
+            // substring search do the scan.
             let content = std::fs::read(&entry).unwrap();
+            let content = String::from_utf8_lossy(&content);
             for name in &names {
                 assert!(
-                    !contains(&content, name.as_bytes()),
+                    !content.contains(name.as_str()),
                     "{} contains a patient name in plaintext",
                     entry.display()
                 );
@@ -80,8 +83,4 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
