@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body as AxumBody;
 use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -205,47 +206,30 @@ struct SubmitQuery {
     wait: Option<String>,
 }
 
-/// How long `wait=receipt` waits before answering 202 with the transfer still in progress.
-const WAIT_FOR_RECEIPT: Duration = Duration::from_secs(300);
-
-async fn post_transfer(
-    State(state): State<Shared>,
-    Query(q): Query<SubmitQuery>,
-    body: AxumBody,
-) -> Response {
-    let patient = match PatientRef::parse(&q.patient) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let purpose = match parse_purpose(&q.purpose) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    let content_type = match ContentType::parse(q.content_type.as_deref().unwrap_or("fhir")) {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let categories = match parse_categories(q.categories.as_deref()) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+/// Checks a submit's parameters before any of its body is read.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer, built once per refused request"
+)]
+fn validate_submit(q: SubmitQuery) -> Result<(SubmitRequest, bool), Response> {
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
+    let patient = PatientRef::parse(&q.patient).map_err(|e| bad(e.to_string()))?;
+    let purpose = parse_purpose(&q.purpose).map_err(IntoResponse::into_response)?;
+    let content_type = ContentType::parse(q.content_type.as_deref().unwrap_or("fhir"))
+        .map_err(|e| bad(e.to_string()))?;
+    let categories =
+        parse_categories(q.categories.as_deref()).map_err(IntoResponse::into_response)?;
     if q.break_glass_reason
         .as_deref()
         .is_some_and(|r| r.trim().is_empty())
     {
-        return error(StatusCode::BAD_REQUEST, "break-glass needs a reason");
+        return Err(bad("break-glass needs a reason".to_owned()));
     }
     let wait = match q.wait.as_deref() {
         None => false,
         Some("receipt") => true,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "wait must be receipt"),
+        Some(_) => return Err(bad("wait must be receipt".to_owned())),
     };
-    let payload = match read_payload(&state, body).await {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    // Subscribe before submitting so a fast delivery cannot be missed.
-    let mut outcomes = state.outcomes.subscribe();
     let req = SubmitRequest {
         to: q.to,
         patient,
@@ -258,6 +242,50 @@ async fn post_transfer(
         break_glass_until_ms: None,
         request_id: None,
     };
+    Ok((req, wait))
+}
+
+/// How much of a refused upload is read before answering (see `post_transfer`).
+const REFUSAL_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+
+async fn drain(body: AxumBody, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len() as u64;
+        if seen > limit {
+            break;
+        }
+    }
+}
+
+/// How long `wait=receipt` waits before answering 202 with the transfer still in progress.
+const WAIT_FOR_RECEIPT: Duration = Duration::from_secs(300);
+
+async fn post_transfer(
+    State(state): State<Shared>,
+    query: Result<Query<SubmitQuery>, QueryRejection>,
+    body: AxumBody,
+) -> Response {
+    let parsed = match query {
+        Ok(Query(q)) => validate_submit(q),
+        Err(rejection) => Err(error(StatusCode::BAD_REQUEST, rejection.body_text())),
+    };
+    let (req, wait) = match parsed {
+        Ok(p) => p,
+        Err(refusal) => {
+            // An HTTP/1.1 client still writing its body would see a broken pipe instead of
+            // this answer: read (and discard) a bounded amount first.
+            drain(body, REFUSAL_DRAIN_BYTES).await;
+            return refusal;
+        }
+    };
+    let payload = match read_payload(&state, body).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    // Subscribe before submitting so a fast delivery cannot be missed.
+    let mut outcomes = state.outcomes.subscribe();
     match submit(&state, req, payload).await {
         Ok(id) if wait => {
             let outcome = tokio::time::timeout(WAIT_FOR_RECEIPT, async {
