@@ -396,7 +396,10 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
                 digest,
             }
         }
-        None => Payload::Memory(mem.freeze()),
+        None => Payload::Memory {
+            bytes: mem.freeze(),
+            digest,
+        },
     })
 }
 

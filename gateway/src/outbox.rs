@@ -46,7 +46,8 @@ pub struct SubmitRequest {
 /// The payload: small ones in memory, large ones spilled to a private temp file by the API
 /// (deleted once sealed).
 pub enum Payload {
-    Memory(Bytes),
+    /// The bytes and their SHA-256 (computed while they were read, so it is not done twice).
+    Memory { bytes: Bytes, digest: [u8; 32] },
     File {
         path: PathBuf,
         len: u64,
@@ -55,9 +56,14 @@ pub enum Payload {
 }
 
 impl Payload {
+    pub fn in_memory(bytes: Bytes) -> Payload {
+        let digest = gateway_envelope::sha256(&bytes);
+        Payload::Memory { bytes, digest }
+    }
+
     fn len(&self) -> u64 {
         match self {
-            Payload::Memory(b) => b.len() as u64,
+            Payload::Memory { bytes, .. } => bytes.len() as u64,
             Payload::File { len, .. } => *len,
         }
     }
@@ -117,7 +123,7 @@ pub async fn submit(
     // Parsing a FHIR bundle takes milliseconds per megabyte: keep it off the async workers so
     // one large bundle does not stall every other request.
     let source = match &payload {
-        Payload::Memory(bytes) => BundleSource::Memory(bytes.clone()),
+        Payload::Memory { bytes, .. } => BundleSource::Memory(bytes.clone()),
         Payload::File { path, len, .. } => BundleSource::File(path.clone(), *len),
     };
     let (content_type, patient, declared) = (
@@ -316,7 +322,7 @@ fn seal_to_spool(
 ) -> Result<Sealed, SubmitError> {
     let identity: &NodeIdentity = &state.identity;
     let (payload_len, payload_digest) = match &payload {
-        Payload::Memory(b) => (b.len() as u64, gateway_envelope::sha256(b)),
+        Payload::Memory { bytes, digest } => (bytes.len() as u64, *digest),
         Payload::File { len, digest, .. } => (*len, *digest),
     };
     let params = SealParams {
@@ -339,7 +345,7 @@ fn seal_to_spool(
     writer.write_chunk(&prefix).map_err(SubmitError::local)?;
     let chunk = DEFAULT_CHUNK_SIZE as usize;
     match &payload {
-        Payload::Memory(bytes) => {
+        Payload::Memory { bytes, .. } => {
             let mut chunks = bytes.chunks(chunk).peekable();
             if chunks.peek().is_none() {
                 let frame = sealer.seal_chunk(&[], true).map_err(SubmitError::local)?;

@@ -450,7 +450,7 @@ pub async fn incoming(
             break_glass_until_ms: wire.break_glass_until_ms,
             request_id: Some(wire.request_id.clone()),
         },
-        Payload::Memory(record.payload),
+        Payload::in_memory(record.payload),
     )
     .await;
     match submitted {
