@@ -109,40 +109,19 @@ pub fn create_federation(dir: &Path) -> Result<BenchFederation, BoxError> {
     })
 }
 
-/// The node configuration, as `gateway::config::ConfigTemplate` (used by `gateway demo`)
-/// renders it. Kept as a copy so that this crate does not depend on the gateway library; the
-/// harness runs `gateway check` on it before starting a node, so any drift fails loudly.
+/// The node configuration, rendered by the same template `gateway demo` uses, so the
+/// benchmark runs nodes configured exactly as a demo node is.
 fn node_toml(id: &str, peer: SocketAddr, local: SocketAddr, token_sha256_hex: &str) -> String {
-    format!(
-        r#"# healthfed gateway node configuration (benchmark harness).
-version = 1
-
-[node]
-facility_id = "{id}"
-data_dir = "data"
-
-[peer]
-listen = "{peer}"
-
-[local_api]
-listen = "{local}"
-token_file = "api.token"
-tokens = [{{ name = "bench", sha256 = "{token_sha256_hex}" }}]
-
-[keys]
-ca_cert = "ca.crt"
-tls_cert = "tls.crt"
-tls_key = "tls.key"
-signing_key = "signing.key"
-encryption_key = "encryption.key"
-
-[federation]
-directory = "../federation/{directory}"
-crl = "../federation/{crl}"
-"#,
-        directory = pki_tools::layout::DIRECTORY,
-        crl = pki_tools::layout::CRL,
-    )
+    let federation = Path::new("..").join("federation");
+    gateway::config::ConfigTemplate {
+        facility_id: id,
+        peer_listen: peer,
+        local_listen: local,
+        token_sha256_hex,
+        directory: &federation.join(pki_tools::layout::DIRECTORY),
+        crl: &federation.join(pki_tools::layout::CRL),
+    }
+    .render()
 }
 
 fn random_token() -> Result<String, BoxError> {
