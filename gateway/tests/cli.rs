@@ -38,3 +38,39 @@ fn unknown_subcommand_fails() {
     let (code, _) = gateway(&["frobnicate"]);
     assert_ne!(code, 0);
 }
+
+#[test]
+fn demo_once_delivers_and_every_audit_chain_verifies_afterwards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fed = dir.path().join("demo");
+    let fed_arg = fed.to_str().expect("utf8");
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["demo", "--dir", fed_arg, "--once"])
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("byte-identical to what was sent: true"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("RESULT: delivered, receipt verified."),
+        "{stdout}"
+    );
+    for node in ["hosp-central", "clinic-north", "payer-province"] {
+        let config = fed.join(node).join("node.toml");
+        let (code, err) = gateway(&[
+            "audit",
+            "verify",
+            "--config",
+            config.to_str().expect("utf8"),
+        ]);
+        assert_eq!(code, 0, "{node}: {err}");
+    }
+}
