@@ -7,7 +7,7 @@ use sled::transaction::{abort, ConflictableTransactionError, Transactional};
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::types::{transfer_id_hex, InboxEntry, InboxInsert, TransferId};
-use crate::{id_of_time_key, time_key, tx_err, Store};
+use crate::{list_newest_first, time_key, tx_err, Store};
 
 const WHAT: &str = "inbox";
 
@@ -44,21 +44,7 @@ impl Store {
     /// Every entry, newest (`received_ms`) first.
     pub fn inbox_list(&self) -> Result<Vec<InboxEntry>, StoreError> {
         let t = self.trees();
-        let mut out = Vec::new();
-        for item in t.inbox_by_time.iter().rev() {
-            let (key, _) = item.map_err(StoreError::sled("list inbox"))?;
-            let id = id_of_time_key(WHAT, &key)?;
-            let value = t
-                .inbox
-                .get(id)
-                .map_err(StoreError::sled("list inbox"))?
-                .ok_or(StoreError::Corrupt {
-                    what: WHAT,
-                    problem: "index refers to a missing entry",
-                })?;
-            out.push(decode(WHAT, &value)?);
-        }
-        Ok(out)
+        list_newest_first(&t.inbox_by_time, &t.inbox, WHAT, "list inbox")
     }
 
     /// Records that the EMR acknowledged the transfer. Idempotent: the first

@@ -246,5 +246,28 @@ pub(crate) fn id_of_time_key(what: &'static str, key: &[u8]) -> Result<TransferI
         })
 }
 
+/// Every entry of `main`, newest first, in the order of its time index (`time_key` keys).
+pub(crate) fn list_newest_first<T: serde::de::DeserializeOwned>(
+    index: &sled::Tree,
+    main: &sled::Tree,
+    what: &'static str,
+    context: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for item in index.iter().rev() {
+        let (key, _) = item.map_err(StoreError::sled(context))?;
+        let id = id_of_time_key(what, &key)?;
+        let value =
+            main.get(id)
+                .map_err(StoreError::sled(context))?
+                .ok_or(StoreError::Corrupt {
+                    what,
+                    problem: "index refers to a missing entry",
+                })?;
+        out.push(codec::decode(what, &value)?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests;

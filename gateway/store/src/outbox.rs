@@ -10,7 +10,7 @@ use sled::transaction::{abort, ConflictableTransactionError, Transactional};
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::types::{transfer_id_hex, OutboxEntry, TransferId};
-use crate::{id_of_time_key, time_key, tx_err, Store};
+use crate::{id_of_time_key, list_newest_first, time_key, tx_err, Store};
 
 const WHAT: &str = "outbox";
 
@@ -49,21 +49,7 @@ impl Store {
     /// Every entry, newest (`created_ms`) first.
     pub fn outbox_list(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         let t = self.trees();
-        let mut out = Vec::new();
-        for item in t.outbox_by_time.iter().rev() {
-            let (key, _) = item.map_err(StoreError::sled("list outbox"))?;
-            let id = id_of_time_key(WHAT, &key)?;
-            let value = t
-                .outbox
-                .get(id)
-                .map_err(StoreError::sled("list outbox"))?
-                .ok_or(StoreError::Corrupt {
-                    what: WHAT,
-                    problem: "index refers to a missing entry",
-                })?;
-            out.push(decode(WHAT, &value)?);
-        }
-        Ok(out)
+        list_newest_first(&t.outbox_by_time, &t.outbox, WHAT, "list outbox")
     }
 
     /// Atomic read-modify-write: applies `f` to the current entry and stores the result
