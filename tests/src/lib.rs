@@ -662,3 +662,15 @@ impl Fed {
         std::fs::write(path, text).unwrap();
     }
 }
+
+/// The `policy_ids` of an API answer or audit entry (empty when absent).
+pub fn policy_ids(v: &Value) -> Vec<String> {
+    v["policy_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -20,17 +20,6 @@ use tests::{
 const DELIVERY: Duration = Duration::from_secs(90);
 const WHY: &str = "unconscious patient in the emergency department";
 
-fn ids(v: &Value) -> Vec<String> {
-    v["policy_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn break_glass_list(node: &Node) -> Vec<Value> {
     let (code, out, err) = node.cli(&["audit", "list", "--break-glass", "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -107,7 +96,8 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
             denied.body
         );
         assert!(
-            ids(&denied.body).contains(&"forbid-break-glass-unauthorized-role".to_owned()),
+            tests::policy_ids(&denied.body)
+                .contains(&"forbid-break-glass-unauthorized-role".to_owned()),
             "{role:?}: {}",
             denied.body
         );
@@ -128,7 +118,7 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
         .await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.body);
     assert!(
-        ids(&denied.body).contains(&"forbid-payment-to-non-payer".to_owned()),
+        tests::policy_ids(&denied.body).contains(&"forbid-payment-to-non-payer".to_owned()),
         "{}",
         denied.body
     );
@@ -216,7 +206,7 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
     assert_eq!(decision["break_glass"], true);
     assert_eq!(decision["clinician"], "dr-er");
     assert!(
-        ids(&decision).contains(&"permit-break-glass-emergency".to_owned()),
+        tests::policy_ids(&decision).contains(&"permit-break-glass-emergency".to_owned()),
         "{decision}"
     );
     assert!(
@@ -239,7 +229,7 @@ async fn break_glass_is_for_emergency_roles_only_and_is_flagged_for_review() {
         .unwrap();
     assert_eq!(receive["outcome"], "permit");
     assert!(
-        ids(receive).contains(&"permit-break-glass-emergency".to_owned()),
+        tests::policy_ids(receive).contains(&"permit-break-glass-emergency".to_owned()),
         "{receive}"
     );
 
@@ -381,7 +371,7 @@ async fn break_glass_pull_request_by_an_emergency_role_is_fulfilled_and_flagged(
         })
         .unwrap_or_else(|| panic!("holder did not flag the request decision: {holder:?}"));
     assert!(
-        ids(decision).contains(&"permit-break-glass-emergency".to_owned()),
+        tests::policy_ids(decision).contains(&"permit-break-glass-emergency".to_owned()),
         "{decision}"
     );
     let requester = break_glass_list(&b);
@@ -457,7 +447,7 @@ async fn the_receivers_policy_applies_to_break_glass_pushes_with_the_sender_as_s
     assert_eq!(decision["outcome"], "deny", "{decision}");
     assert_eq!(decision["break_glass"], true);
     assert_eq!(
-        ids(&decision),
+        tests::policy_ids(&decision),
         vec!["forbid-records-from-hosp-a".to_owned()],
         "{decision}"
     );

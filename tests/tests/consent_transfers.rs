@@ -26,17 +26,6 @@ const SENSITIVE: [(&str, &str); 4] = [
     ("Gilberto_Orosco", "substance-use"),
 ];
 
-fn policy_ids(v: &Value) -> Vec<String> {
-    v["policy_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 async fn send_treatment(a: &Node, to: &str, bundle: &[u8]) -> tests::Submitted {
     a.send_bundle(to, bundle).await
 }
@@ -69,7 +58,8 @@ async fn sensitive_bundles_need_consent_naming_the_recipient_and_revocation_appl
             refused.body
         );
         assert!(
-            policy_ids(&refused.body).contains(&"forbid-sensitive-without-consent".to_owned()),
+            tests::policy_ids(&refused.body)
+                .contains(&"forbid-sensitive-without-consent".to_owned()),
             "{prefix}: {}",
             refused.body
         );
@@ -139,7 +129,9 @@ async fn sensitive_bundles_need_consent_naming_the_recipient_and_revocation_appl
             "{prefix}: revoked consent still honoured: {}",
             after.body
         );
-        assert!(policy_ids(&after.body).contains(&"forbid-sensitive-without-consent".to_owned()));
+        assert!(
+            tests::policy_ids(&after.body).contains(&"forbid-sensitive-without-consent".to_owned())
+        );
 
         // `consent show` lists both directives; the revoked one is marked.
         let (code, out, err) = a.cli(&["consent", "show", "--patient", &patient, "--json"]);
@@ -173,14 +165,14 @@ async fn sensitive_bundles_need_consent_naming_the_recipient_and_revocation_appl
     assert_eq!(permits.len(), SENSITIVE.len(), "{decisions:?}");
     for d in denies {
         assert!(
-            policy_ids(d).contains(&"forbid-sensitive-without-consent".to_owned()),
+            tests::policy_ids(d).contains(&"forbid-sensitive-without-consent".to_owned()),
             "{d}"
         );
         assert_eq!(d["peer"], "clinic-b");
     }
     for p in &permits {
         assert_eq!(
-            policy_ids(p),
+            tests::policy_ids(p),
             vec!["permit-treatment-between-members".to_owned()],
             "{p}"
         );
@@ -231,7 +223,7 @@ async fn a_deny_directive_covering_the_recipient_blocks_even_general_data() {
     let refused = a.send_bundle("clinic-b", &bundle).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     assert_eq!(
-        policy_ids(&refused.body),
+        tests::policy_ids(&refused.body),
         vec!["forbid-patient-deny".to_owned()],
         "{}",
         refused.body

@@ -10,22 +10,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 use pki_tools::FacilityKind;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use tests::{bundle_by_prefix, bundle_categories, patient_id, Fed, Node, Submitted};
 
 const DELIVERY: Duration = Duration::from_secs(90);
-
-fn ids(v: &Value) -> Vec<String> {
-    v["policy_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 async fn send_for(
     a: &Node,
@@ -47,7 +36,7 @@ fn assert_denied_by(s: &Submitted, policy: &str) {
         s.body
     );
     assert!(
-        ids(&s.body).contains(&policy.to_owned()),
+        tests::policy_ids(&s.body).contains(&policy.to_owned()),
         "expected {policy}: {}",
         s.body
     );
@@ -98,7 +87,10 @@ async fn payment_goes_only_to_payers_and_never_carries_sensitive_data() {
         .cloned()
         .unwrap();
     assert_eq!(receive["outcome"], "permit");
-    assert_eq!(ids(&receive), vec!["permit-payment-to-payers".to_owned()]);
+    assert_eq!(
+        tests::policy_ids(&receive),
+        vec!["permit-payment-to-payers".to_owned()]
+    );
 
     // Sensitive data for payment: refused even to a payer, even with the patient's consent
     // naming the payer for payment; also when the sensitivity is only declared by the sender.
@@ -179,7 +171,7 @@ async fn research_needs_an_explicit_research_consent() {
         .cloned()
         .unwrap();
     assert_eq!(
-        ids(&decision),
+        tests::policy_ids(&decision),
         vec!["permit-research-with-consent".to_owned()],
         "{decision}"
     );

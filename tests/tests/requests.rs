@@ -41,17 +41,6 @@ fn printed_request_id(out: &str) -> String {
         .to_owned()
 }
 
-fn ids(v: &Value) -> Vec<String> {
-    v["policy_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Audit entries (of any event) whose reason mentions `needle`.
 async fn audit_mentioning(node: &Node, needle: &str) -> Vec<Value> {
     node.audit()
@@ -181,7 +170,7 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
     assert_eq!(decision["outcome"], "deny");
     assert_eq!(decision["peer"], "clinic-b");
     assert!(
-        ids(decision).contains(&"forbid-sensitive-without-consent".to_owned()),
+        tests::policy_ids(decision).contains(&"forbid-sensitive-without-consent".to_owned()),
         "{decision}"
     );
     let ok_audit = audit_mentioning(&a, &ok_id).await;
@@ -191,7 +180,7 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
         .unwrap_or_else(|| panic!("no decision for {ok_id}: {ok_audit:?}"));
     assert_eq!(decision["outcome"], "permit");
     assert_eq!(
-        ids(decision),
+        tests::policy_ids(decision),
         vec!["permit-treatment-between-members".to_owned()],
         "{decision}"
     );
@@ -205,7 +194,7 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
         .unwrap_or_else(|| panic!("requester did not audit the answer: {answered:?}"));
     assert_eq!(answer["outcome"], "denied", "{answer}");
     assert!(
-        ids(answer).contains(&"forbid-sensitive-without-consent".to_owned()),
+        tests::policy_ids(answer).contains(&"forbid-sensitive-without-consent".to_owned()),
         "{answer}"
     );
     let (_, received) = b.get(&format!("/v1/audit?transfer={transfer}")).await;
@@ -217,7 +206,10 @@ async fn pull_request_is_denied_without_consent_and_fulfilled_with_it() {
         .cloned()
         .unwrap_or_else(|| panic!("no receive decision: {received}"));
     assert_eq!(receive_decision["outcome"], "permit");
-    assert!(!ids(&receive_decision).is_empty(), "{receive_decision}");
+    assert!(
+        !tests::policy_ids(&receive_decision).is_empty(),
+        "{receive_decision}"
+    );
     assert!(a.audit_verifies().await && b.audit_verifies().await);
 }
 
