@@ -37,6 +37,9 @@ pub struct RunArgs {
     /// Only the ~100 KB scenario at 8 and 32 concurrent senders, baseline included.
     #[arg(long)]
     pub quick: bool,
+    /// Only the 1 GiB file (gateway and nginx), for working on the streaming path.
+    #[arg(long, conflicts_with = "quick")]
+    pub only_big_file: bool,
     /// The release gateway binary.
     #[arg(long, default_value = "target/release/gateway")]
     pub gateway: PathBuf,
