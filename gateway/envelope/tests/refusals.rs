@@ -340,28 +340,51 @@ fn declared_sizes_beyond_local_limits_are_refused() {
 }
 
 #[test]
-fn a_signed_header_that_lies_about_the_payload_is_refused() {
-    // An honest key signing a header whose payload_len or digest does not match what follows:
-    // the Sealer refuses to produce it, so build it from two envelopes' parts instead.
+fn a_signed_header_that_lies_about_the_payload_digest_is_refused_by_the_recipient() {
+    // An honest key signing a header whose digest does not match the payload that follows
+    // (a sender bug, or its payload file changed between hashing and sealing). The sealer
+    // takes the caller's digest as given; the recipient recomputes it and refuses.
     let sender = Node::new();
     let recipient = Node::new();
     let payload = vec![1u8; 150];
     let mut p = params(&payload, Suite::Aes256Gcm, 100);
     p.payload_digest = sha256(b"something else");
-    let (mut sealer, _) = Sealer::start(
+    let (mut sealer, mut envelope) = Sealer::start(
         &p,
         b"m",
         &recipient.encryption.public_key(),
         &sender.signing,
     )
     .unwrap();
-    sealer.seal_chunk(&payload[..100], false).unwrap();
-    assert_eq!(
-        sealer.seal_chunk(&payload[100..], true).unwrap_err(),
-        EnvelopeError::DigestMismatch
+    envelope.extend_from_slice(&sealer.seal_chunk(&payload[..100], false).unwrap());
+    envelope.extend_from_slice(&sealer.seal_chunk(&payload[100..], true).unwrap());
+    assert!(sealer.is_finished());
+    let opened = open_all(
+        &envelope,
+        |_| vec![sender.verifying()],
+        &[&recipient.encryption],
+        Limits::default(),
     );
-    // Refused calls leave the sealer usable; the right bytes would have been accepted.
-    assert!(!sealer.is_finished());
+    assert_eq!(opened.unwrap_err(), EnvelopeError::DigestMismatch);
+
+    // The same envelope with the true digest opens: the refusal is the digest's doing.
+    let p = params(&payload, Suite::Aes256Gcm, 100);
+    let (mut sealer, mut envelope) = Sealer::start(
+        &p,
+        b"m",
+        &recipient.encryption.public_key(),
+        &sender.signing,
+    )
+    .unwrap();
+    envelope.extend_from_slice(&sealer.seal_chunk(&payload[..100], false).unwrap());
+    envelope.extend_from_slice(&sealer.seal_chunk(&payload[100..], true).unwrap());
+    let opened = open_all(
+        &envelope,
+        |_| vec![sender.verifying()],
+        &[&recipient.encryption],
+        Limits::default(),
+    );
+    assert_eq!(opened.unwrap().payload, payload);
 }
 
 #[test]

@@ -109,10 +109,20 @@ fn check_vector_dispatch(suite: Suite, v: &Value) {
     let pk = EncryptionPublicKey(array32(&unhex(v, "pkRm")));
     let (sent_enc, mut sender) = setup_sender(suite, &pk.hpke().unwrap(), &info, &ikm_e).unwrap();
     assert_eq!(sent_enc, enc);
+    // A second, identical context for the in-place path the payload frames use.
+    let (_, mut sender_into) = setup_sender(suite, &pk.hpke().unwrap(), &info, &ikm_e).unwrap();
     let mut receiver = setup_receiver(suite, sk.hpke(), &enc, &info).unwrap();
     for e in v["encryptions"].as_array().unwrap() {
         let (pt, aad, ct) = (unhex(e, "pt"), unhex(e, "aad"), unhex(e, "ct"));
         assert_eq!(sender.seal(&pt, &aad).unwrap(), ct);
+        let mut framed = b"len:".to_vec();
+        sender_into.seal_into(&pt, &aad, &mut framed).unwrap();
+        assert_eq!(
+            &framed[..4],
+            b"len:",
+            "seal_into appends after what is there"
+        );
+        assert_eq!(&framed[4..], &ct[..]);
         // A wrong AAD must fail and must not advance the sequence number.
         let mut wrong_aad = aad.clone();
         wrong_aad.push(0);
