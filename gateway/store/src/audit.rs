@@ -338,6 +338,17 @@ impl Store {
     /// the number of entries verified, or the first bad seq. Entries appended while it runs
     /// are not covered (it checks the log up to the head it read first).
     pub fn audit_verify(&self) -> Result<u64, AuditChainError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.audit_verify_in(u64::try_from(cores).unwrap_or(1), MIN_SEGMENT)
+    }
+
+    /// [`Store::audit_verify`] with the chain walk split into at most `parts` seq ranges of
+    /// at least `min_segment` entries each.
+    pub(crate) fn audit_verify_in(
+        &self,
+        parts: u64,
+        min_segment: u64,
+    ) -> Result<u64, AuditChainError> {
         let t = self.trees();
         let head_fault = |problem| AuditChainError { seq: 0, problem };
         let head = t
@@ -349,15 +360,38 @@ impl Store {
             .map_err(|_| head_fault(ChainProblem::HeadMismatch))?;
         let bound = head.map_or(u64::MAX, |(seq, _)| seq);
         let state = RandomState::new();
-        // The index trees are scanned on their own threads while this one walks the chain:
-        // the digests are order-independent, and the walk is the longer job.
+        // Without a head there is no bound to split at; that log fails verification anyway.
+        let starts = match head {
+            Some((head_seq, _)) => segment_starts(head_seq, parts, min_segment),
+            None => vec![1],
+        };
+        // The chain is walked as contiguous seq ranges, one per thread, and stitched in order;
+        // the index trees are scanned on their own threads meanwhile (their digests are
+        // order-independent). sled's page decoding, not hashing, dominates, so this scales
+        // with cores.
         let (walk, index_digests) = std::thread::scope(|scope| {
             let scans = INDEXES.map(|(_, tree)| {
                 let tree = tree(t);
                 let state = &state;
                 scope.spawn(move || IndexDigest::of_tree(state, tree, bound))
             });
-            let walk = walk_chain(t, &state, bound);
+            let segments: Vec<_> = starts
+                .iter()
+                .enumerate()
+                .map(|(i, &start)| {
+                    let end = starts.get(i + 1).copied();
+                    let state = &state;
+                    (
+                        start,
+                        scope.spawn(move || walk_segment(t, state, bound, start, end)),
+                    )
+                })
+                .collect();
+            let segments = segments.into_iter().map(|(start, walk)| {
+                walk.join()
+                    .unwrap_or_else(|_| Segment::failed(start, "chain walk thread panicked"))
+            });
+            let walk = stitch(segments, bound);
             let digests = scans.map(|scan| scan.join());
             (walk, digests)
         });
@@ -539,6 +573,11 @@ impl IndexDigest {
         self.count += 1;
     }
 
+    fn merge(&mut self, other: IndexDigest) {
+        self.sum = self.sum.wrapping_add(other.sum);
+        self.count += other.count;
+    }
+
     /// The digest of an index tree's keys for entries up to `bound`; keys of entries appended
     /// after the verification started are not judged.
     fn of_tree(state: &RandomState, tree: &sled::Tree, bound: u64) -> Result<Self, sled::Error> {
@@ -585,28 +624,141 @@ impl EntryDigests<'_> {
     }
 }
 
-/// Walks the chain from seq 1 up to `bound`: returns the number of entries, the last hash
-/// and the index digests the entries imply, or the first bad seq.
-fn walk_chain(
+/// Below this many entries per range, splitting the chain walk costs more than it saves.
+const MIN_SEGMENT: u64 = 50_000;
+
+/// The first seq of each range when entries `1..=last` are walked in at most `parts` ranges
+/// of at least `min_segment` entries: strictly increasing, starting at 1. The last range
+/// also runs on past `last` (entries appended during the walk are seen there and stop it).
+pub(crate) fn segment_starts(last: u64, parts: u64, min_segment: u64) -> Vec<u64> {
+    let parts = parts.min(last / min_segment.max(1)).max(1);
+    let mut starts: Vec<u64> = (0..parts)
+        .map(|k| {
+            // u128: `k * last` may exceed u64.
+            let offset = u128::from(k) * u128::from(last) / u128::from(parts);
+            1 + u64::try_from(offset).unwrap_or(u64::MAX - 1)
+        })
+        .collect();
+    starts.dedup();
+    starts
+}
+
+/// What a range walk met first, so that the stitching can tell what the sequential walk
+/// would have done on arriving there with a different expected seq.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FirstItem {
+    Unreadable(String),
+    Malformed,
+    Seq(u64),
+}
+
+/// One range of the chain, walked as the sequential walk would if it arrived at `start`
+/// expecting `start`, except that the first entry's link cannot be checked (the previous
+/// hash is in another range): its prev_hash is kept for [`stitch`] to check.
+struct Segment {
+    start: u64,
+    first: Option<FirstItem>,
+    /// The first entry's prev_hash, set exactly where the sequential walk checks the link:
+    /// faults found at `start` before that point leave it `None`.
+    first_prev: Option<[u8; 32]>,
+    outcome: Result<SegmentEnd, AuditChainError>,
+}
+
+struct SegmentEnd {
+    /// The seq expected after the range's last entry.
+    next: u64,
+    /// The range's last hash, if it holds any entry.
+    last_hash: Option<[u8; 32]>,
+    /// An entry past the verification bound ended the walk in this range.
+    reached_bound: bool,
+    digests: [IndexDigest; 3],
+}
+
+impl Segment {
+    fn failed(start: u64, why: &str) -> Segment {
+        Segment {
+            start,
+            first: Some(FirstItem::Unreadable(why.into())),
+            first_prev: None,
+            outcome: Err(AuditChainError {
+                seq: start,
+                problem: ChainProblem::Storage(why.into()),
+            }),
+        }
+    }
+}
+
+/// Walks the entries with keys from `start` up to (not including) `end` (or to the end of the
+/// tree), and, for the first range, any malformed keys sorting before seq 1: together the
+/// ranges cover every key the sequential walk would see.
+fn walk_segment(
     t: &Trees,
     state: &RandomState,
     bound: u64,
-) -> Result<(u64, [u8; 32], [IndexDigest; 3]), AuditChainError> {
+    start: u64,
+    end: Option<u64>,
+) -> Segment {
+    use std::ops::Bound;
+    let lo = if start <= 1 {
+        Bound::Unbounded
+    } else {
+        Bound::Included(start.to_be_bytes())
+    };
+    let hi = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_be_bytes()));
+    let mut segment = Segment {
+        start,
+        first: None,
+        first_prev: None,
+        outcome: Err(AuditChainError {
+            seq: start,
+            problem: ChainProblem::Missing,
+        }),
+    };
+    segment.outcome = walk_range(
+        t.audit.range((lo, hi)),
+        state,
+        bound,
+        start,
+        &mut segment.first,
+        &mut segment.first_prev,
+    );
+    segment
+}
+
+/// The loop of [`walk_segment`]: the checks and their order are those of a sequential walk,
+/// so that a range reports the fault the sequential walk would report.
+fn walk_range(
+    items: sled::Iter,
+    state: &RandomState,
+    bound: u64,
+    start: u64,
+    first: &mut Option<FirstItem>,
+    first_prev: &mut Option<[u8; 32]>,
+) -> Result<SegmentEnd, AuditChainError> {
     let mut digests = EntryDigests {
         state,
         digests: [IndexDigest::default(); 3],
         key_buf: Vec::with_capacity(64),
     };
-    let mut expected = 1u64;
-    let mut prev = [0u8; 32];
-    for item in t.audit.iter() {
+    let mut expected = start;
+    // The previous entry's hash; unknown for the range's first entry.
+    let mut prev: Option<[u8; 32]> = None;
+    let mut reached_bound = false;
+    for item in items {
         let fail = |problem| AuditChainError {
             seq: expected,
             problem,
         };
+        if first.is_none() {
+            *first = Some(match &item {
+                Err(e) => FirstItem::Unreadable(e.to_string()),
+                Ok((key, _)) => seq_of_key(key).map_or(FirstItem::Malformed, FirstItem::Seq),
+            });
+        }
         let (key, value) = item.map_err(|e| fail(ChainProblem::Storage(e.to_string())))?;
         let seq = seq_of_key(&key).ok_or_else(|| fail(ChainProblem::Undecodable))?;
         if seq > bound {
+            reached_bound = true;
             break;
         }
         if seq != expected {
@@ -614,10 +766,15 @@ fn walk_chain(
         }
         let (prev_hash, hash, body) =
             split_stored(&value).ok_or_else(|| fail(ChainProblem::Undecodable))?;
-        if *prev_hash != prev {
-            return Err(fail(ChainProblem::PrevHashMismatch));
-        }
-        if chain_hash(&prev, body) != *hash {
+        let link = match prev {
+            Some(prev) if *prev_hash != prev => return Err(fail(ChainProblem::PrevHashMismatch)),
+            Some(prev) => prev,
+            None => {
+                *first_prev = Some(*prev_hash);
+                *prev_hash
+            }
+        };
+        if chain_hash(&link, body) != *hash {
             return Err(fail(ChainProblem::HashMismatch));
         }
         let (body_seq, view): (u64, RecordView<'_>) =
@@ -626,10 +783,63 @@ fn walk_chain(
             return Err(fail(ChainProblem::SeqMismatch));
         }
         digests.add(seq, &view);
-        prev = *hash;
+        prev = Some(*hash);
         expected += 1;
     }
-    Ok((expected - 1, prev, digests.digests))
+    Ok(SegmentEnd {
+        next: expected,
+        last_hash: prev,
+        reached_bound,
+        digests: digests.digests,
+    })
+}
+
+/// Joins the ranges, in order, into the sequential walk's outcome: the number of entries, the
+/// last hash and the index digests the entries imply, or the first bad seq. Each range was
+/// walked as if the sequential walk had arrived at its start expecting its start; when it
+/// did not (the previous range ended short) or the link to the previous range is broken,
+/// the fault is the one the sequential walk would have found there.
+fn stitch(
+    segments: impl IntoIterator<Item = Segment>,
+    bound: u64,
+) -> Result<(u64, [u8; 32], [IndexDigest; 3]), AuditChainError> {
+    let mut expected = 1u64;
+    let mut prev = [0u8; 32];
+    let mut digests = [IndexDigest::default(); 3];
+    for segment in segments {
+        let fail = |problem| AuditChainError {
+            seq: expected,
+            problem,
+        };
+        if segment.start != expected {
+            // The walk arrives here expecting an earlier seq: the range's first item decides.
+            match segment.first {
+                None => continue,
+                Some(FirstItem::Unreadable(e)) => return Err(fail(ChainProblem::Storage(e))),
+                Some(FirstItem::Malformed) => return Err(fail(ChainProblem::Undecodable)),
+                Some(FirstItem::Seq(seq)) if seq > bound => break,
+                Some(FirstItem::Seq(_)) => return Err(fail(ChainProblem::Missing)),
+            }
+        }
+        if segment
+            .first_prev
+            .is_some_and(|first_prev| first_prev != prev)
+        {
+            return Err(fail(ChainProblem::PrevHashMismatch));
+        }
+        let end = segment.outcome?;
+        expected = end.next;
+        if let Some(hash) = end.last_hash {
+            prev = hash;
+        }
+        for (total, part) in digests.iter_mut().zip(end.digests) {
+            total.merge(part);
+        }
+        if end.reached_bound {
+            break;
+        }
+    }
+    Ok((expected - 1, prev, digests))
 }
 
 /// Splits a stored entry into (prev_hash, hash, body) without copying. This is exactly the
@@ -646,7 +856,7 @@ pub(crate) fn split_stored(value: &[u8]) -> Option<(&[u8; 32], &[u8; 32], &[u8])
     rest.is_empty().then_some((prev, hash, body))
 }
 
-fn chain_hash(prev_hash: &[u8; 32], body: &[u8]) -> [u8; 32] {
+pub(crate) fn chain_hash(prev_hash: &[u8; 32], body: &[u8]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(HASH_DOMAIN);
     ctx.update(prev_hash);

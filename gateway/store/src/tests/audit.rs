@@ -434,3 +434,233 @@ fn the_hand_parser_agrees_with_postcard() {
     assert!(crate::audit::split_stored(&longer).is_none());
     assert!(crate::audit::split_stored(&value[..60]).is_none());
 }
+
+/// Verifies with the chain walk split every way that matters for `store`'s log (one range,
+/// a few, one per entry, more ranges than entries) and asserts they all agree; returns the
+/// outcome. Each split must report exactly what the sequential walk reports.
+fn verify_every_split(store: &Store) -> Result<u64, AuditChainError> {
+    let sequential = store.audit_verify_in(1, 1);
+    let len = store.audit_len();
+    for parts in (2..=9).chain([len.saturating_sub(1), len, len + 1, 1000]) {
+        assert_eq!(
+            store.audit_verify_in(parts, 1),
+            sequential,
+            "split in {parts} ranges"
+        );
+    }
+    assert_eq!(store.audit_verify(), sequential);
+    sequential
+}
+
+/// Rewrites entry `victim` with a changed outcome and an honestly recomputed hash: the entry
+/// itself verifies, only the next entry's link reveals it.
+fn rewrite_consistently(store: &Store, victim: &AuditEntry) {
+    let mut record = victim.record.clone();
+    record.outcome = "denied".into();
+    let body = postcard::to_allocvec(&(victim.seq, &record)).expect("encode");
+    let hash = crate::audit::chain_hash(&victim.prev_hash, &body);
+    let mut value = vec![1u8];
+    value.extend_from_slice(&victim.prev_hash);
+    value.extend_from_slice(&hash);
+    value = postcard::to_extend(&body, value).expect("encode");
+    store
+        .trees()
+        .audit
+        .insert(victim.seq.to_be_bytes(), value)
+        .expect("rewrite");
+}
+
+fn broken(seq: u64, problem: ChainProblem) -> Result<u64, AuditChainError> {
+    Err(AuditChainError { seq, problem })
+}
+
+#[test]
+fn segment_starts_split_evenly_and_never_repeat() {
+    use crate::audit::segment_starts;
+    assert_eq!(segment_starts(200, 4, 1), vec![1, 51, 101, 151]);
+    assert_eq!(segment_starts(3, 8, 1), vec![1, 2, 3]);
+    assert_eq!(segment_starts(0, 4, 1), vec![1]);
+    assert_eq!(segment_starts(7, 1, 1), vec![1]);
+    assert_eq!(segment_starts(10_000_000, 2, 50_000), vec![1, 5_000_001]);
+    // Too short to be worth a second thread.
+    assert_eq!(segment_starts(60_000, 4, 50_000), vec![1]);
+    assert_eq!(segment_starts(u64::MAX, 3, 1).len(), 3);
+}
+
+#[test]
+fn split_walks_agree_on_a_sound_log_and_an_empty_one() {
+    let (_dir, store) = open();
+    assert_eq!(verify_every_split(&store), Ok(0));
+    fill(&store, 1);
+    assert_eq!(verify_every_split(&store), Ok(1));
+    fill(&store, 199);
+    assert_eq!(verify_every_split(&store), Ok(200));
+}
+
+#[test]
+fn a_consistent_rewrite_at_a_range_boundary_breaks_the_link_across_it() {
+    // With 4 ranges over 200 entries the ranges start at 1, 51, 101 and 151: entry 50 ends
+    // the first range, so only the stitching can see that entry 51 no longer links to it.
+    let (_dir, store) = open();
+    let entries = fill(&store, 200);
+    rewrite_consistently(&store, &entries[49]);
+    assert_eq!(
+        store.audit_verify_in(4, 1),
+        broken(51, ChainProblem::PrevHashMismatch)
+    );
+    assert_eq!(
+        verify_every_split(&store),
+        broken(51, ChainProblem::PrevHashMismatch)
+    );
+}
+
+#[test]
+fn a_consistent_rewrite_of_the_first_entry_is_caught_by_the_first_link() {
+    // Entry 1 re-linked to a non-zero prev_hash (and rehashed): its own hash is right, but
+    // the chain must start from zeros, which only the first range's stitching knows.
+    let (_dir, store) = open();
+    let entries = fill(&store, 20);
+    let mut victim = entries[0].clone();
+    victim.prev_hash = [7; 32];
+    rewrite_consistently(&store, &victim);
+    assert_eq!(
+        verify_every_split(&store),
+        broken(1, ChainProblem::PrevHashMismatch)
+    );
+}
+
+#[test]
+fn missing_entries_at_range_boundaries_are_reported_at_the_first_gap() {
+    let cases: [(&[u64], u64); 5] = [
+        // The first entry of a range.
+        (&[51], 51),
+        // The last entry of a range: that range ends short of the next one's start.
+        (&[50], 50),
+        // A whole range: the walk arrives at range 101 still expecting 51.
+        (&(51..=100).collect::<Vec<_>>(), 51),
+        // Two gaps in different ranges: the smaller seq wins.
+        (&[151, 60], 60),
+        // The tail from a boundary on: only the head record reveals it.
+        (&(151..=200).collect::<Vec<_>>(), 151),
+    ];
+    for (deleted, at) in cases {
+        let (_dir, store) = open();
+        fill(&store, 200);
+        for seq in deleted {
+            store
+                .trees()
+                .audit
+                .remove(seq.to_be_bytes())
+                .expect("delete");
+        }
+        assert_eq!(
+            store.audit_verify_in(4, 1),
+            broken(at, ChainProblem::Missing),
+            "deleted {deleted:?}"
+        );
+        assert_eq!(
+            verify_every_split(&store),
+            broken(at, ChainProblem::Missing)
+        );
+    }
+}
+
+#[test]
+fn malformed_keys_next_to_a_boundary_are_found_where_the_sequential_walk_finds_them() {
+    // 50_be || 0x00 sorts between entries 50 and 51, at the end of the first of 4 ranges;
+    // a 7-byte key sorts before entry 1.
+    let mut after_50 = 50u64.to_be_bytes().to_vec();
+    after_50.push(0);
+    for (key, at) in [(after_50, 51), (vec![0u8; 7], 1)] {
+        let (_dir, store) = open();
+        let entries = fill(&store, 200);
+        let value = store
+            .trees()
+            .audit
+            .get(entries[0].seq.to_be_bytes())
+            .expect("get")
+            .expect("present");
+        store.trees().audit.insert(&key, value).expect("insert");
+        assert_eq!(
+            store.audit_verify_in(4, 1),
+            broken(at, ChainProblem::Undecodable)
+        );
+        assert_eq!(
+            verify_every_split(&store),
+            broken(at, ChainProblem::Undecodable)
+        );
+    }
+}
+
+#[test]
+fn every_fault_at_every_boundary_matches_the_sequential_walk() {
+    // Each kind of damage, at each seq around the boundaries of the splits above: the first
+    // entry, both sides of each boundary of 4 ranges over 200 entries, and the last entry.
+    for seq in [1u64, 2, 50, 51, 52, 100, 101, 150, 151, 199, 200] {
+        for at in [0, 5, 40, 90, usize::MAX] {
+            let (_dir, store) = open();
+            fill(&store, 200);
+            let tree = &store.trees().audit;
+            let mut value = tree
+                .get(seq.to_be_bytes())
+                .expect("get")
+                .expect("present")
+                .to_vec();
+            let at = at.min(value.len() - 1);
+            value[at] ^= 0x01;
+            tree.insert(seq.to_be_bytes(), value).expect("tamper");
+            let got = verify_every_split(&store).expect_err("tampering must be detected");
+            assert_eq!(got.seq, seq, "byte {at} of entry {seq}: {got}");
+        }
+    }
+}
+
+#[test]
+fn an_entry_past_the_head_ends_every_split_walk() {
+    // An entry beyond the head record (as if appended after verification started) is not
+    // judged, whichever range it falls in, including after a gap.
+    let (_dir, store) = open();
+    let entries = fill(&store, 200);
+    let value = store
+        .trees()
+        .audit
+        .get(entries[199].seq.to_be_bytes())
+        .expect("get")
+        .expect("present");
+    store
+        .trees()
+        .audit
+        .insert(201u64.to_be_bytes(), value)
+        .expect("insert");
+    assert_eq!(verify_every_split(&store), Ok(200));
+    for seq in [199u64, 200] {
+        store
+            .trees()
+            .audit
+            .remove(seq.to_be_bytes())
+            .expect("delete");
+    }
+    assert_eq!(
+        verify_every_split(&store),
+        broken(199, ChainProblem::Missing)
+    );
+}
+
+#[test]
+fn index_faults_are_found_whatever_the_split() {
+    let (_dir, store) = open();
+    fill(&store, 100);
+    // Entry 51 is about Patient/1 (50 % 7 == 1) and starts the second of 2 ranges.
+    let mut key = b"Patient/1\0".to_vec();
+    key.extend_from_slice(&51u64.to_be_bytes());
+    assert!(store
+        .trees()
+        .audit_by_patient
+        .remove(&key)
+        .expect("remove")
+        .is_some());
+    assert_eq!(
+        verify_every_split(&store),
+        broken(51, ChainProblem::IndexMismatch { index: "patient" })
+    );
+}
