@@ -13,31 +13,32 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use crate::codec::{decode, decode_body, encode, VERSION};
+use crate::audited::Chained;
+use crate::codec::{decode, decode_body, VERSION};
 use crate::error::StoreError;
 use crate::types::{AuditEntry, AuditFilter, AuditRecord, TransferId};
-use crate::{now_ms, tx_err, Store, Trees};
+use crate::{tx_err, Store, Trees};
 
-const WHAT: &str = "audit";
+pub(crate) const WHAT: &str = "audit";
 
 /// Domain separation for the chain hash; bump with any change to what is hashed.
 const HASH_DOMAIN: &[u8] = b"healthfed/audit/1";
 
-const HEAD_KEY: &[u8] = b"head";
+pub(crate) const HEAD_KEY: &[u8] = b"head";
 
 /// The end of the chain, guarded by the append mutex.
 pub(crate) struct Tail {
-    last_seq: u64,
-    hash: [u8; 32],
+    pub(crate) last_seq: u64,
+    pub(crate) hash: [u8; 32],
 }
 
 /// How an entry sits in the `audit` tree: the chain links and the exact bytes hashed.
 #[derive(Serialize, Deserialize)]
-struct StoredEntry<'a> {
-    prev_hash: [u8; 32],
-    hash: [u8; 32],
+pub(crate) struct StoredEntry<'a> {
+    pub(crate) prev_hash: [u8; 32],
+    pub(crate) hash: [u8; 32],
     #[serde(borrow)]
-    body: &'a [u8],
+    pub(crate) body: &'a [u8],
 }
 
 /// A borrowed decoding of `postcard((seq, record))` that allocates nothing, for verification.
@@ -187,52 +188,11 @@ impl Store {
         &self,
         records: impl IntoIterator<Item = AuditRecord>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        struct Prepared {
-            seq_key: [u8; 8],
-            value: Vec<u8>,
-            patient_key: Option<Vec<u8>>,
-            transfer_key: Option<[u8; 24]>,
-            break_glass: bool,
-        }
         let mut tail = self.lock_tail()?;
-        let (mut seq, mut hash) = (tail.last_seq, tail.hash);
-        let mut entries = Vec::new();
-        let mut prepared = Vec::new();
-        for mut record in records {
-            if record.time_ms == 0 {
-                record.time_ms = now_ms();
-            }
-            seq += 1;
-            let body = postcard::to_allocvec(&(seq, &record))
-                .map_err(|source| StoreError::Encode { what: WHAT, source })?;
-            let prev_hash = hash;
-            hash = chain_hash(&prev_hash, &body);
-            let value = encode(
-                WHAT,
-                &StoredEntry {
-                    prev_hash,
-                    hash,
-                    body: &body,
-                },
-            )?;
-            prepared.push(Prepared {
-                seq_key: seq.to_be_bytes(),
-                value,
-                patient_key: record.patient_ref.as_deref().map(|p| patient_key(p, seq)),
-                transfer_key: record.transfer_id.map(|id| transfer_key(&id, seq)),
-                break_glass: record.break_glass,
-            });
-            entries.push(AuditEntry {
-                seq,
-                record,
-                prev_hash,
-                hash,
-            });
+        let chained = Chained::new(&tail, records)?;
+        if chained.is_empty() {
+            return Ok(Vec::new());
         }
-        if entries.is_empty() {
-            return Ok(entries);
-        }
-        let head = encode("audit head", &(seq, hash))?;
         let t = self.trees();
         (
             &t.audit,
@@ -241,28 +201,12 @@ impl Store {
             &t.audit_break_glass,
             &t.audit_head,
         )
-            .transaction(|(audit, by_patient, by_transfer, break_glass, head_tree)| {
-                for p in &prepared {
-                    audit.insert(&p.seq_key[..], p.value.as_slice())?;
-                    if let Some(key) = &p.patient_key {
-                        by_patient.insert(key.as_slice(), &[][..])?;
-                    }
-                    if let Some(key) = &p.transfer_key {
-                        by_transfer.insert(&key[..], &[][..])?;
-                    }
-                    if p.break_glass {
-                        break_glass.insert(&p.seq_key[..], &[][..])?;
-                    }
-                }
-                head_tree.insert(HEAD_KEY, head.as_slice())?;
+            .transaction(|(audit, by_patient, by_transfer, break_glass, head)| {
+                chained.write([audit, by_patient, by_transfer, break_glass, head])?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx_err("append audit entries"))?;
-        // Only now, after the write, does the in-memory tail move: a failed append leaves
-        // the chain where it was.
-        tail.last_seq = seq;
-        tail.hash = hash;
-        Ok(entries)
+        Ok(chained.advance(&mut tail))
     }
 
     /// Entries matching every condition of `filter`, in ascending seq order. A patient or
@@ -509,7 +453,7 @@ impl Store {
         })
     }
 
-    fn lock_tail(&self) -> Result<MutexGuard<'_, Tail>, StoreError> {
+    pub(crate) fn lock_tail(&self) -> Result<MutexGuard<'_, Tail>, StoreError> {
         match self.inner.audit_tail.lock() {
             Ok(tail) => Ok(tail),
             Err(poisoned) => {
@@ -895,7 +839,7 @@ fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
         && (!filter.break_glass_only || r.break_glass)
 }
 
-fn patient_key(patient: &str, seq: u64) -> Vec<u8> {
+pub(crate) fn patient_key(patient: &str, seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(patient.len() + 9);
     key.extend_from_slice(patient.as_bytes());
     key.push(0);
@@ -903,7 +847,7 @@ fn patient_key(patient: &str, seq: u64) -> Vec<u8> {
     key
 }
 
-fn transfer_key(id: &TransferId, seq: u64) -> [u8; 24] {
+pub(crate) fn transfer_key(id: &TransferId, seq: u64) -> [u8; 24] {
     let mut key = [0; 24];
     let (head, tail) = key.split_at_mut(16);
     head.copy_from_slice(id);

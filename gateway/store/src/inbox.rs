@@ -2,11 +2,11 @@
 //! (`received_ms_be || id`, for listing newest first). The envelope itself stays sealed in
 //! the inbox spool; the gateway decrypts it when the EMR fetches it.
 
-use sled::transaction::{abort, ConflictableTransactionError, Transactional};
+use sled::transaction::{abort, ConflictableTransactionError};
 
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
-use crate::types::{transfer_id_hex, InboxEntry, InboxInsert, TransferId};
+use crate::types::{transfer_id_hex, AuditEntry, AuditRecord, InboxEntry, InboxInsert, TransferId};
 use crate::{list_newest_first, time_key, tx_err, Store};
 
 const WHAT: &str = "inbox";
@@ -15,21 +15,40 @@ impl Store {
     /// Idempotent: if the id is present, returns `AlreadyPresent(existing)` and writes
     /// nothing, so a sender's retry gets the original receipt back.
     pub fn inbox_insert(&self, entry: &InboxEntry) -> Result<InboxInsert, StoreError> {
+        self.inbox_insert_audited(entry, Vec::new())
+            .map(|(insert, _)| insert)
+    }
+
+    /// [`Store::inbox_insert`] that also appends `records` to the audit log in the same
+    /// transaction, if and only if the entry is inserted.
+    pub fn inbox_insert_audited(
+        &self,
+        entry: &InboxEntry,
+        records: Vec<AuditRecord>,
+    ) -> Result<(InboxInsert, Vec<AuditEntry>), StoreError> {
         let value = encode(WHAT, entry)?;
         let id = entry.transfer_id;
         let t = self.trees();
-        (&t.inbox, &t.inbox_by_time)
-            .transaction(|(inbox, by_time)| {
+        self.write_audited(
+            "insert inbox entry",
+            &[&t.inbox, &t.inbox_by_time],
+            |views| {
+                let [inbox, by_time] = views else {
+                    return abort(StoreError::Corrupt {
+                        what: WHAT,
+                        problem: "inbox trees missing from transaction",
+                    });
+                };
                 if let Some(existing) = inbox.get(id)? {
                     let existing =
                         decode(WHAT, &existing).map_err(ConflictableTransactionError::Abort)?;
-                    return Ok(InboxInsert::AlreadyPresent(existing));
+                    return Ok((InboxInsert::AlreadyPresent(existing), Vec::new()));
                 }
                 inbox.insert(&id[..], value.as_slice())?;
                 by_time.insert(&time_key(entry.received_ms, &id)[..], &[][..])?;
-                Ok(InboxInsert::Inserted)
-            })
-            .map_err(tx_err("insert inbox entry"))
+                Ok((InboxInsert::Inserted, records.clone()))
+            },
+        )
     }
 
     pub fn inbox_get(&self, id: &TransferId) -> Result<Option<InboxEntry>, StoreError> {

@@ -46,6 +46,7 @@
 //! break-glass entries (`seq_be`) serve [`Store::audit_list`] by prefix scan.
 
 mod audit;
+mod audited;
 mod codec;
 mod collections;
 mod commit;

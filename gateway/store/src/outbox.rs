@@ -5,23 +5,41 @@
 
 use std::cell::RefCell;
 
-use sled::transaction::{abort, ConflictableTransactionError, Transactional};
+use sled::transaction::{abort, ConflictableTransactionError};
 
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
-use crate::types::{transfer_id_hex, OutboxEntry, TransferId};
-use crate::{id_of_time_key, list_newest_first, time_key, tx_err, Store};
+use crate::types::{transfer_id_hex, AuditEntry, AuditRecord, OutboxEntry, TransferId};
+use crate::{id_of_time_key, list_newest_first, time_key, Store};
 
 const WHAT: &str = "outbox";
 
 impl Store {
     /// Inserts a new entry; refuses an id that already exists.
     pub fn outbox_insert(&self, entry: &OutboxEntry) -> Result<(), StoreError> {
+        self.outbox_insert_audited(entry, Vec::new()).map(|_| ())
+    }
+
+    /// Inserts a new entry and appends `records` to the audit log, in one transaction;
+    /// refuses an id that already exists (and then appends nothing).
+    pub fn outbox_insert_audited(
+        &self,
+        entry: &OutboxEntry,
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let value = encode(WHAT, entry)?;
         let id = entry.transfer_id;
         let t = self.trees();
-        (&t.outbox, &t.outbox_by_time, &t.outbox_due)
-            .transaction(|(outbox, by_time, due)| {
+        let ((), entries) = self.write_audited(
+            "insert outbox entry",
+            &[&t.outbox, &t.outbox_by_time, &t.outbox_due],
+            |views| {
+                let [outbox, by_time, due] = views else {
+                    return abort(StoreError::Corrupt {
+                        what: WHAT,
+                        problem: "outbox trees missing from transaction",
+                    });
+                };
                 if outbox.get(id)?.is_some() {
                     return abort(StoreError::DuplicateTransfer {
                         id: transfer_id_hex(&id),
@@ -32,9 +50,10 @@ impl Store {
                 if entry.state.is_pending() {
                     due.insert(&time_key(entry.next_attempt_ms, &id)[..], &[][..])?;
                 }
-                Ok(())
-            })
-            .map_err(tx_err("insert outbox entry"))
+                Ok(((), records.clone()))
+            },
+        )?;
+        Ok(entries)
     }
 
     pub fn outbox_get(&self, id: &TransferId) -> Result<Option<OutboxEntry>, StoreError> {
@@ -58,15 +77,38 @@ impl Store {
     pub fn outbox_update(
         &self,
         id: &TransferId,
-        f: impl FnMut(&mut OutboxEntry),
+        mut f: impl FnMut(&mut OutboxEntry),
     ) -> Result<OutboxEntry, StoreError> {
+        self.outbox_update_audited(id, |e| {
+            f(e);
+            Vec::new()
+        })
+        .map(|(entry, _)| entry)
+    }
+
+    /// [`Store::outbox_update`] where `f` also returns the audit records of the change, which
+    /// are appended in the same transaction (those of the run that committed, if sled ran
+    /// `f` more than once). Returns the new entry and the appended audit entries.
+    pub fn outbox_update_audited(
+        &self,
+        id: &TransferId,
+        f: impl FnMut(&mut OutboxEntry) -> Vec<AuditRecord>,
+    ) -> Result<(OutboxEntry, Vec<AuditEntry>), StoreError> {
         // sled retries the closure on conflict and wants `Fn`; the closure is never
         // re-entered, so the RefCell is never borrowed twice.
         let f = RefCell::new(f);
         let id = *id;
         let t = self.trees();
-        (&t.outbox, &t.outbox_due)
-            .transaction(|(outbox, due)| {
+        self.write_audited(
+            "update outbox entry",
+            &[&t.outbox, &t.outbox_due],
+            |views| {
+                let [outbox, due] = views else {
+                    return abort(StoreError::Corrupt {
+                        what: WHAT,
+                        problem: "outbox trees missing from transaction",
+                    });
+                };
                 let Some(old) = outbox.get(id)? else {
                     return abort(StoreError::NotFound {
                         what: WHAT,
@@ -76,7 +118,7 @@ impl Store {
                 let old: OutboxEntry =
                     decode(WHAT, &old).map_err(ConflictableTransactionError::Abort)?;
                 let mut new = old.clone();
-                match f.try_borrow_mut() {
+                let records = match f.try_borrow_mut() {
                     Ok(mut f) => (*f)(&mut new),
                     Err(_) => {
                         return abort(StoreError::Corrupt {
@@ -84,7 +126,7 @@ impl Store {
                             problem: "update closure re-entered",
                         })
                     }
-                }
+                };
                 for (field, changed) in [
                     ("transfer_id", new.transfer_id != old.transfer_id),
                     ("created_ms", new.created_ms != old.created_ms),
@@ -104,9 +146,9 @@ impl Store {
                 if new.state.is_pending() {
                     due.insert(&time_key(new.next_attempt_ms, &id)[..], &[][..])?;
                 }
-                Ok(new)
-            })
-            .map_err(tx_err("update outbox entry"))
+                Ok((new, records))
+            },
+        )
     }
 
     /// Entries in Queued or Delivering whose `next_attempt_ms <= now_ms`, most overdue first,

@@ -1,6 +1,7 @@
 //! Tests against real sled databases in temporary directories.
 
 mod audit;
+mod audited;
 mod collections;
 mod commit;
 mod inbox;
