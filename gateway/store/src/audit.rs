@@ -235,38 +235,75 @@ impl Store {
         };
         let mut start = prefix.clone();
         start.extend_from_slice(&first.to_be_bytes());
-        let from_index = !std::ptr::eq(tree, &t.audit);
-        for item in tree.range(start..) {
-            let (key, value) = item.map_err(StoreError::sled("list audit entries"))?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            // A patient reference may itself contain 0x00, so the prefix can match keys of
-            // another patient whose reference extends it: their key is longer, skip them.
-            let Some(seq) = key.get(prefix.len()..).and_then(seq_of_key) else {
-                continue;
-            };
-            let entry = if from_index {
-                match t
-                    .audit
-                    .get(seq.to_be_bytes())
-                    .map_err(StoreError::sled("list audit entries"))?
-                {
-                    Some(value) => decode_entry(seq, &value)?,
-                    // Only reachable if the log was tampered with; audit_verify reports it.
-                    None => continue,
+        let mut items = tree.range(start..);
+        if std::ptr::eq(tree, &t.audit) {
+            for item in items {
+                let (key, value) = item.map_err(StoreError::sled("list audit entries"))?;
+                let Some(seq) = seq_of_key(&key) else {
+                    continue;
+                };
+                let entry = decode_entry(seq, &value)?;
+                if matches(&entry, filter) {
+                    out.push(entry);
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
-            } else {
-                decode_entry(seq, &value)?
-            };
-            if matches(&entry, filter) {
-                out.push(entry);
-                if out.len() >= limit {
+            }
+            return Ok(out);
+        }
+        // From an index: the seqs are read a batch at a time and their entries fetched in
+        // parallel (each is a random read in the audit tree, often of a page not in sled's
+        // cache), then judged in index order, so that the result, and which error (if any) is
+        // returned, are those of a one-by-one walk.
+        let mut seqs = Vec::new();
+        loop {
+            seqs.clear();
+            let want = limit.saturating_sub(out.len()).clamp(1, LIST_BATCH);
+            let mut index_error = None;
+            let mut exhausted = false;
+            while seqs.len() < want {
+                let Some(item) = items.next() else {
+                    exhausted = true;
+                    break;
+                };
+                let key = match item {
+                    Ok((key, _)) => key,
+                    Err(e) => {
+                        index_error = Some(e);
+                        break;
+                    }
+                };
+                if !key.starts_with(&prefix) {
+                    exhausted = true;
                     break;
                 }
+                // A patient reference may itself contain 0x00, so the prefix can match keys
+                // of another patient whose reference extends it: their key is longer, skip
+                // them.
+                if let Some(seq) = key.get(prefix.len()..).and_then(seq_of_key) {
+                    seqs.push(seq);
+                }
+            }
+            for entry in fetch_entries(&t.audit, &seqs) {
+                // None is only reachable if the log was tampered with; audit_verify reports it.
+                let Some(entry) = entry? else {
+                    continue;
+                };
+                if matches(&entry, filter) {
+                    out.push(entry);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if let Some(e) = index_error {
+                return Err(StoreError::sled("list audit entries")(e));
+            }
+            if exhausted {
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 
     /// The number of entries appended (the last seq).
@@ -824,6 +861,54 @@ fn decode_entry(seq: u64, value: &[u8]) -> Result<AuditEntry, StoreError> {
         record,
         prev_hash: stored.prev_hash,
         hash: stored.hash,
+    })
+}
+
+/// How many index keys [`Store::audit_list`] reads before fetching their entries.
+const LIST_BATCH: usize = 1024;
+
+/// Below this many entries, fetching them on other threads costs more than it saves.
+const PARALLEL_FETCH_MIN: usize = 64;
+
+/// The entries of `seqs`, in order (`None` where one is absent), fetched on up to
+/// `available_parallelism` threads when there are enough of them.
+fn fetch_entries(audit: &sled::Tree, seqs: &[u64]) -> Vec<Result<Option<AuditEntry>, StoreError>> {
+    let fetch = |seqs: &[u64]| -> Vec<Result<Option<AuditEntry>, StoreError>> {
+        seqs.iter()
+            .map(|&seq| {
+                audit
+                    .get(seq.to_be_bytes())
+                    .map_err(StoreError::sled("list audit entries"))?
+                    .map(|value| decode_entry(seq, &value))
+                    .transpose()
+            })
+            .collect()
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(seqs.len() / PARALLEL_FETCH_MIN);
+    if threads <= 1 {
+        return fetch(seqs);
+    }
+    let chunk = seqs.len().div_ceil(threads);
+    let mut chunks = seqs.chunks(chunk);
+    let first = chunks.next().unwrap_or_default();
+    std::thread::scope(|scope| {
+        let others: Vec<_> = chunks.map(|c| (c, scope.spawn(move || fetch(c)))).collect();
+        let mut out = fetch(first);
+        for (c, other) in others {
+            match other.join() {
+                Ok(part) => out.extend(part),
+                // A panicking fetch is reported as an error for each entry of its chunk.
+                Err(_) => out.extend(c.iter().map(|_| {
+                    Err(StoreError::Corrupt {
+                        what: WHAT,
+                        problem: "entry fetch thread panicked",
+                    })
+                })),
+            }
+        }
+        out
     })
 }
 
