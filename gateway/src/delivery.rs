@@ -26,10 +26,10 @@ pub const ENVELOPE_PATH: &str = "/v1/envelopes";
 /// After a crash, transfers caught mid-delivery go back to the queue: the receiver's
 /// idempotence (same transfer id → same receipt) makes the resend safe.
 ///
-/// A state change and its audit entry are separate sled writes, and another request's commit
-/// can make the first durable without the second: a crash in between leaves a transfer that
-/// was queued or delivered with no `submitted` or `delivered` entry. Those entries are written
-/// now, marked as recorded at restart.
+/// A state change and its audit entries are one sled transaction (`outbox_*_audited`), so
+/// they are durable together. Stores written by versions before that could hold a transfer
+/// that was queued or delivered with no `submitted` or `delivered` entry (the two were
+/// separate writes); those entries are written now, marked as recorded at restart.
 pub fn recover_after_restart(state: &NodeState) {
     let Ok(entries) = state.store.outbox_list() else {
         return;
@@ -135,22 +135,37 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
     // `entry` is the scheduler's snapshot, taken before it waited for a worker: the transfer
     // may have been delivered, cancelled or failed since (its in-flight mark is cleared when a
     // delivery ends). Claim it from its current state, atomically, or leave it alone.
+    // The claim and its `sent` entry are one write; an expired transfer is claimed without
+    // one and failed just below.
+    let max_age_ms = state.config.delivery.max_age_secs.saturating_mul(1000);
     let mut claimed = false;
-    let updated = state.store.outbox_update(&entry.transfer_id, |e| {
+    let updated = state.store.outbox_update_audited(&entry.transfer_id, |e| {
         claimed = e.state == TransferState::Queued;
-        if claimed {
-            e.state = TransferState::Delivering;
-            e.attempts += 1;
-            e.updated_ms = now;
+        if !claimed {
+            return Vec::new();
         }
+        e.state = TransferState::Delivering;
+        e.attempts += 1;
+        e.updated_ms = now;
+        if now.saturating_sub(e.created_ms) > max_age_ms {
+            return Vec::new();
+        }
+        let mut rec = base_record(e, event::SENT, "attempt");
+        rec.reason = Some(format!("attempt {}", e.attempts));
+        vec![rec]
     });
     let entry = match updated {
-        Ok(e) if claimed => e,
+        Ok((e, _)) if claimed => e,
         _ => return,
     };
+    // The attempt is counted durably before any byte leaves: a transfer whose delivery keeps
+    // crashing the node still reaches max_attempts and fails instead of looping forever.
+    if let Err(e) = state.store.commit().await {
+        tracing::error!(transfer = %id, error = %e, "commit failed");
+        return;
+    }
     let attempt = entry.attempts;
-    let age_ms = now.saturating_sub(entry.created_ms);
-    if age_ms > state.config.delivery.max_age_secs.saturating_mul(1000) {
+    if now.saturating_sub(entry.created_ms) > max_age_ms {
         finish_failed(
             state,
             &entry,
@@ -159,33 +174,29 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
         .await;
         return;
     }
-    let mut rec = base_record(&entry, event::SENT, "attempt");
-    rec.reason = Some(format!("attempt {attempt}"));
-    let _ = audit::append(state, rec);
 
     match attempt_delivery(state, &entry).await {
         Outcome::Delivered { receipt, duplicate } => {
-            let result = state.store.outbox_update(&entry.transfer_id, |e| {
+            let mut verified = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
+            verified.reason =
+                Some("signed receipt verified against the recipient's directory key".to_owned());
+            let mut delivered = base_record(&entry, event::DELIVERED, "delivered");
+            if duplicate {
+                delivered.reason = Some(
+                    "recipient already held this transfer; its receipt was returned".to_owned(),
+                );
+            }
+            let result = state.store.outbox_update_audited(&entry.transfer_id, |e| {
                 e.state = TransferState::Delivered;
                 e.receipt = Some(receipt.clone());
                 e.updated_ms = now_ms();
                 e.last_error = None;
+                vec![verified.clone(), delivered.clone()]
             });
             if let Err(e) = result {
                 tracing::error!(transfer = %id, error = %e, "cannot record delivery");
                 return;
             }
-            let mut rec = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
-            rec.reason =
-                Some("signed receipt verified against the recipient's directory key".to_owned());
-            let _ = audit::append(state, rec);
-            let mut rec = base_record(&entry, event::DELIVERED, "delivered");
-            if duplicate {
-                rec.reason = Some(
-                    "recipient already held this transfer; its receipt was returned".to_owned(),
-                );
-            }
-            let _ = audit::append(state, rec);
             if let Err(e) = state.store.commit().await {
                 tracing::error!(transfer = %id, error = %e, "commit failed");
             }
@@ -208,31 +219,31 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
                 return;
             }
             let delay = backoff_ms(attempt, cfg.initial_backoff_ms, cfg.max_backoff_ms);
-            let _ = state.store.outbox_update(&entry.transfer_id, |e| {
+            let mut rec = base_record(&entry, event::RETRY, "retry");
+            rec.reason = Some(format!("{reason}; next attempt in {delay} ms"));
+            let _ = state.store.outbox_update_audited(&entry.transfer_id, |e| {
                 if e.state == TransferState::Delivering {
                     e.state = TransferState::Queued;
                 }
                 e.next_attempt_ms = now_ms() + delay;
                 e.last_error = Some(reason.clone());
                 e.updated_ms = now_ms();
+                vec![rec.clone()]
             });
-            let mut rec = base_record(&entry, event::RETRY, "retry");
-            rec.reason = Some(format!("{reason}; next attempt in {delay} ms"));
-            let _ = audit::append(state, rec);
             tracing::warn!(transfer = %id, peer = %entry.recipient, attempt, "delivery failed; will retry");
         }
     }
 }
 
 async fn finish_failed(state: &NodeState, entry: &OutboxEntry, reason: String) {
-    let _ = state.store.outbox_update(&entry.transfer_id, |e| {
+    let mut rec = base_record(entry, event::FAILED, "failed");
+    rec.reason = Some(reason.clone());
+    let _ = state.store.outbox_update_audited(&entry.transfer_id, |e| {
         e.state = TransferState::Failed;
         e.last_error = Some(reason.clone());
         e.updated_ms = now_ms();
+        vec![rec.clone()]
     });
-    let mut rec = base_record(entry, event::FAILED, "failed");
-    rec.reason = Some(reason);
-    let _ = audit::append(state, rec);
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "commit failed");
     }
@@ -394,22 +405,24 @@ pub async fn cancel(state: &NodeState, id: &TransferId) -> Result<OutboxEntry, S
         return Err("the transfer is being delivered right now; try again shortly".to_owned());
     }
     let mut refused = None;
-    let entry = state
+    let (entry, _) = state
         .store
-        .outbox_update(&id.0, |e| match e.state {
+        .outbox_update_audited(&id.0, |e| match e.state {
             TransferState::Queued | TransferState::Failed => {
                 e.state = TransferState::Cancelled;
                 e.updated_ms = now_ms();
                 refused = None;
+                vec![base_record(e, event::CANCELLED, "cancelled")]
             }
-            other => refused = Some(other),
+            other => {
+                refused = Some(other);
+                Vec::new()
+            }
         })
         .map_err(|e| e.to_string())?;
     if let Some(state_now) = refused {
         return Err(format!("a {state_now} transfer cannot be cancelled"));
     }
-    let rec = base_record(&entry, event::CANCELLED, "cancelled");
-    audit::append(state, rec).map_err(|e| e.to_string())?;
     state.store.commit().await.map_err(|e| e.to_string())?;
     Ok(entry)
 }

@@ -19,7 +19,7 @@ use gateway_envelope::{
     EnvelopeError, EnvelopeReader, Limits, Opener, Receipt, SignedReceipt, TransferId,
     VerifiedHeader,
 };
-use gateway_store::{AuditFilter, InboxEntry, InboxInsert, SpoolKind};
+use gateway_store::{AuditFilter, AuditRecord, InboxEntry, InboxInsert, SpoolKind};
 use policies::Action;
 
 use crate::access::{decide, Question};
@@ -93,6 +93,7 @@ pub async fn receive(
             peer,
             None,
             None,
+            None,
             Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "envelope larger than this node accepts",
@@ -102,7 +103,19 @@ pub async fn receive(
     }
     let mut transfer: Option<TransferId> = None;
     let mut meta: Option<RecordMetadata> = None;
-    match receive_inner(state, peer, req.into_body(), &mut transfer, &mut meta).await {
+    // A permit is recorded with the inbox entry it leads to; if the envelope fails after the
+    // decision, it is recorded with the refusal instead.
+    let mut decision: Option<AuditRecord> = None;
+    let outcome = receive_inner(
+        state,
+        peer,
+        req.into_body(),
+        &mut transfer,
+        &mut meta,
+        &mut decision,
+    )
+    .await;
+    match outcome {
         Ok(Ok((received, receipt))) => accepted(state, peer, received, receipt).await,
         Ok(Err(duplicate_receipt)) => {
             let mut rec = audit::record(event::REJECTED, "duplicate");
@@ -112,11 +125,13 @@ pub async fn receive(
                 "replay: transfer already received; original receipt returned, nothing stored"
                     .to_owned(),
             );
-            let _ = audit::append(state, rec);
+            let _ = state
+                .store
+                .audit_append_batch(decision.into_iter().chain([rec]));
             let _ = state.store.commit().await;
             receipt_response(StatusCode::CONFLICT, duplicate_receipt)
         }
-        Err(refusal) => refuse(state, peer, transfer, meta.as_ref(), refusal).await,
+        Err(refusal) => refuse(state, peer, transfer, meta.as_ref(), decision, refusal).await,
     }
 }
 
@@ -126,33 +141,23 @@ async fn accepted(
     received: Received,
     receipt: Vec<u8>,
 ) -> PeerResponse {
-    let mut rec = audit::record(event::RECEIVED, "stored");
-    rec.transfer_id = Some(received.header.transfer_id().0);
-    rec.peer = Some(peer.facility.to_string());
-    rec.patient_ref = Some(received.metadata.patient.clone());
-    rec.purpose = Some(received.metadata.purpose.clone());
-    rec.clinician = received.metadata.clinician.clone();
-    rec.policy_ids = received.policy_ids;
-    rec.break_glass = received.metadata.break_glass_reason.is_some();
-    rec.reason = received
-        .metadata
-        .break_glass_reason
-        .as_ref()
-        .map(|why| format!("break-glass: {why}"));
+    // A new envelope's `received` entry was written with its inbox entry; a recovered one's
+    // is written now.
     if received.recovered {
-        let note = "stored by an earlier attempt that was interrupted before this entry was \
-                    written; recorded on the sender's resend";
-        rec.reason = Some(match rec.reason.take() {
-            Some(r) => format!("{r}; {note}"),
-            None => note.to_owned(),
-        });
-    }
-    if let Err(e) = audit::append(state, rec) {
-        tracing::error!(error = %e, "audit append failed");
-        return text_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "receiver storage unavailable",
+        let rec = received_record(
+            peer,
+            received.header.transfer_id(),
+            &received.metadata,
+            received.policy_ids.clone(),
+            true,
         );
+        if let Err(e) = audit::append(state, rec) {
+            tracing::error!(error = %e, "audit append failed");
+            return text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "receiver storage unavailable",
+            );
+        }
     }
     if let Some(request_id) = &received.metadata.request_id {
         crate::requests::mark_fulfilled(state, request_id, received.header.transfer_id());
@@ -168,11 +173,43 @@ async fn accepted(
     receipt_response(StatusCode::OK, receipt)
 }
 
+/// The `received` audit record of a stored envelope.
+fn received_record(
+    peer: &PeerIdentity,
+    id: TransferId,
+    metadata: &RecordMetadata,
+    policy_ids: Vec<String>,
+    recovered: bool,
+) -> AuditRecord {
+    let mut rec = audit::record(event::RECEIVED, "stored");
+    rec.transfer_id = Some(id.0);
+    rec.peer = Some(peer.facility.to_string());
+    rec.patient_ref = Some(metadata.patient.clone());
+    rec.purpose = Some(metadata.purpose.clone());
+    rec.clinician = metadata.clinician.clone();
+    rec.policy_ids = policy_ids;
+    rec.break_glass = metadata.break_glass_reason.is_some();
+    rec.reason = metadata
+        .break_glass_reason
+        .as_ref()
+        .map(|why| format!("break-glass: {why}"));
+    if recovered {
+        let note = "stored by an earlier attempt that was interrupted before this entry was \
+                    written; recorded on the sender's resend";
+        rec.reason = Some(match rec.reason.take() {
+            Some(r) => format!("{r}; {note}"),
+            None => note.to_owned(),
+        });
+    }
+    rec
+}
+
 async fn refuse(
     state: &NodeState,
     peer: &PeerIdentity,
     transfer: Option<TransferId>,
     meta: Option<&RecordMetadata>,
+    decision: Option<AuditRecord>,
     refusal: Refusal,
 ) -> PeerResponse {
     let mut rec = audit::record(event::REJECTED, "refused");
@@ -185,7 +222,9 @@ async fn refuse(
         rec.break_glass = meta.break_glass_reason.is_some();
     }
     rec.reason = Some(refusal.reason.clone());
-    let _ = audit::append(state, rec);
+    let _ = state
+        .store
+        .audit_append_batch(decision.into_iter().chain([rec]));
     let _ = state.store.commit().await;
     tracing::warn!(peer = %peer.facility, status = refusal.status.as_u16(), "envelope refused");
     text_response(refusal.status, &refusal.reason)
@@ -199,6 +238,7 @@ async fn receive_inner(
     mut body: Incoming,
     transfer: &mut Option<TransferId>,
     meta_out: &mut Option<RecordMetadata>,
+    decision_out: &mut Option<AuditRecord>,
 ) -> Result<Result<(Received, Vec<u8>), Vec<u8>>, Refusal> {
     let max = state.config.peer.max_envelope_bytes;
     let mut reader = EnvelopeReader::new(Limits {
@@ -359,7 +399,11 @@ async fn receive_inner(
         "receive",
         metadata.break_glass_reason.as_deref(),
     ));
-    let _ = audit::append(state, rec);
+    if stored_before.is_some() || !decision.allowed {
+        let _ = audit::append(state, rec);
+    } else {
+        *decision_out = Some(rec);
+    }
     if let Some(existing) = stored_before {
         // Already stored, so its receipt entry is written whatever today's decision is (the
         // decision entry above records today's answer).
@@ -450,9 +494,11 @@ async fn receive_inner(
         receipt: receipt.clone(),
         acked_ms: None,
     };
-    match state.store.inbox_insert(&entry) {
-        Ok(InboxInsert::Inserted) => {}
-        Ok(InboxInsert::AlreadyPresent(existing)) => return Ok(Err(existing.receipt)),
+    let received = received_record(peer, id, &metadata, decision.policy_ids.clone(), false);
+    let records = decision_out.iter().cloned().chain([received]).collect();
+    match state.store.inbox_insert_audited(&entry, records) {
+        Ok((InboxInsert::Inserted, _)) => *decision_out = None,
+        Ok((InboxInsert::AlreadyPresent(existing), _)) => return Ok(Err(existing.receipt)),
         Err(e) => {
             tracing::error!(error = %e, "inbox insert failed");
             return Err(Refusal::new(

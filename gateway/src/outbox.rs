@@ -166,6 +166,7 @@ pub async fn submit(
         categories: categories.iter().map(ToString::to_string).collect(),
         break_glass,
     };
+    // Written with the outbox entry below (or alone, if nothing is queued).
     let mut rec = audit::record(
         event::DECISION,
         if decision.allowed { "permit" } else { "deny" },
@@ -182,8 +183,8 @@ pub async fn submit(
         "send",
         req.break_glass_reason.as_deref(),
     ));
-    audit::append(state, rec.clone()).map_err(SubmitError::local)?;
     if !decision.allowed {
+        audit::append(state, rec).map_err(SubmitError::local)?;
         state.store.commit().await.map_err(SubmitError::local)?;
         return Err(SubmitError::Denied {
             reason: decision.reason,
@@ -222,7 +223,17 @@ pub async fn submit(
             )
         })
         .await
-        .map_err(SubmitError::local)??
+        .map_err(SubmitError::local)
+        .and_then(|sealed| sealed)
+    };
+    let sealed = match sealed {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            // Not queued, but the permit was given: the log keeps it.
+            audit::append(state, rec).map_err(SubmitError::local)?;
+            state.store.commit().await.map_err(SubmitError::local)?;
+            return Err(e);
+        }
     };
 
     let now = now_ms();
@@ -242,15 +253,16 @@ pub async fn submit(
         summary,
         request_id: req.request_id,
     };
+    // The decision and the submission are recorded with the outbox entry, in one write.
+    let mut submitted = rec.clone();
+    submitted.event = event::SUBMITTED.to_owned();
+    submitted.outcome = "queued".to_owned();
+    submitted.reason = None;
+    submitted.time_ms = now_ms();
     state
         .store
-        .outbox_insert(&entry)
+        .outbox_insert_audited(&entry, vec![rec, submitted])
         .map_err(SubmitError::local)?;
-    rec.event = event::SUBMITTED.to_owned();
-    rec.outcome = "queued".to_owned();
-    rec.reason = None;
-    rec.time_ms = now_ms();
-    audit::append(state, rec).map_err(SubmitError::local)?;
     state.store.commit().await.map_err(SubmitError::local)?;
     state.wake.notify_one();
     tracing::info!(transfer = %transfer_id, peer = %peer.id, bytes = payload_len, "transfer queued");
