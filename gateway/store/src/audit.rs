@@ -868,7 +868,7 @@ fn decode_entry(seq: u64, value: &[u8]) -> Result<AuditEntry, StoreError> {
 const LIST_BATCH: usize = 1024;
 
 /// Below this many entries, fetching them on other threads costs more than it saves.
-const PARALLEL_FETCH_MIN: usize = 64;
+const PARALLEL_FETCH_MIN: usize = 32;
 
 /// The entries of `seqs`, in order (`None` where one is absent), fetched on up to
 /// `available_parallelism` threads when there are enough of them.
