@@ -444,11 +444,13 @@ async fn receive_inner(
     for chunk in pending.drain(..) {
         tokio::task::block_in_place(|| writer.write_chunk(&chunk)).map_err(spool_err)?;
     }
+    // The plaintext is only authenticated here, never kept: one buffer serves every frame.
+    let mut scratch = Vec::new();
     loop {
         tokio::task::block_in_place(|| -> Result<(), Refusal> {
             while let Some(frame) = reader.next_frame().map_err(|e| Refusal::envelope(&e))? {
                 opener
-                    .open_chunk(&frame)
+                    .open_chunk_into(&frame, &mut scratch)
                     .map_err(|e| Refusal::envelope(&e))?;
             }
             Ok(())

@@ -24,6 +24,7 @@ use crate::record::{
     METADATA_VERSION,
 };
 use crate::trust::now_ms;
+use crate::trust::Peer;
 
 /// FHIR bundles are read whole to classify them; larger ones are refused rather than skipped.
 pub const MAX_FHIR_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
@@ -120,22 +121,44 @@ pub async fn submit(
         return Err(SubmitError::SelfAddressed);
     }
 
-    // Parsing a FHIR bundle takes milliseconds per megabyte: keep it off the async workers so
-    // one large bundle does not stall every other request.
+    // Classifying a FHIR bundle takes milliseconds per megabyte and sealing is CPU and file
+    // I/O: the whole submission runs as one blocking task, off the async workers (one large
+    // bundle must not stall every other request) and with one thread hand-off, not three.
+    let (wrote, outcome) = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut wrote = false;
+            let outcome = submit_blocking(&state, req, &peer, payload, &mut wrote);
+            (wrote, outcome)
+        })
+        .await
+        .map_err(SubmitError::local)?
+    };
+    // Whatever was written (a queued transfer, or a refusal's audit entry) is durable before
+    // the caller hears of it.
+    if wrote {
+        state.store.commit().await.map_err(SubmitError::local)?;
+    }
+    let (transfer_id, peer_id, payload_len) = outcome?;
+    state.wake.notify_one();
+    tracing::info!(transfer = %transfer_id, peer = %peer_id, bytes = payload_len, "transfer queued");
+    Ok(transfer_id)
+}
+
+/// Check, authorize, seal and queue; sets `wrote` once anything reached the store. Returns
+/// the transfer id, the recipient and the payload length.
+fn submit_blocking(
+    state: &NodeState,
+    req: SubmitRequest,
+    peer: &Peer,
+    payload: Payload,
+    wrote: &mut bool,
+) -> Result<(TransferId, String, u64), SubmitError> {
     let source = match &payload {
         Payload::Memory { bytes, .. } => BundleSource::Memory(bytes.clone()),
         Payload::File { path, len, .. } => BundleSource::File(path.clone(), *len),
     };
-    let (content_type, patient, declared) = (
-        req.content_type.clone(),
-        req.patient.clone(),
-        req.categories.clone(),
-    );
-    let checked = tokio::task::spawn_blocking(move || {
-        check_payload(&content_type, &patient, &declared, source)
-    })
-    .await
-    .map_err(SubmitError::local)??;
+    let checked = check_payload(&req.content_type, &req.patient, &req.categories, source)?;
     let categories = checked.categories;
     let break_glass = req.break_glass_reason.is_some();
     let transfer_id = TransferId::new_random().map_err(SubmitError::local)?;
@@ -148,7 +171,7 @@ pub async fn submit(
             } else {
                 Action::Send
             },
-            counterparty: &peer,
+            counterparty: peer,
             patient: req.patient.reveal(),
             categories: &categories,
             content_type: req.content_type.mime(),
@@ -185,7 +208,7 @@ pub async fn submit(
     ));
     if !decision.allowed {
         audit::append(state, rec).map_err(SubmitError::local)?;
-        state.store.commit().await.map_err(SubmitError::local)?;
+        *wrote = true;
         return Err(SubmitError::Denied {
             reason: decision.reason,
             policy_ids: decision.policy_ids,
@@ -208,30 +231,20 @@ pub async fn submit(
         consent_basis: Some(basis_of(&consent)),
     };
     let payload_len = payload.len();
-    let sealed = {
-        let state = state.clone();
-        let recipient = peer.id.to_string();
-        let key = peer.encryption_key;
-        tokio::task::spawn_blocking(move || {
-            seal_to_spool(
-                &state,
-                transfer_id,
-                &recipient,
-                key,
-                &metadata.encode(),
-                payload,
-            )
-        })
-        .await
-        .map_err(SubmitError::local)
-        .and_then(|sealed| sealed)
-    };
-    let sealed = match sealed {
+    let recipient = peer.id.to_string();
+    let sealed = match seal_to_spool(
+        state,
+        transfer_id,
+        &recipient,
+        peer.encryption_key,
+        &metadata.encode(),
+        payload,
+    ) {
         Ok(sealed) => sealed,
         Err(e) => {
             // Not queued, but the permit was given: the log keeps it.
             audit::append(state, rec).map_err(SubmitError::local)?;
-            state.store.commit().await.map_err(SubmitError::local)?;
+            *wrote = true;
             return Err(e);
         }
     };
@@ -239,7 +252,7 @@ pub async fn submit(
     let now = now_ms();
     let entry = OutboxEntry {
         transfer_id: transfer_id.0,
-        recipient: peer.id.to_string(),
+        recipient: recipient.clone(),
         state: TransferState::Queued,
         created_ms: now,
         updated_ms: now,
@@ -263,10 +276,8 @@ pub async fn submit(
         .store
         .outbox_insert_audited(&entry, vec![rec, submitted])
         .map_err(SubmitError::local)?;
-    state.store.commit().await.map_err(SubmitError::local)?;
-    state.wake.notify_one();
-    tracing::info!(transfer = %transfer_id, peer = %peer.id, bytes = payload_len, "transfer queued");
-    Ok(transfer_id)
+    *wrote = true;
+    Ok((transfer_id, recipient, payload_len))
 }
 
 enum BundleSource {

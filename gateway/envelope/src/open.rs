@@ -428,17 +428,29 @@ impl Opener {
     /// Each chunk is authenticated, but the payload digest is only known to match after
     /// [`Opener::finish`]: callers keep the output provisional until then.
     pub fn open_chunk(&mut self, frame: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let mut plaintext = Vec::new();
+        self.open_chunk_into(frame, &mut plaintext)?;
+        Ok(plaintext)
+    }
+
+    /// [`Opener::open_chunk`] into a caller's buffer (its contents are replaced), so a
+    /// receiver that only authenticates the payload reuses one buffer for every frame.
+    pub fn open_chunk_into(
+        &mut self,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
         if self.failed {
             return Err(EnvelopeError::Aborted);
         }
-        let result = self.open_chunk_inner(frame);
+        let result = self.open_chunk_inner(frame, out);
         if result.is_err() {
             self.failed = true;
         }
         result
     }
 
-    fn open_chunk_inner(&mut self, frame: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    fn open_chunk_inner(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
         if self.last_seen {
             return Err(EnvelopeError::FrameAfterLast);
         }
@@ -473,12 +485,12 @@ impl Opener {
         for &last in candidates {
             let aad = wire::frame_aad(&self.header_digest, self.next_index, last);
             // A failed open leaves the HPKE sequence number unchanged, so retrying is sound.
-            if let Ok(plaintext) = self.ctx.open(frame, &aad) {
-                self.running_digest.update(&plaintext);
+            if self.ctx.open_into(frame, &aad, out).is_ok() {
+                self.running_digest.update(out);
                 self.opened_len += plain_len;
                 self.next_index += 1;
                 self.last_seen = last;
-                return Ok(plaintext);
+                return Ok(());
             }
         }
         Err(EnvelopeError::Decrypt)

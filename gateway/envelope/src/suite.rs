@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::error::EnvelopeError;
 use crate::keys::{HpkePublic, HpkeSecret};
+use crate::wire::TAG_LEN;
 
 type Kem = X25519HkdfSha256;
 type Kdf = HkdfSha256;
@@ -97,11 +98,11 @@ impl SenderCtx {
         match self {
             Self::Aes256Gcm(ctx) => {
                 let tag = ctx.seal_inout_detached(buf, aad).map_err(refused)?;
-                out.extend_from_slice(&hpke::Serializable::to_bytes(&tag));
+                out.extend_from_slice(&Serializable::to_bytes(&tag));
             }
             Self::ChaCha20Poly1305(ctx) => {
                 let tag = ctx.seal_inout_detached(buf, aad).map_err(refused)?;
-                out.extend_from_slice(&hpke::Serializable::to_bytes(&tag));
+                out.extend_from_slice(&Serializable::to_bytes(&tag));
             }
         }
         Ok(())
@@ -116,6 +117,37 @@ impl ReceiverCtx {
             Self::ChaCha20Poly1305(ctx) => ctx.open(ciphertext, aad),
         };
         opened.map_err(|_| EnvelopeError::Decrypt)
+    }
+
+    /// Opens the next message into `out` (replacing its contents), decrypting straight from
+    /// `ciphertext` without the temporary buffer [`ReceiverCtx::open`] allocates. On failure
+    /// `out` is left empty and the sequence number unchanged.
+    pub(crate) fn open_into(
+        &mut self,
+        ciphertext: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
+        out.clear();
+        let msg_len = ciphertext
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(EnvelopeError::Decrypt)?;
+        let (body, tag) = ciphertext.split_at(msg_len);
+        out.resize(msg_len, 0);
+        let buf =
+            inout::InOutBuf::new(body, out.as_mut_slice()).map_err(|_| EnvelopeError::Decrypt)?;
+        let opened = match self {
+            Self::Aes256Gcm(ctx) => Deserializable::from_bytes(tag)
+                .and_then(|tag| ctx.open_inout_detached(buf, aad, &tag)),
+            Self::ChaCha20Poly1305(ctx) => Deserializable::from_bytes(tag)
+                .and_then(|tag| ctx.open_inout_detached(buf, aad, &tag)),
+        };
+        if opened.is_err() {
+            out.clear();
+            return Err(EnvelopeError::Decrypt);
+        }
+        Ok(())
     }
 }
 

@@ -112,6 +112,8 @@ fn check_vector_dispatch(suite: Suite, v: &Value) {
     // A second, identical context for the in-place path the payload frames use.
     let (_, mut sender_into) = setup_sender(suite, &pk.hpke().unwrap(), &info, &ikm_e).unwrap();
     let mut receiver = setup_receiver(suite, sk.hpke(), &enc, &info).unwrap();
+    let mut receiver_into = setup_receiver(suite, sk.hpke(), &enc, &info).unwrap();
+    let mut opened = b"stale".to_vec();
     for e in v["encryptions"].as_array().unwrap() {
         let (pt, aad, ct) = (unhex(e, "pt"), unhex(e, "aad"), unhex(e, "ct"));
         assert_eq!(sender.seal(&pt, &aad).unwrap(), ct);
@@ -128,6 +130,14 @@ fn check_vector_dispatch(suite: Suite, v: &Value) {
         wrong_aad.push(0);
         assert_eq!(receiver.open(&ct, &wrong_aad), Err(EnvelopeError::Decrypt));
         assert_eq!(receiver.open(&ct, &aad).unwrap(), pt);
+        // The buffer-reusing path: same refusals, same plaintext, contents replaced.
+        assert_eq!(
+            receiver_into.open_into(&ct, &wrong_aad, &mut opened),
+            Err(EnvelopeError::Decrypt)
+        );
+        assert!(opened.is_empty(), "a failed open leaves no plaintext");
+        receiver_into.open_into(&ct, &aad, &mut opened).unwrap();
+        assert_eq!(opened, pt);
     }
 }
 
