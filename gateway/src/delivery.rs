@@ -23,6 +23,10 @@ use crate::trust::now_ms;
 
 pub const ENVELOPE_PATH: &str = "/v1/envelopes";
 
+/// Envelopes up to this size are read whole into memory to send; larger ones are streamed.
+/// Bounded memory: at most this much per delivery worker.
+const WHOLE_ENVELOPE_BYTES: u64 = 2 * 1024 * 1024;
+
 /// After a crash, transfers caught mid-delivery go back to the queue: the receiver's
 /// idempotence (same transfer id → same receipt) makes the resend safe.
 ///
@@ -294,12 +298,31 @@ async fn attempt_delivery(state: &Arc<NodeState>, entry: &OutboxEntry) -> Outcom
     let path = state
         .store
         .spool_path(&entry.transfer_id, SpoolKind::Outbox);
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => return Outcome::Refused(format!("local system: sealed envelope missing: {e}")),
+    let missing =
+        |e: std::io::Error| Outcome::Refused(format!("local system: sealed envelope missing: {e}"));
+    // A small envelope is read with one blocking call and sent as one body; streaming it
+    // through tokio::fs would cost a blocking-pool round trip per 256 KiB read.
+    let body: Body = if entry.envelope_len <= WHOLE_ENVELOPE_BYTES {
+        match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+            Ok(Ok(bytes)) if bytes.len() as u64 != entry.envelope_len => {
+                return Outcome::Refused(
+                    "local system: sealed envelope is not the length recorded".to_owned(),
+                )
+            }
+            Ok(Ok(bytes)) => BodyExt::boxed(
+                http_body_util::Full::new(Bytes::from(bytes)).map_err(|never| match never {}),
+            ),
+            Ok(Err(e)) => return missing(e),
+            Err(e) => return Outcome::Retry(format!("local system: {e}")),
+        }
+    } else {
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => return missing(e),
+        };
+        let stream = ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
+        BodyExt::boxed(StreamBody::new(stream))
     };
-    let stream = ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
-    let body: Body = BodyExt::boxed(StreamBody::new(stream));
     let request = match http::Request::post(format!("https://{}{ENVELOPE_PATH}", peer.id))
         .header(http::header::CONTENT_LENGTH, entry.envelope_len)
         .header(

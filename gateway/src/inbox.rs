@@ -34,6 +34,8 @@ use crate::trust::now_ms;
 const MAX_FUTURE_SKEW_MS: u64 = 5 * 60 * 1000;
 const MAX_HEADER_BYTES: u32 = 64 * 1024;
 const MAX_METADATA_BYTES: u32 = 1024 * 1024;
+/// Received bytes handled per blocking section (spool write + frame authentication).
+const RECEIVE_BATCH_BYTES: usize = 256 * 1024;
 
 pub type PeerResponse = Response<Full<Bytes>>;
 
@@ -441,13 +443,32 @@ async fn receive_inner(
             "receiver storage unavailable",
         )
     };
-    for chunk in pending.drain(..) {
-        tokio::task::block_in_place(|| writer.write_chunk(&chunk)).map_err(spool_err)?;
-    }
+    // Body chunks (HTTP/2 DATA frames of ~16 KiB) are handled in batches: each batch is
+    // written to the spool and its complete frames authenticated in one blocking section,
+    // because every `block_in_place` hands this worker's queue to another thread.
+    let mut batch: Vec<Bytes> = std::mem::take(&mut pending);
+    let mut batch_len: usize = batch.iter().map(Bytes::len).sum();
     // The plaintext is only authenticated here, never kept: one buffer serves every frame.
     let mut scratch = Vec::new();
+    // The header and metadata chunks are already in the reader; only later ones are pushed.
+    let mut pushed = batch.len();
     loop {
+        let chunk = next_chunk(&mut body, &mut received_bytes, max).await?;
+        let end = chunk.is_none();
+        if let Some(chunk) = chunk {
+            batch_len += chunk.len();
+            batch.push(chunk);
+        }
+        if !end && batch_len < RECEIVE_BATCH_BYTES {
+            continue;
+        }
         tokio::task::block_in_place(|| -> Result<(), Refusal> {
+            for (i, chunk) in batch.iter().enumerate() {
+                writer.write_chunk(chunk).map_err(spool_err)?;
+                if i >= pushed {
+                    reader.push(chunk);
+                }
+            }
             while let Some(frame) = reader.next_frame().map_err(|e| Refusal::envelope(&e))? {
                 opener
                     .open_chunk_into(&frame, &mut scratch)
@@ -455,12 +476,11 @@ async fn receive_inner(
             }
             Ok(())
         })?;
-        match next_chunk(&mut body, &mut received_bytes, max).await? {
-            Some(chunk) => {
-                tokio::task::block_in_place(|| writer.write_chunk(&chunk)).map_err(spool_err)?;
-                reader.push(&chunk);
-            }
-            None => break,
+        batch.clear();
+        batch_len = 0;
+        pushed = 0;
+        if end {
+            break;
         }
     }
     if !reader.is_drained() {
