@@ -867,8 +867,10 @@ fn decode_entry(seq: u64, value: &[u8]) -> Result<AuditEntry, StoreError> {
 /// How many index keys [`Store::audit_list`] reads before fetching their entries.
 const LIST_BATCH: usize = 1024;
 
-/// Below this many entries, fetching them on other threads costs more than it saves.
-const PARALLEL_FETCH_MIN: usize = 32;
+/// Each thread fetching a listing's entries gets at least this many. A thread's start and
+/// wake-up cost more than they save on a page of 100 (measured: a limit-100 query at p50
+/// 2.5 ms on 2 threads against 1.2 ms on one), while 1 000 entries gain 1.2-1.6x.
+const PARALLEL_FETCH_MIN: usize = 128;
 
 /// The entries of `seqs`, in order (`None` where one is absent), fetched on up to
 /// `available_parallelism` threads when there are enough of them.

@@ -706,7 +706,7 @@ fn large_patient_queries_are_exact_across_batches_and_threads() {
         .collect();
     assert_eq!(all, expected);
     for limit in [
-        1, 31, 32, 33, 63, 64, 65, 100, 1023, 1024, 1025, 1999, 2000, 2001,
+        1, 100, 127, 128, 255, 256, 257, 1023, 1024, 1025, 1999, 2000, 2001,
     ] {
         let got = list(patient(Some(limit), None));
         assert_eq!(seqs(&got), big[..limit.min(2000)].to_vec(), "limit {limit}");
