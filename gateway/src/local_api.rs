@@ -43,6 +43,8 @@ use crate::trust::{now_ms, now_unix};
 /// Payloads up to this size are held in memory while being sealed; larger ones are spilled
 /// to a private temp file (deleted once sealed).
 const IN_MEMORY_PAYLOAD: usize = 8 * 1024 * 1024;
+/// A spilled upload is written to its temp file in batches of this size.
+const SPILL_WRITE_BYTES: usize = 1024 * 1024;
 /// Largest body the buffered routes (JSON, PUT records, consent import) accept.
 const MAX_BUFFERED_BODY: usize = 64 * 1024 * 1024;
 
@@ -367,20 +369,27 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
             ));
         }
         digest.update(&chunk);
+        mem.extend_from_slice(&chunk);
         if let Some(spill) = file.as_mut() {
-            tokio::task::block_in_place(|| spill.file.write_all(&chunk)).map_err(local)?;
-        } else {
-            mem.extend_from_slice(&chunk);
-            if mem.len() > IN_MEMORY_PAYLOAD {
-                let dir = state.config.data_dir.join("uploads");
-                let (f, path) =
-                    tokio::task::block_in_place(|| new_private_file(&dir)).map_err(local)?;
-                // From here on, any early return (refusal, I/O error, client gone) removes it.
-                let spill = file.insert(Spill { file: f, path });
+            // Written in batches: each block_in_place hands this worker's queue to another
+            // thread, too costly for every body chunk of a large upload.
+            if mem.len() >= SPILL_WRITE_BYTES {
                 tokio::task::block_in_place(|| spill.file.write_all(&mem)).map_err(local)?;
                 mem.clear();
             }
+        } else if mem.len() > IN_MEMORY_PAYLOAD {
+            let dir = state.config.data_dir.join("uploads");
+            let (f, path) =
+                tokio::task::block_in_place(|| new_private_file(&dir)).map_err(local)?;
+            // From here on, any early return (refusal, I/O error, client gone) removes it.
+            let spill = file.insert(Spill { file: f, path });
+            tokio::task::block_in_place(|| spill.file.write_all(&mem)).map_err(local)?;
+            mem.clear();
         }
+    }
+    if let Some(spill) = file.as_mut() {
+        tokio::task::block_in_place(|| spill.file.write_all(&mem)).map_err(local)?;
+        mem.clear();
     }
     let digest: [u8; 32] = digest
         .finish()
