@@ -6,6 +6,7 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::ops::Bound;
 use std::sync::MutexGuard;
 
 use ring::digest;
@@ -679,31 +680,27 @@ fn walk_segment(
     start: u64,
     end: Option<u64>,
 ) -> Segment {
-    use std::ops::Bound;
     let lo = if start <= 1 {
         Bound::Unbounded
     } else {
         Bound::Included(start.to_be_bytes())
     };
     let hi = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_be_bytes()));
-    let mut segment = Segment {
-        start,
-        first: None,
-        first_prev: None,
-        outcome: Err(AuditChainError {
-            seq: start,
-            problem: ChainProblem::Missing,
-        }),
-    };
-    segment.outcome = walk_range(
+    let (mut first, mut first_prev) = (None, None);
+    let outcome = walk_range(
         t.audit.range((lo, hi)),
         state,
         bound,
         start,
-        &mut segment.first,
-        &mut segment.first_prev,
+        &mut first,
+        &mut first_prev,
     );
-    segment
+    Segment {
+        start,
+        first,
+        first_prev,
+        outcome,
+    }
 }
 
 /// The loop of [`walk_segment`]: the checks and their order are those of a sequential walk,
