@@ -80,6 +80,19 @@ impl ApiClient {
         body: Body,
         content_type: Option<&str>,
     ) -> Result<Response<Body>, ClientError> {
+        self.call_with_headers(method, path_and_query, body, content_type, &[])
+            .await
+    }
+
+    /// [`ApiClient::call`] with extra request headers (e.g. `content-digest`).
+    pub async fn call_with_headers(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Body,
+        content_type: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Result<Response<Body>, ClientError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path_and_query)
@@ -89,6 +102,9 @@ impl ApiClient {
             );
         if let Some(ct) = content_type {
             builder = builder.header(http::header::CONTENT_TYPE, ct);
+        }
+        for (name, value) in extra {
+            builder = builder.header(*name, *value);
         }
         match &self.target {
             Target::Remote(addr) => {

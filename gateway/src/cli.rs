@@ -481,12 +481,50 @@ fn encode_segment(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A file's length and SHA-256, read once.
+fn file_len_and_digest(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(buf.get(..n).unwrap_or_default());
+        len += n as u64;
+    }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ctx.finish().as_ref());
+    Ok((len, digest))
+}
+
 async fn send(args: SendArgs) -> Result<(), Failure> {
     let c = client(&args.config).await?;
-    let file = tokio::fs::File::open(&args.file)
-        .await
-        .map_err(|e| Failure::new(EXIT_FAILURE, format!("{}: {e}", args.file.display())))?;
+    let file_err =
+        |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("{}: {e}", args.file.display()));
+    // Length and SHA-256 go with the upload (Content-Length, Content-Digest): the node refuses
+    // a file that changed while it was read, and can seal a large one as it arrives instead
+    // of spooling it first.
+    let (len, digest) = {
+        let path = args.file.clone();
+        tokio::task::spawn_blocking(move || file_len_and_digest(&path))
+            .await
+            .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?
+            .map_err(file_err)?
+    };
+    let file = tokio::fs::File::open(&args.file).await.map_err(file_err)?;
     let body = Body::from_stream(ReaderStream::with_capacity(file, 256 * 1024));
+    let content_digest = {
+        use base64::Engine as _;
+        format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    };
+    let content_length = len.to_string();
     let q = query(&[
         ("to", Some(args.to)),
         ("patient", Some(args.patient)),
@@ -504,11 +542,15 @@ async fn send(args: SendArgs) -> Result<(), Failure> {
         ),
     ]);
     let resp = c
-        .call(
+        .call_with_headers(
             Method::POST,
             &format!("/v1/transfers?{q}"),
             body,
             Some("application/octet-stream"),
+            &[
+                ("content-length", &content_length),
+                ("content-digest", &content_digest),
+            ],
         )
         .await
         .map_err(fail)?;

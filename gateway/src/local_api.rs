@@ -267,6 +267,7 @@ const WAIT_FOR_RECEIPT: Duration = Duration::from_secs(300);
 async fn post_transfer(
     State(state): State<Shared>,
     query: Result<Query<SubmitQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: AxumBody,
 ) -> Response {
     let parsed = match query {
@@ -282,9 +283,49 @@ async fn post_transfer(
             return refusal;
         }
     };
-    let payload = match read_payload(&state, body).await {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
+    let declared = match content_digest(&headers) {
+        Ok(d) => d,
+        Err(problem) => {
+            drain(body, REFUSAL_DRAIN_BYTES).await;
+            return error(StatusCode::BAD_REQUEST, problem);
+        }
+    };
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let max = state.config.local_api.max_body_bytes;
+    if length.is_some_and(|len| len > max) {
+        drain(body, REFUSAL_DRAIN_BYTES).await;
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {max} bytes"),
+        );
+    }
+    let payload = match (declared, length) {
+        // Length and digest known up front, content not parsed by the gateway, too big to
+        // hold: sealed while it is uploaded.
+        (Some(digest), Some(len))
+            if req.content_type != ContentType::FhirBundle && len > IN_MEMORY_PAYLOAD as u64 =>
+        {
+            let (tx, chunks) = tokio::sync::mpsc::channel(STREAM_CHANNEL_CHUNKS);
+            tokio::spawn(forward_upload(body, tx));
+            Payload::Stream {
+                chunks,
+                len,
+                digest,
+            }
+        }
+        _ => match read_payload(&state, body).await {
+            Ok(p) if declared.is_some_and(|d| d != p.digest()) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "upload refused: the body does not match its Content-Digest",
+                )
+            }
+            Ok(p) => p,
+            Err(r) => return r.into_response(),
+        },
     };
     // Subscribe before submitting so a fast delivery cannot be missed.
     let mut outcomes = state.outcomes.subscribe();
@@ -340,6 +381,64 @@ async fn post_transfer(
             )
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// Body chunks buffered between a streamed upload and the task sealing it (bounded memory).
+const STREAM_CHANNEL_CHUNKS: usize = 16;
+
+/// The SHA-256 an upload declares in `Content-Digest` (RFC 9530: `sha-256=:<base64>:`, one
+/// of possibly several comma-separated algorithms), if any. A header that is present but
+/// carries no well-formed sha-256 value is refused: the client asked for a check we could not
+/// do.
+fn content_digest(headers: &axum::http::HeaderMap) -> Result<Option<[u8; 32]>, &'static str> {
+    use base64::Engine as _;
+    let Some(value) = headers.get("content-digest") else {
+        return Ok(None);
+    };
+    let refused = || "Content-Digest must carry sha-256=:<base64 of the SHA-256>: (RFC 9530)";
+    let text = value.to_str().map_err(|_| refused())?;
+    let encoded = text
+        .split(',')
+        .map(str::trim)
+        .find_map(|item| {
+            let (algorithm, value) = item.split_once('=')?;
+            algorithm
+                .trim()
+                .eq_ignore_ascii_case("sha-256")
+                .then_some(value.trim())
+        })
+        .and_then(|v| v.strip_prefix(':')?.strip_suffix(':'))
+        .ok_or_else(refused)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| refused())?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map(Some)
+        .map_err(|_| refused())
+}
+
+/// Feeds a streamed upload to the task sealing it. If that task stops early (a policy denial,
+/// a mismatch), a bounded rest of the body is read and discarded so that an HTTP/1.1 client
+/// still sending sees the answer instead of a broken pipe.
+async fn forward_upload(body: AxumBody, tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>) {
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let item = chunk.map_err(|_| "upload interrupted".to_owned());
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() {
+            let mut seen = 0u64;
+            while let Some(Ok(chunk)) = stream.next().await {
+                seen += chunk.len() as u64;
+                if seen > REFUSAL_DRAIN_BYTES {
+                    break;
+                }
+            }
+            return;
+        }
+        if failed {
+            return;
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use gateway_envelope::{
     EncryptionPublicKey, SealParams, Sealer, Suite, TransferId, DEFAULT_CHUNK_SIZE,
@@ -54,6 +55,16 @@ pub enum Payload {
         len: u64,
         digest: [u8; 32],
     },
+    /// Sealed while it is still being uploaded: the client declared the length and SHA-256
+    /// (`Content-Length`, `Content-Digest`) up front, so the envelope header can be signed
+    /// before the bytes arrive, and the upload is neither held in memory nor spooled twice.
+    /// The bytes are hashed as they come and a mismatch refuses the submission. Only for
+    /// content the gateway does not parse (FHIR bundles are classified before sealing).
+    Stream {
+        chunks: mpsc::Receiver<Result<Bytes, String>>,
+        len: u64,
+        digest: [u8; 32],
+    },
 }
 
 impl Payload {
@@ -65,7 +76,17 @@ impl Payload {
     fn len(&self) -> u64 {
         match self {
             Payload::Memory { bytes, .. } => bytes.len() as u64,
-            Payload::File { len, .. } => *len,
+            Payload::File { len, .. } | Payload::Stream { len, .. } => *len,
+        }
+    }
+
+    /// The payload's SHA-256: computed while it was read, or as declared for a stream (and
+    /// checked against the bytes while they are sealed).
+    pub fn digest(&self) -> [u8; 32] {
+        match self {
+            Payload::Memory { digest, .. }
+            | Payload::File { digest, .. }
+            | Payload::Stream { digest, .. } => *digest,
         }
     }
 }
@@ -90,6 +111,10 @@ pub enum SubmitError {
     Record(#[from] RecordError),
     #[error("FHIR bundles over {MAX_FHIR_BUNDLE_BYTES} bytes are refused")]
     BundleTooLarge,
+    /// The upload did not match what its headers declared (length or Content-Digest), or was
+    /// cut off; nothing was queued.
+    #[error("upload refused: {0}")]
+    Upload(String),
     #[error("denied by policy: {reason}")]
     Denied {
         reason: String,
@@ -157,6 +182,7 @@ fn submit_blocking(
     let source = match &payload {
         Payload::Memory { bytes, .. } => BundleSource::Memory(bytes.clone()),
         Payload::File { path, len, .. } => BundleSource::File(path.clone(), *len),
+        Payload::Stream { .. } => BundleSource::NotYetRead,
     };
     let checked = check_payload(&req.content_type, &req.patient, &req.categories, source)?;
     let categories = checked.categories;
@@ -283,6 +309,8 @@ fn submit_blocking(
 enum BundleSource {
     Memory(Bytes),
     File(PathBuf, u64),
+    /// A streamed upload: its bytes arrive only while it is sealed.
+    NotYetRead,
 }
 
 fn check_payload(
@@ -301,6 +329,12 @@ fn check_payload(
         }
         BundleSource::File(path, _) => {
             Bytes::from(std::fs::read(path).map_err(SubmitError::local)?)
+        }
+        BundleSource::NotYetRead => {
+            return Err(SubmitError::Upload(
+                "a FHIR bundle is classified before it is sealed, so it cannot be streamed"
+                    .to_owned(),
+            ))
         }
     };
     Ok(check_record(content_type, patient, declared, Some(&bytes))?)
@@ -344,10 +378,8 @@ fn seal_to_spool(
     payload: Payload,
 ) -> Result<Sealed, SubmitError> {
     let identity: &NodeIdentity = &state.identity;
-    let (payload_len, payload_digest) = match &payload {
-        Payload::Memory { bytes, digest } => (bytes.len() as u64, *digest),
-        Payload::File { len, digest, .. } => (*len, *digest),
-    };
+    let mut payload = payload;
+    let (payload_len, payload_digest) = (payload.len(), payload.digest());
     let params = SealParams {
         transfer_id,
         sender: state.me().as_str(),
@@ -367,7 +399,7 @@ fn seal_to_spool(
     let mut written = prefix.len() as u64;
     writer.write_chunk(&prefix).map_err(SubmitError::local)?;
     let chunk = DEFAULT_CHUNK_SIZE as usize;
-    match &payload {
+    match &mut payload {
         Payload::Memory { bytes, .. } => {
             let mut chunks = bytes.chunks(chunk).peekable();
             if chunks.peek().is_none() {
@@ -404,6 +436,18 @@ fn seal_to_spool(
                 }
             }
         }
+        Payload::Stream {
+            chunks,
+            len,
+            digest,
+        } => {
+            let seal = |part: &[u8], last: bool| -> Result<(), SubmitError> {
+                let frame = sealer.seal_chunk(part, last).map_err(SubmitError::local)?;
+                written += frame.len() as u64;
+                writer.write_chunk(&frame).map_err(SubmitError::local)
+            };
+            seal_stream(chunks, *len, digest, chunk, seal)?;
+        }
     }
     writer.finish().map_err(SubmitError::local)?;
     drop(payload);
@@ -411,4 +455,54 @@ fn seal_to_spool(
         envelope_len: written,
         payload_digest,
     })
+}
+
+/// Cuts a streamed upload into `chunk`-sized parts for `seal` (the last one flagged), hashing
+/// it as it comes; refuses it if it is longer or shorter than `len`, is cut off, or does not
+/// hash to `declared`. The caller's spool file is then dropped unfinished (and deleted).
+fn seal_stream(
+    chunks: &mut mpsc::Receiver<Result<Bytes, String>>,
+    len: u64,
+    declared: &[u8; 32],
+    chunk: usize,
+    mut seal: impl FnMut(&[u8], bool) -> Result<(), SubmitError>,
+) -> Result<(), SubmitError> {
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk);
+    let mut received: u64 = 0;
+    let mut sealed_last = false;
+    while let Some(item) = chunks.blocking_recv() {
+        let bytes = item.map_err(SubmitError::Upload)?;
+        received += bytes.len() as u64;
+        if received > len {
+            return Err(SubmitError::Upload(
+                "the body is longer than its Content-Length".to_owned(),
+            ));
+        }
+        hasher.update(&bytes);
+        let mut rest: &[u8] = &bytes;
+        while !rest.is_empty() {
+            let (head, tail) = rest.split_at((chunk - buf.len()).min(rest.len()));
+            buf.extend_from_slice(head);
+            rest = tail;
+            if buf.len() == chunk {
+                let last = received == len && rest.is_empty();
+                seal(&buf, last)?;
+                sealed_last = last;
+                buf.clear();
+            }
+        }
+    }
+    if received != len {
+        return Err(SubmitError::Upload("the upload was cut off".to_owned()));
+    }
+    if hasher.finish().as_ref() != declared.as_slice() {
+        return Err(SubmitError::Upload(
+            "the body does not match its Content-Digest".to_owned(),
+        ));
+    }
+    if !sealed_last {
+        seal(&buf, true)?;
+    }
+    Ok(())
 }

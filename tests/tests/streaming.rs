@@ -375,3 +375,162 @@ async fn sender_killed_mid_stream_resends_the_record_whole() {
     assert!(a.audit_verifies().await);
     assert!(b.audit_verifies().await);
 }
+
+fn content_digest(digest: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
+async fn post_with_digest(
+    node: &tests::Node,
+    query: &str,
+    body: Body,
+    content_type: &str,
+    digest_header: &str,
+) -> (StatusCode, serde_json::Value) {
+    let resp = node
+        .api()
+        .call_with_headers(
+            Method::POST,
+            &format!("/v1/transfers?{query}"),
+            body,
+            Some(content_type),
+            &[("content-digest", digest_header)],
+        )
+        .await
+        .unwrap();
+    collect_json(resp).await.unwrap()
+}
+
+async fn transfer_count(node: &tests::Node) -> usize {
+    let resp = node
+        .api()
+        .call(Method::GET, "/v1/transfers", Body::empty(), None)
+        .await
+        .unwrap();
+    let (status, body) = collect_json(resp).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body.as_array().unwrap().len()
+}
+
+/// With Content-Length and Content-Digest declared, a large upload is sealed while it arrives
+/// (never spilled to a temp file) and delivered intact; a body that does not match its
+/// declared digest, or a malformed header, is refused and leaves nothing queued or spooled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_digest_lets_a_large_upload_be_sealed_as_it_arrives() {
+    // Over the 8 MiB in-memory limit, and not a whole number of 64 KiB chunks.
+    const LEN: u64 = 24 * 1024 * 1024 + 12_345;
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let pattern = random_pattern();
+    let expected = digest_of(Generated::with_len(pattern.clone(), LEN));
+    let query = "to=clinic-b&patient=pat-stream-3&purpose=treatment&content_type=application%2Foctet-stream";
+    let octets = "application/octet-stream";
+
+    let (status, body) = post_with_digest(
+        &a,
+        query,
+        Body::new(Generated::with_len(pattern.clone(), LEN)),
+        octets,
+        &content_digest(expected.as_ref()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["transfer_id"].as_str().unwrap().to_owned();
+    let view = a
+        .wait_state(&id, "delivered", Duration::from_secs(120))
+        .await;
+    assert_eq!(view["payload_bytes"], LEN);
+    let resp = b
+        .api()
+        .call(
+            Method::GET,
+            &format!("/v1/inbox/{id}/payload"),
+            Body::empty(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let fetched = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(fetched.len() as u64, LEN);
+    assert_eq!(
+        ring::digest::digest(&ring::digest::SHA256, &fetched).as_ref(),
+        expected.as_ref()
+    );
+    // The upload was sealed from the request stream: no temp file was ever made for it.
+    assert!(
+        !a.dir.dir.join("data").join("uploads").exists(),
+        "the upload was spilled to a temp file"
+    );
+    assert_eq!(transfer_count(&a).await, 1);
+
+    // The same bytes under another digest: refused after the upload, nothing kept.
+    let (status, body) = post_with_digest(
+        &a,
+        query,
+        Body::new(Generated::with_len(pattern.clone(), LEN)),
+        octets,
+        &content_digest(&[0u8; 32]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("Content-Digest"),
+        "{body}"
+    );
+    assert_eq!(transfer_count(&a).await, 1);
+    assert_eq!(spool_entries(&a, "outbox"), vec![id.clone()]);
+
+    // A malformed header is refused before anything is read or decided.
+    for bad in [
+        "sha-256=abc",
+        "sha-256=:not base64!:",
+        "md5=:AAAA:",
+        "sha-256=:AAAA:",
+    ] {
+        let (status, body) = post_with_digest(
+            &a,
+            query,
+            Body::new(Generated::with_len(pattern.clone(), 1024)),
+            octets,
+            bad,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    assert_eq!(transfer_count(&a).await, 1);
+
+    // A small FHIR bundle (read into memory, not streamed) is checked against it too.
+    let bundle = tests::bundle_by_prefix("Clemente");
+    let patient = tests::patient_id(&bundle).unwrap();
+    let fhir_query = format!("to=clinic-b&patient={patient}&purpose=treatment");
+    let (status, body) = post_with_digest(
+        &a,
+        &fhir_query,
+        Body::from(bundle.clone()),
+        "application/fhir+json",
+        &content_digest(&[7u8; 32]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(transfer_count(&a).await, 1);
+    let right = ring::digest::digest(&ring::digest::SHA256, &bundle);
+    let (status, body) = post_with_digest(
+        &a,
+        &fhir_query,
+        Body::from(bundle),
+        "application/fhir+json",
+        &content_digest(right.as_ref()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(transfer_count(&a).await, 2);
+}
