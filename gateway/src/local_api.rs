@@ -385,7 +385,9 @@ async fn post_transfer(
 }
 
 /// Body chunks buffered between a streamed upload and the task sealing it (bounded memory).
-const STREAM_CHANNEL_CHUNKS: usize = 16;
+const STREAM_CHANNEL_CHUNKS: usize = 8;
+/// A streamed upload is passed to the sealing task in pieces of about this size.
+const STREAM_BATCH_BYTES: usize = 256 * 1024;
 
 /// The SHA-256 an upload declares in `Content-Digest` (RFC 9530: `sha-256=:<base64>:`, one
 /// of possibly several comma-separated algorithms), if any. A header that is present but
@@ -423,9 +425,22 @@ fn content_digest(headers: &axum::http::HeaderMap) -> Result<Option<[u8; 32]>, &
 /// still sending sees the answer instead of a broken pipe.
 async fn forward_upload(body: AxumBody, tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>) {
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let item = chunk.map_err(|_| "upload interrupted".to_owned());
-        let failed = item.is_err();
+    // Body chunks are small (kilobytes); each message wakes the sealing thread, so they are
+    // passed on in batches.
+    let mut batch = BytesMut::new();
+    loop {
+        let (item, done) = match stream.next().await {
+            Some(Ok(chunk)) => {
+                batch.extend_from_slice(&chunk);
+                if batch.len() < STREAM_BATCH_BYTES {
+                    continue;
+                }
+                (Ok(batch.split().freeze()), false)
+            }
+            Some(Err(_)) => (Err("upload interrupted".to_owned()), true),
+            None if batch.is_empty() => return,
+            None => (Ok(batch.split().freeze()), true),
+        };
         if tx.send(item).await.is_err() {
             let mut seen = 0u64;
             while let Some(Ok(chunk)) = stream.next().await {
@@ -436,7 +451,7 @@ async fn forward_upload(body: AxumBody, tx: tokio::sync::mpsc::Sender<Result<Byt
             }
             return;
         }
-        if failed {
+        if done {
             return;
         }
     }

@@ -88,12 +88,16 @@ async fn send(
     body: Body,
     len: u64,
     content_type: &str,
+    content_digest: Option<&str>,
 ) -> Result<(), BoxError> {
     sender.ready().await?;
     let mut req = Request::post(target.path.as_str())
         .header(HOST, target.addr.to_string())
         .header(CONTENT_LENGTH, len)
         .header(CONTENT_TYPE, content_type);
+    if let Some(d) = content_digest {
+        req = req.header("content-digest", d);
+    }
     if let Some(t) = &target.token {
         req = req.header(AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -206,6 +210,7 @@ pub async fn run(
                     full(&payload),
                     payload.len() as u64,
                     &content_type,
+                    None,
                 )
                 .await;
                 let end = Instant::now();
@@ -249,10 +254,13 @@ pub async fn run(
 }
 
 /// One request, body streamed from a file (the 1 GiB transfer). Returns the elapsed time.
+/// `content_digest` (an RFC 9530 header value) is sent when given, as an EMR that knows its
+/// document's hash would.
 pub async fn send_file(
     target: &Target,
     file: &Path,
     content_type: &str,
+    content_digest: Option<&str>,
     timeout: Duration,
 ) -> Result<Duration, BoxError> {
     let len = tokio::fs::metadata(file).await?.len();
@@ -265,7 +273,7 @@ pub async fn send_file(
     let begin = Instant::now();
     tokio::time::timeout(timeout, async {
         let mut sender = connect(target).await?;
-        send(&mut sender, target, body, len, content_type).await
+        send(&mut sender, target, body, len, content_type, content_digest).await
     })
     .await
     .map_err(|_| format!("no answer within {}s", timeout.as_secs()))??;
@@ -288,6 +296,7 @@ pub async fn send_once(
             full(payload),
             payload.len() as u64,
             content_type,
+            None,
         ),
     )
     .await

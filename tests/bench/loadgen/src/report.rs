@@ -310,7 +310,7 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
     if !args.quick {
         env.check_alive()?;
         match big_file(&env, &nginx, args, work).await {
-            Ok(row) => rows.push(row),
+            Ok(big) => rows.extend(big),
             Err(e) => {
                 log(format!("1 GiB scenario failed: {e}"));
                 rows.push(Row {
@@ -511,10 +511,58 @@ fn generate_gib(testdata: &Path, path: &Path) -> Result<String, BoxError> {
     Ok(patient)
 }
 
-async fn big_file(env: &Env, nginx: &Target, args: &RunArgs, work: &Path) -> Result<Row, BoxError> {
+/// One 1 GiB upload through the gateway: elapsed time, CPU seconds and peak RSS of each node.
+struct BigPass {
+    elapsed: Result<Duration, BoxError>,
+    cpu: Vec<f64>,
+    peak_kib: Vec<u64>,
+}
+
+async fn big_pass(env: &Env, target: &Target, file: &Path, digest: Option<&str>) -> BigPass {
+    let pids = env.node_pids();
+    for p in &pids {
+        let _ = procfs::reset_peak_rss(*p);
+    }
+    let cpu0 = cpu_of(&pids, env.ticks);
+    let elapsed = load::send_file(
+        target,
+        file,
+        "application/octet-stream",
+        digest,
+        Duration::from_secs(600),
+    )
+    .await;
+    let cpu1 = cpu_of(&pids, env.ticks);
+    BigPass {
+        elapsed,
+        cpu: cpu0.iter().zip(&cpu1).map(|(a, b)| b - a).collect(),
+        peak_kib: pids
+            .iter()
+            .map(|p| procfs::peak_rss_kib(*p).unwrap_or(0))
+            .collect(),
+    }
+}
+
+/// The 1 GiB file through the gateway twice, then nginx: first with `Content-Digest` (the
+/// gateway seals it as it arrives, as for `gateway send`), then without (it spools the
+/// upload to a temp file first). Nodes are fresh, so peak RSS is what this path needs.
+async fn big_file(
+    env: &Env,
+    nginx: &Target,
+    args: &RunArgs,
+    work: &Path,
+) -> Result<Vec<Row>, BoxError> {
     let file = work.join("generated-1gib.bin");
     log("generating the 1 GiB file");
     let patient = generate_gib(&args.testdata, &file)?;
+    let digest = {
+        use base64::Engine as _;
+        let d = file_sha256(&file)?;
+        format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(d)
+        )
+    };
     let payload = Payload {
         label: "1gib",
         bytes: Bytes::new(),
@@ -523,75 +571,89 @@ async fn big_file(env: &Env, nginx: &Target, args: &RunArgs, work: &Path) -> Res
     };
     let ct = "application/octet-stream";
     let target = env.gateway_target(&payload, ct);
-    let timeout = Duration::from_secs(600);
 
-    let pids = env.node_pids();
-    for p in &pids {
-        let _ = procfs::reset_peak_rss(*p);
-    }
-    let cpu0 = cpu_of(&pids, env.ticks);
-    log("1 GiB through the gateway");
-    let ours = load::send_file(&target, &file, ct, timeout).await;
-    let cpu1 = cpu_of(&pids, env.ticks);
-    let peak: Vec<u64> = pids
-        .iter()
-        .map(|p| procfs::peak_rss_kib(*p).unwrap_or(0))
-        .collect();
+    log("1 GiB through the gateway, with Content-Digest (sealed as it arrives)");
+    let streamed = big_pass(env, &target, &file, Some(&digest)).await;
+    log("1 GiB through the gateway, without Content-Digest (spooled first)");
+    let spooled = big_pass(env, &target, &file, None).await;
 
     let npids = env.nginx_pids();
     for p in &npids {
         let _ = procfs::reset_peak_rss(*p);
     }
     log("1 GiB through nginx");
-    let base = load::send_file(nginx, &file, ct, timeout).await;
+    let base = load::send_file(nginx, &file, ct, None, Duration::from_secs(600)).await;
     let npeak = npids
         .iter()
         .map(|p| procfs::peak_rss_kib(*p).unwrap_or(0))
         .max();
     let _ = std::fs::remove_file(&file);
 
-    let mbps = |d: &Duration| GIB as f64 / 1e6 / d.as_secs_f64();
-    let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| b - a).collect();
-    let ours_ok = ours.as_ref().ok();
     let f = floor::measure(&vec![0x42u8; GIB as usize / 16], Duration::from_millis(500))?;
     let floor_ms = f.ms_per_transfer * 16.0;
-    let cpu_ms = cpu.iter().sum::<f64>() * 1e3;
-    let row = Row {
-        scenario: "transfer_1gib".into(),
-        payload_bytes: Some(GIB),
-        payload_source: Some(payload.source.clone()),
-        concurrency: Some(1),
-        ours_per_s: ours_ok.map(|d| 1.0 / d.as_secs_f64()),
-        baseline_per_s: base.as_ref().ok().map(|d| 1.0 / d.as_secs_f64()),
-        ratio: None,
-        p50_ms: ours_ok.map(|d| d.as_secs_f64() * 1e3),
-        cpu_ms_per_transfer: ours_ok.map(|_| cpu_ms),
-        cpu_ms_sender: ours_ok.and(cpu.first().map(|c| c * 1e3)),
-        cpu_ms_receiver: ours_ok.and(cpu.get(1).map(|c| c * 1e3)),
-        floor_ms_per_transfer: Some(floor_ms),
-        cpu_ratio: ours_ok.map(|_| cpu_ms / floor_ms),
-        peak_rss_mib: peak.iter().max().map(|k| mib(*k)),
-        peak_rss_mib_sender: peak.first().map(|k| mib(*k)),
-        peak_rss_mib_receiver: peak.get(1).map(|k| mib(*k)),
-        baseline_peak_rss_mib: npeak.map(mib),
-        mb_per_s: ours_ok.map(mbps),
-        baseline_mb_per_s: base.as_ref().ok().map(mbps),
-        first_error: ours
-            .as_ref()
-            .err()
-            .map(|e| format!("gateway: {e}"))
-            .or_else(|| base.as_ref().err().map(|e| format!("nginx: {e}"))),
-        ..Row::default()
+    let mbps = |d: &Duration| GIB as f64 / 1e6 / d.as_secs_f64();
+    let row = |scenario: &str, pass: &BigPass| {
+        let ours_ok = pass.elapsed.as_ref().ok();
+        let cpu_ms = pass.cpu.iter().sum::<f64>() * 1e3;
+        let row = Row {
+            scenario: scenario.to_owned(),
+            payload_bytes: Some(GIB),
+            payload_source: Some(payload.source.clone()),
+            concurrency: Some(1),
+            ours_per_s: ours_ok.map(|d| 1.0 / d.as_secs_f64()),
+            baseline_per_s: base.as_ref().ok().map(|d| 1.0 / d.as_secs_f64()),
+            p50_ms: ours_ok.map(|d| d.as_secs_f64() * 1e3),
+            cpu_ms_per_transfer: ours_ok.map(|_| cpu_ms),
+            cpu_ms_sender: ours_ok.and(pass.cpu.first().map(|c| c * 1e3)),
+            cpu_ms_receiver: ours_ok.and(pass.cpu.get(1).map(|c| c * 1e3)),
+            floor_ms_per_transfer: Some(floor_ms),
+            cpu_ratio: ours_ok.map(|_| cpu_ms / floor_ms),
+            peak_rss_mib: pass.peak_kib.iter().max().map(|k| mib(*k)),
+            peak_rss_mib_sender: pass.peak_kib.first().map(|k| mib(*k)),
+            peak_rss_mib_receiver: pass.peak_kib.get(1).map(|k| mib(*k)),
+            baseline_peak_rss_mib: npeak.map(mib),
+            mb_per_s: ours_ok.map(mbps),
+            baseline_mb_per_s: base.as_ref().ok().map(mbps),
+            first_error: pass
+                .elapsed
+                .as_ref()
+                .err()
+                .map(|e| format!("gateway: {e}"))
+                .or_else(|| base.as_ref().err().map(|e| format!("nginx: {e}"))),
+            ..Row::default()
+        };
+        log(format!(
+            "{scenario}: ours {:.1} MB/s (peak RSS {:.1}/{:.1} MiB, CPU/floor {:.2}) | nginx {:.1} MB/s",
+            row.mb_per_s.unwrap_or(0.0),
+            row.peak_rss_mib_sender.unwrap_or(0.0),
+            row.peak_rss_mib_receiver.unwrap_or(0.0),
+            row.cpu_ratio.unwrap_or(f64::NAN),
+            row.baseline_mb_per_s.unwrap_or(0.0)
+        ));
+        Row {
+            ratio: ratio(row.mb_per_s, row.baseline_mb_per_s),
+            ..row
+        }
     };
-    let r = ratio(row.mb_per_s, row.baseline_mb_per_s);
-    log(format!(
-        "1 GiB: ours {:.1} MB/s (peak RSS {:.1}/{:.1} MiB) | nginx {:.1} MB/s",
-        row.mb_per_s.unwrap_or(0.0),
-        row.peak_rss_mib_sender.unwrap_or(0.0),
-        row.peak_rss_mib_receiver.unwrap_or(0.0),
-        row.baseline_mb_per_s.unwrap_or(0.0)
-    ));
-    Ok(Row { ratio: r, ..row })
+    Ok(vec![
+        row("transfer_1gib", &streamed),
+        row("transfer_1gib_spooled", &spooled),
+    ])
+}
+
+fn file_sha256(path: &Path) -> Result<[u8; 32], BoxError> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx.finish().as_ref().try_into()?)
 }
 
 /// Runs a release example with a deadline; returns its stdout parsed as JSON.
