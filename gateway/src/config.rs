@@ -14,6 +14,10 @@ use pki_tools::FacilityId;
 
 pub const CONFIG_VERSION: u32 = 1;
 
+/// Bounds of `node.store_cache_mib`: below 64 MiB sled thrashes; the top is a typo guard.
+const MIN_STORE_CACHE_MIB: u64 = 64;
+const MAX_STORE_CACHE_MIB: u64 = 1024 * 1024;
+
 /// The validated configuration of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -21,6 +25,8 @@ pub struct NodeConfig {
     pub path: PathBuf,
     pub facility_id: FacilityId,
     pub data_dir: PathBuf,
+    /// sled's page cache, in bytes (`node.store_cache_mib`).
+    pub store_cache_bytes: u64,
     pub peer: PeerListenerConfig,
     pub local_api: LocalApiConfig,
     pub keys: KeyPaths,
@@ -134,6 +140,8 @@ struct RawConfig {
 struct RawNode {
     facility_id: String,
     data_dir: PathBuf,
+    #[serde(default = "defaults::store_cache_mib")]
+    store_cache_mib: u64,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +235,9 @@ struct RawPolicy {
 }
 
 mod defaults {
+    pub fn store_cache_mib() -> u64 {
+        1024
+    }
     pub fn max_envelope_bytes() -> u64 {
         4 * 1024 * 1024 * 1024
     }
@@ -345,6 +356,11 @@ impl NodeConfig {
                 problems.push(format!("{name}: must be at least 1"));
             }
         }
+        if !(MIN_STORE_CACHE_MIB..=MAX_STORE_CACHE_MIB).contains(&raw.node.store_cache_mib) {
+            problems.push(format!(
+                "node.store_cache_mib: must be between {MIN_STORE_CACHE_MIB} and {MAX_STORE_CACHE_MIB}"
+            ));
+        }
         if raw.delivery.max_attempts == 0 {
             problems.push("delivery.max_attempts: must be at least 1".to_owned());
         }
@@ -370,6 +386,7 @@ impl NodeConfig {
             path: path.to_path_buf(),
             facility_id,
             data_dir: resolve(&raw.node.data_dir),
+            store_cache_bytes: raw.node.store_cache_mib * 1024 * 1024,
             peer: PeerListenerConfig {
                 listen: peer_listen,
                 max_envelope_bytes: raw.peer.max_envelope_bytes,
@@ -509,6 +526,35 @@ mod tests {
         );
         assert_eq!(cfg.delivery.max_attempts, 12);
         assert!(cfg.policy.dir.is_none());
+        assert_eq!(cfg.store_cache_bytes, 1024 * 1024 * 1024);
+    }
+
+    #[test]
+    fn store_cache_is_configurable_within_bounds() {
+        let with = |mib: &str| {
+            sample().replace(
+                "data_dir = \"data\"\n",
+                &format!("data_dir = \"data\"\nstore_cache_mib = {mib}\n"),
+            )
+        };
+        let cfg = NodeConfig::parse(&with("6000"), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.store_cache_bytes, 6000 * 1024 * 1024);
+        for bad in ["0", "63", "2000000"] {
+            let err = NodeConfig::parse(&with(bad), Path::new("node.toml")).unwrap_err();
+            assert!(
+                err.to_string().contains("node.store_cache_mib"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    /// Every key of the documented example parses (the example is what operators copy).
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../../deploy/node.example.toml");
+        if let Err(e) = NodeConfig::parse(text, Path::new("/etc/healthfed/node.toml")) {
+            panic!("deploy/node.example.toml: {e}");
+        }
     }
 
     #[test]

@@ -96,10 +96,13 @@ pub fn load_state(
     let identity = Arc::new(NodeIdentity::load(&config)?);
     let trust = TrustHandle::new(Trust::load(&config, &identity, None)?, config.clone());
     let policy = PolicyHandle::load(config.policy.dir.clone()).map_err(StartError::Policy)?;
-    let store = Store::open(&config.data_dir).map_err(|source| StartError::Store {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
+    let store =
+        Store::open_with_cache(&config.data_dir, config.store_cache_bytes).map_err(|source| {
+            StartError::Store {
+                path: config.data_dir.display().to_string(),
+                source,
+            }
+        })?;
     let clients = PeerClients::new(
         trust.clone(),
         Duration::from_millis(config.delivery.connect_timeout_ms),

@@ -2,8 +2,10 @@
 //! throughput and query-by-patient latency. Prints one JSON object on stdout.
 //!
 //! Usage: cargo run --release -p gateway-store --example audit_bench -- <entries> <dir> [queries]
+//! [cache_mib]
 //! Entries are appended to whatever the store in <dir> already holds; `queries` (default
-//! 1000) patient queries are timed, each both unbounded and with a limit of 100. Verification
+//! 1000) patient queries are timed, each both unbounded and with a limit of 100. `cache_mib`
+//! sets sled's page cache (the node's `store_cache_mib`; default 1024). Verification
 //! reports CPU seconds (all threads) besides wall time, for comparisons on a busy machine.
 
 use std::path::PathBuf;
@@ -27,15 +29,21 @@ fn main() -> ExitCode {
         Some(Ok(q)) => Some(q),
         Some(Err(_)) => None,
     };
-    let (Some(n), Some(dir), Some(queries)) = (
+    let cache_mib = match args.get(4).map(|c| c.parse::<u64>()) {
+        None => Some(gateway_store::DEFAULT_CACHE_BYTES / (1024 * 1024)),
+        Some(Ok(c)) if c > 0 => Some(c),
+        Some(_) => None,
+    };
+    let (Some(n), Some(dir), Some(queries), Some(cache_mib)) = (
         args.get(1).and_then(|n| n.parse::<u64>().ok()),
         args.get(2).map(PathBuf::from),
         queries,
+        cache_mib,
     ) else {
-        eprintln!("usage: audit_bench <entries> <dir> [queries]");
+        eprintln!("usage: audit_bench <entries> <dir> [queries] [cache_mib]");
         return ExitCode::from(64);
     };
-    match run(n, dir, queries) {
+    match run(n, dir, queries, cache_mib) {
         Ok(json) => {
             println!("{json}");
             ExitCode::SUCCESS
@@ -47,11 +55,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(n: u64, dir: PathBuf, queries: usize) -> Result<String, Box<dyn std::error::Error>> {
+fn run(
+    n: u64,
+    dir: PathBuf,
+    queries: usize,
+    cache_mib: u64,
+) -> Result<String, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()?;
-    let store = Store::open(&dir)?;
+    let store = Store::open_with_cache(&dir, cache_mib * 1024 * 1024)?;
     let existing = store.audit_len();
     let total = existing + n;
     let patients = (total / ENTRIES_PER_PATIENT).max(1);
@@ -114,7 +127,7 @@ fn run(n: u64, dir: PathBuf, queries: usize) -> Result<String, Box<dyn std::erro
     let stats = store.commit_stats();
     Ok(format!(
         concat!(
-            "{{\"entries\":{},\"appended\":{},\"patients\":{},",
+            "{{\"entries\":{},\"appended\":{},\"patients\":{},\"cache_mib\":{},",
             "\"append_secs\":{:.3},\"single_append_per_sec\":{:.0},",
             "\"batch_append_per_sec\":{:.0},\"commits\":{},\"flushes\":{},",
             "\"verify_secs\":{:.3},\"verify_per_sec\":{:.0},\"verify_hot_per_sec\":{:.0},",
@@ -126,6 +139,7 @@ fn run(n: u64, dir: PathBuf, queries: usize) -> Result<String, Box<dyn std::erro
         verified,
         n,
         patients,
+        cache_mib,
         append.as_secs_f64(),
         (singles_end - existing) as f64 / singles.as_secs_f64().max(1e-9),
         batched_n as f64 / batched.as_secs_f64().max(1e-9),

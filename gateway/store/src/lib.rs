@@ -70,6 +70,9 @@ pub use crate::types::{
     OutboxEntry, SpoolKind, TransferId, TransferState, TransferSummary,
 };
 
+/// sled's page cache when none is configured (sled's own default).
+pub const DEFAULT_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// The node's durable state. Cheap to clone: clones share one sled database and one
 /// group-commit thread, which stops when the last clone is dropped.
 #[derive(Clone)]
@@ -110,6 +113,14 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`: `dir/sled` and `dir/spool`. Removes
     /// spool files left unfinished by a crash and makes the directory structure durable.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with sled's page cache set to `cache_bytes`. Audit verification and
+    /// unbounded patient queries on a large log are bound by rebuilding pages that do not fit
+    /// in it: on a 10 M-entry log, 1 GiB gives ~250 k entries/s verified, a cache that holds
+    /// the audit tree (~6 GB) about four times that. The process uses ~1.4x the cache size.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let sled_dir = dir.join("sled");
         let spool_dir = dir.join("spool");
         for d in [dir, &sled_dir, &spool_dir] {
@@ -118,6 +129,7 @@ impl Store {
         spool::prepare(&spool_dir)?;
         let db = sled::Config::new()
             .path(&sled_dir)
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(StoreError::sled("open database"))?;
         let tree = |name: &'static str| db.open_tree(name).map_err(StoreError::sled("open tree"));
