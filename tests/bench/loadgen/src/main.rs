@@ -40,6 +40,13 @@ pub struct RunArgs {
     /// Only the 1 GiB file (gateway and nginx), for working on the streaming path.
     #[arg(long, conflicts_with = "quick")]
     pub only_big_file: bool,
+    /// Only these payloads (10k, 100k, 1m; repeatable) and, with --concurrency, only these
+    /// sender counts: a partial rerun, without the 1 GiB file and the store/policy benches.
+    #[arg(long = "payload", conflicts_with_all = ["quick", "only_big_file"])]
+    pub payloads: Vec<String>,
+    /// With --payload: only these concurrencies (repeatable).
+    #[arg(long = "concurrency", requires = "payloads")]
+    pub concurrencies: Vec<usize>,
     /// The release gateway binary.
     #[arg(long, default_value = "target/release/gateway")]
     pub gateway: PathBuf,

@@ -292,8 +292,14 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
     if args.only_big_file {
         payloads.clear();
     }
+    let partial = !args.payloads.is_empty();
+    if partial {
+        payloads.retain(|p| args.payloads.iter().any(|l| l == p.label));
+    }
     let concurrencies: &[usize] = if args.quick {
         &[8, 32]
+    } else if !args.concurrencies.is_empty() {
+        &args.concurrencies
     } else {
         &[1, 8, 32, 128]
     };
@@ -307,7 +313,7 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
     // The 1 GiB file runs first, on freshly started nodes: its peak RSS is then what the
     // streaming path needs, not what the allocator kept from 128 concurrent 1 MB uploads
     // (VmHWM can be reset, but memory freed to malloc and not returned stays resident).
-    if !args.quick {
+    if !args.quick && !partial {
         env.check_alive()?;
         match big_file(&env, &nginx, args, work).await {
             Ok(big) => rows.extend(big),
@@ -411,7 +417,7 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
     // Nodes and nginx are stopped before the store and policy benches so they get the cores.
     drop(env);
 
-    if !args.quick && !args.only_big_file {
+    if !args.quick && !args.only_big_file && !partial {
         rows.push(policy_row(args));
         rows.extend(audit_rows(args, work));
     }
