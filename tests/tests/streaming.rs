@@ -448,18 +448,7 @@ async fn a_declared_digest_lets_a_large_upload_be_sealed_as_it_arrives() {
         .wait_state(&id, "delivered", Duration::from_secs(120))
         .await;
     assert_eq!(view["payload_bytes"], LEN);
-    let resp = b
-        .api()
-        .call(
-            Method::GET,
-            &format!("/v1/inbox/{id}/payload"),
-            Body::empty(),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let fetched = resp.into_body().collect().await.unwrap().to_bytes();
+    let fetched = b.fetch(&id).await;
     assert_eq!(fetched.len() as u64, LEN);
     assert_eq!(
         ring::digest::digest(&ring::digest::SHA256, &fetched).as_ref(),
