@@ -17,7 +17,7 @@ use gateway_envelope::{SignedReceipt, TransferId};
 use gateway_store::{AuditFilter, OutboxEntry, SpoolKind, TransferState};
 
 use crate::audit::{self, event};
-use crate::node::{NodeState, TransferOutcome};
+use crate::node::NodeState;
 use crate::transport::Body;
 use crate::trust::now_ms;
 
@@ -204,10 +204,7 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
             if let Err(e) = state.store.commit().await {
                 tracing::error!(transfer = %id, error = %e, "commit failed");
             }
-            let _ = state.outcomes.send(TransferOutcome {
-                transfer_id: entry.transfer_id,
-                delivered: true,
-            });
+            state.waiters.finish(entry.transfer_id, true);
             tracing::info!(transfer = %id, peer = %entry.recipient, "delivered");
         }
         Outcome::Refused(reason) => finish_failed(state, &entry, reason).await,
@@ -251,10 +248,7 @@ async fn finish_failed(state: &NodeState, entry: &OutboxEntry, reason: String) {
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "commit failed");
     }
-    let _ = state.outcomes.send(TransferOutcome {
-        transfer_id: entry.transfer_id,
-        delivered: false,
-    });
+    state.waiters.finish(entry.transfer_id, false);
     tracing::warn!(transfer = %TransferId(entry.transfer_id), peer = %entry.recipient, "transfer failed");
 }
 
@@ -447,5 +441,6 @@ pub async fn cancel(state: &NodeState, id: &TransferId) -> Result<OutboxEntry, S
         return Err(format!("a {state_now} transfer cannot be cancelled"));
     }
     state.store.commit().await.map_err(|e| e.to_string())?;
+    state.waiters.finish(id.0, false);
     Ok(entry)
 }

@@ -19,6 +19,7 @@ pub mod inbox;
 pub mod local_api;
 pub mod node;
 pub mod outbox;
+pub mod outcomes;
 pub mod peer_api;
 pub mod record;
 pub mod records;

@@ -327,32 +327,28 @@ async fn post_transfer(
             Err(r) => return r.into_response(),
         },
     };
-    // Subscribe before submitting so a fast delivery cannot be missed.
-    let mut outcomes = state.outcomes.subscribe();
     match submit(&state, req, payload).await {
         Ok(id) if wait => {
-            let outcome = tokio::time::timeout(WAIT_FOR_RECEIPT, async {
-                loop {
-                    match outcomes.recv().await {
-                        Ok(o) if o.transfer_id == id.0 => return Some(o.delivered),
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            // Missed events: read the state instead.
-                            if let Ok(Some(e)) = state.store.outbox_get(&id.0) {
-                                match e.state {
-                                    gateway_store::TransferState::Delivered => return Some(true),
-                                    gateway_store::TransferState::Failed => return Some(false),
-                                    _ => {}
-                                }
-                            }
-                        }
-                        Err(_) => return None,
-                    }
-                }
-            })
-            .await
-            .ok()
-            .flatten();
+            // Register first, then read the state: delivery writes the final state before it
+            // hands out the outcome, so one of the two sees it.
+            let outcome = state.waiters.register(id.0);
+            let settled = match state.store.outbox_get(&id.0) {
+                Ok(Some(e)) => match e.state {
+                    gateway_store::TransferState::Delivered => Some(true),
+                    gateway_store::TransferState::Failed
+                    | gateway_store::TransferState::Cancelled => Some(false),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let outcome = match settled {
+                Some(delivered) => Some(delivered),
+                None => tokio::time::timeout(WAIT_FOR_RECEIPT, outcome)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+            };
+            state.waiters.forget(id.0);
             let status = match outcome {
                 Some(true) => StatusCode::OK,
                 Some(false) => StatusCode::BAD_GATEWAY,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use gateway_envelope::TransferId;
 use gateway_store::Store;
@@ -15,6 +15,7 @@ use gateway_store::Store;
 use crate::access::PolicyHandle;
 use crate::config::NodeConfig;
 use crate::identity::NodeIdentity;
+use crate::outcomes::OutcomeWaiters;
 use crate::transport::PeerClients;
 use crate::trust::{Trust, TrustHandle};
 use crate::{delivery, local_api, peer_api};
@@ -52,15 +53,8 @@ pub struct NodeState {
     /// Transfers a delivery task currently owns, so the scheduler never starts two.
     pub inflight: Mutex<HashSet<[u8; 16]>>,
     pub shutdown: watch::Receiver<bool>,
-    /// Final outcomes of outbound transfers, for callers that wait for the receipt.
-    pub outcomes: broadcast::Sender<TransferOutcome>,
-}
-
-/// A transfer reached a final state (delivered with a verified receipt, or failed).
-#[derive(Debug, Clone)]
-pub struct TransferOutcome {
-    pub transfer_id: [u8; 16],
-    pub delivered: bool,
+    /// Callers waiting for outbound transfers' final outcomes (`wait=receipt`).
+    pub waiters: OutcomeWaiters,
 }
 
 impl NodeState {
@@ -117,7 +111,7 @@ pub fn load_state(
         wake: Notify::new(),
         inflight: Mutex::new(HashSet::new()),
         shutdown,
-        outcomes: broadcast::channel(4096).0,
+        waiters: OutcomeWaiters::default(),
     }))
 }
 

@@ -84,3 +84,96 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `POST /v1/transfers?wait=receipt` answers once the receipt is verified (200), each waiting
+/// caller with its own transfer's outcome, and answers a cancelled transfer with 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_the_receipt_answers_each_caller_with_its_own_outcome() {
+    use axum::body::Body;
+    use gateway::api_client::collect_json;
+    use http::{Method, StatusCode};
+
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let a = fed.start("hosp-a");
+    let mut b = fed.start("clinic-b");
+    let bundle = tests::bundle_by_prefix("Clemente_Kreiger");
+    let patient = patient_id(&bundle).unwrap();
+    let path =
+        format!("/v1/transfers?to=clinic-b&patient={patient}&purpose=treatment&wait=receipt");
+    let post = |api: gateway::api_client::ApiClient, path: String, body: Vec<u8>| async move {
+        let resp = api
+            .call(
+                Method::POST,
+                &path,
+                Body::from(body),
+                Some("application/fhir+json"),
+            )
+            .await
+            .unwrap();
+        collect_json(resp).await.unwrap()
+    };
+
+    // Six callers at once: each gets 200 for its own, delivered transfer.
+    let calls: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(post(a.api(), path.clone(), bundle.clone())))
+        .collect();
+    let mut ids = Vec::new();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["state"], "delivered", "{body}");
+        let id = body["transfer_id"].as_str().unwrap().to_owned();
+        assert_eq!(a.transfer(&id).await["receipt_held"], true);
+        assert_eq!(b.fetch(&id).await, bundle);
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "every caller got its own transfer");
+
+    // The recipient is down: the transfer stays queued until it is cancelled, and the waiting
+    // caller then hears it was not delivered.
+    b.kill9();
+    let waiting = tokio::spawn(post(a.api(), path.clone(), bundle.clone()));
+    let id = loop {
+        let (status, list) = a
+            .api()
+            .json(Method::GET, "/v1/transfers", None)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let pending = list.as_array().unwrap().iter().find_map(|t| {
+            (t["state"] != "delivered").then(|| t["transfer_id"].as_str().unwrap().to_owned())
+        });
+        if let Some(id) = pending {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = a
+            .api()
+            .json(Method::POST, &format!("/v1/transfers/{id}/cancel"), None)
+            .await
+            .unwrap();
+        if status == StatusCode::OK {
+            break;
+        }
+        // Refused while a delivery attempt owns it; try again shortly.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never cancelled: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiting caller was answered")
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["state"], "cancelled", "{body}");
+}
