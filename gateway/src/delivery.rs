@@ -14,7 +14,7 @@ use tokio_util::io::ReaderStream;
 use tracing::Instrument;
 
 use gateway_envelope::{SignedReceipt, TransferId};
-use gateway_store::{AuditFilter, OutboxEntry, SpoolKind, TransferState};
+use gateway_store::{OutboxEntry, SpoolKind, TransferState};
 
 use crate::audit::{self, event};
 use crate::node::NodeState;
@@ -45,7 +45,7 @@ pub fn recover_after_restart(state: &NodeState) {
                 e.next_attempt_ms = now_ms();
             });
         }
-        if !audited(state, e.transfer_id, event::SUBMITTED) {
+        if !audit::has_event(state, e.transfer_id, event::SUBMITTED) {
             let mut rec = base_record(e, event::SUBMITTED, "queued");
             rec.reason = Some(
                 "recorded at restart: queued before the node stopped, without this entry"
@@ -53,7 +53,9 @@ pub fn recover_after_restart(state: &NodeState) {
             );
             let _ = audit::append(state, rec);
         }
-        if e.state == TransferState::Delivered && !audited(state, e.transfer_id, event::DELIVERED) {
+        if e.state == TransferState::Delivered
+            && !audit::has_event(state, e.transfer_id, event::DELIVERED)
+        {
             let mut rec = base_record(e, event::DELIVERED, "delivered");
             rec.reason = Some(
                 "recorded at restart: the receipt was stored before the node stopped, \
@@ -62,19 +64,6 @@ pub fn recover_after_restart(state: &NodeState) {
             );
             let _ = audit::append(state, rec);
         }
-    }
-}
-
-/// Whether the audit log holds an entry of `event` for this transfer. When the log cannot be
-/// read, answers yes (no entry is written twice on a guess).
-fn audited(state: &NodeState, transfer_id: [u8; 16], event: &str) -> bool {
-    let filter = AuditFilter {
-        transfer_id: Some(transfer_id),
-        ..AuditFilter::default()
-    };
-    match state.store.audit_list(&filter) {
-        Ok(entries) => entries.iter().any(|e| e.record.event == event),
-        Err(_) => true,
     }
 }
 

@@ -19,7 +19,7 @@ use gateway_envelope::{
     EnvelopeError, EnvelopeReader, Limits, Opener, Receipt, SignedReceipt, TransferId,
     VerifiedHeader,
 };
-use gateway_store::{AuditFilter, AuditRecord, InboxEntry, InboxInsert, SpoolKind};
+use gateway_store::{AuditRecord, InboxEntry, InboxInsert, SpoolKind};
 use policies::Action;
 
 use crate::access::{decide, Question};
@@ -305,7 +305,7 @@ async fn receive_inner(
     let mut stored_before: Option<InboxEntry> = None;
     match state.store.inbox_get(&header.transfer_id().0) {
         Ok(Some(existing)) if existing.header_digest == header.header_digest() => {
-            if receipt_audited(state, header.transfer_id()) {
+            if audit::has_event(state, header.transfer_id().0, event::RECEIVED) {
                 return Ok(Err(existing.receipt));
             }
             // The inbox insert became durable (another request's commit flushed it) but the
@@ -538,19 +538,6 @@ async fn receive_inner(
         },
         receipt,
     )))
-}
-
-/// Whether the audit log holds the `received` entry of a stored transfer. When the log cannot
-/// be read, answers yes: the caller then behaves as for any replay.
-fn receipt_audited(state: &NodeState, id: TransferId) -> bool {
-    let filter = AuditFilter {
-        transfer_id: Some(id.0),
-        ..AuditFilter::default()
-    };
-    match state.store.audit_list(&filter) {
-        Ok(entries) => entries.iter().any(|e| e.record.event == event::RECEIVED),
-        Err(_) => true,
-    }
 }
 
 async fn next_chunk(
