@@ -179,12 +179,7 @@ fn submit_blocking(
     payload: Payload,
     wrote: &mut bool,
 ) -> Result<(TransferId, String, u64), SubmitError> {
-    let source = match &payload {
-        Payload::Memory { bytes, .. } => BundleSource::Memory(bytes.clone()),
-        Payload::File { path, len, .. } => BundleSource::File(path.clone(), *len),
-        Payload::Stream { .. } => BundleSource::NotYetRead,
-    };
-    let checked = check_payload(&req.content_type, &req.patient, &req.categories, source)?;
+    let checked = check_payload(&req.content_type, &req.patient, &req.categories, &payload)?;
     let categories = checked.categories;
     let break_glass = req.break_glass_reason.is_some();
     let transfer_id = TransferId::new_random().map_err(SubmitError::local)?;
@@ -306,38 +301,35 @@ fn submit_blocking(
     Ok((transfer_id, recipient, payload_len))
 }
 
-enum BundleSource {
-    Memory(Bytes),
-    File(PathBuf, u64),
-    /// A streamed upload: its bytes arrive only while it is sealed.
-    NotYetRead,
-}
-
+/// Checks the record's metadata, and for a FHIR bundle its content (which needs the bytes: a
+/// spilled bundle is read back, a streamed one cannot be checked and is refused).
 fn check_payload(
     content_type: &ContentType,
     patient: &PatientRef,
     declared: &BTreeSet<Category>,
-    source: BundleSource,
+    payload: &Payload,
 ) -> Result<crate::record::CheckedRecord, SubmitError> {
     if *content_type != ContentType::FhirBundle {
         return Ok(check_record(content_type, patient, declared, None)?);
     }
-    let bytes = match source {
-        BundleSource::Memory(bytes) => bytes,
-        BundleSource::File(_, len) if len > MAX_FHIR_BUNDLE_BYTES => {
+    let read_back;
+    let bytes: &[u8] = match payload {
+        Payload::Memory { bytes, .. } => bytes,
+        Payload::File { len, .. } if *len > MAX_FHIR_BUNDLE_BYTES => {
             return Err(SubmitError::BundleTooLarge)
         }
-        BundleSource::File(path, _) => {
-            Bytes::from(std::fs::read(path).map_err(SubmitError::local)?)
+        Payload::File { path, .. } => {
+            read_back = std::fs::read(path).map_err(SubmitError::local)?;
+            &read_back
         }
-        BundleSource::NotYetRead => {
+        Payload::Stream { .. } => {
             return Err(SubmitError::Upload(
                 "a FHIR bundle is classified before it is sealed, so it cannot be streamed"
                     .to_owned(),
             ))
         }
     };
-    Ok(check_record(content_type, patient, declared, Some(&bytes))?)
+    Ok(check_record(content_type, patient, declared, Some(bytes))?)
 }
 
 /// The audit reason of a decision: what was asked, and why it was refused if it was.
