@@ -130,7 +130,9 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
     // delivery ends). Claim it from its current state, atomically, or leave it alone.
     // The claim and its `sent` entry are one write; an expired transfer is claimed without
     // one and failed just below.
-    let max_age_ms = state.config.delivery.max_age_secs.saturating_mul(1000);
+    // created_ms never changes (the store refuses it), so the snapshot can tell.
+    let expired = now.saturating_sub(entry.created_ms)
+        > state.config.delivery.max_age_secs.saturating_mul(1000);
     let mut claimed = false;
     let updated = state.store.outbox_update_audited(&entry.transfer_id, |e| {
         claimed = e.state == TransferState::Queued;
@@ -140,7 +142,7 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
         e.state = TransferState::Delivering;
         e.attempts += 1;
         e.updated_ms = now;
-        if now.saturating_sub(e.created_ms) > max_age_ms {
+        if expired {
             return Vec::new();
         }
         let mut rec = base_record(e, event::SENT, "attempt");
@@ -151,14 +153,8 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
         Ok((e, _)) if claimed => e,
         _ => return,
     };
-    // The attempt is counted durably before any byte leaves: a transfer whose delivery keeps
-    // crashing the node still reaches max_attempts and fails instead of looping forever.
-    if let Err(e) = state.store.commit().await {
-        tracing::error!(transfer = %id, error = %e, "commit failed");
-        return;
-    }
-    let attempt = entry.attempts;
-    if now.saturating_sub(entry.created_ms) > max_age_ms {
+    if expired {
+        // finish_failed commits the claim with the failure.
         finish_failed(
             state,
             &entry,
@@ -167,6 +163,13 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
         .await;
         return;
     }
+    // The attempt is counted durably before any byte leaves: a transfer whose delivery keeps
+    // crashing the node still reaches max_attempts and fails instead of looping forever.
+    if let Err(e) = state.store.commit().await {
+        tracing::error!(transfer = %id, error = %e, "commit failed");
+        return;
+    }
+    let attempt = entry.attempts;
 
     match attempt_delivery(state, &entry).await {
         Outcome::Delivered { receipt, duplicate } => {
