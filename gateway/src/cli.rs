@@ -485,7 +485,7 @@ fn encode_segment(s: &str) -> String {
 fn file_len_and_digest(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
     use std::io::Read as _;
     let mut file = std::fs::File::open(path)?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut digest = gateway_envelope::Sha256::new();
     let mut buf = vec![0u8; 1024 * 1024];
     let mut len = 0u64;
     loop {
@@ -493,12 +493,10 @@ fn file_len_and_digest(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32]
         if n == 0 {
             break;
         }
-        ctx.update(buf.get(..n).unwrap_or_default());
+        digest.update(buf.get(..n).unwrap_or_default());
         len += n as u64;
     }
-    let mut digest = [0u8; 32];
-    digest.copy_from_slice(ctx.finish().as_ref());
-    Ok((len, digest))
+    Ok((len, digest.finish()))
 }
 
 async fn send(args: SendArgs) -> Result<(), Failure> {

@@ -251,7 +251,11 @@ fn validate_submit(q: SubmitQuery) -> Result<(SubmitRequest, bool), Response> {
 const REFUSAL_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
 async fn drain(body: AxumBody, limit: u64) {
-    let mut stream = body.into_data_stream();
+    drain_stream(&mut body.into_data_stream(), limit).await;
+}
+
+/// Reads and discards what is left of a body, up to `limit` bytes.
+async fn drain_stream(stream: &mut axum::body::BodyDataStream, limit: u64) {
     let mut seen = 0u64;
     while let Some(Ok(chunk)) = stream.next().await {
         seen += chunk.len() as u64;
@@ -438,13 +442,7 @@ async fn forward_upload(body: AxumBody, tx: tokio::sync::mpsc::Sender<Result<Byt
             None => (Ok(batch.split().freeze()), true),
         };
         if tx.send(item).await.is_err() {
-            let mut seen = 0u64;
-            while let Some(Ok(chunk)) = stream.next().await {
-                seen += chunk.len() as u64;
-                if seen > REFUSAL_DRAIN_BYTES {
-                    break;
-                }
-            }
+            drain_stream(&mut stream, REFUSAL_DRAIN_BYTES).await;
             return;
         }
         if done {
@@ -460,7 +458,7 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
     let mut stream = body.into_data_stream();
     let mut mem = BytesMut::new();
     let mut file: Option<Spill> = None;
-    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut digest = gateway_envelope::Sha256::new();
     let mut total: u64 = 0;
     let local = |e: std::io::Error| {
         tracing::error!(error = %e, "spilling an upload failed");
@@ -501,11 +499,7 @@ async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Resp
         tokio::task::block_in_place(|| spill.file.write_all(&mem)).map_err(local)?;
         mem.clear();
     }
-    let digest: [u8; 32] = digest
-        .finish()
-        .as_ref()
-        .try_into()
-        .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "digest"))?;
+    let digest = digest.finish();
     Ok(match file {
         Some(spill) => {
             let path = spill.into_path();

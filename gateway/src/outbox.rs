@@ -459,7 +459,7 @@ fn seal_stream(
     chunk: usize,
     mut seal: impl FnMut(&[u8], bool) -> Result<(), SubmitError>,
 ) -> Result<(), SubmitError> {
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut hasher = gateway_envelope::Sha256::new();
     let mut buf: Vec<u8> = Vec::with_capacity(chunk);
     let mut received: u64 = 0;
     let mut sealed_last = false;
@@ -488,7 +488,7 @@ fn seal_stream(
     if received != len {
         return Err(SubmitError::Upload("the upload was cut off".to_owned()));
     }
-    if hasher.finish().as_ref() != declared.as_slice() {
+    if hasher.finish() != *declared {
         return Err(SubmitError::Upload(
             "the body does not match its Content-Digest".to_owned(),
         ));
