@@ -446,16 +446,16 @@ async fn receive_inner(
     // Body chunks (HTTP/2 DATA frames of ~16 KiB) are handled in batches: each batch is
     // written to the spool and its complete frames authenticated in one blocking section,
     // because every `block_in_place` hands this worker's queue to another thread.
+    // The header and metadata chunks are in the reader already; they still go to the spool.
     let mut batch: Vec<Bytes> = std::mem::take(&mut pending);
     let mut batch_len: usize = batch.iter().map(Bytes::len).sum();
     // The plaintext is only authenticated here, never kept: one buffer serves every frame.
     let mut scratch = Vec::new();
-    // The header and metadata chunks are already in the reader; only later ones are pushed.
-    let mut pushed = batch.len();
     loop {
         let chunk = next_chunk(&mut body, &mut received_bytes, max).await?;
         let end = chunk.is_none();
         if let Some(chunk) = chunk {
+            reader.push(&chunk);
             batch_len += chunk.len();
             batch.push(chunk);
         }
@@ -463,11 +463,8 @@ async fn receive_inner(
             continue;
         }
         tokio::task::block_in_place(|| -> Result<(), Refusal> {
-            for (i, chunk) in batch.iter().enumerate() {
+            for chunk in &batch {
                 writer.write_chunk(chunk).map_err(spool_err)?;
-                if i >= pushed {
-                    reader.push(chunk);
-                }
             }
             while let Some(frame) = reader.next_frame().map_err(|e| Refusal::envelope(&e))? {
                 opener
@@ -478,7 +475,6 @@ async fn receive_inner(
         })?;
         batch.clear();
         batch_len = 0;
-        pushed = 0;
         if end {
             break;
         }
