@@ -136,11 +136,11 @@ impl Store {
     /// returns, all in one sled transaction. `body` may run more than once (sled retries on
     /// conflict), so it must not have side effects outside the transaction. Returns what
     /// `body` returned and the appended entries.
-    pub(crate) fn write_audited<R>(
+    pub(crate) fn write_audited<R, const N: usize>(
         &self,
         context: &'static str,
-        trees: &[&sled::Tree],
-        body: impl Fn(&[TransactionalTree]) -> TxResult<(R, Vec<AuditRecord>)>,
+        trees: [&sled::Tree; N],
+        body: impl Fn(&[TransactionalTree; N]) -> TxResult<(R, Vec<AuditRecord>)>,
     ) -> Result<(R, Vec<AuditEntry>), StoreError> {
         let mut tail = self.lock_tail()?;
         let t = self.trees();
@@ -155,11 +155,11 @@ impl Store {
         let (result, chained) = all
             .as_slice()
             .transaction(|views| {
-                let (own, audit) = views.split_at(trees.len());
-                let [a, p, tr, bg, h] = audit else {
+                // sled hands back one view per tree given, in order: N of ours, then 5.
+                let Some((own, [a, p, tr, bg, h])) = views.split_first_chunk::<N>() else {
                     return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
                         what: WHAT,
-                        problem: "audit trees missing from transaction",
+                        problem: "transaction views do not match its trees",
                     }));
                 };
                 let (result, records) = body(own)?;

@@ -31,14 +31,8 @@ impl Store {
         let t = self.trees();
         self.write_audited(
             "insert inbox entry",
-            &[&t.inbox, &t.inbox_by_time],
-            |views| {
-                let [inbox, by_time] = views else {
-                    return abort(StoreError::Corrupt {
-                        what: WHAT,
-                        problem: "inbox trees missing from transaction",
-                    });
-                };
+            [&t.inbox, &t.inbox_by_time],
+            |[inbox, by_time]| {
                 if let Some(existing) = inbox.get(id)? {
                     let existing =
                         decode(WHAT, &existing).map_err(ConflictableTransactionError::Abort)?;

@@ -32,14 +32,8 @@ impl Store {
         let t = self.trees();
         let ((), entries) = self.write_audited(
             "insert outbox entry",
-            &[&t.outbox, &t.outbox_by_time, &t.outbox_due],
-            |views| {
-                let [outbox, by_time, due] = views else {
-                    return abort(StoreError::Corrupt {
-                        what: WHAT,
-                        problem: "outbox trees missing from transaction",
-                    });
-                };
+            [&t.outbox, &t.outbox_by_time, &t.outbox_due],
+            |[outbox, by_time, due]| {
                 if outbox.get(id)?.is_some() {
                     return abort(StoreError::DuplicateTransfer {
                         id: transfer_id_hex(&id),
@@ -101,14 +95,8 @@ impl Store {
         let t = self.trees();
         self.write_audited(
             "update outbox entry",
-            &[&t.outbox, &t.outbox_due],
-            |views| {
-                let [outbox, due] = views else {
-                    return abort(StoreError::Corrupt {
-                        what: WHAT,
-                        problem: "outbox trees missing from transaction",
-                    });
-                };
+            [&t.outbox, &t.outbox_due],
+            |[outbox, due]| {
                 let Some(old) = outbox.get(id)? else {
                     return abort(StoreError::NotFound {
                         what: WHAT,
