@@ -126,29 +126,10 @@ async fn a_200_mb_record_streams_through_with_bounded_memory() {
     let delivered_after = started.elapsed();
 
     // Fetch and hash as it streams; never hold the record in test memory.
-    let resp = b
-        .api()
-        .call(
-            Method::GET,
-            &format!("/v1/inbox/{id}/payload"),
-            Body::empty(),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut received: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            received += data.len() as u64;
-            ctx.update(&data);
-        }
-    }
+    let (received, digest) = fetch_streamed(&b, &id).await;
     assert_eq!(received, TOTAL);
     assert_eq!(
-        ctx.finish().as_ref(),
+        digest.as_ref(),
         expected.as_ref(),
         "fetched payload differs from what was sent"
     );
@@ -282,6 +263,32 @@ fn digest_of(mut gen: Generated) -> ring::digest::Digest {
     ctx.finish()
 }
 
+/// Fetches a received record and hashes it as it streams (never held in test memory):
+/// its length and SHA-256.
+async fn fetch_streamed(node: &tests::Node, id: &str) -> (u64, ring::digest::Digest) {
+    let resp = node
+        .api()
+        .call(
+            Method::GET,
+            &format!("/v1/inbox/{id}/payload"),
+            Body::empty(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            received += data.len() as u64;
+            ctx.update(&data);
+        }
+    }
+    (received, ctx.finish())
+}
+
 fn spool_entries(node: &tests::Node, kind: &str) -> Vec<String> {
     match std::fs::read_dir(node.dir.dir.join("data").join("spool").join(kind)) {
         Ok(rd) => rd
@@ -350,25 +357,8 @@ async fn sender_killed_mid_stream_resends_the_record_whole() {
         .wait_state(&id, "delivered", Duration::from_secs(120))
         .await;
     assert!(view["attempts"].as_u64().unwrap() >= 2, "{view}");
-    let resp = b
-        .api()
-        .call(
-            Method::GET,
-            &format!("/v1/inbox/{id}/payload"),
-            Body::empty(),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            ctx.update(&data);
-        }
-    }
-    assert_eq!(ctx.finish().as_ref(), expected.as_ref());
+    let (_, digest) = fetch_streamed(&b, &id).await;
+    assert_eq!(digest.as_ref(), expected.as_ref());
     assert_eq!(b.inbox().await.len(), 1);
     assert_eq!(spool_entries(&b, "inbox"), vec![id.clone()]);
     assert_eq!(b.audit_events("received").await.len(), 1);
