@@ -24,6 +24,7 @@ pub mod event {
     pub const REQUEST_SENT: &str = "request-sent";
     pub const REQUEST_RECEIVED: &str = "request-received";
     pub const REQUEST_ANSWERED: &str = "request-answered";
+    pub const ENVELOPE_REMOVED: &str = "envelope-removed";
 }
 
 pub fn record(event: &str, outcome: &str) -> AuditRecord {

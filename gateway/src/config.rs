@@ -18,6 +18,9 @@ pub const CONFIG_VERSION: u32 = 1;
 const MIN_STORE_CACHE_MIB: u64 = 64;
 const MAX_STORE_CACHE_MIB: u64 = 1024 * 1024;
 
+/// Upper bound of `retention.envelope_hours` (a typo guard; the arithmetic stays in range).
+const MAX_RETENTION_HOURS: u64 = 10 * 366 * 24;
+
 /// The validated configuration of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -33,6 +36,7 @@ pub struct NodeConfig {
     pub federation: FederationPaths,
     pub delivery: DeliveryConfig,
     pub policy: PolicyConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +111,14 @@ pub struct PolicyConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// How long sealed envelopes are kept once no longer needed (see `gateway::retention`).
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// Kept this long after the transfer settled (outbox) or was acknowledged (inbox).
+    pub envelope_hours: u64,
+    pub sweep_interval_secs: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
@@ -133,6 +145,8 @@ struct RawConfig {
     delivery: RawDelivery,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    retention: RawRetention,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +248,24 @@ struct RawPolicy {
     dir: Option<PathBuf>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    #[serde(default = "defaults::envelope_hours")]
+    envelope_hours: u64,
+    #[serde(default = "defaults::sweep_interval_secs")]
+    sweep_interval_secs: u64,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            envelope_hours: defaults::envelope_hours(),
+            sweep_interval_secs: defaults::sweep_interval_secs(),
+        }
+    }
+}
+
 mod defaults {
     pub fn store_cache_mib() -> u64 {
         1024
@@ -274,6 +306,13 @@ mod defaults {
     }
     pub fn connect_timeout_ms() -> u64 {
         5_000
+    }
+    /// A week: long enough to investigate a disputed transfer with the sealed bytes at hand.
+    pub fn envelope_hours() -> u64 {
+        7 * 24
+    }
+    pub fn sweep_interval_secs() -> u64 {
+        300
     }
 }
 
@@ -369,6 +408,14 @@ impl NodeConfig {
                 "delivery.initial_backoff_ms: must not exceed delivery.max_backoff_ms".to_owned(),
             );
         }
+        if raw.retention.sweep_interval_secs == 0 {
+            problems.push("retention.sweep_interval_secs: must be at least 1".to_owned());
+        }
+        if raw.retention.envelope_hours > MAX_RETENTION_HOURS {
+            problems.push(format!(
+                "retention.envelope_hours: must be at most {MAX_RETENTION_HOURS} (ten years)"
+            ));
+        }
         if raw.federation.reload_interval_secs == 0 {
             problems.push("federation.reload_interval_secs: must be at least 1".to_owned());
         }
@@ -424,6 +471,10 @@ impl NodeConfig {
             },
             policy: PolicyConfig {
                 dir: raw.policy.dir.as_deref().map(resolve),
+            },
+            retention: RetentionConfig {
+                envelope_hours: raw.retention.envelope_hours,
+                sweep_interval_secs: raw.retention.sweep_interval_secs,
             },
         })
     }
@@ -545,6 +596,29 @@ mod tests {
                 err.to_string().contains("node.store_cache_mib"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn retention_defaults_and_bounds() {
+        let cfg = NodeConfig::parse(&sample(), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.retention.envelope_hours, 168);
+        assert_eq!(cfg.retention.sweep_interval_secs, 300);
+        let with = |body: &str| format!("{}\n[retention]\n{body}\n", sample());
+        let cfg = NodeConfig::parse(
+            &with("envelope_hours = 0\nsweep_interval_secs = 1"),
+            Path::new("node.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.retention.envelope_hours, 0);
+        assert_eq!(cfg.retention.sweep_interval_secs, 1);
+        for (bad, key) in [
+            ("sweep_interval_secs = 0", "retention.sweep_interval_secs"),
+            ("envelope_hours = 100000", "retention.envelope_hours"),
+            ("keep = 1", "keep"),
+        ] {
+            let err = NodeConfig::parse(&with(bad), Path::new("node.toml")).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
         }
     }
 

@@ -574,6 +574,9 @@ async fn next_chunk(
 pub enum FetchError {
     #[error("no received transfer {0}")]
     NotFound(String),
+    /// The EMR acknowledged it and the retention period ran out: only the entry is left.
+    #[error("received transfer {0}: the sealed envelope was removed after acknowledgement (retention); its entry, receipt and audit trail remain")]
+    Removed(String),
     #[error("received transfer {id}: {problem}")]
     Open { id: String, problem: String },
     #[error("local system: {0}")]
@@ -598,6 +601,11 @@ pub async fn open_received(
         .inbox_get(&id.0)
         .map_err(|e| FetchError::Local(e.to_string()))?
         .ok_or_else(|| FetchError::NotFound(id.to_string()))?;
+    match state.store.envelope_removed_ms(SpoolKind::Inbox, &id.0) {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(FetchError::Removed(id.to_string())),
+        Err(e) => return Err(FetchError::Local(e.to_string())),
+    }
     let (meta_tx, meta_rx) = tokio::sync::oneshot::channel();
     let (tx, rx) = mpsc::channel(8);
     let state2 = state.clone();

@@ -24,5 +24,6 @@ pub mod peer_api;
 pub mod record;
 pub mod records;
 pub mod requests;
+pub mod retention;
 pub mod transport;
 pub mod trust;

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tower::{BoxError, ServiceBuilder};
 
 use gateway_envelope::TransferId;
-use gateway_store::{AuditEntry, AuditFilter, InboxEntry, OutboxEntry};
+use gateway_store::{AuditEntry, AuditFilter, InboxEntry, OutboxEntry, SpoolKind};
 use policies::consent::{import_fhir_consent, ConsentDirective};
 use policies::{Action, Category, Purpose};
 
@@ -571,6 +571,8 @@ pub struct TransferView {
     pub request_id: Option<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// When retention removed the sealed envelope (the entry and receipt stay).
+    pub envelope_removed_ms: Option<u64>,
 }
 
 impl From<&OutboxEntry> for TransferView {
@@ -593,15 +595,20 @@ impl From<&OutboxEntry> for TransferView {
             request_id: e.request_id.clone(),
             created_ms: e.created_ms,
             updated_ms: e.updated_ms,
+            envelope_removed_ms: None,
         }
     }
 }
 
 async fn list_transfers(State(state): State<Shared>) -> Response {
     match state.store.outbox_list() {
-        Ok(entries) => {
-            Json(entries.iter().map(TransferView::from).collect::<Vec<_>>()).into_response()
-        }
+        Ok(entries) => Json(
+            entries
+                .iter()
+                .map(|e| transfer_view(&state, e))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -612,7 +619,7 @@ async fn get_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Re
         Err(r) => return r.into_response(),
     };
     match state.store.outbox_get(&id.0) {
-        Ok(Some(e)) => Json(TransferView::from(&e)).into_response(),
+        Ok(Some(e)) => Json(transfer_view(&state, &e)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no transfer {id}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -629,9 +636,20 @@ async fn cancel_transfer(State(state): State<Shared>, Path(id): Path<String>) ->
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
     match delivery::cancel(&state, &id).await {
-        Ok(e) => Json(TransferView::from(&e)).into_response(),
+        Ok(e) => Json(transfer_view(&state, &e)).into_response(),
         Err(msg) => error(StatusCode::CONFLICT, msg),
     }
+}
+
+/// The view of an entry, with when its envelope was removed (a failed lookup shows none).
+fn transfer_view(state: &NodeState, e: &OutboxEntry) -> TransferView {
+    let mut view = TransferView::from(e);
+    view.envelope_removed_ms = state
+        .store
+        .envelope_removed_ms(SpoolKind::Outbox, &e.transfer_id)
+        .ok()
+        .flatten();
+    view
 }
 
 // ---- inbox ------------------------------------------------------------------------------------
@@ -644,6 +662,8 @@ struct InboxView {
     payload_bytes: u64,
     envelope_bytes: u64,
     acknowledged: bool,
+    /// When retention removed the sealed envelope; it can no longer be fetched.
+    envelope_removed_ms: Option<u64>,
 }
 
 impl From<&InboxEntry> for InboxView {
@@ -655,15 +675,30 @@ impl From<&InboxEntry> for InboxView {
             payload_bytes: e.payload_len,
             envelope_bytes: e.envelope_len,
             acknowledged: e.acked_ms.is_some(),
+            envelope_removed_ms: None,
         }
     }
 }
 
+fn inbox_view(state: &NodeState, e: &InboxEntry) -> InboxView {
+    let mut view = InboxView::from(e);
+    view.envelope_removed_ms = state
+        .store
+        .envelope_removed_ms(SpoolKind::Inbox, &e.transfer_id)
+        .ok()
+        .flatten();
+    view
+}
+
 async fn list_inbox(State(state): State<Shared>) -> Response {
     match state.store.inbox_list() {
-        Ok(entries) => {
-            Json(entries.iter().map(InboxView::from).collect::<Vec<_>>()).into_response()
-        }
+        Ok(entries) => Json(
+            entries
+                .iter()
+                .map(|e| inbox_view(&state, e))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -671,6 +706,7 @@ async fn list_inbox(State(state): State<Shared>) -> Response {
 fn fetch_error(e: FetchError) -> Response {
     match e {
         FetchError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        FetchError::Removed(_) => error(StatusCode::GONE, e.to_string()),
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -745,7 +781,7 @@ async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Respo
             rec.peer = Some(entry.sender.clone());
             let _ = audit::append(&state, rec);
             let _ = state.store.commit().await;
-            Json(InboxView::from(&entry)).into_response()
+            Json(inbox_view(&state, &entry)).into_response()
         }
         Err(gateway_store::StoreError::NotFound { .. }) => {
             error(StatusCode::NOT_FOUND, format!("no received transfer {id}"))

@@ -18,7 +18,7 @@ use crate::identity::NodeIdentity;
 use crate::outcomes::OutcomeWaiters;
 use crate::transport::PeerClients;
 use crate::trust::{Trust, TrustHandle};
-use crate::{delivery, local_api, peer_api};
+use crate::{delivery, local_api, peer_api, retention};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -145,6 +145,7 @@ pub async fn run(
     let local = tokio::spawn(local_api::serve(state.clone(), local_listener));
     let scheduler = tokio::spawn(delivery::run_scheduler(state.clone()));
     let reload = tokio::spawn(reload_loop(state.clone()));
+    let sweeper = tokio::spawn(retention::run_sweeper(state.clone()));
     tracing::info!(facility = %state.me(), "node started");
 
     shutdown.await;
@@ -160,6 +161,8 @@ pub async fn run(
     })
     .await;
     reload.abort();
+    // A sweep stopped midway is finished by the next start's sweep.
+    sweeper.abort();
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "final commit failed");
     }

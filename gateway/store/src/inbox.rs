@@ -2,11 +2,14 @@
 //! (`received_ms_be || id`, for listing newest first). The envelope itself stays sealed in
 //! the inbox spool; the gateway decrypts it when the EMR fetches it.
 
-use sled::transaction::{abort, ConflictableTransactionError};
+use sled::transaction::{abort, ConflictableTransactionError, Transactional};
 
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
-use crate::types::{transfer_id_hex, AuditEntry, AuditRecord, InboxEntry, InboxInsert, TransferId};
+use crate::retention::index_settled;
+use crate::types::{
+    transfer_id_hex, AuditEntry, AuditRecord, InboxEntry, InboxInsert, SpoolKind, TransferId,
+};
 use crate::{list_newest_first, time_key, tx_err, Store};
 
 const WHAT: &str = "inbox";
@@ -60,13 +63,20 @@ impl Store {
         list_newest_first(&t.inbox_by_time, &t.inbox, WHAT, "list inbox")
     }
 
-    /// Records that the EMR acknowledged the transfer. Idempotent: the first
-    /// acknowledgement's time is kept. Returns the entry; `NotFound` if absent.
+    /// Records that the EMR acknowledged the transfer, and indexes its envelope for removal
+    /// after the retention period. Idempotent: the first acknowledgement's time is kept.
+    /// Returns the entry; `NotFound` if absent.
     pub fn inbox_ack(&self, id: &TransferId, at_ms: u64) -> Result<InboxEntry, StoreError> {
         let id = *id;
-        self.trees()
-            .inbox
-            .transaction(|inbox| {
+        let t = self.trees();
+        [&t.inbox, &t.spool_retained]
+            .transaction(|views| {
+                let [inbox, retained] = views.as_slice() else {
+                    return abort(StoreError::Corrupt {
+                        what: WHAT,
+                        problem: "transaction views do not match its trees",
+                    });
+                };
                 let Some(value) = inbox.get(id)? else {
                     return abort(StoreError::NotFound {
                         what: WHAT,
@@ -80,6 +90,7 @@ impl Store {
                     let value =
                         encode(WHAT, &entry).map_err(ConflictableTransactionError::Abort)?;
                     inbox.insert(&id[..], value)?;
+                    index_settled(retained, at_ms, SpoolKind::Inbox, &id)?;
                 }
                 Ok(entry)
             })

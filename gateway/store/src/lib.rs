@@ -6,6 +6,8 @@
 //! `Store::open(dir)` uses `dir/sled` (one sled database, one tree per collection and index)
 //! and `dir/spool/{outbox,inbox}/<transfer id hex>` (envelope bytes, written through
 //! [`SpoolWriter`]). Every sled value is postcard behind a one-byte encoding version.
+//! Envelopes of settled transfers are indexed for removal after the node's retention period
+//! (see the `retention` module: [`Store::expire_envelopes`]).
 //!
 //! # Durability
 //! The gateway acknowledges (a local 202, a receipt to a peer) only after what it acknowledges
@@ -53,6 +55,7 @@ mod commit;
 mod error;
 mod inbox;
 mod outbox;
+mod retention;
 mod spool;
 mod types;
 
@@ -64,6 +67,7 @@ use crate::commit::{sync_dir, Committer, SledFiles};
 
 pub use crate::audit::{AuditChainError, ChainProblem};
 pub use crate::error::StoreError;
+pub use crate::retention::RemovedEnvelope;
 pub use crate::spool::SpoolWriter;
 pub use crate::types::{
     transfer_id_hex, AuditEntry, AuditFilter, AuditRecord, CommitStats, InboxEntry, InboxInsert,
@@ -107,6 +111,10 @@ struct Trees {
     consents_by_patient: sled::Tree,
     requests: sled::Tree,
     records: sled::Tree,
+    spool_retained: sled::Tree,
+    spool_removed: sled::Tree,
+    spool_unlink: sled::Tree,
+    store_meta: sled::Tree,
 }
 
 impl Store {
@@ -148,6 +156,10 @@ impl Store {
             consents_by_patient: tree("consents_by_patient")?,
             requests: tree("requests")?,
             records: tree("records")?,
+            spool_retained: tree("spool_retained")?,
+            spool_removed: tree("spool_removed")?,
+            spool_unlink: tree("spool_unlink")?,
+            store_meta: tree("store_meta")?,
         };
         let tail = audit::Tail::load(&trees)?;
         // Makes the trees' creation durable before anything is acknowledged.
@@ -155,7 +167,7 @@ impl Store {
         let files = SledFiles::open(db, &sled_dir, Arc::clone(&spool_dirs))?;
         sync_dir(dir)?;
         let committer = Committer::start(files)?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 spool_dir,
@@ -164,7 +176,9 @@ impl Store {
                 audit_tail: Mutex::new(tail),
                 committer,
             }),
-        })
+        };
+        store.index_settled_once()?;
+        Ok(store)
     }
 
     /// Makes every write that completed before this call durable (see the crate docs).

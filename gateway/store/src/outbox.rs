@@ -1,7 +1,8 @@
 //! The outbox: transfers this node sends. Trees: `outbox` (id → entry), `outbox_by_time`
 //! (`created_ms_be || id`, for listing newest first) and `outbox_due` (`next_attempt_ms_be ||
 //! id` for entries still Queued or Delivering, so the dispatcher's poll reads only what may be
-//! due, oldest first). Each update rewrites the entry and its index keys in one transaction.
+//! due, oldest first). Each update rewrites the entry and its index keys in one transaction;
+//! the update that settles an entry also indexes its envelope for retention.
 
 use std::cell::RefCell;
 
@@ -9,8 +10,9 @@ use sled::transaction::{abort, ConflictableTransactionError};
 
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
-use crate::types::{transfer_id_hex, AuditEntry, AuditRecord, OutboxEntry, TransferId};
-use crate::{id_of_time_key, list_newest_first, time_key, Store};
+use crate::retention::index_settled;
+use crate::types::{transfer_id_hex, AuditEntry, AuditRecord, OutboxEntry, SpoolKind, TransferId};
+use crate::{id_of_time_key, list_newest_first, now_ms, time_key, Store};
 
 const WHAT: &str = "outbox";
 
@@ -32,8 +34,13 @@ impl Store {
         let t = self.trees();
         let ((), entries) = self.write_audited(
             "insert outbox entry",
-            [&t.outbox, &t.outbox_by_time, &t.outbox_due],
-            |[outbox, by_time, due]| {
+            [
+                &t.outbox,
+                &t.outbox_by_time,
+                &t.outbox_due,
+                &t.spool_retained,
+            ],
+            |[outbox, by_time, due, retained]| {
                 if outbox.get(id)?.is_some() {
                     return abort(StoreError::DuplicateTransfer {
                         id: transfer_id_hex(&id),
@@ -43,6 +50,8 @@ impl Store {
                 by_time.insert(&time_key(entry.created_ms, &id)[..], &[][..])?;
                 if entry.state.is_pending() {
                     due.insert(&time_key(entry.next_attempt_ms, &id)[..], &[][..])?;
+                } else {
+                    index_settled(retained, entry.updated_ms, SpoolKind::Outbox, &id)?;
                 }
                 Ok(((), records.clone()))
             },
@@ -95,8 +104,8 @@ impl Store {
         let t = self.trees();
         self.write_audited(
             "update outbox entry",
-            [&t.outbox, &t.outbox_due],
-            |[outbox, due]| {
+            [&t.outbox, &t.outbox_due, &t.spool_retained],
+            |[outbox, due, retained]| {
                 let Some(old) = outbox.get(id)? else {
                     return abort(StoreError::NotFound {
                         what: WHAT,
@@ -133,6 +142,9 @@ impl Store {
                 }
                 if new.state.is_pending() {
                     due.insert(&time_key(new.next_attempt_ms, &id)[..], &[][..])?;
+                } else if old.state.is_pending() {
+                    // Settled: its envelope is kept for the retention period from now.
+                    index_settled(retained, now_ms(), SpoolKind::Outbox, &id)?;
                 }
                 Ok((new, records))
             },

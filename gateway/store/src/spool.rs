@@ -209,6 +209,25 @@ pub(crate) fn remove(spool_dir: &Path, id: &TransferId, kind: SpoolKind) -> Resu
     sync_dir(&spool_dir.join(kind.dir_name()))
 }
 
+/// Removes a spool file without syncing its directory (a sweep syncs once, with
+/// [`sync_dirs`]); absent is fine.
+pub(crate) fn unlink(spool_dir: &Path, id: &TransferId, kind: SpoolKind) -> Result<(), StoreError> {
+    let p = path(spool_dir, id, kind);
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("remove spool file", &p, e)),
+    }
+}
+
+/// Makes removals in both spool directories durable.
+pub(crate) fn sync_dirs(spool_dir: &Path) -> Result<(), StoreError> {
+    for kind in [SpoolKind::Outbox, SpoolKind::Inbox] {
+        sync_dir(&spool_dir.join(kind.dir_name()))?;
+    }
+    Ok(())
+}
+
 /// Creates the spool directories and deletes files left unfinished by a crash.
 pub(crate) fn prepare(spool_dir: &Path) -> Result<(), StoreError> {
     for kind in [SpoolKind::Outbox, SpoolKind::Inbox] {

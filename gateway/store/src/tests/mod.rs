@@ -6,6 +6,7 @@ mod collections;
 mod commit;
 mod inbox;
 mod outbox;
+mod retention;
 mod spool;
 
 use tempfile::TempDir;
