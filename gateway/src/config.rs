@@ -18,6 +18,9 @@ pub const CONFIG_VERSION: u32 = 1;
 const MIN_STORE_CACHE_MIB: u64 = 64;
 const MAX_STORE_CACHE_MIB: u64 = 1024 * 1024;
 
+/// Upper bound of `delivery.workers`: each may hold a connection stream and a 2 MiB envelope.
+const MAX_DELIVERY_WORKERS: usize = 4096;
+
 /// Upper bound of `retention.envelope_hours` (a typo guard; the arithmetic stays in range).
 const MAX_RETENTION_HOURS: u64 = 10 * 366 * 24;
 
@@ -394,6 +397,11 @@ impl NodeConfig {
             if value == 0 {
                 problems.push(format!("{name}: must be at least 1"));
             }
+        }
+        if raw.delivery.workers > MAX_DELIVERY_WORKERS {
+            problems.push(format!(
+                "delivery.workers: must be at most {MAX_DELIVERY_WORKERS}"
+            ));
         }
         if !(MIN_STORE_CACHE_MIB..=MAX_STORE_CACHE_MIB).contains(&raw.node.store_cache_mib) {
             problems.push(format!(

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::io::ReaderStream;
 use tracing::Instrument;
 
@@ -25,7 +25,7 @@ pub const ENVELOPE_PATH: &str = "/v1/envelopes";
 
 /// Envelopes up to this size are read whole into memory to send; larger ones are streamed.
 /// Bounded memory: at most this much per delivery worker.
-const WHOLE_ENVELOPE_BYTES: u64 = 2 * 1024 * 1024;
+pub const WHOLE_ENVELOPE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// After a crash, transfers caught mid-delivery go back to the queue: the receiver's
 /// idempotence (same transfer id → same receipt) makes the resend safe.
@@ -68,7 +68,7 @@ pub fn recover_after_restart(state: &NodeState) {
 }
 
 pub async fn run_scheduler(state: Arc<NodeState>) {
-    let permits = Arc::new(Semaphore::new(state.config.delivery.workers));
+    let permits = state.delivery_permits.clone();
     let mut shutdown = state.shutdown.clone();
     loop {
         if *shutdown.borrow() {
@@ -169,9 +169,38 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
         tracing::error!(transfer = %id, error = %e, "commit failed");
         return;
     }
+    deliver_claimed(state, entry, None).await;
+}
+
+/// Delivers a transfer submitted a moment ago and claimed in the same write that queued it
+/// (attempt 1 and its `sent` entry are durable already), on a worker permit the submission
+/// took. `envelope` is the sealed envelope, still in memory, when it is small. Marks the
+/// transfer in flight for the scheduler and releases both when done.
+pub fn spawn_claimed(
+    state: &Arc<NodeState>,
+    entry: OutboxEntry,
+    envelope: Option<Bytes>,
+    permit: OwnedSemaphorePermit,
+) {
+    let state = state.clone();
+    let id = TransferId(entry.transfer_id);
+    let span = tracing::info_span!("delivery", transfer = %id, peer = %entry.recipient);
+    tokio::spawn(async move {
+        deliver_claimed(&state, entry, envelope)
+            .instrument(span)
+            .await;
+        state.clear_inflight(&id);
+        drop(permit);
+        state.wake.notify_one();
+    });
+}
+
+/// One attempt on a claimed (`delivering`, attempt counted) transfer, and its outcome written.
+async fn deliver_claimed(state: &Arc<NodeState>, entry: OutboxEntry, envelope: Option<Bytes>) {
+    let id = TransferId(entry.transfer_id);
     let attempt = entry.attempts;
 
-    match attempt_delivery(state, &entry).await {
+    match attempt_delivery(state, &entry, envelope).await {
         Outcome::Delivered { receipt, duplicate } => {
             let mut verified = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
             verified.reason =
@@ -267,7 +296,11 @@ fn backoff_ms(attempt: u32, initial: u64, max: u64) -> u64 {
     capped / 2 + jitter
 }
 
-async fn attempt_delivery(state: &Arc<NodeState>, entry: &OutboxEntry) -> Outcome {
+async fn attempt_delivery(
+    state: &Arc<NodeState>,
+    entry: &OutboxEntry,
+    envelope: Option<Bytes>,
+) -> Outcome {
     let trust = state.trust();
     let Some(peer) = trust.peer_by_str(&entry.recipient) else {
         return Outcome::Refused("recipient is no longer in the federation directory".to_owned());
@@ -288,7 +321,10 @@ async fn attempt_delivery(state: &Arc<NodeState>, entry: &OutboxEntry) -> Outcom
         |e: std::io::Error| Outcome::Refused(format!("local system: sealed envelope missing: {e}"));
     // A small envelope is read with one blocking call and sent as one body; streaming it
     // through tokio::fs would cost a blocking-pool round trip per 256 KiB read.
-    let body: Body = if entry.envelope_len <= WHOLE_ENVELOPE_BYTES {
+    let body: Body = if let Some(bytes) = envelope.filter(|b| b.len() as u64 == entry.envelope_len)
+    {
+        BodyExt::boxed(http_body_util::Full::new(bytes).map_err(|never| match never {}))
+    } else if entry.envelope_len <= WHOLE_ENVELOPE_BYTES {
         match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
             Ok(Ok(bytes)) if bytes.len() as u64 != entry.envelope_len => {
                 return Outcome::Refused(

@@ -34,7 +34,7 @@ use crate::audit::{self, event};
 use crate::delivery;
 use crate::inbox::{open_received, FetchError};
 use crate::node::NodeState;
-use crate::outbox::{submit, Payload, SubmitError, SubmitRequest};
+use crate::outbox::{submit, Accepted, Payload, SubmitError, SubmitRequest};
 use crate::record::{ContentType, PatientRef};
 use crate::records::{RecordSource, SourceRecord, StoreRecordSource};
 use crate::requests::{self, NewRequest};
@@ -332,7 +332,7 @@ async fn post_transfer(
         },
     };
     match submit(&state, req, payload).await {
-        Ok(id) if wait => {
+        Ok(Accepted { id, .. }) if wait => {
             // Register first, then read the state: delivery writes the final state before it
             // hands out the outcome, so one of the two sees it.
             let outcome = state.waiters.register(id.0);
@@ -361,9 +361,12 @@ async fn post_transfer(
             let view = state.store.outbox_get(&id.0).ok().flatten();
             (status, Json(json!({ "transfer_id": id.to_string(), "state": view.map(|v| v.state.to_string()) }))).into_response()
         }
-        Ok(id) => (
+        Ok(Accepted {
+            id,
+            state: entry_state,
+        }) => (
             StatusCode::ACCEPTED,
-            Json(json!({ "transfer_id": id.to_string(), "state": "queued" })),
+            Json(json!({ "transfer_id": id.to_string(), "state": entry_state.as_str() })),
         )
             .into_response(),
         Err(SubmitError::Denied { reason, policy_ids }) => (

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use gateway_envelope::TransferId;
 use gateway_store::Store;
@@ -52,6 +52,9 @@ pub struct NodeState {
     pub wake: Notify,
     /// Transfers a delivery task currently owns, so the scheduler never starts two.
     pub inflight: Mutex<HashSet<[u8; 16]>>,
+    /// One permit per delivery worker (`delivery.workers`), shared by the scheduler and by
+    /// submissions that hand their transfer straight to a free worker.
+    pub delivery_permits: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     /// Callers waiting for outbound transfers' final outcomes (`wait=receipt`).
     pub waiters: OutcomeWaiters,
@@ -101,6 +104,7 @@ pub fn load_state(
         trust.clone(),
         Duration::from_millis(config.delivery.connect_timeout_ms),
     );
+    let delivery_permits = Arc::new(Semaphore::new(config.delivery.workers));
     Ok(Arc::new(NodeState {
         config,
         identity,
@@ -110,6 +114,7 @@ pub fn load_state(
         clients,
         wake: Notify::new(),
         inflight: Mutex::new(HashSet::new()),
+        delivery_permits,
         shutdown,
         waiters: OutcomeWaiters::default(),
     }))

@@ -30,6 +30,9 @@ use crate::trust::Peer;
 /// FHIR bundles are read whole to classify them; larger ones are refused rather than skipped.
 pub const MAX_FHIR_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Bytes a frame adds to its chunk: length prefix and AEAD tag.
+const FRAME_OVERHEAD: usize = 4 + 16;
+
 /// A record as the local system submits it.
 pub struct SubmitRequest {
     pub to: String,
@@ -130,11 +133,18 @@ impl SubmitError {
     }
 }
 
+/// A submission the node accepted: durably queued, or already claimed by a delivery worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    pub id: TransferId,
+    pub state: TransferState,
+}
+
 pub async fn submit(
     state: &Arc<NodeState>,
     req: SubmitRequest,
     payload: Payload,
-) -> Result<TransferId, SubmitError> {
+) -> Result<Accepted, SubmitError> {
     let trust = state.trust();
     let peer = trust
         .peer_by_str(&req.to)
@@ -145,44 +155,82 @@ pub async fn submit(
     if &peer.id == state.me() {
         return Err(SubmitError::SelfAddressed);
     }
+    let transfer_id = TransferId::new_random().map_err(SubmitError::local)?;
+    // With a delivery worker free, the transfer is claimed (attempt 1 and its `sent` entry) in
+    // the same write that queues it and sent from memory: one sled transaction, one commit and
+    // one envelope read fewer than queueing it for the scheduler. The in-flight mark keeps the
+    // scheduler off it.
+    let direct = state.delivery_permits.clone().try_acquire_owned().ok();
+    if direct.is_some() {
+        state.mark_inflight(&transfer_id);
+    }
 
     // Classifying a FHIR bundle takes milliseconds per megabyte and sealing is CPU and file
     // I/O: the whole submission runs as one blocking task, off the async workers (one large
     // bundle must not stall every other request) and with one thread hand-off, not three.
     let (wrote, outcome) = {
         let state = state.clone();
+        let claim = direct.is_some();
         tokio::task::spawn_blocking(move || {
             let mut wrote = false;
-            let outcome = submit_blocking(&state, req, &peer, payload, &mut wrote);
+            let outcome =
+                submit_blocking(&state, req, &peer, payload, transfer_id, claim, &mut wrote);
             (wrote, outcome)
         })
         .await
-        .map_err(SubmitError::local)?
-    };
+        .map_err(SubmitError::local)
+    }?;
     // Whatever was written (a queued transfer, or a refusal's audit entry) is durable before
     // the caller hears of it.
-    if wrote {
-        state.store.commit().await.map_err(SubmitError::local)?;
+    let committed = if wrote {
+        state.store.commit().await.map_err(SubmitError::local)
+    } else {
+        Ok(())
+    };
+    let queued = match committed.and(outcome) {
+        Ok(queued) => queued,
+        Err(e) => {
+            state.clear_inflight(&transfer_id);
+            return Err(e);
+        }
+    };
+    let entry_state = queued.entry.state;
+    tracing::info!(transfer = %transfer_id, peer = %queued.entry.recipient, bytes = queued.entry.payload_len, "transfer queued");
+    match direct {
+        Some(permit) if entry_state == TransferState::Delivering => {
+            crate::delivery::spawn_claimed(state, queued.entry, queued.envelope, permit);
+        }
+        _ => {
+            state.clear_inflight(&transfer_id);
+            state.wake.notify_one();
+        }
     }
-    let (transfer_id, peer_id, payload_len) = outcome?;
-    state.wake.notify_one();
-    tracing::info!(transfer = %transfer_id, peer = %peer_id, bytes = payload_len, "transfer queued");
-    Ok(transfer_id)
+    Ok(Accepted {
+        id: transfer_id,
+        state: entry_state,
+    })
 }
 
-/// Check, authorize, seal and queue; sets `wrote` once anything reached the store. Returns
-/// the transfer id, the recipient and the payload length.
+/// What a submission stored: its outbox entry and, when it is small, the sealed envelope.
+struct Queued {
+    entry: OutboxEntry,
+    envelope: Option<Bytes>,
+}
+
+/// Check, authorize, seal and queue (`claim`: as attempt 1 of a delivery starting now); sets
+/// `wrote` once anything reached the store.
 fn submit_blocking(
     state: &NodeState,
     req: SubmitRequest,
     peer: &Peer,
     payload: Payload,
+    transfer_id: TransferId,
+    claim: bool,
     wrote: &mut bool,
-) -> Result<(TransferId, String, u64), SubmitError> {
+) -> Result<Queued, SubmitError> {
     let checked = check_payload(&req.content_type, &req.patient, &req.categories, &payload)?;
     let categories = checked.categories;
     let break_glass = req.break_glass_reason.is_some();
-    let transfer_id = TransferId::new_random().map_err(SubmitError::local)?;
 
     let (decision, consent) = decide(
         state,
@@ -274,10 +322,14 @@ fn submit_blocking(
     let entry = OutboxEntry {
         transfer_id: transfer_id.0,
         recipient: recipient.clone(),
-        state: TransferState::Queued,
+        state: if claim {
+            TransferState::Delivering
+        } else {
+            TransferState::Queued
+        },
         created_ms: now,
         updated_ms: now,
-        attempts: 0,
+        attempts: u32::from(claim),
         next_attempt_ms: now,
         last_error: None,
         envelope_len: sealed.envelope_len,
@@ -293,12 +345,21 @@ fn submit_blocking(
     submitted.outcome = "queued".to_owned();
     submitted.reason = None;
     submitted.time_ms = now_ms();
+    let mut records = vec![rec, submitted];
+    if claim {
+        let mut sent = crate::delivery::base_record(&entry, event::SENT, "attempt");
+        sent.reason = Some("attempt 1".to_owned());
+        records.push(sent);
+    }
     state
         .store
-        .outbox_insert_audited(&entry, vec![rec, submitted])
+        .outbox_insert_audited(&entry, records)
         .map_err(SubmitError::local)?;
     *wrote = true;
-    Ok((transfer_id, recipient, payload_len))
+    Ok(Queued {
+        entry,
+        envelope: sealed.envelope,
+    })
 }
 
 /// Checks the record's metadata, and for a FHIR bundle its content (which needs the bytes: a
@@ -358,6 +419,8 @@ pub fn decision_reason(
 struct Sealed {
     envelope_len: u64,
     payload_digest: [u8; 32],
+    /// The envelope itself, when it was sealed in memory (small payloads).
+    envelope: Option<Bytes>,
 }
 
 /// Seals the payload into the outbox spool file, chunk by chunk (bounded memory for any size).
@@ -388,25 +451,38 @@ fn seal_to_spool(
         .store
         .spool_writer(&transfer_id.0, SpoolKind::Outbox)
         .map_err(SubmitError::local)?;
+    let chunk = DEFAULT_CHUNK_SIZE as usize;
+    if let Payload::Memory { bytes, .. } = &payload {
+        // Sealed into one buffer, written with one call and kept for the first delivery
+        // attempt when it is small enough to be sent whole.
+        let frames = bytes.len().div_ceil(chunk).max(1);
+        let mut envelope = prefix;
+        envelope.reserve(bytes.len() + frames * FRAME_OVERHEAD);
+        let mut chunks = bytes.chunks(chunk).peekable();
+        if chunks.peek().is_none() {
+            sealer
+                .seal_chunk_into(&[], true, &mut envelope)
+                .map_err(SubmitError::local)?;
+        }
+        while let Some(part) = chunks.next() {
+            sealer
+                .seal_chunk_into(part, chunks.peek().is_none(), &mut envelope)
+                .map_err(SubmitError::local)?;
+        }
+        writer.write_chunk(&envelope).map_err(SubmitError::local)?;
+        writer.finish().map_err(SubmitError::local)?;
+        let envelope_len = envelope.len() as u64;
+        return Ok(Sealed {
+            envelope_len,
+            payload_digest,
+            envelope: (envelope_len <= crate::delivery::WHOLE_ENVELOPE_BYTES)
+                .then(|| Bytes::from(envelope)),
+        });
+    }
     let mut written = prefix.len() as u64;
     writer.write_chunk(&prefix).map_err(SubmitError::local)?;
-    let chunk = DEFAULT_CHUNK_SIZE as usize;
     match &mut payload {
-        Payload::Memory { bytes, .. } => {
-            let mut chunks = bytes.chunks(chunk).peekable();
-            if chunks.peek().is_none() {
-                let frame = sealer.seal_chunk(&[], true).map_err(SubmitError::local)?;
-                written += frame.len() as u64;
-                writer.write_chunk(&frame).map_err(SubmitError::local)?;
-            }
-            while let Some(part) = chunks.next() {
-                let frame = sealer
-                    .seal_chunk(part, chunks.peek().is_none())
-                    .map_err(SubmitError::local)?;
-                written += frame.len() as u64;
-                writer.write_chunk(&frame).map_err(SubmitError::local)?;
-            }
-        }
+        Payload::Memory { .. } => {}
         Payload::File { path, len, .. } => {
             let mut file = std::fs::File::open(path).map_err(SubmitError::local)?;
             let mut remaining = *len;
@@ -446,6 +522,7 @@ fn seal_to_spool(
     Ok(Sealed {
         envelope_len: written,
         payload_digest,
+        envelope: None,
     })
 }
 

@@ -22,7 +22,7 @@ use crate::access::{decide, Question};
 use crate::audit::{self, event};
 use crate::inbox::{text_response, PeerResponse};
 use crate::node::NodeState;
-use crate::outbox::{decision_reason, submit, Payload, SubmitRequest};
+use crate::outbox::{decision_reason, submit, Accepted, Payload, SubmitRequest};
 use crate::record::{break_glass_window_ok, check_record, PatientRef, BREAK_GLASS_WINDOW_MS};
 use crate::records::{RecordSource, StoreRecordSource};
 use crate::transport::{Body, PeerIdentity};
@@ -454,7 +454,7 @@ pub async fn incoming(
     )
     .await;
     match submitted {
-        Ok(id) => answer(
+        Ok(Accepted { id, .. }) => answer(
             StatusCode::ACCEPTED,
             &WireAnswer {
                 status: "accepted".to_owned(),

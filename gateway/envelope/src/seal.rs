@@ -136,6 +136,19 @@ impl Sealer {
     /// Calls that break these rules are refused without changing the sealer's state. The last
     /// chunk must bring the total to `payload_len`, otherwise no last frame is produced.
     pub fn seal_chunk(&mut self, chunk: &[u8], last: bool) -> Result<Vec<u8>, EnvelopeError> {
+        let mut frame = Vec::with_capacity(4 + chunk.len() + TAG_LEN);
+        self.seal_chunk_into(chunk, last, &mut frame)?;
+        Ok(frame)
+    }
+
+    /// [`Sealer::seal_chunk`] appending the frame to `out` (a whole small envelope can be
+    /// sealed into one buffer). On error `out` is left as it was.
+    pub fn seal_chunk_into(
+        &mut self,
+        chunk: &[u8],
+        last: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
         if self.finished {
             return Err(EnvelopeError::FrameAfterLast);
         }
@@ -160,14 +173,18 @@ impl Sealer {
         let aad = wire::frame_aad(&self.header_digest, self.next_index, last);
         let frame_len =
             u32::try_from(chunk.len() + TAG_LEN).map_err(|_| EnvelopeError::TooLarge("frame"))?;
-        let mut frame = Vec::with_capacity(4 + chunk.len() + TAG_LEN);
-        frame.extend_from_slice(&frame_len.to_be_bytes());
-        self.ctx.seal_into(chunk, &aad, &mut frame)?;
+        let start = out.len();
+        out.reserve(4 + chunk.len() + TAG_LEN);
+        out.extend_from_slice(&frame_len.to_be_bytes());
+        if let Err(e) = self.ctx.seal_into(chunk, &aad, out) {
+            out.truncate(start);
+            return Err(e);
+        }
 
         self.sealed_len = total;
         self.next_index += 1;
         self.finished = last;
-        Ok(frame)
+        Ok(())
     }
 
     /// Whether the last frame has been sealed.
