@@ -293,14 +293,13 @@ pub fn classify_fhir_bundle(bytes: &[u8]) -> Result<BundleFacts, ClassifyError> 
         duplicate_key: false,
         root: None,
     };
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = Node {
-        scan: &mut scan,
-        role: Role::Root,
-        capture: false,
-    }
-    .deserialize(&mut de)
-    .and_then(|_| de.end());
+    // One UTF-8 check of the whole document is much cheaper than serde_json's check of every
+    // string it reads from a byte slice. Invalid UTF-8 goes through the slice reader, which
+    // reports where it is.
+    let parsed = match std::str::from_utf8(bytes) {
+        Ok(text) => scan_document(&mut scan, serde_json::Deserializer::from_str(text)),
+        Err(_) => scan_document(&mut scan, serde_json::Deserializer::from_slice(bytes)),
+    };
     if let Err(e) = parsed {
         if scan.duplicate_key {
             return Err(ClassifyError::RepeatedKey);
@@ -317,6 +316,20 @@ pub fn classify_fhir_bundle(bytes: &[u8]) -> Result<BundleFacts, ClassifyError> 
         },
         _ => Err(ClassifyError::NotBundle),
     }
+}
+
+/// Runs the scan over one JSON document and checks nothing follows it.
+fn scan_document<'de, R: serde_json::de::Read<'de>>(
+    scan: &mut Scan<'_, 'de>,
+    mut de: serde_json::Deserializer<R>,
+) -> Result<(), serde_json::Error> {
+    Node {
+        scan,
+        role: Role::Root,
+        capture: false,
+    }
+    .deserialize(&mut de)?;
+    de.end()
 }
 
 /// The original tree-based classifier, kept as the reference the streaming
