@@ -29,6 +29,9 @@ const WHAT: &str = "retention index";
 /// before retention existed are indexed once, at open).
 const INDEXED_KEY: &[u8] = b"retention-indexed";
 
+/// Keys per batch when indexing an old store (tiny in tests, so theirs cross a boundary).
+const INDEX_BATCH: usize = if cfg!(test) { 3 } else { 10_000 };
+
 /// An envelope whose retention has run out, as handed to the caller's audit record builder.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RemovedEnvelope {
@@ -226,21 +229,36 @@ impl Store {
         if done.is_some() {
             return Ok(());
         }
+        // Written in bounded batches: an old store may hold millions of settled entries.
         let mut batch = sled::Batch::default();
+        let mut pending = 0usize;
+        let mut add = |batch: &mut sled::Batch, key: [u8; 25]| -> Result<(), StoreError> {
+            batch.insert(&key[..], &[][..]);
+            pending += 1;
+            if pending >= INDEX_BATCH {
+                t.spool_retained
+                    .apply_batch(std::mem::take(batch))
+                    .map_err(StoreError::sled("index settled transfers"))?;
+                pending = 0;
+            }
+            Ok(())
+        };
         for item in t.outbox.iter() {
             let (_, value) = item.map_err(StoreError::sled("index settled transfers"))?;
             let entry: OutboxEntry = decode("outbox", &value)?;
             if !entry.state.is_pending() {
                 let key = retained_key(entry.updated_ms, SpoolKind::Outbox, &entry.transfer_id);
-                batch.insert(&key[..], &[][..]);
+                add(&mut batch, key)?;
             }
         }
         for item in t.inbox.iter() {
             let (_, value) = item.map_err(StoreError::sled("index settled transfers"))?;
             let entry: InboxEntry = decode("inbox", &value)?;
             if let Some(acked_ms) = entry.acked_ms {
-                let key = retained_key(acked_ms, SpoolKind::Inbox, &entry.transfer_id);
-                batch.insert(&key[..], &[][..]);
+                add(
+                    &mut batch,
+                    retained_key(acked_ms, SpoolKind::Inbox, &entry.transfer_id),
+                )?;
             }
         }
         t.spool_retained
