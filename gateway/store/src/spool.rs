@@ -20,6 +20,11 @@ pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
 /// Buffer between the caller's chunks and `write(2)`; envelopes arrive as small body frames.
 const BUFFER_BYTES: usize = 256 * 1024;
 
+/// A large envelope is written back to disk while it is still being written, `fdatasync`ed by
+/// a helper thread every this many bytes, so that `finish` does not meet a gigabyte of dirty
+/// pages at once (the kernel starts writeback on its own only at 10 % of RAM dirty).
+const FLUSH_EVERY_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Makes temporary names unique within the process, so two concurrent writers for one id
 /// (a sender retrying while its first attempt is still streaming) never share a file.
 static NEXT_PARTIAL: AtomicU64 = AtomicU64::new(0);
@@ -79,6 +84,53 @@ pub struct SpoolWriter {
     dest: PathBuf,
     dirs: Arc<SpoolDirs>,
     written: u64,
+    /// Started once the file passes `FLUSH_EVERY_BYTES`.
+    flusher: Option<Flusher>,
+    flushed_at: u64,
+}
+
+/// A thread that `fdatasync`s the spool file whenever it is told more was written. It shares
+/// the file description with the writer, so an error it sees is reported by `finish` (the
+/// kernel reports a writeback error once per description).
+struct Flusher {
+    more: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> io::Result<Flusher> {
+        let file = file.try_clone()?;
+        // One pending request is enough: a sync started after it covers every write before it.
+        let (more, requests) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("spool-flush".to_owned())
+            .spawn(move || {
+                while requests.recv().is_ok() {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(Flusher {
+            more: Some(more),
+            thread,
+        })
+    }
+
+    fn request(&self) {
+        if let Some(more) = &self.more {
+            // Full: a sync is already pending. Disconnected: the thread stopped on an error,
+            // which `stop` reports.
+            let _ = more.try_send(());
+        }
+    }
+
+    /// Waits for the thread and returns the first error it met.
+    fn stop(mut self) -> io::Result<()> {
+        drop(self.more.take());
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("spool flusher panicked")))
+    }
 }
 
 impl SpoolWriter {
@@ -101,6 +153,8 @@ impl SpoolWriter {
             dest: dir.join(name),
             dirs,
             written: 0,
+            flusher: None,
+            flushed_at: 0,
         })
     }
 
@@ -110,7 +164,33 @@ impl SpoolWriter {
         file.write_all(chunk)
             .map_err(|e| StoreError::io("write spool file", &self.partial, e))?;
         self.written += chunk.len() as u64;
+        self.maybe_flush()
+    }
+
+    /// Asks the flusher thread (started on the first call) to write back what is written.
+    fn maybe_flush(&mut self) -> Result<(), StoreError> {
+        if self.written - self.flushed_at < FLUSH_EVERY_BYTES {
+            return Ok(());
+        }
+        self.flushed_at = self.written;
+        let Some(file) = self.file.as_ref() else {
+            return Ok(());
+        };
+        match &self.flusher {
+            Some(flusher) => flusher.request(),
+            None => {
+                let flusher = Flusher::start(file.get_ref())
+                    .map_err(|e| StoreError::io("start spool flusher", &self.partial, e))?;
+                flusher.request();
+                self.flusher = Some(flusher);
+            }
+        }
         Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_flushing_early(&self) -> bool {
+        self.flusher.is_some()
     }
 
     /// Bytes written so far.
@@ -132,6 +212,11 @@ impl SpoolWriter {
         let file = file
             .into_inner()
             .map_err(|e| StoreError::io("write spool file", &self.partial, e.into_error()))?;
+        if let Some(flusher) = self.flusher.take() {
+            flusher
+                .stop()
+                .map_err(|e| StoreError::io("fsync spool file", &self.partial, e))?;
+        }
         file.sync_all()
             .map_err(|e| StoreError::io("fsync spool file", &self.partial, e))?;
         drop(file);
@@ -154,6 +239,7 @@ impl Write for SpoolWriter {
             .ok_or_else(|| io::Error::other("spool writer already finished"))?;
         let n = file.write(buf)?;
         self.written += n as u64;
+        self.maybe_flush().map_err(io::Error::other)?;
         Ok(n)
     }
 
@@ -167,6 +253,9 @@ impl Write for SpoolWriter {
 
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.stop();
+        }
         if self.file.take().is_some() || !self.partial.as_os_str().is_empty() {
             // Unfinished (or failed): the partial bytes are useless. Best effort; a leftover
             // is removed by the next open.

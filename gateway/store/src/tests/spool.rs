@@ -110,3 +110,37 @@ async fn a_finished_file_is_made_durable_by_the_next_commit() {
         b"envelope"
     );
 }
+
+/// Past 8 MiB a helper thread writes the file back while it is written; the bytes, `finish`
+/// and the cleanup of an abandoned file are as for a small one.
+#[test]
+fn large_files_are_written_back_while_written() {
+    let (_dir, store) = open();
+    let id = tid(8);
+    let mut w = store.spool_writer(&id, SpoolKind::Inbox).expect("writer");
+    let mut expected = Vec::new();
+    for i in 0..20u8 {
+        let chunk = vec![i; 1 << 20];
+        w.write_chunk(&chunk).expect("write");
+        expected.extend_from_slice(&chunk);
+    }
+    assert!(w.is_flushing_early(), "the flusher starts past 8 MiB");
+    assert_eq!(w.finish().expect("finish"), expected.len() as u64);
+    assert_eq!(
+        std::fs::read(store.spool_path(&id, SpoolKind::Inbox)).expect("read"),
+        expected
+    );
+
+    let abandoned = tid(9);
+    let mut w = store
+        .spool_writer(&abandoned, SpoolKind::Inbox)
+        .expect("writer");
+    for _ in 0..12 {
+        w.write_chunk(&[7; 1 << 20]).expect("write");
+    }
+    assert!(w.is_flushing_early());
+    drop(w);
+    let dir = store.spool_path(&id, SpoolKind::Inbox);
+    let dir = dir.parent().expect("parent");
+    assert_eq!(files_in(dir), vec![hex::encode(id)]);
+}
