@@ -529,6 +529,10 @@ fn seal_to_spool(
 /// Cuts a streamed upload into `chunk`-sized parts for `seal` (the last one flagged), hashing
 /// it as it comes; refuses it if it is longer or shorter than `len`, is cut off, or does not
 /// hash to `declared`. The caller's spool file is then dropped unfinished (and deleted).
+///
+/// The hash runs on a helper thread fed the same (reference-counted) pieces: hashing and
+/// sealing each cost about a second per gigabyte, and one after the other on this thread they
+/// were the length of a large submission.
 fn seal_stream(
     chunks: &mut mpsc::Receiver<Result<Bytes, String>>,
     len: u64,
@@ -536,7 +540,53 @@ fn seal_stream(
     chunk: usize,
     mut seal: impl FnMut(&[u8], bool) -> Result<(), SubmitError>,
 ) -> Result<(), SubmitError> {
-    let mut hasher = gateway_envelope::Sha256::new();
+    std::thread::scope(|scope| {
+        let (to_hash, hash_rx) = std::sync::mpsc::sync_channel::<Bytes>(HASH_QUEUE_PIECES);
+        let hasher = std::thread::Builder::new()
+            .name("upload-hash".to_owned())
+            .spawn_scoped(scope, move || {
+                let mut hasher = gateway_envelope::Sha256::new();
+                for bytes in hash_rx {
+                    hasher.update(&bytes);
+                }
+                hasher.finish()
+            })
+            .map_err(SubmitError::local)?;
+        let cut = cut_and_seal(chunks, len, chunk, &mut seal, |bytes| {
+            to_hash
+                .send(bytes.clone())
+                .map_err(|_| SubmitError::local("upload hash thread stopped"))
+        });
+        drop(to_hash);
+        let digest = hasher
+            .join()
+            .map_err(|_| SubmitError::local("upload hash thread panicked"))?;
+        let tail = cut?;
+        if digest != *declared {
+            return Err(SubmitError::Upload(
+                "the body does not match its Content-Digest".to_owned(),
+            ));
+        }
+        match tail {
+            Some(rest) => seal(&rest, true),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Pieces queued for the hash thread: bounds how far the sealer may run ahead of it.
+const HASH_QUEUE_PIECES: usize = 4;
+
+/// The sealing half of [`seal_stream`]: hands every received piece to `hash` and seals each
+/// chunk as it fills. Returns the final short chunk, not yet sealed, unless the body ended on
+/// a chunk boundary (then its last frame is sealed already).
+fn cut_and_seal(
+    chunks: &mut mpsc::Receiver<Result<Bytes, String>>,
+    len: u64,
+    chunk: usize,
+    seal: &mut impl FnMut(&[u8], bool) -> Result<(), SubmitError>,
+    mut hash: impl FnMut(&Bytes) -> Result<(), SubmitError>,
+) -> Result<Option<Vec<u8>>, SubmitError> {
     let mut buf: Vec<u8> = Vec::with_capacity(chunk);
     let mut received: u64 = 0;
     let mut sealed_last = false;
@@ -548,7 +598,7 @@ fn seal_stream(
                 "the body is longer than its Content-Length".to_owned(),
             ));
         }
-        hasher.update(&bytes);
+        hash(&bytes)?;
         let mut rest: &[u8] = &bytes;
         while !rest.is_empty() {
             let (head, tail) = rest.split_at((chunk - buf.len()).min(rest.len()));
@@ -565,13 +615,5 @@ fn seal_stream(
     if received != len {
         return Err(SubmitError::Upload("the upload was cut off".to_owned()));
     }
-    if hasher.finish() != *declared {
-        return Err(SubmitError::Upload(
-            "the body does not match its Content-Digest".to_owned(),
-        ));
-    }
-    if !sealed_last {
-        seal(&buf, true)?;
-    }
-    Ok(())
+    Ok((!sealed_last).then_some(buf))
 }
