@@ -189,6 +189,56 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
     assert!(b.audit_verifies().await);
 }
 
+/// A sender that signs a payload digest its payload does not have is refused after the last
+/// frame, for a small payload and a large one (written to the spool and written back while it
+/// arrives), and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_digest_the_payload_does_not_match_is_refused_at_any_size() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let b = fed.start("clinic-b");
+    let a_dir = &fed.nodes["hosp-a"].dir;
+    let b_dir = &fed.nodes["clinic-b"].dir;
+    let ca = ca_pem(&fed);
+    let ident = RawIdentity::from_node_dir(a_dir);
+    let signer = signing_key(a_dir);
+    let to_b = encryption_key(b_dir);
+    for len in [20_000usize, 9 * 1024 * 1024 + 123] {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut lie = gateway_envelope::sha256(&payload);
+        lie[0] ^= 1;
+        let id = TransferId::new_random().unwrap();
+        let env = common::seal_claiming(
+            id,
+            "hosp-a",
+            "clinic-b",
+            &signer,
+            &to_b,
+            &payload,
+            common::now_ms(),
+            lie,
+        );
+        let (status, text) = raw_peer_post(b.dir.peer, &ca, &ident, PATH, env)
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{len}: {}", String::from_utf8_lossy(&text));
+        assert_refusal_audited(&b, &id, "digest").await;
+
+        // The control: the same payload with its true digest is accepted.
+        let id = TransferId::new_random().unwrap();
+        let env = seal(id, "hosp-a", "clinic-b", &signer, &to_b, &payload);
+        let (status, text) = raw_peer_post(b.dir.peer, &ca, &ident, PATH, env)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{len}: {}", String::from_utf8_lossy(&text));
+    }
+    assert_eq!(b.inbox().await.len(), 2, "only the two honest envelopes");
+    assert_eq!(spool_files(b_dir, "inbox").len(), 2);
+    assert!(b.audit_verifies().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_bodies_change_nothing() {
     let fed = Fed::new(&[

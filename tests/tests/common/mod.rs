@@ -94,13 +94,38 @@ pub fn seal_at(
     payload: &[u8],
     created_at_ms: u64,
 ) -> Vec<u8> {
+    let digest = gateway_envelope::sha256(payload);
+    seal_claiming(
+        id,
+        sender,
+        recipient,
+        signer,
+        to_key,
+        payload,
+        created_at_ms,
+        digest,
+    )
+}
+
+/// Like [`seal_at`], with the signed payload digest given (a sender that lies about it).
+#[allow(clippy::too_many_arguments)]
+pub fn seal_claiming(
+    id: TransferId,
+    sender: &str,
+    recipient: &str,
+    signer: &SigningKey,
+    to_key: &EncryptionPublicKey,
+    payload: &[u8],
+    created_at_ms: u64,
+    payload_digest: [u8; 32],
+) -> Vec<u8> {
     let params = SealParams {
         transfer_id: id,
         sender,
         recipient,
         created_at_ms,
         payload_len: payload.len() as u64,
-        payload_digest: gateway_envelope::sha256(payload),
+        payload_digest,
         suite: Suite::default(),
         chunk_size: DEFAULT_CHUNK_SIZE.min(4096),
     };
