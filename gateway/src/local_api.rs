@@ -644,14 +644,15 @@ async fn cancel_transfer(State(state): State<Shared>, Path(id): Path<String>) ->
     }
 }
 
-/// The view of an entry, with when its envelope was removed (a failed lookup shows none).
+/// When retention removed a transfer's envelope, if it did (a failed lookup shows none: the
+/// view is informational, and fetching reports the real state).
+fn removed_ms(state: &NodeState, kind: SpoolKind, id: &[u8; 16]) -> Option<u64> {
+    state.store.envelope_removed_ms(kind, id).ok().flatten()
+}
+
 fn transfer_view(state: &NodeState, e: &OutboxEntry) -> TransferView {
     let mut view = TransferView::from(e);
-    view.envelope_removed_ms = state
-        .store
-        .envelope_removed_ms(SpoolKind::Outbox, &e.transfer_id)
-        .ok()
-        .flatten();
+    view.envelope_removed_ms = removed_ms(state, SpoolKind::Outbox, &e.transfer_id);
     view
 }
 
@@ -685,11 +686,7 @@ impl From<&InboxEntry> for InboxView {
 
 fn inbox_view(state: &NodeState, e: &InboxEntry) -> InboxView {
     let mut view = InboxView::from(e);
-    view.envelope_removed_ms = state
-        .store
-        .envelope_removed_ms(SpoolKind::Inbox, &e.transfer_id)
-        .ok()
-        .flatten();
+    view.envelope_removed_ms = removed_ms(state, SpoolKind::Inbox, &e.transfer_id);
     view
 }
 

@@ -629,6 +629,19 @@ impl Node {
     }
 
     /// Audit entries of one event kind (e.g. "policy-decision").
+    /// Records the patient's explicit consent to records going to `facility` for treatment, as
+    /// the default policies require for sensitive categories; asserts it was stored.
+    pub async fn consent_for_treatment(&self, patient: &str, facility: &str) {
+        let (status, body) = self
+            .post_json(
+                "/v1/consents",
+                serde_json::json!({"patient": patient, "effect": "permit",
+                    "facilities": [facility], "purposes": ["treatment"], "recorded_by": "test"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
     pub async fn audit_events(&self, event: &str) -> Vec<Value> {
         self.audit()
             .await

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use pki_tools::FacilityKind;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use tests::{bundle_by_prefix, bundle_categories, patient_id, Fed, Node};
 
@@ -229,14 +229,7 @@ async fn a_deny_directive_covering_the_recipient_blocks_even_general_data() {
         refused.body
     );
     // A permit recorded later does not cancel the deny (deny wins).
-    let (status, body) = a
-        .post_json(
-            "/v1/consents",
-            json!({"patient": patient, "effect": "permit", "facilities": ["clinic-b"],
-                   "purposes": ["treatment"], "recorded_by": "test"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    a.consent_for_treatment(&patient, "clinic-b").await;
     assert_eq!(
         a.send_bundle("clinic-b", &bundle).await.status,
         StatusCode::FORBIDDEN

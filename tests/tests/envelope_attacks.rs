@@ -18,6 +18,27 @@ use common::{add_config_line, ca_pem, encryption_key, seal, seal_at, signing_key
 
 const PATH: &str = "/v1/envelopes";
 
+/// What hosp-a needs to seal its own envelopes to clinic-b and post them to clinic-b's peer
+/// port under hosp-a's genuine TLS identity.
+struct FromA {
+    ca: Vec<u8>,
+    ident: RawIdentity,
+    signer: SigningKey,
+    to_b: gateway_envelope::EncryptionPublicKey,
+}
+
+impl FromA {
+    fn new(fed: &Fed) -> FromA {
+        let a_dir = &fed.nodes["hosp-a"].dir;
+        FromA {
+            ca: ca_pem(fed),
+            ident: RawIdentity::from_node_dir(a_dir),
+            signer: signing_key(a_dir),
+            to_b: encryption_key(&fed.nodes["clinic-b"].dir),
+        }
+    }
+}
+
 /// Names of the files in a node's spool directory (`inbox` or `outbox`).
 fn spool_files(node_dir: &std::path::Path, kind: &str) -> Vec<String> {
     let dir = node_dir.join("data").join("spool").join(kind);
@@ -60,12 +81,13 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
         ("clinic-c", FacilityKind::Clinic),
     ]);
     let b = fed.start("clinic-b");
-    let a_dir = &fed.nodes["hosp-a"].dir;
     let b_dir = &fed.nodes["clinic-b"].dir;
-    let ca = ca_pem(&fed);
-    let ident = RawIdentity::from_node_dir(a_dir);
-    let signer = signing_key(a_dir);
-    let to_b = encryption_key(b_dir);
+    let FromA {
+        ca,
+        ident,
+        signer,
+        to_b,
+    } = FromA::new(&fed);
     let b_verifying = VerifyingKey(
         FacilityFile::load(&b_dir.join("facility.json"))
             .unwrap()
@@ -199,12 +221,13 @@ async fn a_signed_digest_the_payload_does_not_match_is_refused_at_any_size() {
         ("clinic-b", FacilityKind::Clinic),
     ]);
     let b = fed.start("clinic-b");
-    let a_dir = &fed.nodes["hosp-a"].dir;
     let b_dir = &fed.nodes["clinic-b"].dir;
-    let ca = ca_pem(&fed);
-    let ident = RawIdentity::from_node_dir(a_dir);
-    let signer = signing_key(a_dir);
-    let to_b = encryption_key(b_dir);
+    let FromA {
+        ca,
+        ident,
+        signer,
+        to_b,
+    } = FromA::new(&fed);
     for len in [20_000usize, 9 * 1024 * 1024 + 123] {
         let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let mut lie = gateway_envelope::sha256(&payload);

@@ -50,14 +50,7 @@ async fn settled_envelopes_are_removed_after_retention_and_needed_ones_kept() {
     let mut sent = Vec::new();
     for (_, bytes) in bundles().into_iter().take(2) {
         let patient = patient_id(&bytes).expect("bundle names its patient");
-        let (status, body) = a
-            .post_json(
-                "/v1/consents",
-                json!({"patient": patient, "effect": "permit", "facilities": ["clinic-b"],
-                       "purposes": ["treatment"], "recorded_by": "test"}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        a.consent_for_treatment(&patient, "clinic-b").await;
         let id = a.send_bundle("clinic-b", &bytes).await.transfer_id();
         sent.push((id, bytes));
     }

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use pki_tools::FacilityKind;
-use serde_json::json;
 
 use tests::{bundles, patient_id, patient_names, Fed};
 
@@ -21,14 +20,7 @@ async fn every_bundle_is_delivered_byte_identical_with_a_verified_receipt() {
         // Most Synthea bundles hold sensitive categories: record the patient's explicit consent
         // naming the recipient, as the default policies require (policy tests cover refusals).
         if let Some(patient) = patient_id(&bytes) {
-            let (status, body) = a
-                .post_json(
-                    "/v1/consents",
-                    json!({"patient": patient, "effect": "permit", "facilities": ["clinic-b"],
-                           "purposes": ["treatment"], "recorded_by": "test"}),
-                )
-                .await;
-            assert_eq!(status, http::StatusCode::CREATED, "{body}");
+            a.consent_for_treatment(&patient, "clinic-b").await;
         }
         let submitted = a.send_bundle("clinic-b", &bytes).await;
         sent.push((name, bytes, submitted.transfer_id()));
