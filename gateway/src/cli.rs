@@ -323,6 +323,23 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     serde_urlencoded::to_string(present).unwrap_or_default()
 }
 
+/// The NOTE column of `gateway transfers`: the receipt, or the last error; and whether
+/// retention removed the sealed envelope.
+fn transfer_note(r: &Value) -> String {
+    let mut note = if r["receipt_held"].as_bool() == Some(true) {
+        "receipt verified".to_owned()
+    } else {
+        r["last_error"].as_str().unwrap_or("").to_owned()
+    };
+    if r["envelope_removed_ms"].is_u64() {
+        if !note.is_empty() {
+            note.push_str("; ");
+        }
+        note.push_str("envelope removed by retention");
+    }
+    note
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -375,11 +392,7 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                         r["state"].as_str().unwrap_or(""),
                         r["payload_bytes"],
                         r["attempts"],
-                        if r["receipt_held"].as_bool() == Some(true) {
-                            "receipt verified".to_owned()
-                        } else {
-                            r["last_error"].as_str().unwrap_or("").to_owned()
-                        }
+                        transfer_note(&r)
                     );
                 }
             }
@@ -585,8 +598,13 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
                     "TRANSFER", "FROM", "BYTES"
                 );
                 for r in body.as_array().cloned().unwrap_or_default() {
+                    let removed = if r["envelope_removed_ms"].is_u64() {
+                        " (envelope removed by retention)"
+                    } else {
+                        ""
+                    };
                     println!(
-                        "{:<32}  {:<14} {:>10}  {}",
+                        "{:<32}  {:<14} {:>10}  {}{removed}",
                         r["transfer_id"].as_str().unwrap_or(""),
                         r["from"].as_str().unwrap_or(""),
                         r["payload_bytes"],

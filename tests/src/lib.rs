@@ -628,7 +628,6 @@ impl Node {
         gateway_cli(&all)
     }
 
-    /// Audit entries of one event kind (e.g. "policy-decision").
     /// Records the patient's explicit consent to records going to `facility` for treatment, as
     /// the default policies require for sensitive categories; asserts it was stored.
     pub async fn consent_for_treatment(&self, patient: &str, facility: &str) {
@@ -642,6 +641,7 @@ impl Node {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
+    /// Audit entries of one event kind (e.g. "policy-decision").
     pub async fn audit_events(&self, event: &str) -> Vec<Value> {
         self.audit()
             .await

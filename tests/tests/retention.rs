@@ -94,6 +94,24 @@ async fn settled_envelopes_are_removed_after_retention_and_needed_ones_kept() {
         );
     }
 
+    // What an operator sees: the CLI names the removal on both sides.
+    let config = b.dir.config_path.display().to_string();
+    let (code, out, err) = tests::gateway_cli(&["inbox", "--config", &config, "list"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(acked.as_str()))
+        .unwrap_or("");
+    assert!(line.contains("envelope removed by retention"), "{out}");
+    let (code, out, err) = a.cli(&["transfers"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.matches("receipt verified; envelope removed by retention")
+            .count(),
+        2,
+        "{out}"
+    );
+
     // The unacknowledged one survives further sweeps and still opens byte-identical.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(spool_file(&b, "inbox", unacked).exists());
