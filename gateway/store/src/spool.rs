@@ -253,8 +253,11 @@ impl Write for SpoolWriter {
 
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.stop();
+        // An abandoned file's flusher is not waited for (a writer may be dropped on an async
+        // worker): it ends after the sync in progress, and its handle on the unlinked file
+        // closes with it.
+        if let Some(mut flusher) = self.flusher.take() {
+            drop(flusher.more.take());
         }
         if self.file.take().is_some() || !self.partial.as_os_str().is_empty() {
             // Unfinished (or failed): the partial bytes are useless. Best effort; a leftover
