@@ -71,15 +71,15 @@ pub async fn sweep(state: &Arc<NodeState>) -> Result<Sweep, SweepError> {
     loop {
         let store = state.store.clone();
         let reason = reason.clone();
-        let (removed, _) =
+        let expired =
             blocking(move || store.expire_envelopes(cutoff, BATCH, |e| removal_record(e, &reason)))
                 .await?;
-        total.removed += removed;
+        total.removed += expired.removed.len();
         // The removals must be durable before any file goes.
         state.store.commit().await?;
         let store = state.store.clone();
         total.files_deleted += blocking(move || store.unlink_removed_envelopes()).await?;
-        if removed < BATCH {
+        if expired.taken < BATCH {
             return Ok(total);
         }
     }

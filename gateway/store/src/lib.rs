@@ -67,7 +67,7 @@ use crate::commit::{sync_dir, Committer, SledFiles};
 
 pub use crate::audit::{AuditChainError, ChainProblem};
 pub use crate::error::StoreError;
-pub use crate::retention::RemovedEnvelope;
+pub use crate::retention::{Expired, RemovedEnvelope};
 pub use crate::spool::SpoolWriter;
 pub use crate::types::{
     transfer_id_hex, AuditEntry, AuditFilter, AuditRecord, CommitStats, InboxEntry, InboxInsert,

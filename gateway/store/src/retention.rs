@@ -41,8 +41,6 @@ pub struct RemovedEnvelope {
     pub peer: String,
     /// The patient reference of an outbox entry (an inbox entry keeps it sealed).
     pub patient_ref: Option<String>,
-    /// When the transfer was settled (outbox) or acknowledged (inbox).
-    pub settled_ms: u64,
 }
 
 impl std::fmt::Debug for RemovedEnvelope {
@@ -51,7 +49,6 @@ impl std::fmt::Debug for RemovedEnvelope {
             .field("kind", &self.kind)
             .field("transfer_id", &hex::encode(self.transfer_id))
             .field("peer", &self.peer)
-            .field("settled_ms", &self.settled_ms)
             .finish_non_exhaustive()
     }
 }
@@ -112,18 +109,28 @@ fn parse_envelope_key(key: &[u8]) -> Result<(SpoolKind, TransferId), StoreError>
     Ok((kind, id))
 }
 
+/// What one [`Store::expire_envelopes`] call did.
+#[derive(Debug)]
+pub struct Expired {
+    /// Index keys taken (at most the limit): fewer than the limit means none is left that was
+    /// settled before the cut-off.
+    pub taken: usize,
+    /// The audit entries of the envelopes removed, one each.
+    pub removed: Vec<AuditEntry>,
+}
+
 impl Store {
     /// Removes, in sled, up to `limit` envelopes settled at or before `cutoff_ms`, appending
-    /// `audit(envelope)` for each in the same transaction. Returns how many were removed; their
-    /// files are deleted by [`Store::unlink_removed_envelopes`], which the caller runs after
-    /// the next [`Store::commit`]. An outbox entry that is pending again is skipped (its
-    /// envelope is needed) and indexed anew when it settles.
+    /// `audit(envelope)` for each in the same transaction. Their files are deleted by
+    /// [`Store::unlink_removed_envelopes`], which the caller runs after the next
+    /// [`Store::commit`]. An outbox entry that is pending again is skipped (its envelope is
+    /// needed) and indexed anew when it settles.
     pub fn expire_envelopes(
         &self,
         cutoff_ms: u64,
         limit: usize,
         audit: impl Fn(&RemovedEnvelope) -> AuditRecord,
-    ) -> Result<(usize, Vec<AuditEntry>), StoreError> {
+    ) -> Result<Expired, StoreError> {
         let t = self.trees();
         let mut keys = Vec::new();
         for item in t.spool_retained.iter().take(limit) {
@@ -135,10 +142,13 @@ impl Store {
             keys.push(key);
         }
         if keys.is_empty() {
-            return Ok((0, Vec::new()));
+            return Ok(Expired {
+                taken: 0,
+                removed: Vec::new(),
+            });
         }
         let removed_at = now_ms().to_be_bytes();
-        self.write_audited(
+        let ((), removed) = self.write_audited(
             "expire envelopes",
             [
                 &t.spool_retained,
@@ -153,9 +163,9 @@ impl Store {
                     if retained.remove(key)?.is_none() {
                         continue; // removed by a concurrent sweep
                     }
-                    let (settled_ms, kind, id) =
+                    let (_, kind, id) =
                         parse_retained(key).map_err(ConflictableTransactionError::Abort)?;
-                    let Some(envelope) = describe(kind, id, settled_ms, outbox, inbox)? else {
+                    let Some(envelope) = describe(kind, id, outbox, inbox)? else {
                         continue;
                     };
                     let ek = envelope_key(kind, &id);
@@ -163,9 +173,13 @@ impl Store {
                     unlink.insert(&ek[..], &[][..])?;
                     records.push(audit(&envelope));
                 }
-                Ok((records.len(), records))
+                Ok(((), records))
             },
-        )
+        )?;
+        Ok(Expired {
+            taken: keys.len(),
+            removed,
+        })
     }
 
     /// Deletes the files of envelopes removed by [`Store::expire_envelopes`] (and left over by
@@ -183,7 +197,7 @@ impl Store {
         if done.is_empty() {
             return Ok(0);
         }
-        spool::sync_dirs(&self.inner.spool_dir)?;
+        self.inner.spool_dirs.sync_all()?;
         let mut batch = sled::Batch::default();
         for key in &done {
             batch.remove(key);
@@ -215,7 +229,8 @@ impl Store {
     }
 
     /// How many settled envelopes wait for their retention to run out.
-    pub fn retained_envelopes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn retained_envelopes(&self) -> usize {
         self.trees().spool_retained.len()
     }
 
@@ -275,7 +290,6 @@ impl Store {
 fn describe(
     kind: SpoolKind,
     id: TransferId,
-    settled_ms: u64,
     outbox: &TransactionalTree,
     inbox: &TransactionalTree,
 ) -> Result<Option<RemovedEnvelope>, ConflictableTransactionError<StoreError>> {
@@ -294,7 +308,6 @@ fn describe(
                 transfer_id: id,
                 peer: entry.recipient,
                 patient_ref: Some(entry.summary.patient_ref),
-                settled_ms,
             }
         }
         SpoolKind::Inbox => {
@@ -307,7 +320,6 @@ fn describe(
                 transfer_id: id,
                 peer: entry.sender,
                 patient_ref: None,
-                settled_ms,
             }
         }
     };

@@ -64,13 +64,13 @@ impl SpoolDirs {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        for dir in &self.dirs {
-            if let Err(e) = sync_dir(dir) {
-                self.dirty.store(true, Ordering::Release);
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.sync_all()
+            .inspect_err(|_| self.dirty.store(true, Ordering::Release))
+    }
+
+    /// fsyncs both directories now: every rename or removal before the call is durable.
+    pub(crate) fn sync_all(&self) -> Result<(), StoreError> {
+        self.dirs.iter().try_for_each(|dir| sync_dir(dir))
     }
 }
 
@@ -292,32 +292,25 @@ pub(crate) fn path(spool_dir: &Path, id: &TransferId, kind: SpoolKind) -> PathBu
 
 /// Removes a spool file, durably; absent is fine (removal is idempotent).
 pub(crate) fn remove(spool_dir: &Path, id: &TransferId, kind: SpoolKind) -> Result<(), StoreError> {
-    let p = path(spool_dir, id, kind);
-    match std::fs::remove_file(&p) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StoreError::io("remove spool file", &p, e)),
-    }
-    sync_dir(&spool_dir.join(kind.dir_name()))
-}
-
-/// Removes a spool file without syncing its directory (a sweep syncs once, with
-/// [`sync_dirs`]); absent is fine.
-pub(crate) fn unlink(spool_dir: &Path, id: &TransferId, kind: SpoolKind) -> Result<(), StoreError> {
-    let p = path(spool_dir, id, kind);
-    match std::fs::remove_file(&p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::io("remove spool file", &p, e)),
-    }
-}
-
-/// Makes removals in both spool directories durable.
-pub(crate) fn sync_dirs(spool_dir: &Path) -> Result<(), StoreError> {
-    for kind in [SpoolKind::Outbox, SpoolKind::Inbox] {
+    if unlink(spool_dir, id, kind)? {
         sync_dir(&spool_dir.join(kind.dir_name()))?;
     }
     Ok(())
+}
+
+/// Removes a spool file without syncing its directory (a sweep syncs once, with
+/// [`SpoolDirs::sync_all`]). Returns whether there was a file.
+pub(crate) fn unlink(
+    spool_dir: &Path,
+    id: &TransferId,
+    kind: SpoolKind,
+) -> Result<bool, StoreError> {
+    let p = path(spool_dir, id, kind);
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::io("remove spool file", &p, e)),
+    }
 }
 
 /// Creates the spool directories and deletes files left unfinished by a crash.

@@ -19,7 +19,7 @@ fn record(e: &RemovedEnvelope) -> AuditRecord {
         purpose: None,
         clinician: None,
         outcome: "removed".into(),
-        reason: Some(format!("{:?} settled at {}", e.kind, e.settled_ms)),
+        reason: Some(format!("{:?} envelope removed", e.kind)),
         policy_ids: Vec::new(),
         break_glass: false,
     }
@@ -60,8 +60,10 @@ fn settled_envelopes_are_removed_once_their_retention_runs_out() {
     assert_eq!(store.retained_envelopes(), 4);
 
     // The acknowledgement at 5 000 ms is the oldest settlement; outbox ones are "now".
-    let (removed, audit) = store.expire_envelopes(5_000, 100, record).expect("expire");
-    assert_eq!(removed, 1);
+    let audit = store
+        .expire_envelopes(5_000, 100, record)
+        .expect("expire")
+        .removed;
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].record.transfer_id, Some(tid(10)));
     assert_eq!(audit[0].record.peer.as_deref(), Some("facility-a"));
@@ -74,10 +76,11 @@ fn settled_envelopes_are_removed_once_their_retention_runs_out() {
         .expect("removed")
         .is_some());
 
-    let (removed, audit) = store
+    let audit = store
         .expire_envelopes(u64::MAX, 100, record)
-        .expect("expire");
-    assert_eq!(removed, 3);
+        .expect("expire")
+        .removed;
+    assert_eq!(audit.len(), 3);
     let mut ids: Vec<_> = audit.iter().filter_map(|e| e.record.transfer_id).collect();
     ids.sort();
     assert_eq!(ids, vec![tid(1), tid(2), tid(3)]);
@@ -109,7 +112,8 @@ fn settled_envelopes_are_removed_once_their_retention_runs_out() {
         store
             .expire_envelopes(u64::MAX, 100, record)
             .expect("again")
-            .0,
+            .removed
+            .len(),
         0
     );
     assert_eq!(store.unlink_removed_envelopes().expect("unlink"), 0);
@@ -119,11 +123,11 @@ fn settled_envelopes_are_removed_once_their_retention_runs_out() {
 #[test]
 fn sweeps_are_bounded_by_the_limit() {
     let (_dir, store) = populated();
-    let (removed, _) = store.expire_envelopes(u64::MAX, 2, record).expect("expire");
-    assert_eq!(removed, 2);
+    let first = store.expire_envelopes(u64::MAX, 2, record).expect("expire");
+    assert_eq!((first.taken, first.removed.len()), (2, 2));
     assert_eq!(store.retained_envelopes(), 2);
-    let (removed, _) = store.expire_envelopes(u64::MAX, 2, record).expect("expire");
-    assert_eq!(removed, 2);
+    let second = store.expire_envelopes(u64::MAX, 2, record).expect("expire");
+    assert_eq!((second.taken, second.removed.len()), (2, 2));
     assert_eq!(store.retained_envelopes(), 0);
 }
 
@@ -131,10 +135,13 @@ fn sweeps_are_bounded_by_the_limit() {
 fn an_entry_pending_again_keeps_its_envelope() {
     let (_dir, store) = populated();
     settle(&store, 2, TransferState::Queued);
-    let (removed, audit) = store
+    let expired = store
         .expire_envelopes(u64::MAX, 100, record)
         .expect("expire");
-    assert_eq!(removed, 3, "1, 3 and inbox 10");
+    // Four keys were due; the re-pending one is taken off the index but not removed.
+    assert_eq!(expired.taken, 4);
+    let audit = expired.removed;
+    assert_eq!(audit.len(), 3, "1, 3 and inbox 10");
     assert!(audit.iter().all(|e| e.record.transfer_id != Some(tid(2))));
     store.unlink_removed_envelopes().expect("unlink");
     assert!(exists(&store, 2, SpoolKind::Outbox));
@@ -144,7 +151,8 @@ fn an_entry_pending_again_keeps_its_envelope() {
         store
             .expire_envelopes(u64::MAX, 100, record)
             .expect("expire")
-            .0,
+            .removed
+            .len(),
         1
     );
     store.unlink_removed_envelopes().expect("unlink");
