@@ -90,14 +90,7 @@ pub async fn run_scheduler(state: Arc<NodeState>) {
                 state.clear_inflight(&id);
                 break;
             };
-            let state = state.clone();
-            let span = tracing::info_span!("delivery", transfer = %id, peer = %entry.recipient);
-            tokio::spawn(async move {
-                deliver(&state, entry).instrument(span).await;
-                state.clear_inflight(&id);
-                drop(permit);
-                state.wake.notify_one();
-            });
+            spawn_worker(&state, entry, Start::Queued, permit);
         }
         tokio::select! {
             _ = state.wake.notified() => {}
@@ -174,21 +167,45 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
 
 /// Delivers a transfer submitted a moment ago and claimed in the same write that queued it
 /// (attempt 1 and its `sent` entry are durable already), on a worker permit the submission
-/// took. `envelope` is the sealed envelope, still in memory, when it is small. Marks the
-/// transfer in flight for the scheduler and releases both when done.
+/// took. `envelope` is the sealed envelope, still in memory, when it is small. The caller has
+/// marked the transfer in flight.
 pub fn spawn_claimed(
     state: &Arc<NodeState>,
     entry: OutboxEntry,
     envelope: Option<Bytes>,
     permit: OwnedSemaphorePermit,
 ) {
+    spawn_worker(state, entry, Start::Claimed { envelope }, permit);
+}
+
+/// How a delivery task starts.
+enum Start {
+    /// From the queue: claim it first.
+    Queued,
+    /// Claimed by its submission.
+    Claimed { envelope: Option<Bytes> },
+}
+
+/// Runs one delivery on a worker permit. When it ends, the transfer leaves the in-flight set,
+/// the permit is returned and the scheduler is woken.
+fn spawn_worker(
+    state: &Arc<NodeState>,
+    entry: OutboxEntry,
+    start: Start,
+    permit: OwnedSemaphorePermit,
+) {
     let state = state.clone();
     let id = TransferId(entry.transfer_id);
     let span = tracing::info_span!("delivery", transfer = %id, peer = %entry.recipient);
     tokio::spawn(async move {
-        deliver_claimed(&state, entry, envelope)
-            .instrument(span)
-            .await;
+        match start {
+            Start::Queued => deliver(&state, entry).instrument(span).await,
+            Start::Claimed { envelope } => {
+                deliver_claimed(&state, entry, envelope)
+                    .instrument(span)
+                    .await
+            }
+        }
         state.clear_inflight(&id);
         drop(permit);
         state.wake.notify_one();

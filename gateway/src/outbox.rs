@@ -31,7 +31,7 @@ use crate::trust::Peer;
 pub const MAX_FHIR_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Bytes a frame adds to its chunk: length prefix and AEAD tag.
-const FRAME_OVERHEAD: usize = 4 + 16;
+const FRAME_OVERHEAD: usize = 4 + gateway_envelope::TAG_LEN;
 
 /// A record as the local system submits it.
 pub struct SubmitRequest {
