@@ -451,6 +451,17 @@ impl Node {
 
     /// Fetches and decrypts a received record.
     pub async fn fetch(&self, id: &str) -> Vec<u8> {
+        self.fetch_body(id)
+            .await
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    /// The decrypted payload of a received record as a stream (asserts 200).
+    pub async fn fetch_body(&self, id: &str) -> Body {
         let resp = self
             .api()
             .call(
@@ -463,11 +474,6 @@ impl Node {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec()
     }
 
     pub async fn audit(&self) -> Vec<Value> {

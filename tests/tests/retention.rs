@@ -35,6 +35,16 @@ async fn wait_removed(node: &Node, what: &str, view: impl AsyncFn() -> Value) ->
     }
 }
 
+/// Polls (≤ 10 s) until `path` is gone: the API reports a removal once it is committed, and the
+/// file is unlinked just after.
+async fn wait_gone(path: PathBuf) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while path.exists() {
+        assert!(Instant::now() < deadline, "{} still exists", path.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settled_envelopes_are_removed_after_retention_and_needed_ones_kept() {
     let fed = Fed::with_extra(
@@ -63,7 +73,7 @@ async fn settled_envelopes_are_removed_after_retention_and_needed_ones_kept() {
         let view = wait_removed(&a, "outbox", || a.transfer(id)).await;
         assert_eq!(view["state"], "delivered");
         assert_eq!(view["receipt_held"], true);
-        assert!(!spool_file(&a, "outbox", id).exists());
+        wait_gone(spool_file(&a, "outbox", id)).await;
     }
 
     // Receiver: nothing goes before the EMR acknowledges it.
@@ -84,7 +94,7 @@ async fn settled_envelopes_are_removed_after_retention_and_needed_ones_kept() {
         }
     };
     wait_removed(&b, "inbox", inbox_entry(acked.clone())).await;
-    assert!(!spool_file(&b, "inbox", acked).exists());
+    wait_gone(spool_file(&b, "inbox", acked)).await;
     for path in ["", "/payload"] {
         let (status, body) = b.get(&format!("/v1/inbox/{acked}{path}")).await;
         assert_eq!(status, StatusCode::GONE, "{path}: {body}");

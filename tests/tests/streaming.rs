@@ -266,18 +266,7 @@ fn digest_of(mut gen: Generated) -> ring::digest::Digest {
 /// Fetches a received record and hashes it as it streams (never held in test memory):
 /// its length and SHA-256.
 async fn fetch_streamed(node: &tests::Node, id: &str) -> (u64, ring::digest::Digest) {
-    let resp = node
-        .api()
-        .call(
-            Method::GET,
-            &format!("/v1/inbox/{id}/payload"),
-            Body::empty(),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let mut body = node.fetch_body(id).await;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut received: u64 = 0;
     while let Some(frame) = body.frame().await {
