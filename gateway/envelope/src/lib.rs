@@ -2,7 +2,9 @@
 //!
 //! The sender signs a header with Ed25519 (ring) and encrypts metadata and payload to the
 //! recipient's X25519 key with HPKE (RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256),
-//! HKDF-SHA256, AES-256-GCM or ChaCha20-Poly1305; the `hpke` crate). The payload is sealed in
+//! HKDF-SHA256; the `hpke` crate). The frames use one of three [`Suite`]s: HPKE's own AES-256-GCM
+//! or ChaCha20-Poly1305 context, or (the default) ring's AES-256-GCM keyed through an
+//! export-only HPKE context, which is the fast one. The payload is sealed in
 //! chunks so a large file streams through sender and receiver in bounded memory. Outside the
 //! encryption only ids, times and sizes are visible.
 //!
@@ -16,8 +18,9 @@
 //! envelope      := MAGIC "HFE1" | u32-be header_len | signed_header | frame*
 //! signed_header := postcard SignedHeader { header_bytes: Vec<u8>, signature: [u8; 64] }
 //! header_bytes  := postcard Header {
-//!                    version: u16 (= 1), suite: u16 (RFC 9180 aead_id: 2 AES-256-GCM,
-//!                    3 ChaCha20-Poly1305), transfer_id: [u8; 16], sender: String,
+//!                    version: u16 (= 1), suite: u16 (2 HPKE AES-256-GCM, 3 HPKE
+//!                    ChaCha20-Poly1305, 0xFF02 exported AES-256-GCM), transfer_id: [u8; 16],
+//!                    sender: String,
 //!                    recipient: String, created_at_ms: u64, metadata_len: u32,
 //!                    payload_len: u64, payload_digest: [u8; 32], chunk_size: u32,
 //!                    hpke_enc: [u8; 32] }
@@ -36,6 +39,11 @@
 //!   to the exact header and its position, and marks the final frame so truncation is
 //!   detected. HPKE's sequence numbers give the nonces, so frames are sealed and opened in
 //!   order. The metadata frame has is_last = 0.
+//! * Suites 2 and 3: the frames are HPKE messages of the base-mode context for that aead_id.
+//!   Suite 0xFF02: the context is export-only (aead_id 0xFFFF); `key = Export("healthfed/
+//!   envelope/1 aes-256-gcm key", 32)`, `base_nonce = Export("healthfed/envelope/1 aes-256-gcm
+//!   base nonce", 12)`, and frame i (metadata = 0) is AES-256-GCM under `key` with nonce
+//!   `base_nonce XOR I2OSP(i, 12)`, HPKE's ComputeNonce. Receivers open all three suites.
 //! * Payload chunking: every payload frame but the last carries exactly `chunk_size` plaintext
 //!   bytes; the last carries 0..=`chunk_size`. When the payload is a multiple of `chunk_size`
 //!   the sender may mark the final full chunk last, or follow it with an empty last frame; the

@@ -34,7 +34,8 @@ pub(crate) const INFO_PREFIX: &[u8] = b"healthfed/envelope/1\0";
 #[derive(Serialize, Deserialize)]
 pub(crate) struct HeaderWire {
     pub version: u16,
-    /// RFC 9180 aead_id: 2 = AES-256-GCM, 3 = ChaCha20-Poly1305.
+    /// [`Suite::wire_id`]: 2 and 3 = HPKE AES-256-GCM and ChaCha20-Poly1305 (their RFC 9180
+    /// aead_ids), 0xFF02 = ring AES-256-GCM keyed by an export-only HPKE context.
     pub suite: u16,
     pub transfer_id: [u8; 16],
     pub sender: String,
@@ -79,7 +80,7 @@ impl Header {
         if wire.version != VERSION {
             return Err(EnvelopeError::UnsupportedVersion(wire.version));
         }
-        let suite = Suite::from_aead_id(wire.suite)?;
+        let suite = Suite::from_wire_id(wire.suite)?;
         if !valid_name(&wire.sender) {
             return Err(EnvelopeError::Malformed("sender name"));
         }
@@ -104,7 +105,7 @@ impl Header {
     pub(crate) fn to_wire(&self) -> HeaderWire {
         HeaderWire {
             version: VERSION,
-            suite: self.suite.aead_id(),
+            suite: self.suite.wire_id(),
             transfer_id: self.transfer_id.0,
             sender: self.sender.clone(),
             recipient: self.recipient.clone(),

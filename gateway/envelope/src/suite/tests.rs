@@ -166,7 +166,7 @@ fn rfc9180_base_mode_vectors() {
 fn rfc9180_vectors_through_suite_dispatch() {
     let vectors = base_mode_vectors();
     for (suite, aead_id) in [(Suite::Aes256Gcm, 2), (Suite::ChaCha20Poly1305, 3)] {
-        assert_eq!(suite.aead_id(), aead_id);
+        assert_eq!(suite.wire_id(), aead_id);
         let v = vectors.iter().find(|v| v["aead_id"] == aead_id).unwrap();
         check_vector_dispatch(suite, v);
     }
@@ -228,13 +228,143 @@ fn ikm_rng_reports_overdraw() {
 }
 
 #[test]
-fn unsupported_aead_ids_are_refused() {
-    for id in [0u16, 1, 4, 65535] {
+fn unknown_wire_ids_are_refused() {
+    // 1 (AES-128-GCM) and 0xFFFF (export-only) are valid RFC 9180 aead_ids, but not suites.
+    for id in [0u16, 1, 4, 0xFF01, 0xFF03, 0xFFFF] {
         assert_eq!(
-            Suite::from_aead_id(id),
+            Suite::from_wire_id(id),
             Err(EnvelopeError::UnsupportedSuite)
         );
     }
-    assert_eq!(Suite::from_aead_id(2), Ok(Suite::Aes256Gcm));
-    assert_eq!(Suite::from_aead_id(3), Ok(Suite::ChaCha20Poly1305));
+    for (suite, id, name) in [
+        (Suite::Aes256Gcm, 2, "hpke-aes-256-gcm"),
+        (Suite::ChaCha20Poly1305, 3, "hpke-chacha20-poly1305"),
+        (Suite::ExportedAes256Gcm, 0xFF02, "exported-aes-256-gcm"),
+    ] {
+        assert_eq!(suite.wire_id(), id);
+        assert_eq!(Suite::from_wire_id(id), Ok(suite));
+        assert_eq!(suite.name(), name);
+        assert_eq!(Suite::from_name(name), Some(suite));
+    }
+    assert_eq!(Suite::from_name("aes"), None);
+    assert_eq!(Suite::default(), Suite::ExportedAes256Gcm);
+}
+
+/// The frame cipher given the key schedule's key and base nonce from the RFC 9180 AES-256-GCM
+/// vector is HPKE's AES-256-GCM context: it reproduces all 257 published ciphertexts in
+/// sequence, and opens them. This checks ring's AES-256-GCM and our ComputeNonce.
+#[test]
+fn frame_cipher_reproduces_the_rfc9180_aes_256_gcm_vector() {
+    let vectors = base_mode_vectors();
+    let v = vectors.iter().find(|v| v["aead_id"] == 2).unwrap();
+    let key = array32(&unhex(v, "key"));
+    let base_nonce: [u8; 12] = unhex(v, "base_nonce").try_into().unwrap();
+    let mut sealer = FrameCipher::new(&key, base_nonce).unwrap();
+    let mut opener = FrameCipher::new(&key, base_nonce).unwrap();
+    let encryptions = v["encryptions"].as_array().unwrap();
+    assert_eq!(
+        encryptions.len(),
+        257,
+        "sequence numbers 0..=256 cross a byte"
+    );
+    let mut opened = b"stale".to_vec();
+    for e in encryptions {
+        let (pt, aad, ct) = (unhex(e, "pt"), unhex(e, "aad"), unhex(e, "ct"));
+        let mut framed = b"len:".to_vec();
+        sealer.seal_into(&pt, &aad, &mut framed).unwrap();
+        assert_eq!(
+            &framed[..4],
+            b"len:",
+            "seal_into appends after what is there"
+        );
+        assert_eq!(&framed[4..], &ct[..]);
+        // A wrong AAD or a flipped bit fails and does not advance the sequence number.
+        let mut wrong_aad = aad.clone();
+        wrong_aad.push(0);
+        assert_eq!(
+            opener.open_into(&ct, &wrong_aad, &mut opened),
+            Err(EnvelopeError::Decrypt)
+        );
+        assert!(opened.is_empty(), "a failed open leaves no plaintext");
+        let mut flipped = ct.clone();
+        flipped[0] ^= 1;
+        assert_eq!(
+            opener.open_into(&flipped, &aad, &mut opened),
+            Err(EnvelopeError::Decrypt)
+        );
+        opener.open_into(&ct, &aad, &mut opened).unwrap();
+        assert_eq!(opened, pt);
+    }
+    let mut short = Vec::new();
+    assert_eq!(
+        opener.open_into(&[0u8; 15], b"", &mut short),
+        Err(EnvelopeError::Decrypt),
+        "shorter than a tag"
+    );
+}
+
+/// The exported suite through the production dispatch, from the RFC 9180 export-only vector:
+/// the sender reproduces `enc` from `ikmE`, both sides key the same cipher, and that cipher is
+/// the one built from hpke's exporter outputs for our two contexts (whose exporter the base
+/// mode test checks against the published exported values).
+#[test]
+fn exported_suite_keys_from_the_rfc9180_export_only_context() {
+    let vectors = base_mode_vectors();
+    let v = vectors.iter().find(|v| v["aead_id"] == 65535).unwrap();
+    let info = unhex(v, "info");
+    let sk = EncryptionSecretKey::from_bytes(array32(&unhex(v, "skRm")));
+    let pk = EncryptionPublicKey(array32(&unhex(v, "pkRm")));
+    let enc = array32(&unhex(v, "enc"));
+    let ikm_e = Zeroizing::new(array32(&unhex(v, "ikmE")));
+
+    let (sent_enc, mut sender) =
+        setup_sender(Suite::ExportedAes256Gcm, &pk.hpke().unwrap(), &info, &ikm_e).unwrap();
+    assert_eq!(sent_enc, enc, "enc reproduced from ikmE");
+    let mut receiver = setup_receiver(Suite::ExportedAes256Gcm, sk.hpke(), &enc, &info).unwrap();
+
+    let exporter = setup_receiver_generic::<ExportOnlyAead>(sk.hpke(), &enc, &info).unwrap();
+    let mut key = [0u8; 32];
+    exporter.export(exported::KEY_CONTEXT, &mut key).unwrap();
+    let mut base_nonce = [0u8; 12];
+    exporter
+        .export(exported::NONCE_CONTEXT, &mut base_nonce)
+        .unwrap();
+    assert_ne!(
+        key[..12],
+        base_nonce[..],
+        "distinct contexts give distinct outputs"
+    );
+    let mut reference = FrameCipher::new(&key, base_nonce).unwrap();
+
+    for seq in 0..300u32 {
+        let pt = seq.to_be_bytes().repeat(usize::try_from(seq % 7).unwrap());
+        let aad = seq.to_le_bytes();
+        let ct = sender.seal(&pt, &aad).unwrap();
+        let mut expected = Vec::new();
+        reference.seal_into(&pt, &aad, &mut expected).unwrap();
+        assert_eq!(ct, expected, "message {seq}");
+        assert_eq!(receiver.open(&ct, &aad).unwrap(), pt);
+    }
+
+    // The same `enc` under HPKE's own AES-256-GCM is a different key: nothing opens across.
+    let mut hpke_aes = setup_receiver(Suite::Aes256Gcm, sk.hpke(), &enc, &info).unwrap();
+    let (_, mut fresh) =
+        setup_sender(Suite::ExportedAes256Gcm, &pk.hpke().unwrap(), &info, &ikm_e).unwrap();
+    let ct = fresh.seal(b"frame", b"aad").unwrap();
+    assert_eq!(hpke_aes.open(&ct, b"aad"), Err(EnvelopeError::Decrypt));
+}
+
+#[test]
+fn frame_cipher_refuses_a_frame_out_of_order() {
+    let vectors = base_mode_vectors();
+    let v = vectors.iter().find(|v| v["aead_id"] == 2).unwrap();
+    let key = array32(&unhex(v, "key"));
+    let base_nonce: [u8; 12] = unhex(v, "base_nonce").try_into().unwrap();
+    let mut opener = FrameCipher::new(&key, base_nonce).unwrap();
+    let second = &v["encryptions"][1];
+    // Message 1 cannot be opened as message 0: the nonce is bound to the position.
+    assert_eq!(
+        opener.open_into(&unhex(second, "ct"), &unhex(second, "aad"), &mut Vec::new()),
+        Err(EnvelopeError::Decrypt)
+    );
 }
