@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use gateway_envelope::Suite;
 use pki_tools::FacilityId;
 
 pub const CONFIG_VERSION: u32 = 1;
@@ -106,6 +107,8 @@ pub struct DeliveryConfig {
     pub max_backoff_ms: u64,
     pub max_age_secs: u64,
     pub connect_timeout_ms: u64,
+    /// How outgoing envelopes are encrypted; receivers open every suite.
+    pub envelope_suite: Suite,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +233,8 @@ struct RawDelivery {
     max_age_secs: u64,
     #[serde(default = "defaults::connect_timeout_ms")]
     connect_timeout_ms: u64,
+    #[serde(default = "defaults::envelope_suite")]
+    envelope_suite: String,
 }
 
 impl Default for RawDelivery {
@@ -241,6 +246,7 @@ impl Default for RawDelivery {
             max_backoff_ms: defaults::max_backoff_ms(),
             max_age_secs: defaults::max_age_secs(),
             connect_timeout_ms: defaults::connect_timeout_ms(),
+            envelope_suite: defaults::envelope_suite(),
         }
     }
 }
@@ -309,6 +315,9 @@ mod defaults {
     }
     pub fn connect_timeout_ms() -> u64 {
         5_000
+    }
+    pub fn envelope_suite() -> String {
+        super::Suite::default().name().to_owned()
     }
     /// A week: long enough to investigate a disputed transfer with the sealed bytes at hand.
     pub fn envelope_hours() -> u64 {
@@ -408,6 +417,14 @@ impl NodeConfig {
                 "node.store_cache_mib: must be between {MIN_STORE_CACHE_MIB} and {MAX_STORE_CACHE_MIB}"
             ));
         }
+        let envelope_suite = Suite::from_name(&raw.delivery.envelope_suite);
+        if envelope_suite.is_none() {
+            let names: Vec<&str> = Suite::ALL.iter().map(|s| s.name()).collect();
+            problems.push(format!(
+                "delivery.envelope_suite: must be one of {}",
+                names.join(", ")
+            ));
+        }
         if raw.delivery.max_attempts == 0 {
             problems.push("delivery.max_attempts: must be at least 1".to_owned());
         }
@@ -476,6 +493,7 @@ impl NodeConfig {
                 max_backoff_ms: raw.delivery.max_backoff_ms,
                 max_age_secs: raw.delivery.max_age_secs,
                 connect_timeout_ms: raw.delivery.connect_timeout_ms,
+                envelope_suite: envelope_suite.unwrap_or_default(),
             },
             policy: PolicyConfig {
                 dir: raw.policy.dir.as_deref().map(resolve),
@@ -628,6 +646,20 @@ mod tests {
             let err = NodeConfig::parse(&with(bad), Path::new("node.toml")).unwrap_err();
             assert!(err.to_string().contains(key), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn envelope_suite_defaults_to_the_exported_suite_and_names_the_choices() {
+        let cfg = NodeConfig::parse(&sample(), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.delivery.envelope_suite, Suite::ExportedAes256Gcm);
+        let with = |name: &str| format!("{}\n[delivery]\nenvelope_suite = \"{name}\"\n", sample());
+        for suite in Suite::ALL {
+            let cfg = NodeConfig::parse(&with(suite.name()), Path::new("node.toml")).unwrap();
+            assert_eq!(cfg.delivery.envelope_suite, suite);
+        }
+        let err = NodeConfig::parse(&with("aes-128-gcm"), Path::new("node.toml")).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("delivery.envelope_suite: must be one of hpke-aes-256-gcm, hpke-chacha20-poly1305, exported-aes-256-gcm"), "{err}");
     }
 
     /// Every key of the documented example parses (the example is what operators copy).

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use gateway_envelope::{
-    EncryptionPublicKey, SealParams, Sealer, Suite, TransferId, DEFAULT_CHUNK_SIZE,
-};
+use gateway_envelope::{EncryptionPublicKey, SealParams, Sealer, TransferId, DEFAULT_CHUNK_SIZE};
 use gateway_store::{OutboxEntry, SpoolKind, TransferState, TransferSummary};
 use policies::{Action, Category, Purpose};
 
@@ -442,7 +440,7 @@ fn seal_to_spool(
         created_at_ms: now_ms(),
         payload_len,
         payload_digest,
-        suite: Suite::Aes256Gcm,
+        suite: state.config.delivery.envelope_suite,
         chunk_size: DEFAULT_CHUNK_SIZE,
     };
     let (mut sealer, prefix) =

@@ -56,7 +56,8 @@ impl RecordSource for StoreRecordSource {
             created_at_ms: now_ms(),
             payload_len: record.payload.len() as u64,
             payload_digest: gateway_envelope::sha256(&record.payload),
-            suite: Suite::Aes256Gcm,
+            // Sealed to this node itself, so the default suite is always one it opens.
+            suite: Suite::default(),
             chunk_size: DEFAULT_CHUNK_SIZE,
         };
         let own_key = self.state.identity.encryption.public_key();

@@ -1,0 +1,87 @@
+//! Envelope suites across real nodes: a node sends with the suite its config names, and every
+//! node opens every suite, so a federation in the middle of a rolling upgrade (some nodes on
+//! HPKE's own AES-256-GCM, some on the exported suite) still exchanges records both ways.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] fail the test loudly on any unexpected error"
+)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gateway_envelope::{EnvelopeReader, Limits, Suite};
+use pki_tools::FacilityKind;
+
+use tests::{bundles, patient_id, Fed, Node};
+
+fn spool_file(node: &Node, kind: &str, id: &str) -> PathBuf {
+    node.dir.dir.join("data/spool").join(kind).join(id)
+}
+
+/// The suite named in a spooled envelope's header, as it travelled.
+fn suite_on_disk(path: &PathBuf) -> Suite {
+    let bytes = std::fs::read(path).unwrap();
+    let mut reader = EnvelopeReader::new(Limits::default());
+    reader.push(&bytes);
+    reader.header().unwrap().expect("a whole header").suite()
+}
+
+/// Sets `delivery.envelope_suite` in one node's config (the harness appends a `[delivery]`
+/// table to every node.toml).
+fn set_suite(fed: &Fed, id: &str, suite: Suite) {
+    let path = &fed.nodes[id].config_path;
+    let text = std::fs::read_to_string(path).unwrap();
+    assert_eq!(text.matches("[delivery]\n").count(), 1, "{text}");
+    let text = text.replace(
+        "[delivery]\n",
+        &format!("[delivery]\nenvelope_suite = \"{}\"\n", suite.name()),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_different_suites_exchange_records_both_ways() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+        ("clinic-c", FacilityKind::Clinic),
+    ]);
+    // hosp-a keeps the default; clinic-b is configured like a node not yet switched over;
+    // clinic-c uses ChaCha20-Poly1305.
+    set_suite(&fed, "clinic-b", Suite::Aes256Gcm);
+    set_suite(&fed, "clinic-c", Suite::ChaCha20Poly1305);
+    let nodes = [
+        (fed.start("hosp-a"), Suite::ExportedAes256Gcm),
+        (fed.start("clinic-b"), Suite::Aes256Gcm),
+        (fed.start("clinic-c"), Suite::ChaCha20Poly1305),
+    ];
+
+    let bundles: Vec<(String, Vec<u8>, String)> = bundles()
+        .into_iter()
+        .filter_map(|(name, bytes)| patient_id(&bytes).map(|patient| (name, bytes, patient)))
+        .collect();
+    assert!(bundles.len() >= 3, "the shared bundles name their patients");
+    let mut next_bundle = bundles.iter().cycle();
+    for (sender, suite) in &nodes {
+        for (receiver, _) in nodes.iter().filter(|(n, _)| n.dir.id != sender.dir.id) {
+            let (name, bytes, patient) = next_bundle.next().unwrap();
+            let to = receiver.dir.id.as_str();
+            sender.consent_for_treatment(patient, to).await;
+            let id = sender.send_bundle(to, bytes).await.transfer_id();
+            let view = sender
+                .wait_state(&id, "delivered", Duration::from_secs(30))
+                .await;
+            assert_eq!(view["receipt_held"], true, "{view}");
+            assert_eq!(
+                receiver.fetch(&id).await,
+                *bytes,
+                "{name}: {} -> {to}",
+                sender.dir.id
+            );
+            // The sender's copy and the receiver's copy carry the sender's suite.
+            assert_eq!(suite_on_disk(&spool_file(sender, "outbox", &id)), *suite);
+            assert_eq!(suite_on_disk(&spool_file(receiver, "inbox", &id)), *suite);
+        }
+    }
+}
