@@ -357,11 +357,12 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                 .map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
             let trust = state.trust();
             println!(
-                "ok: facility {} ; directory version {} lists {} facilities ; {} policies",
+                "ok: facility {} ; directory version {} lists {} facilities ; {} policies ; sends {}",
                 state.me(),
                 trust.directory.version,
                 trust.directory.facilities.len(),
-                state.policy.engine().policy_ids().len()
+                state.policy.engine().policy_ids().len(),
+                state.config.delivery.envelope_suite.name()
             );
             Ok(())
         }

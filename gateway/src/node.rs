@@ -151,7 +151,11 @@ pub async fn run(
     let scheduler = tokio::spawn(delivery::run_scheduler(state.clone()));
     let reload = tokio::spawn(reload_loop(state.clone()));
     let sweeper = tokio::spawn(retention::run_sweeper(state.clone()));
-    tracing::info!(facility = %state.me(), "node started");
+    tracing::info!(
+        facility = %state.me(),
+        envelope_suite = state.config.delivery.envelope_suite.name(),
+        "node started"
+    );
 
     shutdown.await;
     tracing::info!(facility = %state.me(), "node stopping");

@@ -51,6 +51,16 @@ async fn nodes_on_different_suites_exchange_records_both_ways() {
     // clinic-c uses ChaCha20-Poly1305.
     set_suite(&fed, "clinic-b", Suite::Aes256Gcm);
     set_suite(&fed, "clinic-c", Suite::ChaCha20Poly1305);
+    for (id, name) in [
+        ("hosp-a", "exported-aes-256-gcm"),
+        ("clinic-b", "hpke-aes-256-gcm"),
+        ("clinic-c", "hpke-chacha20-poly1305"),
+    ] {
+        let config = fed.nodes[id].config_path.display().to_string();
+        let (code, out, err) = tests::gateway_cli(&["check", "--config", &config]);
+        assert_eq!(code, 0, "{id}: {err}");
+        assert!(out.contains(&format!("; sends {name}")), "{id}: {out}");
+    }
     let nodes = [
         (fed.start("hosp-a"), Suite::ExportedAes256Gcm),
         (fed.start("clinic-b"), Suite::Aes256Gcm),
@@ -84,4 +94,48 @@ async fn nodes_on_different_suites_exchange_records_both_ways() {
             assert_eq!(suite_on_disk(&spool_file(receiver, "inbox", &id)), *suite);
         }
     }
+}
+
+#[test]
+fn an_unknown_suite_is_refused_at_start_naming_the_choices() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let path = &fed.nodes["hosp-a"].config_path;
+    let text = std::fs::read_to_string(path).unwrap().replace(
+        "[delivery]\n",
+        "[delivery]\nenvelope_suite = \"aes-128-gcm\"\n",
+    );
+    std::fs::write(path, text).unwrap();
+    let config = path.display().to_string();
+    let (code, _, err) = tests::gateway_cli(&["check", "--config", &config]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("delivery.envelope_suite: must be one of hpke-aes-256-gcm, hpke-chacha20-poly1305, exported-aes-256-gcm"),
+        "{err}"
+    );
+    // `gateway run` refuses it too, before opening anything.
+    let mut child = std::process::Command::new(tests::gateway_bin())
+        .args(["run", "--config", &config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(64), "{stderr}");
+    assert!(stderr.contains("delivery.envelope_suite"), "{stderr}");
 }
