@@ -178,12 +178,8 @@ fn hpke_open_into<A: Aead>(
     out: &mut Vec<u8>,
 ) -> Result<(), EnvelopeError> {
     out.clear();
-    let msg_len = ciphertext
-        .len()
-        .checked_sub(TAG_LEN)
-        .ok_or(EnvelopeError::Decrypt)?;
-    let (body, tag) = ciphertext.split_at(msg_len);
-    out.resize(msg_len, 0);
+    let (body, tag) = split_tag(ciphertext)?;
+    out.resize(body.len(), 0);
     let buf = inout::InOutBuf::new(body, out.as_mut_slice()).map_err(|_| EnvelopeError::Decrypt)?;
     let opened =
         Deserializable::from_bytes(tag).and_then(|tag| ctx.open_inout_detached(buf, aad, &tag));
@@ -192,6 +188,15 @@ fn hpke_open_into<A: Aead>(
         return Err(EnvelopeError::Decrypt);
     }
     Ok(())
+}
+
+/// `ciphertext || tag` split in two; too short to hold a tag is undecryptable.
+fn split_tag(ciphertext: &[u8]) -> Result<(&[u8], &[u8]), EnvelopeError> {
+    let body_len = ciphertext
+        .len()
+        .checked_sub(TAG_LEN)
+        .ok_or(EnvelopeError::Decrypt)?;
+    Ok(ciphertext.split_at(body_len))
 }
 
 /// Sets up the sender side; returns `enc` and the context.

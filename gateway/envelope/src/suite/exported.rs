@@ -14,7 +14,6 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, NONCE_LE
 use zeroize::Zeroizing;
 
 use crate::error::EnvelopeError;
-use crate::wire::TAG_LEN;
 
 /// Exporter context for the AES-256-GCM key (32 bytes).
 pub(crate) const KEY_CONTEXT: &[u8] = b"healthfed/envelope/1 aes-256-gcm key";
@@ -106,11 +105,7 @@ impl FrameCipher {
         out: &mut Vec<u8>,
     ) -> Result<(), EnvelopeError> {
         out.clear();
-        let msg_len = ciphertext
-            .len()
-            .checked_sub(TAG_LEN)
-            .ok_or(EnvelopeError::Decrypt)?;
-        let (body, tag) = ciphertext.split_at(msg_len);
+        let (body, tag) = super::split_tag(ciphertext)?;
         let tag = Tag::try_from(tag).map_err(|_| EnvelopeError::Decrypt)?;
         let nonce = self.nonce().map_err(|_| EnvelopeError::Decrypt)?;
         out.extend_from_slice(body);
@@ -145,7 +140,11 @@ mod tests {
             sealer.seal_into(b"one too many", b"", &mut out),
             Err(EnvelopeError::TooLarge("frame count"))
         );
-        assert_eq!(out.len(), 4 + 4 + TAG_LEN, "a refused seal appends nothing");
+        assert_eq!(
+            out.len(),
+            4 + 4 + crate::wire::TAG_LEN,
+            "a refused seal appends nothing"
+        );
 
         let mut opener = FrameCipher::new(&[1; 32], [2; 12]).unwrap();
         opener.seq = u64::MAX - 1;
