@@ -100,6 +100,16 @@ fn check_vector<A: Aead>(v: &Value) -> usize {
     encryptions.len()
 }
 
+/// `framed` is the `b"len:"` it started with, then exactly `ct`: `seal_into` appends.
+fn assert_appended(framed: &[u8], ct: &[u8]) {
+    assert_eq!(
+        &framed[..4],
+        b"len:",
+        "seal_into appends after what is there"
+    );
+    assert_eq!(&framed[4..], ct);
+}
+
 /// The run-time suite dispatch used by the envelope, for the two suites it offers.
 fn check_vector_dispatch(suite: Suite, v: &Value) {
     let info = unhex(v, "info");
@@ -119,12 +129,7 @@ fn check_vector_dispatch(suite: Suite, v: &Value) {
         assert_eq!(sender.seal(&pt, &aad).unwrap(), ct);
         let mut framed = b"len:".to_vec();
         sender_into.seal_into(&pt, &aad, &mut framed).unwrap();
-        assert_eq!(
-            &framed[..4],
-            b"len:",
-            "seal_into appends after what is there"
-        );
-        assert_eq!(&framed[4..], &ct[..]);
+        assert_appended(&framed, &ct);
         // A wrong AAD must fail and must not advance the sequence number.
         let mut wrong_aad = aad.clone();
         wrong_aad.push(0);
@@ -272,12 +277,7 @@ fn frame_cipher_reproduces_the_rfc9180_aes_256_gcm_vector() {
         let (pt, aad, ct) = (unhex(e, "pt"), unhex(e, "aad"), unhex(e, "ct"));
         let mut framed = b"len:".to_vec();
         sealer.seal_into(&pt, &aad, &mut framed).unwrap();
-        assert_eq!(
-            &framed[..4],
-            b"len:",
-            "seal_into appends after what is there"
-        );
-        assert_eq!(&framed[4..], &ct[..]);
+        assert_appended(&framed, &ct);
         // A wrong AAD or a flipped bit fails and does not advance the sequence number.
         let mut wrong_aad = aad.clone();
         wrong_aad.push(0);
