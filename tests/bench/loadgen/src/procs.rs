@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ use crate::BoxError;
 pub struct Proc {
     pub name: String,
     pub child: Child,
+    /// Its stdout and stderr.
+    log: PathBuf,
 }
 
 impl Proc {
@@ -32,13 +34,24 @@ impl Proc {
         Ok(Proc {
             name: name.to_owned(),
             child,
+            log: log.to_owned(),
         })
     }
 
-    /// Fails if the process already exited.
+    /// Fails if the process already exited, quoting the end of its log (why it stopped).
     pub fn check_alive(&mut self) -> Result<(), BoxError> {
         match self.child.try_wait()? {
-            Some(status) => Err(format!("{} exited early ({status})", self.name).into()),
+            Some(status) => {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(5)..].join("\n  ");
+                Err(format!(
+                    "{} exited early ({status}); end of {}:\n  {tail}",
+                    self.name,
+                    self.log.display()
+                )
+                .into())
+            }
             None => Ok(()),
         }
     }
