@@ -38,7 +38,7 @@ pub enum Suite {
     /// HPKE's own ChaCha20-Poly1305 context (aead_id 3). Wire id 3.
     ChaCha20Poly1305,
     /// An export-only HPKE context (aead_id 0xFFFF) whose exporter keys ring's AES-256-GCM,
-    /// with HPKE's nonce sequence. Wire id 0xFF02. The default: ~2.5× faster bulk encryption.
+    /// with HPKE's nonce sequence. Wire id 0xFF02. The default: ~2.2× faster bulk encryption.
     #[default]
     ExportedAes256Gcm,
 }

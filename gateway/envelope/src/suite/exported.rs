@@ -1,7 +1,7 @@
 //! The frame cipher of [`Suite::ExportedAes256Gcm`](super::Suite): ring's AES-256-GCM, keyed
 //! through the exporter (RFC 9180 §5.3) of an export-only HPKE context (aead_id 0xFFFF).
 //!
-//! Why: hpke's own AES-256-GCM (RustCrypto) seals and opens about 2.5× slower than ring's on
+//! Why: hpke's own AES-256-GCM (RustCrypto) seals and opens about 2.2× slower than ring's on
 //! the machines we measure, and hpke does not hand out its key schedule's key. An export-only
 //! context is the form RFC 9180 gives for "HPKE as a KEM for another AEAD": the exported key
 //! and base nonce are bound to the same encapsulation and `info` as the key schedule's would
