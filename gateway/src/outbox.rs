@@ -28,9 +28,6 @@ use crate::trust::Peer;
 /// FHIR bundles are read whole to classify them; larger ones are refused rather than skipped.
 pub const MAX_FHIR_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Bytes a frame adds to its chunk: length prefix and AEAD tag.
-const FRAME_OVERHEAD: usize = 4 + gateway_envelope::TAG_LEN;
-
 /// A record as the local system submits it.
 pub struct SubmitRequest {
     pub to: String,
@@ -193,15 +190,18 @@ pub async fn submit(
         }
     };
     let entry_state = queued.entry.state;
-    tracing::info!(transfer = %transfer_id, peer = %queued.entry.recipient, bytes = queued.entry.payload_len, "transfer queued");
+    tracing::info!(
+        transfer = %transfer_id,
+        peer = %queued.entry.recipient,
+        bytes = queued.entry.payload_len,
+        "transfer queued"
+    );
+    // A permit means the entry was written claimed (`delivering`) and marked in flight.
     match direct {
-        Some(permit) if entry_state == TransferState::Delivering => {
+        Some(permit) => {
             crate::delivery::spawn_claimed(state, queued.entry, queued.envelope, permit);
         }
-        _ => {
-            state.clear_inflight(&transfer_id);
-            state.wake.notify_one();
-        }
+        None => state.wake.notify_one(),
     }
     Ok(Accepted {
         id: transfer_id,
@@ -453,20 +453,10 @@ fn seal_to_spool(
     if let Payload::Memory { bytes, .. } = &payload {
         // Sealed into one buffer, written with one call and kept for the first delivery
         // attempt when it is small enough to be sent whole.
-        let frames = bytes.len().div_ceil(chunk).max(1);
         let mut envelope = prefix;
-        envelope.reserve(bytes.len() + frames * FRAME_OVERHEAD);
-        let mut chunks = bytes.chunks(chunk).peekable();
-        if chunks.peek().is_none() {
-            sealer
-                .seal_chunk_into(&[], true, &mut envelope)
-                .map_err(SubmitError::local)?;
-        }
-        while let Some(part) = chunks.next() {
-            sealer
-                .seal_chunk_into(part, chunks.peek().is_none(), &mut envelope)
-                .map_err(SubmitError::local)?;
-        }
+        sealer
+            .seal_rest_into(bytes, &mut envelope)
+            .map_err(SubmitError::local)?;
         writer.write_chunk(&envelope).map_err(SubmitError::local)?;
         writer.finish().map_err(SubmitError::local)?;
         let envelope_len = envelope.len() as u64;

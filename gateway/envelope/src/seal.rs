@@ -187,6 +187,23 @@ impl Sealer {
         Ok(())
     }
 
+    /// Seals `rest`, the whole remaining payload, as its frames (the last one flagged, an
+    /// empty last frame for an empty payload) appended to `out`, with room reserved once.
+    pub fn seal_rest_into(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        let chunk_size =
+            usize::try_from(self.chunk_size).map_err(|_| EnvelopeError::TooLarge("chunk size"))?;
+        let frames = rest.len().div_ceil(chunk_size).max(1);
+        out.reserve(rest.len() + frames * (4 + TAG_LEN));
+        if rest.is_empty() {
+            return self.seal_chunk_into(&[], true, out);
+        }
+        let mut chunks = rest.chunks(chunk_size).peekable();
+        while let Some(chunk) = chunks.next() {
+            self.seal_chunk_into(chunk, chunks.peek().is_none(), out)?;
+        }
+        Ok(())
+    }
+
     /// Whether the last frame has been sealed.
     pub fn is_finished(&self) -> bool {
         self.finished
@@ -231,17 +248,7 @@ pub(crate) fn seal_to_vec_with_ikm(
         return Err(EnvelopeError::LengthMismatch);
     }
     let (mut sealer, mut out) = Sealer::start_with_ikm(params, metadata, recipient, signer, ikm)?;
-    let chunk_size =
-        usize::try_from(params.chunk_size).map_err(|_| EnvelopeError::TooLarge("chunk size"))?;
-    if payload.is_empty() {
-        out.extend_from_slice(&sealer.seal_chunk(&[], true)?);
-        return Ok(out);
-    }
-    let mut chunks = payload.chunks(chunk_size).peekable();
-    while let Some(chunk) = chunks.next() {
-        let last = chunks.peek().is_none();
-        out.extend_from_slice(&sealer.seal_chunk(chunk, last)?);
-    }
+    sealer.seal_rest_into(payload, &mut out)?;
     Ok(out)
 }
 
