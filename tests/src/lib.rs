@@ -322,17 +322,13 @@ impl Node {
 
     /// Waits (bounded) for the process to exit by itself; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut()?;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_child_exit(self.child.as_mut()?, timeout)
+    }
+
+    /// Where this node keeps the sealed envelope of transfer `id` (`kind`: "outbox" or
+    /// "inbox").
+    pub fn spool_path(&self, kind: &str, id: &str) -> PathBuf {
+        self.dir.dir.join("data/spool").join(kind).join(id)
     }
 
     pub fn pid(&self) -> u32 {
@@ -505,6 +501,21 @@ pub fn gateway_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Waits (bounded) for a child process to exit by itself; returns its exit code, or None if
+/// it is still running at the deadline (it is left running; the caller decides).
+pub fn wait_child_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls an async condition until true (bounded).

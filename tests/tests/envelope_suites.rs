@@ -7,37 +7,27 @@
     reason = "helpers outside #[test] fail the test loudly on any unexpected error"
 )]
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use gateway_envelope::{EnvelopeReader, Limits, Suite};
 use pki_tools::FacilityKind;
 
-use tests::{bundles, patient_id, Fed, Node};
+use tests::{bundles, patient_id, Fed};
 
-fn spool_file(node: &Node, kind: &str, id: &str) -> PathBuf {
-    node.dir.dir.join("data/spool").join(kind).join(id)
-}
+mod common;
 
 /// The suite named in a spooled envelope's header, as it travelled.
-fn suite_on_disk(path: &PathBuf) -> Suite {
+fn suite_on_disk(path: &Path) -> Suite {
     let bytes = std::fs::read(path).unwrap();
     let mut reader = EnvelopeReader::new(Limits::default());
     reader.push(&bytes);
     reader.header().unwrap().expect("a whole header").suite()
 }
 
-/// Sets `delivery.envelope_suite` in one node's config (the harness appends a `[delivery]`
-/// table to every node.toml).
-fn set_suite(fed: &Fed, id: &str, suite: Suite) {
-    let path = &fed.nodes[id].config_path;
-    let text = std::fs::read_to_string(path).unwrap();
-    assert_eq!(text.matches("[delivery]\n").count(), 1, "{text}");
-    let text = text.replace(
-        "[delivery]\n",
-        &format!("[delivery]\nenvelope_suite = \"{}\"\n", suite.name()),
-    );
-    std::fs::write(path, text).unwrap();
+/// Sets `delivery.envelope_suite` in one node's config.
+fn set_suite(fed: &Fed, id: &str, name: &str) {
+    common::add_config_line(fed, id, "delivery", &format!("envelope_suite = \"{name}\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,8 +39,8 @@ async fn nodes_on_different_suites_exchange_records_both_ways() {
     ]);
     // hosp-a keeps the default; clinic-b is configured like a node not yet switched over;
     // clinic-c uses ChaCha20-Poly1305.
-    set_suite(&fed, "clinic-b", Suite::Aes256Gcm);
-    set_suite(&fed, "clinic-c", Suite::ChaCha20Poly1305);
+    set_suite(&fed, "clinic-b", Suite::Aes256Gcm.name());
+    set_suite(&fed, "clinic-c", Suite::ChaCha20Poly1305.name());
     for (id, name) in [
         ("hosp-a", "exported-aes-256-gcm"),
         ("clinic-b", "hpke-aes-256-gcm"),
@@ -90,8 +80,8 @@ async fn nodes_on_different_suites_exchange_records_both_ways() {
                 sender.dir.id
             );
             // The sender's copy and the receiver's copy carry the sender's suite.
-            assert_eq!(suite_on_disk(&spool_file(sender, "outbox", &id)), *suite);
-            assert_eq!(suite_on_disk(&spool_file(receiver, "inbox", &id)), *suite);
+            assert_eq!(suite_on_disk(&sender.spool_path("outbox", &id)), *suite);
+            assert_eq!(suite_on_disk(&receiver.spool_path("inbox", &id)), *suite);
         }
     }
 }
@@ -102,13 +92,8 @@ fn an_unknown_suite_is_refused_at_start_naming_the_choices() {
         ("hosp-a", FacilityKind::Hospital),
         ("clinic-b", FacilityKind::Clinic),
     ]);
-    let path = &fed.nodes["hosp-a"].config_path;
-    let text = std::fs::read_to_string(path).unwrap().replace(
-        "[delivery]\n",
-        "[delivery]\nenvelope_suite = \"aes-128-gcm\"\n",
-    );
-    std::fs::write(path, text).unwrap();
-    let config = path.display().to_string();
+    set_suite(&fed, "hosp-a", "aes-128-gcm");
+    let config = fed.nodes["hosp-a"].config_path.display().to_string();
     let (code, _, err) = tests::gateway_cli(&["check", "--config", &config]);
     assert_eq!(code, 64, "{err}");
     assert!(
@@ -122,20 +107,13 @@ fn an_unknown_suite_is_refused_at_start_naming_the_choices() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = tests::wait_child_exit(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(64), "{stderr}");
+    assert_eq!(status, Some(64), "{stderr}");
     assert!(stderr.contains("delivery.envelope_suite"), "{stderr}");
 }

@@ -14,10 +14,6 @@ use tests::{bundles, patient_id, Fed, Node};
 /// Retention 0 h, swept every second: what is settled goes at the next sweep.
 const RETENTION: &str = "\n[retention]\nenvelope_hours = 0\nsweep_interval_secs = 1\n";
 
-fn spool_file(node: &Node, kind: &str, id: &str) -> PathBuf {
-    node.dir.dir.join("data/spool").join(kind).join(id)
-}
-
 /// Polls `view` (≤ 15 s) until its `envelope_removed_ms` is set.
 async fn wait_removed(node: &Node, what: &str, view: impl AsyncFn() -> Value) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -73,12 +69,12 @@ async fn settled_envelopes_are_removed_after_retention_and_needed_ones_kept() {
         let view = wait_removed(&a, "outbox", || a.transfer(id)).await;
         assert_eq!(view["state"], "delivered");
         assert_eq!(view["receipt_held"], true);
-        wait_gone(spool_file(&a, "outbox", id)).await;
+        wait_gone(a.spool_path("outbox", id)).await;
     }
 
     // Receiver: nothing goes before the EMR acknowledges it.
     assert_eq!(b.fetch(acked).await, *acked_bytes);
-    assert!(spool_file(&b, "inbox", acked).exists());
+    assert!(b.spool_path("inbox", acked).exists());
     let (status, body) = b
         .post_json(&format!("/v1/inbox/{acked}/ack"), json!({}))
         .await;
@@ -94,7 +90,7 @@ async fn settled_envelopes_are_removed_after_retention_and_needed_ones_kept() {
         }
     };
     wait_removed(&b, "inbox", inbox_entry(acked.clone())).await;
-    wait_gone(spool_file(&b, "inbox", acked)).await;
+    wait_gone(b.spool_path("inbox", acked)).await;
     for path in ["", "/payload"] {
         let (status, body) = b.get(&format!("/v1/inbox/{acked}{path}")).await;
         assert_eq!(status, StatusCode::GONE, "{path}: {body}");
@@ -124,7 +120,7 @@ async fn settled_envelopes_are_removed_after_retention_and_needed_ones_kept() {
 
     // The unacknowledged one survives further sweeps and still opens byte-identical.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(spool_file(&b, "inbox", unacked).exists());
+    assert!(b.spool_path("inbox", unacked).exists());
     assert!(inbox_entry(unacked.clone())().await["envelope_removed_ms"].is_null());
     assert_eq!(b.fetch(unacked).await, *unacked_bytes);
 
