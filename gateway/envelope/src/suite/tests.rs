@@ -48,6 +48,20 @@ fn base_mode_vectors() -> Vec<Value> {
         .collect()
 }
 
+/// The base-mode vector for one aead_id.
+fn vector(aead_id: u64) -> Value {
+    base_mode_vectors()
+        .into_iter()
+        .find(|v| v["aead_id"] == aead_id)
+        .unwrap()
+}
+
+/// A frame cipher keyed with the AES-256-GCM vector's key-schedule key and base nonce.
+fn cipher_from_aes_vector(v: &Value) -> FrameCipher {
+    let base_nonce: [u8; 12] = unhex(v, "base_nonce").try_into().unwrap();
+    FrameCipher::new(&array32(&unhex(v, "key")), base_nonce).unwrap()
+}
+
 /// Key derivation, receiver, exporter and sender (with the vector's ikmE) through the generic
 /// functions used in production. Returns the number of encryptions checked.
 fn check_vector<A: Aead>(v: &Value) -> usize {
@@ -169,18 +183,15 @@ fn rfc9180_base_mode_vectors() {
 
 #[test]
 fn rfc9180_vectors_through_suite_dispatch() {
-    let vectors = base_mode_vectors();
     for (suite, aead_id) in [(Suite::Aes256Gcm, 2), (Suite::ChaCha20Poly1305, 3)] {
         assert_eq!(suite.wire_id(), aead_id);
-        let v = vectors.iter().find(|v| v["aead_id"] == aead_id).unwrap();
-        check_vector_dispatch(suite, v);
+        check_vector_dispatch(suite, &vector(u64::from(aead_id)));
     }
 }
 
 #[test]
 fn tampered_vector_ciphertext_is_refused() {
-    let vectors = base_mode_vectors();
-    let v = vectors.iter().find(|v| v["aead_id"] == 2).unwrap();
+    let v = &vector(2);
     let sk = EncryptionSecretKey::from_bytes(array32(&unhex(v, "skRm")));
     let mut receiver = setup_receiver(
         Suite::Aes256Gcm,
@@ -260,12 +271,9 @@ fn unknown_wire_ids_are_refused() {
 /// sequence, and opens them. This checks ring's AES-256-GCM and our ComputeNonce.
 #[test]
 fn frame_cipher_reproduces_the_rfc9180_aes_256_gcm_vector() {
-    let vectors = base_mode_vectors();
-    let v = vectors.iter().find(|v| v["aead_id"] == 2).unwrap();
-    let key = array32(&unhex(v, "key"));
-    let base_nonce: [u8; 12] = unhex(v, "base_nonce").try_into().unwrap();
-    let mut sealer = FrameCipher::new(&key, base_nonce).unwrap();
-    let mut opener = FrameCipher::new(&key, base_nonce).unwrap();
+    let v = &vector(2);
+    let mut sealer = cipher_from_aes_vector(v);
+    let mut opener = cipher_from_aes_vector(v);
     let encryptions = v["encryptions"].as_array().unwrap();
     assert_eq!(
         encryptions.len(),
@@ -309,8 +317,7 @@ fn frame_cipher_reproduces_the_rfc9180_aes_256_gcm_vector() {
 /// mode test checks against the published exported values).
 #[test]
 fn exported_suite_keys_from_the_rfc9180_export_only_context() {
-    let vectors = base_mode_vectors();
-    let v = vectors.iter().find(|v| v["aead_id"] == 65535).unwrap();
+    let v = &vector(65535);
     let info = unhex(v, "info");
     let sk = EncryptionSecretKey::from_bytes(array32(&unhex(v, "skRm")));
     let pk = EncryptionPublicKey(array32(&unhex(v, "pkRm")));
@@ -356,11 +363,8 @@ fn exported_suite_keys_from_the_rfc9180_export_only_context() {
 
 #[test]
 fn frame_cipher_refuses_a_frame_out_of_order() {
-    let vectors = base_mode_vectors();
-    let v = vectors.iter().find(|v| v["aead_id"] == 2).unwrap();
-    let key = array32(&unhex(v, "key"));
-    let base_nonce: [u8; 12] = unhex(v, "base_nonce").try_into().unwrap();
-    let mut opener = FrameCipher::new(&key, base_nonce).unwrap();
+    let v = &vector(2);
+    let mut opener = cipher_from_aes_vector(v);
     let second = &v["encryptions"][1];
     // Message 1 cannot be opened as message 0: the nonce is bound to the position.
     assert_eq!(
