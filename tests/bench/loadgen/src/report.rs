@@ -214,7 +214,41 @@ fn utc_now() -> String {
         .unwrap_or_default()
 }
 
+/// Start attempts: the ports come from [`setup::free_port`], which releases them before the
+/// servers bind, so another socket can take one in between.
+const START_ATTEMPTS: u32 = 3;
+
+/// Starts both nodes and nginx, on new ports (and in a new directory) after a start that
+/// failed because a port was taken. Any other start failure would recur and is returned.
 fn start(args: &RunArgs, work: &Path) -> Result<Env, BoxError> {
+    let mut attempt = 1;
+    loop {
+        let dir = if attempt == 1 {
+            work.to_owned()
+        } else {
+            work.join(format!("start-{attempt}"))
+        };
+        match start_in(args, &dir) {
+            Err(e) if attempt < START_ATTEMPTS && port_was_taken(&e.to_string()) => {
+                log(format!(
+                    "start attempt {attempt} lost a port, retrying: {e}"
+                ));
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether a start failure (which quotes the server's log) is a bind to a port in use: what
+/// the gateway ("bind …: Address already in use") and nginx ("bind() to … failed (98:
+/// Address already in use)") say when another socket holds their port.
+fn port_was_taken(error: &str) -> bool {
+    error.contains("Address already in use")
+}
+
+fn start_in(args: &RunArgs, work: &Path) -> Result<Env, BoxError> {
+    std::fs::create_dir_all(work)?;
     let fed = setup::create_federation(work)?;
     let mut nodes = Vec::new();
     for node in [&fed.sender, &fed.receiver] {
@@ -963,4 +997,30 @@ pub fn markdown(rows: &[Row]) -> String {
     }
     let _ = MIB;
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_was_taken;
+
+    #[test]
+    fn a_port_in_use_is_told_apart_from_other_start_failures() {
+        // What `gateway run` and nginx 1.22 (the end of its log) print when another socket holds
+        // their port.
+        let gateway = "gateway hosp-central exited early (exit status: 64); end of \
+                       /tmp/x/hosp-central.log:\n  gateway: bind 127.0.0.1:41599: Address \
+                       already in use (os error 98)";
+        let nginx = "nginx exited early (exit status: 1); end of /tmp/x/nginx.log:\n  \
+                     2026/11/26 23:12:45 [emerg] 30575#30575: bind() to 127.0.0.1:41599 failed \
+                     (98: Address already in use)\n  2026/11/26 23:12:45 [emerg] \
+                     30575#30575: still could not bind()";
+        assert!(port_was_taken(gateway));
+        assert!(port_was_taken(nginx));
+        let bad_config = "gateway hosp-central exited early (exit status: 64); end of \
+                          /tmp/x/hosp-central.log:\n  gateway: config: unknown envelope suite";
+        assert!(!port_was_taken(bad_config));
+        assert!(!port_was_taken(
+            "gateway hosp-central not listening on 127.0.0.1:1 after 60s"
+        ));
+    }
 }
