@@ -47,8 +47,8 @@ pub struct RunArgs {
     /// With --payload: only these concurrencies (repeatable).
     #[arg(long = "concurrency", requires = "payloads")]
     pub concurrencies: Vec<usize>,
-    /// The release gateway binary.
-    #[arg(long, default_value = "target/release/gateway")]
+    /// The gateway binary, as installed (`cargo build --profile release-lto -p gateway`).
+    #[arg(long, default_value = "target/release-lto/gateway")]
     pub gateway: PathBuf,
     /// Directory holding the release examples audit_bench and decisions_bench.
     #[arg(long, default_value = "target/release/examples")]
