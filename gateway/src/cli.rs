@@ -20,6 +20,29 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_DENIED: u8 = 3;
 pub const EXIT_USAGE: u8 = 64;
+/// The reader of our output went away (`gateway audit list | head`): the status a tool killed
+/// by SIGPIPE reports, without a message.
+pub const EXIT_OUTPUT_CLOSED: u8 = 141;
+
+/// `println!` for commands: a write error is returned instead of panicking, so a closed pipe
+/// ends the command quietly and a full disk is reported.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+pub(crate) fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Failure::new(EXIT_OUTPUT_CLOSED, ""),
+            _ => Failure::new(EXIT_FAILURE, format!("cannot write the output: {e}")),
+        })
+}
 
 #[derive(Parser)]
 #[command(
@@ -340,8 +363,8 @@ fn transfer_note(r: &Value) -> String {
     note
 }
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+fn print_json(v: &Value) -> Result<(), Failure> {
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
 /// Runs a client command (everything but `run` and `demo`).
@@ -356,14 +379,14 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
             let state = crate::node::load_state(config, rx)
                 .map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
             let trust = state.trust();
-            println!(
+            outln!(
                 "ok: facility {} ; directory version {} lists {} facilities ; {} policies ; sends {}",
                 state.me(),
                 trust.directory.version,
                 trust.directory.facilities.len(),
                 state.policy.engine().policy_ids().len(),
                 state.config.delivery.envelope_suite.name()
-            );
+            )?;
             Ok(())
         }
         Command::Send(args) => send(args).await,
@@ -375,18 +398,22 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
             };
             let body = ok_json(&c, Method::GET, &path, None).await?;
             if json {
-                print_json(&body);
+                print_json(&body)?;
             } else {
                 let rows = match body {
                     Value::Array(rows) => rows,
                     one => vec![one],
                 };
-                println!(
+                outln!(
                     "{:<32}  {:<14} {:<10} {:>10} {:>8}  NOTE",
-                    "TRANSFER", "TO", "STATE", "BYTES", "ATTEMPTS"
-                );
+                    "TRANSFER",
+                    "TO",
+                    "STATE",
+                    "BYTES",
+                    "ATTEMPTS"
+                )?;
                 for r in rows {
-                    println!(
+                    outln!(
                         "{:<32}  {:<14} {:<10} {:>10} {:>8}  {}",
                         r["transfer_id"].as_str().unwrap_or(""),
                         r["to"].as_str().unwrap_or(""),
@@ -394,7 +421,7 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                         r["payload_bytes"],
                         r["attempts"],
                         transfer_note(&r)
-                    );
+                    )?;
                 }
             }
             Ok(())
@@ -408,7 +435,7 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                 None,
             )
             .await?;
-            println!("cancelled {id}");
+            outln!("cancelled {id}")?;
             Ok(())
         }
         Command::Inbox { config, action } => inbox(&config, action).await,
@@ -419,21 +446,24 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
             let c = client(&config).await?;
             let body = ok_json(&c, Method::GET, "/v1/requests", None).await?;
             if json {
-                print_json(&body);
+                print_json(&body)?;
             } else {
-                println!(
+                outln!(
                     "{:<32}  {:<14} {:<10} {:<32}  REASON",
-                    "REQUEST", "FROM", "STATE", "TRANSFER"
-                );
+                    "REQUEST",
+                    "FROM",
+                    "STATE",
+                    "TRANSFER"
+                )?;
                 for r in body.as_array().cloned().unwrap_or_default() {
-                    println!(
+                    outln!(
                         "{:<32}  {:<14} {:<10} {:<32}  {}",
                         r["id"].as_str().unwrap_or(""),
                         r["from"].as_str().unwrap_or(""),
                         r["state"].as_str().unwrap_or(""),
                         r["transfer_id"].as_str().unwrap_or("-"),
                         r["reason"].as_str().unwrap_or("")
-                    );
+                    )?;
                 }
             }
             Ok(())
@@ -461,7 +491,7 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                 if !status.is_success() {
                     return Err(api_failure(status, &body));
                 }
-                println!("stored the record for this patient");
+                outln!("stored the record for this patient")?;
                 Ok(())
             }
         },
@@ -579,7 +609,7 @@ async fn send(args: SendArgs) -> Result<(), Failure> {
     if !status.is_success() {
         return Err(api_failure(status, &body));
     }
-    println!("{}", body["transfer_id"].as_str().unwrap_or_default());
+    outln!("{}", body["transfer_id"].as_str().unwrap_or_default())?;
     if c.is_offline() {
         eprintln!("note: the node is not running; the transfer is queued and will be delivered when it starts");
     }
@@ -592,25 +622,27 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
         InboxAction::List { json } => {
             let body = ok_json(&c, Method::GET, "/v1/inbox", None).await?;
             if json {
-                print_json(&body);
+                print_json(&body)?;
             } else {
-                println!(
+                outln!(
                     "{:<32}  {:<14} {:>10}  ACKNOWLEDGED",
-                    "TRANSFER", "FROM", "BYTES"
-                );
+                    "TRANSFER",
+                    "FROM",
+                    "BYTES"
+                )?;
                 for r in body.as_array().cloned().unwrap_or_default() {
                     let removed = if r["envelope_removed_ms"].is_u64() {
                         " (envelope removed by retention)"
                     } else {
                         ""
                     };
-                    println!(
+                    outln!(
                         "{:<32}  {:<14} {:>10}  {}{removed}",
                         r["transfer_id"].as_str().unwrap_or(""),
                         r["from"].as_str().unwrap_or(""),
                         r["payload_bytes"],
                         r["acknowledged"]
-                    );
+                    )?;
                 }
             }
             Ok(())
@@ -630,12 +662,12 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
                 return Err(api_failure(status, &body));
             }
             write_stream_to(resp.into_body(), &out).await?;
-            println!("wrote {}", out.display());
+            outln!("wrote {}", out.display())?;
             Ok(())
         }
         InboxAction::Ack { id } => {
             ok_json(&c, Method::POST, &format!("/v1/inbox/{id}/ack"), None).await?;
-            println!("acknowledged {id}");
+            outln!("acknowledged {id}")?;
             Ok(())
         }
     }
@@ -690,7 +722,7 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
                 .await
                 .map_err(fail)?;
             if status.is_success() && body["ok"].as_bool() == Some(true) {
-                println!("audit chain verified: {} entries", body["entries"]);
+                outln!("audit chain verified: {} entries", body["entries"])?;
                 Ok(())
             } else {
                 Err(Failure::new(
@@ -717,10 +749,10 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
             ]);
             let body = ok_json(&c, Method::GET, &format!("/v1/audit?{q}"), None).await?;
             if json {
-                print_json(&body);
+                print_json(&body)?;
             } else {
                 for r in body.as_array().cloned().unwrap_or_default() {
-                    print_audit_row(&r);
+                    print_audit_row(&r)?;
                 }
             }
             Ok(())
@@ -728,7 +760,7 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
     }
 }
 
-pub fn print_audit_row(r: &Value) {
+pub fn print_audit_row(r: &Value) -> Result<(), Failure> {
     let time = r["time_ms"]
         .as_u64()
         .and_then(|ms| {
@@ -748,7 +780,7 @@ pub fn print_audit_row(r: &Value) {
                 .join(",")
         })
         .unwrap_or_default();
-    println!(
+    outln!(
         "#{:<5} {} {:<18} {:<18} peer={:<12} transfer={} outcome={}{}{}{}",
         r["seq"],
         time,
@@ -774,7 +806,7 @@ pub fn print_audit_row(r: &Value) {
             .as_str()
             .map(|s| format!(" reason=\"{s}\""))
             .unwrap_or_default(),
-    );
+    )
 }
 
 async fn consent(action: ConsentAction) -> Result<(), Failure> {
@@ -784,7 +816,7 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
         ConsentAction::Revoke { config, id } => {
             let c = client(&config).await?;
             ok_json(&c, Method::POST, &format!("/v1/consents/{id}/revoke"), None).await?;
-            println!("revoked {id}");
+            outln!("revoked {id}")?;
             Ok(())
         }
         ConsentAction::Show {
@@ -796,10 +828,10 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
             let q = query(&[("patient", Some(patient))]);
             let body = ok_json(&c, Method::GET, &format!("/v1/consents?{q}"), None).await?;
             if json {
-                print_json(&body);
+                print_json(&body)?;
             } else {
                 for d in body.as_array().cloned().unwrap_or_default() {
-                    println!(
+                    outln!(
                         "{}  {:<6} scope={} purposes={} categories={} until={} recorded_by={}{}",
                         d["id"].as_str().unwrap_or(""),
                         d["effect"].as_str().unwrap_or(&d["effect"].to_string()),
@@ -813,7 +845,7 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
                         } else {
                             "  REVOKED"
                         }
-                    );
+                    )?;
                 }
             }
             Ok(())
@@ -836,7 +868,7 @@ async fn consent(action: ConsentAction) -> Result<(), Failure> {
                 return Err(api_failure(status, &body));
             }
             for id in body["imported"].as_array().cloned().unwrap_or_default() {
-                println!("{}", id.as_str().unwrap_or_default());
+                outln!("{}", id.as_str().unwrap_or_default())?;
             }
             Ok(())
         }
@@ -862,7 +894,7 @@ async fn directive(args: DirectiveArgs, effect: &str) -> Result<(), Failure> {
         "recorded_by": args.recorded_by,
     });
     let body = ok_json(&c, Method::POST, "/v1/consents", Some(body)).await?;
-    println!("{}", body["directive_id"].as_str().unwrap_or_default());
+    outln!("{}", body["directive_id"].as_str().unwrap_or_default())?;
     Ok(())
 }
 
@@ -890,7 +922,7 @@ async fn request(args: RequestArgs) -> Result<(), Failure> {
     });
     let body = ok_json(&c, Method::POST, "/v1/requests", Some(body)).await?;
     let state = body["state"].as_str().unwrap_or("");
-    println!(
+    outln!(
         "request {} {}{}{}",
         body["id"].as_str().unwrap_or(""),
         state,
@@ -902,7 +934,7 @@ async fn request(args: RequestArgs) -> Result<(), Failure> {
             .as_str()
             .map(|r| format!(": {r}"))
             .unwrap_or_default()
-    );
+    )?;
     if state == "denied" {
         return Err(Failure::new(
             EXIT_DENIED,
@@ -957,18 +989,18 @@ async fn policy(action: PolicyAction) -> Result<(), Failure> {
                         .join(", ")
                 })
                 .unwrap_or_default();
-            println!("decision: {}", body["decision"].as_str().unwrap_or(""));
-            println!(
+            outln!("decision: {}", body["decision"].as_str().unwrap_or(""))?;
+            outln!(
                 "determining policies: {}",
                 if policies.is_empty() {
                     "(none: default deny)"
                 } else {
                     &policies
                 }
-            );
-            println!("reason: {}", body["reason"].as_str().unwrap_or(""));
+            )?;
+            outln!("reason: {}", body["reason"].as_str().unwrap_or(""))?;
             if let Some(errors) = body["errors"].as_array().filter(|e| !e.is_empty()) {
-                println!("evaluation errors: {}", Value::Array(errors.clone()));
+                outln!("evaluation errors: {}", Value::Array(errors.clone()))?;
             }
             if body["allowed"].as_bool() == Some(true) {
                 Ok(())
@@ -979,7 +1011,7 @@ async fn policy(action: PolicyAction) -> Result<(), Failure> {
         PolicyAction::Reload(config) => {
             let c = client(&config).await?;
             ok_json(&c, Method::POST, "/v1/policy/reload", None).await?;
-            println!("policy set reloaded");
+            outln!("policy set reloaded")?;
             Ok(())
         }
     }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use pki_tools::{Endpoint, FacilityId, FacilityKind, Federation};
 
 use crate::api_client::{collect_json, ApiClient};
-use crate::cli::{print_audit_row, Failure, EXIT_FAILURE};
+use crate::cli::{outln, print_audit_row, Failure, EXIT_FAILURE};
 use crate::config::{ConfigTemplate, NodeConfig};
 use crate::node::{self, NodeState};
 
@@ -77,7 +77,7 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
             .keep(),
     };
     std::fs::create_dir_all(&dir).map_err(|e| fail(&format!("{}: {e}", dir.display())))?;
-    println!("== healthfed demo federation in {}", dir.display());
+    outln!("== healthfed demo federation in {}", dir.display())?;
 
     let configs = prepare(&dir).await?;
     let mut nodes = BTreeMap::new();
@@ -95,10 +95,11 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
             },
             stop.clone(),
         ));
-        println!(
+        outln!(
             "   started node {id}: peers connect to {} (mutual TLS 1.3), local API on {}",
-            config.peer.listen, config.local_api.listen
-        );
+            config.peer.listen,
+            config.local_api.listen
+        )?;
         nodes.insert(
             id,
             RunningNode {
@@ -113,12 +114,12 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
     let ok = exchange(&nodes).await;
 
     if !once && ok.is_ok() {
-        println!("\nThe three nodes keep running. Try, in another terminal:");
+        outln!("\nThe three nodes keep running. Try, in another terminal:")?;
         if let Some(n) = nodes.get("clinic-north") {
-            println!("   gateway inbox --config {} list", n.config.path.display());
-            println!("   gateway audit list --config {}", n.config.path.display());
+            outln!("   gateway inbox --config {} list", n.config.path.display())?;
+            outln!("   gateway audit list --config {}", n.config.path.display())?;
         }
-        println!("Press Ctrl-C to stop.");
+        outln!("Press Ctrl-C to stop.")?;
         let _ = tokio::signal::ctrl_c().await;
     }
     for node in nodes.values() {
@@ -127,12 +128,12 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
     for (_, node) in nodes {
         let _ = node.task.await;
     }
-    println!("\nNodes stopped. Check any node's audit chain with:");
+    outln!("\nNodes stopped. Check any node's audit chain with:")?;
     for f in &FACILITIES {
-        println!(
+        outln!(
             "   gateway audit verify --config {}",
             dir.join(f.id).join("node.toml").display()
-        );
+        )?;
     }
     ok
 }
@@ -149,7 +150,7 @@ async fn prepare(
     let fresh = !fed_dir.join(pki_tools::layout::STATE).exists();
     let mut out = BTreeMap::new();
     if !fresh {
-        println!("   reusing the federation created earlier in this directory");
+        outln!("   reusing the federation created earlier in this directory")?;
         for f in &FACILITIES {
             let config =
                 NodeConfig::load(&dir.join(f.id).join("node.toml")).map_err(|e| fail(&e))?;
@@ -161,10 +162,10 @@ async fn prepare(
 
     let mut fed = Federation::init(&fed_dir, "Demo Provincial Health Federation", false)
         .map_err(|e| fail(&e))?;
-    println!(
+    outln!(
         "   created the federation CA (ECDSA P-256) in {}",
         fed_dir.display()
-    );
+    )?;
     let mut bound = Vec::new();
     for f in &FACILITIES {
         let peer = TcpListener::bind("127.0.0.1:0")
@@ -182,16 +183,16 @@ async fn prepare(
         let node_dir = dir.join(f.id);
         fed.add_facility(&id, f.name, &endpoint, f.kind, &node_dir)
             .map_err(|e| fail(&e))?;
-        println!("   issued identity for {} ({}, {}): TLS certificate, Ed25519 signing key, X25519 encryption key", f.id, f.name, f.kind);
+        outln!("   issued identity for {} ({}, {}): TLS certificate, Ed25519 signing key, X25519 encryption key", f.id, f.name, f.kind)?;
         bound.push((f, node_dir, peer, local, peer_addr, local_addr));
     }
     let published = fed
         .publish(Duration::from_secs(30 * 24 * 3600))
         .map_err(|e| fail(&e))?;
-    println!(
+    outln!(
         "   published the signed federation directory (version {}) and the CRL",
         published.version
-    );
+    )?;
 
     for (f, node_dir, peer, local, peer_addr, local_addr) in bound {
         let token = random_token();
@@ -249,11 +250,11 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
     let patient =
         patient_id(GENERAL_BUNDLE).ok_or_else(|| fail("demo bundle has no Patient".to_owned()))?;
 
-    println!("\n== 1. Central Hospital refers a patient to North Clinic (purpose: treatment)");
-    println!(
+    outln!("\n== 1. Central Hospital refers a patient to North Clinic (purpose: treatment)")?;
+    outln!(
         "   record: Synthea FHIR R4 transaction bundle, {} bytes",
         GENERAL_BUNDLE.len()
-    );
+    )?;
     let q = serde_urlencoded::to_string([
         ("to", "clinic-north"),
         ("patient", patient.as_str()),
@@ -276,21 +277,22 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
     let Some(transfer) = body["transfer_id"].as_str().map(str::to_owned) else {
         return Err(fail(format!("submit refused ({status}): {body}")));
     };
-    println!("   the gateway read the bundle itself, checked policy, signed (Ed25519) and sealed it (HPKE X25519 + AES-256-GCM)");
-    println!(
+    outln!("   the gateway read the bundle itself, checked policy, signed (Ed25519) and sealed it (HPKE X25519 + AES-256-GCM)")?;
+    outln!(
         "   queued durably: transfer {transfer} (local API answered {})",
         status.as_u16()
-    );
+    )?;
 
     let view = wait_for_final(&api, &transfer).await?;
     let state = view["state"].as_str().unwrap_or("");
-    println!(
+    outln!(
         "   state: {state}; attempts: {}; receipt held: {}",
-        view["attempts"], view["receipt_held"]
-    );
+        view["attempts"],
+        view["receipt_held"]
+    )?;
     let delivered = state == "delivered" && view["receipt_held"].as_bool() == Some(true);
     if delivered {
-        println!("   North Clinic stored the sealed envelope and returned a signed receipt; Central Hospital verified it");
+        outln!("   North Clinic stored the sealed envelope and returned a signed receipt; Central Hospital verified it")?;
     }
 
     let inbox_api = ApiClient::connect(&receiver.config)
@@ -301,7 +303,7 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
         .await
         .map_err(|e| fail(e.to_string()))?;
     let count = inbox.as_array().map(Vec::len).unwrap_or(0);
-    println!("   North Clinic's inbox holds {count} record(s), encrypted at rest until fetched");
+    outln!("   North Clinic's inbox holds {count} record(s), encrypted at rest until fetched")?;
     if delivered {
         let resp = inbox_api
             .call(
@@ -316,14 +318,14 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        println!(
+        outln!(
             "   fetched and decrypted at North Clinic: {} bytes, byte-identical to what was sent: {}",
             bytes.len(),
             bytes.as_ref() == GENERAL_BUNDLE
-        );
+        )?;
     }
 
-    println!("\n== 2. Central Hospital tries to send a record with mental-health and substance-use data to the insurer");
+    outln!("\n== 2. Central Hospital tries to send a record with mental-health and substance-use data to the insurer")?;
     let sensitive_patient = patient_id(SENSITIVE_BUNDLE).unwrap_or_default();
     let q = serde_urlencoded::to_string([
         ("to", "payer-province"),
@@ -343,17 +345,17 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
         .await
         .map_err(|e| fail(e.to_string()))?;
     let (status, body) = collect_json(resp).await.map_err(|e| fail(e.to_string()))?;
-    println!(
+    outln!(
         "   refused before anything left the hospital ({}): {}",
         status.as_u16(),
         body["error"].as_str().unwrap_or("")
-    );
+    )?;
     if let Some(ids) = body["policy_ids"].as_array() {
-        println!("   determining policies: {}", Value::Array(ids.clone()));
+        outln!("   determining policies: {}", Value::Array(ids.clone()))?;
     }
 
     for (title, node) in [("Central Hospital", sender), ("North Clinic", receiver)] {
-        println!("\n== audit log of {title} ({})", node.config.facility_id);
+        outln!("\n== audit log of {title} ({})", node.config.facility_id)?;
         let c = ApiClient::connect(&node.config)
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -362,20 +364,21 @@ async fn exchange(nodes: &BTreeMap<&'static str, RunningNode>) -> Result<(), Fai
             .await
             .map_err(|e| fail(e.to_string()))?;
         for r in rows.as_array().cloned().unwrap_or_default() {
-            print_audit_row(&r);
+            print_audit_row(&r)?;
         }
         let (_, verified) = c
             .json(Method::GET, "/v1/audit/verify", None)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        println!(
+        outln!(
             "   hash chain verifies: {} ({} entries)",
-            verified["ok"], verified["entries"]
-        );
+            verified["ok"],
+            verified["entries"]
+        )?;
     }
 
     if delivered {
-        println!("\nRESULT: delivered, receipt verified.");
+        outln!("\nRESULT: delivered, receipt verified.")?;
         Ok(())
     } else {
         Err(fail(format!(
