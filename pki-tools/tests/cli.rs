@@ -728,3 +728,45 @@ fn inspect_errors_name_the_file() {
     s.pki(&["inspect", "bad.key"])
         .fails_with(&["bad.key: not a supported PKCS#8 private key"]);
 }
+
+#[test]
+fn output_to_a_closed_pipe_or_a_full_disk_does_not_panic() {
+    use std::process::{Command, Stdio};
+    let s = Scratch::new();
+    s.pki(&["init", "--dir", "fed", "--name", "Test Health Federation"])
+        .ok();
+
+    // The only read end is closed before `pki` writes: its write fails with EPIPE.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pki"))
+        .args(["inspect", "fed/ca.crt"])
+        .current_dir(s.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "closed pipe: {stderr}");
+    assert!(
+        stderr.is_empty(),
+        "closed pipe: nothing to say, got: {stderr}"
+    );
+
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pki"))
+        .args(["inspect", "fed/ca.crt"])
+        .current_dir(s.dir.path())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pki: cannot write the output") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

@@ -94,13 +94,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
-        Ok(summary) => {
-            print!("{summary}");
-            if !summary.ends_with('\n') {
-                println!();
-            }
-            ExitCode::SUCCESS
-        }
+        Ok(summary) => print_summary(&summary),
         Err(e) => {
             eprintln!("pki: {e}");
             ExitCode::FAILURE
@@ -181,4 +175,21 @@ fn run(command: Command) -> Result<String, PkiError> {
 fn fingerprint(fed: &Federation, id: &FacilityId) -> String {
     fed.current_tls_cert_sha256(id)
         .map_or_else(|| "unknown".to_owned(), hex::encode)
+}
+
+/// Prints the summary. `print!` would panic when the reader has gone (`pki inspect … | head`):
+/// that ends quietly with 141, the status of a tool killed by SIGPIPE; other write errors
+/// are reported.
+fn print_summary(summary: &str) -> ExitCode {
+    use std::io::Write as _;
+    let newline = if summary.ends_with('\n') { "" } else { "\n" };
+    let mut stdout = std::io::stdout().lock();
+    match write!(stdout, "{summary}{newline}").and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
+        Err(e) => {
+            eprintln!("pki: cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
