@@ -58,6 +58,9 @@ pub struct Row {
     /// processes outside the benchmark (other work on the machine competing for the 2 cores).
     pub machine_busy_cores: Option<f64>,
     pub other_processes_cores: Option<f64>,
+    /// Transfers (requests) completed inside the measured window: `ours_per_s` × window.
+    pub ours_completed: Option<u64>,
+    pub baseline_completed: Option<u64>,
     pub ours_errors: Option<u64>,
     pub baseline_errors: Option<u64>,
     pub first_error: Option<String>,
@@ -518,6 +521,8 @@ fn transfer_row(p: &Payload, c: usize, ours: &Measured, base: &Measured, f: &Flo
             (ours.machine_cpu - ours.cpu.iter().sum::<f64>() - ours.loadgen_cpu).max(0.0)
                 / ours.load.window.as_secs_f64(),
         ),
+        ours_completed: Some(ours.load.completed),
+        baseline_completed: Some(base.load.completed),
         ours_errors: Some(ours.load.errors),
         baseline_errors: Some(base.load.errors),
         first_error: ours
