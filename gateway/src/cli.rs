@@ -28,15 +28,16 @@ pub const EXIT_OUTPUT_CLOSED: u8 = 141;
 /// ends the command quietly and a full disk is reported.
 macro_rules! outln {
     ($($arg:tt)*) => {
-        $crate::cli::write_line(format_args!($($arg)*))
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
     };
 }
 pub(crate) use outln;
 
-pub(crate) fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+pub(crate) fn write_out(text: std::fmt::Arguments<'_>) -> Result<(), Failure> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}")
+    stdout
+        .write_fmt(text)
         .and_then(|()| stdout.flush())
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::BrokenPipe => Failure::new(EXIT_OUTPUT_CLOSED, ""),
@@ -363,8 +364,122 @@ fn transfer_note(r: &Value) -> String {
     note
 }
 
+fn print_transfer_header() -> Result<(), Failure> {
+    outln!(
+        "{:<32}  {:<14} {:<10} {:>10} {:>8}  NOTE",
+        "TRANSFER",
+        "TO",
+        "STATE",
+        "BYTES",
+        "ATTEMPTS"
+    )
+}
+
+fn print_transfer_row(r: &Value) -> Result<(), Failure> {
+    outln!(
+        "{:<32}  {:<14} {:<10} {:>10} {:>8}  {}",
+        r["transfer_id"].as_str().unwrap_or(""),
+        r["to"].as_str().unwrap_or(""),
+        r["state"].as_str().unwrap_or(""),
+        r["payload_bytes"],
+        r["attempts"],
+        transfer_note(r)
+    )
+}
+
 fn print_json(v: &Value) -> Result<(), Failure> {
     outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+}
+
+/// Prints a JSON array an element at a time, exactly as `print_json` prints the whole array,
+/// so that a listing of any length is never held in memory.
+#[derive(Default)]
+struct JsonArrayOut {
+    started: bool,
+}
+
+impl JsonArrayOut {
+    fn item(&mut self, v: &Value) -> Result<(), Failure> {
+        let piece = json_array_item(v, !self.started);
+        self.started = true;
+        write_out(format_args!("{piece}"))
+    }
+
+    fn finish(self) -> Result<(), Failure> {
+        write_out(format_args!("{}", json_array_end(self.started)))
+    }
+}
+
+/// One element of a pretty-printed array, with what precedes it (the opening bracket or the
+/// comma after the previous element).
+fn json_array_item(v: &Value, first: bool) -> String {
+    let pretty = serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut piece = String::from(if first { "[" } else { "," });
+    // Pretty JSON escapes newlines inside strings, so every line break is structural.
+    for line in pretty.lines() {
+        piece.push_str("\n  ");
+        piece.push_str(line);
+    }
+    piece
+}
+
+fn json_array_end(any_item: bool) -> &'static str {
+    if any_item {
+        "\n]\n"
+    } else {
+        "[]\n"
+    }
+}
+
+/// Entries the CLI asks for per request; it follows a listing to its end.
+const LIST_PAGE: usize = 1000;
+
+/// Reads the listing at `path` a page at a time and hands each entry to `each`, so memory on
+/// both ends stays at one page. `filter` narrows the listing; `cursor` names the parameter that
+/// continues after an entry and reads its value from the entry (seq for the audit log,
+/// transfer id for the others).
+async fn for_each_listed(
+    c: &ApiClient,
+    path: &str,
+    filter: &[(&str, Option<String>)],
+    cursor: (&str, fn(&Value) -> Option<String>),
+    mut each: impl FnMut(&Value) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let (cursor_param, cursor_of) = cursor;
+    let mut after: Option<String> = None;
+    loop {
+        let mut pairs = filter.to_vec();
+        pairs.push(("limit", Some(LIST_PAGE.to_string())));
+        pairs.push((cursor_param, after.take()));
+        let page = ok_json(c, Method::GET, &format!("{path}?{}", query(&pairs)), None).await?;
+        let Value::Array(items) = page else {
+            return Err(Failure::new(
+                EXIT_FAILURE,
+                format!("{path}: the node did not answer with a list"),
+            ));
+        };
+        for item in &items {
+            each(item)?;
+        }
+        if items.len() < LIST_PAGE {
+            return Ok(());
+        }
+        after = items.last().and_then(cursor_of);
+        if after.is_none() {
+            return Err(Failure::new(
+                EXIT_FAILURE,
+                format!("{path}: a listed entry has no {cursor_param} cursor"),
+            ));
+        }
+    }
+}
+
+fn transfer_cursor(v: &Value) -> Option<String> {
+    v["transfer_id"].as_str().map(str::to_owned)
+}
+
+fn seq_cursor(v: &Value) -> Option<String> {
+    v["seq"].as_u64().map(|n| n.to_string())
 }
 
 /// Runs a client command (everything but `run` and `demo`).
@@ -392,39 +507,31 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
         Command::Send(args) => send(args).await,
         Command::Transfers { config, id, json } => {
             let c = client(&config).await?;
-            let path = match &id {
-                Some(id) => format!("/v1/transfers/{id}"),
-                None => "/v1/transfers".to_owned(),
-            };
-            let body = ok_json(&c, Method::GET, &path, None).await?;
-            if json {
-                print_json(&body)?;
-            } else {
-                let rows = match body {
-                    Value::Array(rows) => rows,
-                    one => vec![one],
-                };
-                outln!(
-                    "{:<32}  {:<14} {:<10} {:>10} {:>8}  NOTE",
-                    "TRANSFER",
-                    "TO",
-                    "STATE",
-                    "BYTES",
-                    "ATTEMPTS"
-                )?;
-                for r in rows {
-                    outln!(
-                        "{:<32}  {:<14} {:<10} {:>10} {:>8}  {}",
-                        r["transfer_id"].as_str().unwrap_or(""),
-                        r["to"].as_str().unwrap_or(""),
-                        r["state"].as_str().unwrap_or(""),
-                        r["payload_bytes"],
-                        r["attempts"],
-                        transfer_note(&r)
-                    )?;
+            if let Some(id) = &id {
+                let body = ok_json(&c, Method::GET, &format!("/v1/transfers/{id}"), None).await?;
+                if json {
+                    return print_json(&body);
                 }
+                print_transfer_header()?;
+                return print_transfer_row(&body);
             }
-            Ok(())
+            if json {
+                let mut out = JsonArrayOut::default();
+                for_each_listed(&c, "/v1/transfers", &[], ("after", transfer_cursor), |r| {
+                    out.item(r)
+                })
+                .await?;
+                return out.finish();
+            }
+            print_transfer_header()?;
+            for_each_listed(
+                &c,
+                "/v1/transfers",
+                &[],
+                ("after", transfer_cursor),
+                print_transfer_row,
+            )
+            .await
         }
         Command::Cancel { config, id } => {
             let c = client(&config).await?;
@@ -620,32 +727,35 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
     let c = client(config).await?;
     match action {
         InboxAction::List { json } => {
-            let body = ok_json(&c, Method::GET, "/v1/inbox", None).await?;
             if json {
-                print_json(&body)?;
-            } else {
-                outln!(
-                    "{:<32}  {:<14} {:>10}  ACKNOWLEDGED",
-                    "TRANSFER",
-                    "FROM",
-                    "BYTES"
-                )?;
-                for r in body.as_array().cloned().unwrap_or_default() {
-                    let removed = if r["envelope_removed_ms"].is_u64() {
-                        " (envelope removed by retention)"
-                    } else {
-                        ""
-                    };
-                    outln!(
-                        "{:<32}  {:<14} {:>10}  {}{removed}",
-                        r["transfer_id"].as_str().unwrap_or(""),
-                        r["from"].as_str().unwrap_or(""),
-                        r["payload_bytes"],
-                        r["acknowledged"]
-                    )?;
-                }
+                let mut out = JsonArrayOut::default();
+                for_each_listed(&c, "/v1/inbox", &[], ("after", transfer_cursor), |r| {
+                    out.item(r)
+                })
+                .await?;
+                return out.finish();
             }
-            Ok(())
+            outln!(
+                "{:<32}  {:<14} {:>10}  ACKNOWLEDGED",
+                "TRANSFER",
+                "FROM",
+                "BYTES"
+            )?;
+            for_each_listed(&c, "/v1/inbox", &[], ("after", transfer_cursor), |r| {
+                let removed = if r["envelope_removed_ms"].is_u64() {
+                    " (envelope removed by retention)"
+                } else {
+                    ""
+                };
+                outln!(
+                    "{:<32}  {:<14} {:>10}  {}{removed}",
+                    r["transfer_id"].as_str().unwrap_or(""),
+                    r["from"].as_str().unwrap_or(""),
+                    r["payload_bytes"],
+                    r["acknowledged"]
+                )
+            })
+            .await
         }
         InboxAction::Get { id, out } => {
             let resp = c
@@ -742,20 +852,27 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
             break_glass,
         } => {
             let c = client(&config).await?;
-            let q = query(&[
+            let filter = [
                 ("patient", patient),
                 ("transfer", transfer),
                 ("break_glass", break_glass.then(|| "true".to_owned())),
-            ]);
-            let body = ok_json(&c, Method::GET, &format!("/v1/audit?{q}"), None).await?;
+            ];
             if json {
-                print_json(&body)?;
-            } else {
-                for r in body.as_array().cloned().unwrap_or_default() {
-                    print_audit_row(&r)?;
-                }
+                let mut out = JsonArrayOut::default();
+                for_each_listed(&c, "/v1/audit", &filter, ("since", seq_cursor), |r| {
+                    out.item(r)
+                })
+                .await?;
+                return out.finish();
             }
-            Ok(())
+            for_each_listed(
+                &c,
+                "/v1/audit",
+                &filter,
+                ("since", seq_cursor),
+                print_audit_row,
+            )
+            .await
         }
     }
 }
@@ -1026,6 +1143,36 @@ pub fn finish(result: Result<(), Failure>) -> ExitCode {
                 eprintln!("gateway: {}", f.message);
             }
             ExitCode::from(f.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::{json_array_end, json_array_item};
+
+    /// A listing streamed a page at a time prints what `print_json` printed for the whole
+    /// array, so scripts reading `--json` see no difference.
+    #[test]
+    fn a_streamed_json_array_is_the_pretty_printed_array() {
+        let items = [
+            json!({"seq": 1, "event": "submitted", "reason": "line\nbreak", "ids": ["a", "b"]}),
+            json!({"seq": 2, "nested": {"empty": [], "obj": {}}}),
+            json!("text"),
+        ];
+        for n in 0..=items.len() {
+            let some = &items[..n];
+            let mut streamed: String = some
+                .iter()
+                .enumerate()
+                .map(|(i, v)| json_array_item(v, i == 0))
+                .collect();
+            streamed.push_str(json_array_end(n > 0));
+            let whole =
+                serde_json::to_string_pretty(&Value::Array(some.to_vec())).expect("encode") + "\n";
+            assert_eq!(streamed, whole, "{n} items");
         }
     }
 }

@@ -603,16 +603,24 @@ impl From<&OutboxEntry> for TransferView {
     }
 }
 
-async fn list_transfers(State(state): State<Shared>) -> Response {
-    match state.store.outbox_list() {
-        Ok(entries) => Json(
-            entries
-                .iter()
-                .map(|e| transfer_view(&state, e))
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+async fn list_transfers(State(state): State<Shared>, Query(q): Query<PageQuery>) -> Response {
+    let (after, limit) = match q.parse() {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    match state.store.outbox_page(after.map(|t| t.0).as_ref(), limit) {
+        Ok(entries) => {
+            let next = next_after(&entries, limit, |e| e.transfer_id);
+            paged(
+                "/v1/transfers",
+                next.map(|id| PageQuery::next(TransferId(id), limit)),
+                entries
+                    .iter()
+                    .map(|e| transfer_view(&state, e))
+                    .collect::<Vec<_>>(),
+            )
+        }
+        Err(e) => page_error(&e),
     }
 }
 
@@ -690,16 +698,24 @@ fn inbox_view(state: &NodeState, e: &InboxEntry) -> InboxView {
     view
 }
 
-async fn list_inbox(State(state): State<Shared>) -> Response {
-    match state.store.inbox_list() {
-        Ok(entries) => Json(
-            entries
-                .iter()
-                .map(|e| inbox_view(&state, e))
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+async fn list_inbox(State(state): State<Shared>, Query(q): Query<PageQuery>) -> Response {
+    let (after, limit) = match q.parse() {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    match state.store.inbox_page(after.map(|t| t.0).as_ref(), limit) {
+        Ok(entries) => {
+            let next = next_after(&entries, limit, |e| e.transfer_id);
+            paged(
+                "/v1/inbox",
+                next.map(|id| PageQuery::next(TransferId(id), limit)),
+                entries
+                    .iter()
+                    .map(|e| inbox_view(&state, e))
+                    .collect::<Vec<_>>(),
+            )
+        }
+        Err(e) => page_error(&e),
     }
 }
 
@@ -790,9 +806,79 @@ async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Respo
     }
 }
 
+// ---- listings, a page at a time ---------------------------------------------------------------
+
+/// Entries a listing returns when the request names no `limit`.
+pub const DEFAULT_PAGE: usize = 1000;
+/// The largest `limit` a listing accepts: a page is built in memory, and a node's outbox,
+/// inbox and audit log grow without bound.
+pub const MAX_PAGE: usize = 10_000;
+
+fn page_limit(limit: Option<usize>) -> Result<usize, BadRequest> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        ))),
+    }
+}
+
+/// The transfer listings' query: `after` is the last transfer id of the previous page.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+impl PageQuery {
+    fn parse(&self) -> Result<(Option<TransferId>, usize), BadRequest> {
+        let after = self.after.as_deref().map(parse_id).transpose()?;
+        Ok((after, page_limit(self.limit)?))
+    }
+
+    fn next(after: TransferId, limit: usize) -> PageQuery {
+        PageQuery {
+            after: Some(after.to_string()),
+            limit: Some(limit),
+        }
+    }
+}
+
+/// A full page may have a successor: the cursor of the next one.
+fn next_after<T, C>(entries: &[T], limit: usize, cursor: impl Fn(&T) -> C) -> Option<C> {
+    (entries.len() >= limit)
+        .then(|| entries.last().map(cursor))
+        .flatten()
+}
+
+/// A page as a JSON array, with an RFC 8288 `Link: <…>; rel="next"` header when there may be
+/// more (the array stays the whole body, so clients that read one page are unchanged).
+fn paged<Q: Serialize, T: Serialize>(path: &str, next: Option<Q>, items: Vec<T>) -> Response {
+    let mut response = Json(items).into_response();
+    let link = next
+        .and_then(|q| serde_urlencoded::to_string(q).ok())
+        .and_then(|q| header::HeaderValue::from_str(&format!("<{path}?{q}>; rel=\"next\"")).ok());
+    if let Some(link) = link {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    response
+}
+
+fn page_error(e: &gateway_store::StoreError) -> Response {
+    match e {
+        gateway_store::StoreError::NotFound { id, .. } => error(
+            StatusCode::NOT_FOUND,
+            format!("after: no transfer {id} in this listing"),
+        ),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 // ---- audit ------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     patient: Option<String>,
@@ -845,16 +931,31 @@ async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>) ->
         Ok(t) => t.map(|t| t.0),
         Err(r) => return r.into_response(),
     };
+    let limit = match page_limit(q.limit) {
+        Ok(l) => l,
+        Err(r) => return r.into_response(),
+    };
     let filter = AuditFilter {
-        patient: q.patient,
+        patient: q.patient.clone(),
         transfer_id,
         break_glass_only: q.break_glass.unwrap_or(false),
         since_seq: q.since,
-        limit: q.limit,
+        limit: Some(limit),
     };
     match state.store.audit_list(&filter) {
         Ok(entries) => {
-            Json(entries.iter().map(AuditView::from).collect::<Vec<_>>()).into_response()
+            let next = next_after(&entries, limit, |e| AuditQuery {
+                patient: q.patient.clone(),
+                transfer: q.transfer.clone(),
+                break_glass: q.break_glass,
+                since: Some(e.seq),
+                limit: Some(limit),
+            });
+            paged(
+                "/v1/audit",
+                next,
+                entries.iter().map(AuditView::from).collect::<Vec<_>>(),
+            )
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -22,6 +22,9 @@ use gateway::api_client::{collect_json, ApiClient};
 use gateway::config::{ConfigTemplate, NodeConfig};
 use pki_tools::{Endpoint, FacilityId, FacilityKind, Federation};
 
+/// The largest page a listing serves (`gateway::local_api::MAX_PAGE`).
+const MAX_PAGE: usize = gateway::local_api::MAX_PAGE;
+
 /// Loopback addresses handed out to nodes (127.0.0.2, .3, …), shared by all tests in a process.
 static NEXT_HOST: AtomicU8 = AtomicU8::new(2);
 
@@ -436,13 +439,24 @@ impl Node {
         }
     }
 
+    /// The whole inbox, newest first, read a page at a time.
     pub async fn inbox(&self) -> Vec<Value> {
-        self.get("/v1/inbox")
-            .await
-            .1
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let after = all.last().map_or(String::new(), |e| {
+                format!("&after={}", e["transfer_id"].as_str().unwrap())
+            });
+            let (status, page) = self
+                .get(&format!("/v1/inbox?limit={MAX_PAGE}{after}"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let page = page.as_array().cloned().unwrap_or_default();
+            let done = page.len() < MAX_PAGE;
+            all.extend(page);
+            if done {
+                return all;
+            }
+        }
     }
 
     /// Fetches and decrypts a received record.
@@ -472,13 +486,22 @@ impl Node {
         resp.into_body()
     }
 
+    /// The whole audit log, read a page at a time.
     pub async fn audit(&self) -> Vec<Value> {
-        self.get("/v1/audit")
-            .await
-            .1
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let since = all.last().map_or(0, |e| e["seq"].as_u64().unwrap());
+            let (status, page) = self
+                .get(&format!("/v1/audit?since={since}&limit={MAX_PAGE}"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let page = page.as_array().cloned().unwrap_or_default();
+            let done = page.len() < MAX_PAGE;
+            all.extend(page);
+            if done {
+                return all;
+            }
+        }
     }
 
     pub async fn audit_verifies(&self) -> bool {

@@ -10,7 +10,7 @@ use crate::retention::index_settled;
 use crate::types::{
     transfer_id_hex, AuditEntry, AuditRecord, InboxEntry, InboxInsert, SpoolKind, TransferId,
 };
-use crate::{list_newest_first, time_key, tx_err, Store};
+use crate::{page_newest_first, time_key, tx_err, Store};
 
 const WHAT: &str = "inbox";
 
@@ -57,10 +57,37 @@ impl Store {
             .transpose()
     }
 
-    /// Every entry, newest (`received_ms`) first.
+    /// Every entry, newest (`received_ms`) first. Holds the whole inbox in memory: listings
+    /// for people go through [`Store::inbox_page`].
     pub fn inbox_list(&self) -> Result<Vec<InboxEntry>, StoreError> {
+        self.inbox_page(None, usize::MAX)
+    }
+
+    /// At most `limit` entries, newest (`received_ms`) first, starting after the transfer
+    /// `after` (the last one of the previous page). `NotFound` if `after` is not in the inbox.
+    pub fn inbox_page(
+        &self,
+        after: Option<&TransferId>,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        let after = match after {
+            None => None,
+            Some(id) => {
+                let entry = self.inbox_get(id)?.ok_or_else(|| StoreError::NotFound {
+                    what: WHAT,
+                    id: transfer_id_hex(id),
+                })?;
+                Some(time_key(entry.received_ms, id))
+            }
+        };
         let t = self.trees();
-        list_newest_first(&t.inbox_by_time, &t.inbox, WHAT, "list inbox")
+        page_newest_first(
+            &t.inbox_by_time,
+            &t.inbox,
+            (WHAT, "list inbox"),
+            after,
+            limit,
+        )
     }
 
     /// Records that the EMR acknowledged the transfer, and indexes its envelope for removal

@@ -273,15 +273,22 @@ pub(crate) fn id_of_time_key(what: &'static str, key: &[u8]) -> Result<TransferI
         })
 }
 
-/// Every entry of `main`, newest first, in the order of its time index (`time_key` keys).
-pub(crate) fn list_newest_first<T: serde::de::DeserializeOwned>(
+/// Entries of `main`, newest first, in the order of its time index (`time_key` keys): at most
+/// `limit`, starting after `after` (a [`time_key`]), so that a listing of any length can be
+/// read a page at a time.
+pub(crate) fn page_newest_first<T: serde::de::DeserializeOwned>(
     index: &sled::Tree,
     main: &sled::Tree,
-    what: &'static str,
-    context: &'static str,
+    (what, context): (&'static str, &'static str),
+    after: Option<[u8; 24]>,
+    limit: usize,
 ) -> Result<Vec<T>, StoreError> {
+    let items = match after {
+        Some(after) => index.range(..after),
+        None => index.iter(),
+    };
     let mut out = Vec::new();
-    for item in index.iter().rev() {
+    for item in items.rev().take(limit) {
         let (key, _) = item.map_err(StoreError::sled(context))?;
         let id = id_of_time_key(what, &key)?;
         let value =

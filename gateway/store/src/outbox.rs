@@ -12,7 +12,7 @@ use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::retention::index_settled;
 use crate::types::{transfer_id_hex, AuditEntry, AuditRecord, OutboxEntry, SpoolKind, TransferId};
-use crate::{id_of_time_key, list_newest_first, now_ms, time_key, Store};
+use crate::{id_of_time_key, now_ms, page_newest_first, time_key, Store};
 
 const WHAT: &str = "outbox";
 
@@ -68,10 +68,38 @@ impl Store {
             .transpose()
     }
 
-    /// Every entry, newest (`created_ms`) first.
+    /// Every entry, newest (`created_ms`) first. Holds the whole outbox in memory: listings
+    /// for people go through [`Store::outbox_page`].
     pub fn outbox_list(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.outbox_page(None, usize::MAX)
+    }
+
+    /// At most `limit` entries, newest (`created_ms`) first, starting after the transfer
+    /// `after` (the last one of the previous page). `NotFound` if `after` is not in the
+    /// outbox.
+    pub fn outbox_page(
+        &self,
+        after: Option<&TransferId>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let after = match after {
+            None => None,
+            Some(id) => {
+                let entry = self.outbox_get(id)?.ok_or_else(|| StoreError::NotFound {
+                    what: WHAT,
+                    id: transfer_id_hex(id),
+                })?;
+                Some(time_key(entry.created_ms, id))
+            }
+        };
         let t = self.trees();
-        list_newest_first(&t.outbox_by_time, &t.outbox, WHAT, "list outbox")
+        page_newest_first(
+            &t.outbox_by_time,
+            &t.outbox,
+            (WHAT, "list outbox"),
+            after,
+            limit,
+        )
     }
 
     /// Atomic read-modify-write: applies `f` to the current entry and stores the result

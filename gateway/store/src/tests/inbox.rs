@@ -56,3 +56,26 @@ async fn ack_records_the_first_acknowledgement_and_persists() {
     assert_eq!(entry.acked_ms, Some(500));
     assert_eq!(entry.receipt, vec![1; 64]);
 }
+
+#[test]
+fn pages_walk_the_listing_in_order_without_gaps_or_repeats() {
+    let (_dir, store) = open();
+    for (n, t) in [(1, 20), (2, 30), (3, 10), (4, 30), (5, 40)] {
+        store.inbox_insert(&inbox_entry(n, t)).expect("insert");
+    }
+    let whole = store.inbox_list().expect("list");
+    let first = store.inbox_page(None, 2).expect("page");
+    let second = store
+        .inbox_page(Some(&first[1].transfer_id), 2)
+        .expect("page");
+    let third = store
+        .inbox_page(Some(&second[1].transfer_id), 2)
+        .expect("page");
+    assert_eq!((first.len(), second.len(), third.len()), (2, 2, 1));
+    let paged: Vec<_> = first.into_iter().chain(second).chain(third).collect();
+    assert_eq!(paged, whole);
+    let err = store
+        .inbox_page(Some(&tid(99)), 2)
+        .expect_err("unknown cursor");
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+}

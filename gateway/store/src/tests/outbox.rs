@@ -195,3 +195,37 @@ fn debug_output_redacts_patient_and_clinician() {
     assert!(shown.contains("<redacted>"), "{shown}");
     assert!(shown.contains("facility-b"), "{shown}");
 }
+
+#[test]
+fn pages_walk_the_listing_in_order_without_gaps_or_repeats() {
+    let (_dir, store) = open();
+    // Equal times are ordered by id, so ties must not make a page boundary lose an entry.
+    for n in 1..=7u32 {
+        let created = if n <= 4 { 100 } else { 100 + u64::from(n) };
+        store
+            .outbox_insert(&outbox_entry(n, created))
+            .expect("insert");
+    }
+    let whole: Vec<_> = store.outbox_list().expect("list");
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.outbox_page(after.as_ref(), 3).expect("page");
+        assert!(page.len() <= 3);
+        let done = page.len() < 3;
+        after = page.last().map(|e| e.transfer_id);
+        paged.extend(page);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(paged, whole);
+    assert_eq!(paged.len(), 7);
+    // The last page, read from the last entry, is empty; an unknown cursor is an error.
+    let last = whole.last().expect("entries").transfer_id;
+    assert!(store.outbox_page(Some(&last), 3).expect("page").is_empty());
+    let err = store
+        .outbox_page(Some(&tid(99)), 3)
+        .expect_err("unknown cursor");
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+}
