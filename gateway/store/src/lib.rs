@@ -181,6 +181,25 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether the one-time job `name` of the node (e.g. a backfill for stores written by an
+    /// older version) has recorded that it is done.
+    pub fn job_done(&self, name: &str) -> Result<bool, StoreError> {
+        let t = self.trees();
+        t.store_meta
+            .contains_key(job_key(name))
+            .map_err(StoreError::sled("read store metadata"))
+    }
+
+    /// Records that the one-time job `name` is done (durable at the next commit; a job whose
+    /// record is lost in a crash runs again, so jobs must be idempotent).
+    pub fn set_job_done(&self, name: &str) -> Result<(), StoreError> {
+        let t = self.trees();
+        t.store_meta
+            .insert(job_key(name), &[1u8][..])
+            .map(|_| ())
+            .map_err(StoreError::sled("write store metadata"))
+    }
+
     /// Makes every write that completed before this call durable (see the crate docs).
     /// Concurrent callers share one flush.
     pub async fn commit(&self) -> Result<(), StoreError> {
@@ -252,6 +271,11 @@ pub(crate) fn tx_err(
             StoreError::Sled { context, source }
         }
     }
+}
+
+/// `store_meta` key of a node job, apart from the store's own keys.
+fn job_key(name: &str) -> Vec<u8> {
+    [b"job-done:".as_slice(), name.as_bytes()].concat()
 }
 
 /// `a_be || id`: index keys ordered by a timestamp, unique by transfer id.

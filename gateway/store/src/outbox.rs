@@ -74,6 +74,34 @@ impl Store {
         self.outbox_page(None, usize::MAX)
     }
 
+    /// Every entry, in no particular order, read one at a time: for passes over the whole
+    /// outbox (start-up recovery) that must not hold it in memory.
+    pub fn outbox_iter(&self) -> impl Iterator<Item = Result<OutboxEntry, StoreError>> {
+        self.trees().outbox.iter().map(|item| {
+            let (_, value) = item.map_err(StoreError::sled("read outbox"))?;
+            decode(WHAT, &value)
+        })
+    }
+
+    /// The entries still Queued or Delivering, read one at a time through the `outbox_due`
+    /// index: what start-up recovery looks at, however long the settled history is.
+    pub fn outbox_pending_iter(
+        &self,
+    ) -> impl Iterator<Item = Result<OutboxEntry, StoreError>> + '_ {
+        self.trees().outbox_due.iter().filter_map(|item| {
+            let entry = item
+                .map_err(StoreError::sled("scan due outbox entries"))
+                .and_then(|(key, _)| id_of_time_key(WHAT, &key))
+                .and_then(|id| self.outbox_get(&id));
+            match entry {
+                Ok(Some(e)) if e.state.is_pending() => Some(Ok(e)),
+                // Settled or gone between the index read and the entry read.
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
     /// At most `limit` entries, newest (`created_ms`) first, starting after the transfer
     /// `after` (the last one of the previous page). `NotFound` if `after` is not in the
     /// outbox.

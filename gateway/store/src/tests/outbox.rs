@@ -229,3 +229,47 @@ fn pages_walk_the_listing_in_order_without_gaps_or_repeats() {
         .expect_err("unknown cursor");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
 }
+
+#[test]
+fn pending_iter_reads_only_queued_and_delivering_entries() {
+    let (_dir, store) = open();
+    let states = [
+        TransferState::Queued,
+        TransferState::Delivered,
+        TransferState::Delivering,
+        TransferState::Failed,
+        TransferState::Cancelled,
+    ];
+    for (n, state) in (1..).zip(states) {
+        let mut e = outbox_entry(n, 100 + u64::from(n));
+        e.state = state;
+        store.outbox_insert(&e).expect("insert");
+    }
+    let mut pending: Vec<_> = store
+        .outbox_pending_iter()
+        .map(|e| e.expect("entry").transfer_id)
+        .collect();
+    pending.sort_unstable();
+    assert_eq!(pending, vec![tid(1), tid(3)]);
+    // Once delivered, an entry leaves the pending set; the whole outbox still has all five.
+    store
+        .outbox_update(&tid(1), |e| e.state = TransferState::Delivered)
+        .expect("update");
+    let pending: Vec<_> = store
+        .outbox_pending_iter()
+        .map(|e| e.expect("entry").transfer_id)
+        .collect();
+    assert_eq!(pending, vec![tid(3)]);
+    assert_eq!(store.outbox_iter().count(), 5);
+}
+
+#[test]
+fn a_job_marked_done_stays_done_across_reopen() {
+    let (dir, store) = open();
+    assert!(!store.job_done("backfill").expect("read"));
+    store.set_job_done("backfill").expect("write");
+    assert!(store.job_done("backfill").expect("read"));
+    assert!(!store.job_done("other").expect("read"));
+    let store = reopen(&dir, store);
+    assert!(store.job_done("backfill").expect("read"));
+}
