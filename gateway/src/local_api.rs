@@ -604,24 +604,12 @@ impl From<&OutboxEntry> for TransferView {
 }
 
 async fn list_transfers(State(state): State<Shared>, Query(q): Query<PageQuery>) -> Response {
-    let (after, limit) = match q.parse() {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    match state.store.outbox_page(after.map(|t| t.0).as_ref(), limit) {
-        Ok(entries) => {
-            let next = next_after(&entries, limit, |e| e.transfer_id);
-            paged(
-                "/v1/transfers",
-                next.map(|id| PageQuery::next(TransferId(id), limit)),
-                entries
-                    .iter()
-                    .map(|e| transfer_view(&state, e))
-                    .collect::<Vec<_>>(),
-            )
-        }
-        Err(e) => page_error(&e),
-    }
+    transfer_page(
+        "/v1/transfers",
+        &q,
+        |after, limit| state.store.outbox_page(after, limit),
+        |e: &OutboxEntry| (e.transfer_id, transfer_view(&state, e)),
+    )
 }
 
 async fn get_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
@@ -699,24 +687,12 @@ fn inbox_view(state: &NodeState, e: &InboxEntry) -> InboxView {
 }
 
 async fn list_inbox(State(state): State<Shared>, Query(q): Query<PageQuery>) -> Response {
-    let (after, limit) = match q.parse() {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    match state.store.inbox_page(after.map(|t| t.0).as_ref(), limit) {
-        Ok(entries) => {
-            let next = next_after(&entries, limit, |e| e.transfer_id);
-            paged(
-                "/v1/inbox",
-                next.map(|id| PageQuery::next(TransferId(id), limit)),
-                entries
-                    .iter()
-                    .map(|e| inbox_view(&state, e))
-                    .collect::<Vec<_>>(),
-            )
-        }
-        Err(e) => page_error(&e),
-    }
+    transfer_page(
+        "/v1/inbox",
+        &q,
+        |after, limit| state.store.inbox_page(after, limit),
+        |e: &InboxEntry| (e.transfer_id, inbox_view(&state, e)),
+    )
 }
 
 fn fetch_error(e: FetchError) -> Response {
@@ -846,6 +822,32 @@ impl PageQuery {
     }
 }
 
+/// One page of a transfer listing (outbox or inbox): `read` takes the cursor and the limit,
+/// `view` gives an entry's id (the next page's cursor) and what is shown of it.
+fn transfer_page<E, V: Serialize>(
+    path: &str,
+    q: &PageQuery,
+    read: impl FnOnce(Option<&[u8; 16]>, usize) -> Result<Vec<E>, gateway_store::StoreError>,
+    view: impl Fn(&E) -> ([u8; 16], V),
+) -> Response {
+    let (after, limit) = match q.parse() {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    match read(after.map(|t| t.0).as_ref(), limit) {
+        Ok(entries) => {
+            let (ids, views): (Vec<_>, Vec<_>) = entries.iter().map(view).unzip();
+            let next = next_after(&ids, limit, |id| PageQuery::next(TransferId(*id), limit));
+            paged(path, next, views)
+        }
+        Err(gateway_store::StoreError::NotFound { id, .. }) => error(
+            StatusCode::NOT_FOUND,
+            format!("after: no transfer {id} in this listing"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// A full page may have a successor: the cursor of the next one.
 fn next_after<T, C>(entries: &[T], limit: usize, cursor: impl Fn(&T) -> C) -> Option<C> {
     (entries.len() >= limit)
@@ -864,16 +866,6 @@ fn paged<Q: Serialize, T: Serialize>(path: &str, next: Option<Q>, items: Vec<T>)
         response.headers_mut().insert(header::LINK, link);
     }
     response
-}
-
-fn page_error(e: &gateway_store::StoreError) -> Response {
-    match e {
-        gateway_store::StoreError::NotFound { id, .. } => error(
-            StatusCode::NOT_FOUND,
-            format!("after: no transfer {id} in this listing"),
-        ),
-        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
 }
 
 // ---- audit ------------------------------------------------------------------------------------

@@ -441,22 +441,10 @@ impl Node {
 
     /// The whole inbox, newest first, read a page at a time.
     pub async fn inbox(&self) -> Vec<Value> {
-        let mut all: Vec<Value> = Vec::new();
-        loop {
-            let after = all.last().map_or(String::new(), |e| {
-                format!("&after={}", e["transfer_id"].as_str().unwrap())
-            });
-            let (status, page) = self
-                .get(&format!("/v1/inbox?limit={MAX_PAGE}{after}"))
-                .await;
-            assert_eq!(status, StatusCode::OK, "{page}");
-            let page = page.as_array().cloned().unwrap_or_default();
-            let done = page.len() < MAX_PAGE;
-            all.extend(page);
-            if done {
-                return all;
-            }
-        }
+        self.all_pages("/v1/inbox", "after", |e| {
+            e["transfer_id"].as_str().unwrap().to_owned()
+        })
+        .await
     }
 
     /// Fetches and decrypts a received record.
@@ -488,12 +476,24 @@ impl Node {
 
     /// The whole audit log, read a page at a time.
     pub async fn audit(&self) -> Vec<Value> {
+        self.all_pages("/v1/audit", "since", |e| e["seq"].to_string())
+            .await
+    }
+
+    /// Every entry of a paged listing: pages of `MAX_PAGE`, each continuing after the last
+    /// entry of the previous one (`cursor` names the parameter, `cursor_of` its value).
+    async fn all_pages(
+        &self,
+        path: &str,
+        cursor: &str,
+        cursor_of: fn(&Value) -> String,
+    ) -> Vec<Value> {
         let mut all: Vec<Value> = Vec::new();
         loop {
-            let since = all.last().map_or(0, |e| e["seq"].as_u64().unwrap());
-            let (status, page) = self
-                .get(&format!("/v1/audit?since={since}&limit={MAX_PAGE}"))
-                .await;
+            let after = all
+                .last()
+                .map_or(String::new(), |e| format!("&{cursor}={}", cursor_of(e)));
+            let (status, page) = self.get(&format!("{path}?limit={MAX_PAGE}{after}")).await;
             assert_eq!(status, StatusCode::OK, "{page}");
             let page = page.as_array().cloned().unwrap_or_default();
             let done = page.len() < MAX_PAGE;

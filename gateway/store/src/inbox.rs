@@ -70,22 +70,12 @@ impl Store {
         after: Option<&TransferId>,
         limit: usize,
     ) -> Result<Vec<InboxEntry>, StoreError> {
-        let after = match after {
-            None => None,
-            Some(id) => {
-                let entry = self.inbox_get(id)?.ok_or_else(|| StoreError::NotFound {
-                    what: WHAT,
-                    id: transfer_id_hex(id),
-                })?;
-                Some(time_key(entry.received_ms, id))
-            }
-        };
         let t = self.trees();
         page_newest_first(
             &t.inbox_by_time,
             &t.inbox,
             (WHAT, "list inbox"),
-            after,
+            (after, |e: &InboxEntry| e.received_ms),
             limit,
         )
     }

@@ -297,18 +297,29 @@ pub(crate) fn id_of_time_key(what: &'static str, key: &[u8]) -> Result<TransferI
         })
 }
 
-/// Entries of `main`, newest first, in the order of its time index (`time_key` keys): at most
-/// `limit`, starting after `after` (a [`time_key`]), so that a listing of any length can be
-/// read a page at a time.
+/// Entries of `main` (id → entry), newest first, in the order of its time index (`time_key`
+/// keys, the time being `time_of` the entry): at most `limit`, starting after the entry `after`
+/// (`NotFound` if it is not in `main`), so that a listing of any length can be read a page at
+/// a time.
 pub(crate) fn page_newest_first<T: serde::de::DeserializeOwned>(
     index: &sled::Tree,
     main: &sled::Tree,
     (what, context): (&'static str, &'static str),
-    after: Option<[u8; 24]>,
+    (after, time_of): (Option<&TransferId>, fn(&T) -> u64),
     limit: usize,
 ) -> Result<Vec<T>, StoreError> {
     let items = match after {
-        Some(after) => index.range(..after),
+        Some(id) => {
+            let value = main
+                .get(id)
+                .map_err(StoreError::sled(context))?
+                .ok_or_else(|| StoreError::NotFound {
+                    what,
+                    id: types::transfer_id_hex(id),
+                })?;
+            let entry: T = codec::decode(what, &value)?;
+            index.range(..time_key(time_of(&entry), id))
+        }
         None => index.iter(),
     };
     let mut out = Vec::new();

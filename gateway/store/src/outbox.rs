@@ -110,22 +110,12 @@ impl Store {
         after: Option<&TransferId>,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let after = match after {
-            None => None,
-            Some(id) => {
-                let entry = self.outbox_get(id)?.ok_or_else(|| StoreError::NotFound {
-                    what: WHAT,
-                    id: transfer_id_hex(id),
-                })?;
-                Some(time_key(entry.created_ms, id))
-            }
-        };
         let t = self.trees();
         page_newest_first(
             &t.outbox_by_time,
             &t.outbox,
             (WHAT, "list outbox"),
-            after,
+            (after, |e: &OutboxEntry| e.created_ms),
             limit,
         )
     }
