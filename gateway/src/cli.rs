@@ -437,16 +437,18 @@ const LIST_PAGE: usize = 1000;
 /// Reads the listing at `path` a page at a time and hands each entry to `each`, so memory on
 /// both ends stays at one page. `filter` narrows the listing; `cursor` names the parameter that
 /// continues after an entry and reads its value from the entry (seq for the audit log,
-/// transfer id for the others).
+/// transfer id for the others); `header` is printed before the first entry.
 async fn for_each_listed(
     c: &ApiClient,
     path: &str,
     filter: &[(&str, Option<String>)],
     cursor: (&str, fn(&Value) -> Option<String>),
+    header: fn() -> Result<(), Failure>,
     mut each: impl FnMut(&Value) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     let (cursor_param, cursor_of) = cursor;
     let mut after: Option<String> = None;
+    let mut header = Some(header);
     loop {
         let mut pairs = filter.to_vec();
         pairs.push(("limit", Some(LIST_PAGE.to_string())));
@@ -458,6 +460,10 @@ async fn for_each_listed(
                 format!("{path}: the node did not answer with a list"),
             ));
         };
+        // Printed once the node has answered, so a refusal leaves stdout empty.
+        if let Some(header) = header.take() {
+            header()?;
+        }
         for item in &items {
             each(item)?;
         }
@@ -472,6 +478,10 @@ async fn for_each_listed(
             ));
         }
     }
+}
+
+fn no_header() -> Result<(), Failure> {
+    Ok(())
 }
 
 fn transfer_cursor(v: &Value) -> Option<String> {
@@ -517,18 +527,23 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
             }
             if json {
                 let mut out = JsonArrayOut::default();
-                for_each_listed(&c, "/v1/transfers", &[], ("after", transfer_cursor), |r| {
-                    out.item(r)
-                })
+                for_each_listed(
+                    &c,
+                    "/v1/transfers",
+                    &[],
+                    ("after", transfer_cursor),
+                    no_header,
+                    |r| out.item(r),
+                )
                 .await?;
                 return out.finish();
             }
-            print_transfer_header()?;
             for_each_listed(
                 &c,
                 "/v1/transfers",
                 &[],
                 ("after", transfer_cursor),
+                print_transfer_header,
                 print_transfer_row,
             )
             .await
@@ -729,32 +744,46 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
         InboxAction::List { json } => {
             if json {
                 let mut out = JsonArrayOut::default();
-                for_each_listed(&c, "/v1/inbox", &[], ("after", transfer_cursor), |r| {
-                    out.item(r)
-                })
+                for_each_listed(
+                    &c,
+                    "/v1/inbox",
+                    &[],
+                    ("after", transfer_cursor),
+                    no_header,
+                    |r| out.item(r),
+                )
                 .await?;
                 return out.finish();
             }
-            outln!(
-                "{:<32}  {:<14} {:>10}  ACKNOWLEDGED",
-                "TRANSFER",
-                "FROM",
-                "BYTES"
-            )?;
-            for_each_listed(&c, "/v1/inbox", &[], ("after", transfer_cursor), |r| {
-                let removed = if r["envelope_removed_ms"].is_u64() {
-                    " (envelope removed by retention)"
-                } else {
-                    ""
-                };
+            let header = || {
                 outln!(
-                    "{:<32}  {:<14} {:>10}  {}{removed}",
-                    r["transfer_id"].as_str().unwrap_or(""),
-                    r["from"].as_str().unwrap_or(""),
-                    r["payload_bytes"],
-                    r["acknowledged"]
+                    "{:<32}  {:<14} {:>10}  ACKNOWLEDGED",
+                    "TRANSFER",
+                    "FROM",
+                    "BYTES"
                 )
-            })
+            };
+            for_each_listed(
+                &c,
+                "/v1/inbox",
+                &[],
+                ("after", transfer_cursor),
+                header,
+                |r| {
+                    let removed = if r["envelope_removed_ms"].is_u64() {
+                        " (envelope removed by retention)"
+                    } else {
+                        ""
+                    };
+                    outln!(
+                        "{:<32}  {:<14} {:>10}  {}{removed}",
+                        r["transfer_id"].as_str().unwrap_or(""),
+                        r["from"].as_str().unwrap_or(""),
+                        r["payload_bytes"],
+                        r["acknowledged"]
+                    )
+                },
+            )
             .await
         }
         InboxAction::Get { id, out } => {
@@ -859,9 +888,14 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
             ];
             if json {
                 let mut out = JsonArrayOut::default();
-                for_each_listed(&c, "/v1/audit", &filter, ("since", seq_cursor), |r| {
-                    out.item(r)
-                })
+                for_each_listed(
+                    &c,
+                    "/v1/audit",
+                    &filter,
+                    ("since", seq_cursor),
+                    no_header,
+                    |r| out.item(r),
+                )
                 .await?;
                 return out.finish();
             }
@@ -870,6 +904,7 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
                 "/v1/audit",
                 &filter,
                 ("since", seq_cursor),
+                no_header,
                 print_audit_row,
             )
             .await

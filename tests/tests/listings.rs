@@ -132,6 +132,13 @@ async fn listings_are_paged_and_the_cli_reads_every_page() {
         .map(|t| t["transfer_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(received, sent);
+
+    // A listing the node refuses prints nothing on stdout (no table header), only the reason.
+    pki_tools::files::write_atomic(&a.dir.dir.join("api.token"), b"not-the-token", true).unwrap();
+    let (code, out, err) = a.cli(&["transfers"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.is_empty(), "stdout: {out}");
+    assert!(!err.is_empty());
 }
 
 /// GET with the node's token: (status, Link header, JSON body).
