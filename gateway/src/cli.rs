@@ -480,6 +480,18 @@ async fn for_each_listed(
     }
 }
 
+/// A whole listing as one JSON array, printed a page at a time.
+async fn print_listing_json(
+    c: &ApiClient,
+    path: &str,
+    filter: &[(&str, Option<String>)],
+    cursor: (&str, fn(&Value) -> Option<String>),
+) -> Result<(), Failure> {
+    let mut out = JsonArrayOut::default();
+    for_each_listed(c, path, filter, cursor, no_header, |r| out.item(r)).await?;
+    out.finish()
+}
+
 fn no_header() -> Result<(), Failure> {
     Ok(())
 }
@@ -526,17 +538,8 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                 return print_transfer_row(&body);
             }
             if json {
-                let mut out = JsonArrayOut::default();
-                for_each_listed(
-                    &c,
-                    "/v1/transfers",
-                    &[],
-                    ("after", transfer_cursor),
-                    no_header,
-                    |r| out.item(r),
-                )
-                .await?;
-                return out.finish();
+                return print_listing_json(&c, "/v1/transfers", &[], ("after", transfer_cursor))
+                    .await;
             }
             for_each_listed(
                 &c,
@@ -743,17 +746,7 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
     match action {
         InboxAction::List { json } => {
             if json {
-                let mut out = JsonArrayOut::default();
-                for_each_listed(
-                    &c,
-                    "/v1/inbox",
-                    &[],
-                    ("after", transfer_cursor),
-                    no_header,
-                    |r| out.item(r),
-                )
-                .await?;
-                return out.finish();
+                return print_listing_json(&c, "/v1/inbox", &[], ("after", transfer_cursor)).await;
             }
             let header = || {
                 outln!(
@@ -887,17 +880,7 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
                 ("break_glass", break_glass.then(|| "true".to_owned())),
             ];
             if json {
-                let mut out = JsonArrayOut::default();
-                for_each_listed(
-                    &c,
-                    "/v1/audit",
-                    &filter,
-                    ("since", seq_cursor),
-                    no_header,
-                    |r| out.item(r),
-                )
-                .await?;
-                return out.finish();
+                return print_listing_json(&c, "/v1/audit", &filter, ("since", seq_cursor)).await;
             }
             for_each_listed(
                 &c,
