@@ -736,16 +736,18 @@ fn output_to_a_closed_pipe_or_a_full_disk_does_not_panic() {
     s.pki(&["init", "--dir", "fed", "--name", "Test Health Federation"])
         .ok();
 
-    // The only read end is closed before `pki` writes: its write fails with EPIPE.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pki"))
+    // stdout is a pipe whose read end is closed before `pki` starts: no reader ever exists,
+    // so its write fails with EPIPE whatever the timing (closing it after the spawn races
+    // with a fast child that writes first).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_pki"))
         .args(["inspect", "fed/ca.crt"])
         .current_dir(s.dir.path())
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(141), "closed pipe: {stderr}");
     assert!(

@@ -31,15 +31,17 @@ async fn a_closed_or_full_stdout_ends_a_listing_without_a_panic() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id), "{out}");
 
-    // The reader closed its end before the first line: no reader is left, so the first write
-    // fails with EPIPE whatever the timing.
+    // stdout is a pipe whose read end is closed before the command starts: no reader ever
+    // exists, so the first write fails with EPIPE whatever the timing (closing it after the
+    // spawn would race with a child that writes first).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
     let mut child = Command::new(gateway_bin())
         .args(listing)
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
     let code = wait_child_exit(&mut child, Duration::from_secs(20));
     if code.is_none() {
         let _ = child.kill();
