@@ -608,7 +608,8 @@ async fn list_transfers(State(state): State<Shared>, Query(q): Query<PageQuery>)
         "/v1/transfers",
         &q,
         |after, limit| state.store.outbox_page(after, limit),
-        |e: &OutboxEntry| (e.transfer_id, transfer_view(&state, e)),
+        |e: &OutboxEntry| e.transfer_id,
+        |e| transfer_view(&state, e),
     )
 }
 
@@ -691,7 +692,8 @@ async fn list_inbox(State(state): State<Shared>, Query(q): Query<PageQuery>) -> 
         "/v1/inbox",
         &q,
         |after, limit| state.store.inbox_page(after, limit),
-        |e: &InboxEntry| (e.transfer_id, inbox_view(&state, e)),
+        |e: &InboxEntry| e.transfer_id,
+        |e| inbox_view(&state, e),
     )
 }
 
@@ -823,12 +825,13 @@ impl PageQuery {
 }
 
 /// One page of a transfer listing (outbox or inbox): `read` takes the cursor and the limit,
-/// `view` gives an entry's id (the next page's cursor) and what is shown of it.
+/// `id_of` gives an entry's id (the next page's cursor), `view` what is shown of it.
 fn transfer_page<E, V: Serialize>(
     path: &str,
     q: &PageQuery,
     read: impl FnOnce(Option<&[u8; 16]>, usize) -> Result<Vec<E>, gateway_store::StoreError>,
-    view: impl Fn(&E) -> ([u8; 16], V),
+    id_of: fn(&E) -> [u8; 16],
+    view: impl Fn(&E) -> V,
 ) -> Response {
     let (after, limit) = match q.parse() {
         Ok(p) => p,
@@ -836,9 +839,10 @@ fn transfer_page<E, V: Serialize>(
     };
     match read(after.map(|t| t.0).as_ref(), limit) {
         Ok(entries) => {
-            let (ids, views): (Vec<_>, Vec<_>) = entries.iter().map(view).unzip();
-            let next = next_after(&ids, limit, |id| PageQuery::next(TransferId(*id), limit));
-            paged(path, next, views)
+            let next = next_after(&entries, limit, |e| {
+                PageQuery::next(TransferId(id_of(e)), limit)
+            });
+            paged(path, next, entries.iter().map(view).collect::<Vec<_>>())
         }
         Err(gateway_store::StoreError::NotFound { id, .. }) => error(
             StatusCode::NOT_FOUND,
@@ -848,11 +852,12 @@ fn transfer_page<E, V: Serialize>(
     }
 }
 
-/// A full page may have a successor: the cursor of the next one.
-fn next_after<T, C>(entries: &[T], limit: usize, cursor: impl Fn(&T) -> C) -> Option<C> {
-    (entries.len() >= limit)
-        .then(|| entries.last().map(cursor))
-        .flatten()
+/// A full page may have a successor: the query of the next one, from the page's last entry.
+fn next_after<T, C>(entries: &[T], limit: usize, cursor: impl FnOnce(&T) -> C) -> Option<C> {
+    if entries.len() < limit {
+        return None;
+    }
+    entries.last().map(cursor)
 }
 
 /// A page as a JSON array, with an RFC 8288 `Link: <…>; rel="next"` header when there may be
@@ -937,11 +942,9 @@ async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>) ->
     match state.store.audit_list(&filter) {
         Ok(entries) => {
             let next = next_after(&entries, limit, |e| AuditQuery {
-                patient: q.patient.clone(),
-                transfer: q.transfer.clone(),
-                break_glass: q.break_glass,
                 since: Some(e.seq),
                 limit: Some(limit),
+                ..q
             });
             paged(
                 "/v1/audit",
