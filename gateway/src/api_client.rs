@@ -159,6 +159,40 @@ impl ApiClient {
         let response = self.call(method, path_and_query, body, ct).await?;
         collect_json(response).await
     }
+
+    /// GETs one page of a paged listing: its status, its JSON body and the path of the next
+    /// page, from the `Link: <…>; rel="next"` header the node sends while there may be more.
+    pub async fn page(&self, path_and_query: &str) -> Result<Page, ClientError> {
+        let response = self
+            .call(Method::GET, path_and_query, Body::empty(), None)
+            .await?;
+        let next = response
+            .headers()
+            .get(http::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link);
+        let (status, body) = collect_json(response).await?;
+        Ok(Page { status, body, next })
+    }
+}
+
+/// One page of a listing, as [`ApiClient::page`] reads it.
+pub struct Page {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+    pub next: Option<String>,
+}
+
+/// The target of the `rel="next"` link in a `Link` header value (RFC 8288), as the node
+/// writes it: `<path?query>; rel="next"`.
+pub fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| target.to_owned())
+    })
 }
 
 pub async fn collect_json(
@@ -193,4 +227,23 @@ fn read_token(config: &NodeConfig) -> Result<String, ClientError> {
         return Err(err("the file is empty".to_owned()));
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_link;
+
+    #[test]
+    fn the_next_link_is_read_from_a_link_header() {
+        assert_eq!(
+            next_link(r#"</v1/audit?patient=p&since=1000&limit=1000>; rel="next""#).as_deref(),
+            Some("/v1/audit?patient=p&since=1000&limit=1000")
+        );
+        assert_eq!(
+            next_link(r#"</a>; rel="prev", </b?x=1> ; rel="next""#).as_deref(),
+            Some("/b?x=1")
+        );
+        assert_eq!(next_link(r#"</a>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
+    }
 }

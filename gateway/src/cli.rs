@@ -25,7 +25,8 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_OUTPUT_CLOSED: u8 = 141;
 
 /// `println!` for commands: a write error is returned instead of panicking, so a closed pipe
-/// ends the command quietly and a full disk is reported.
+/// ends the command quietly and a full disk is reported. stdout is line-buffered, so each
+/// line reaches the reader (and any error surfaces) without an explicit flush.
 macro_rules! outln {
     ($($arg:tt)*) => {
         $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
@@ -36,13 +37,10 @@ pub(crate) use outln;
 pub(crate) fn write_out(text: std::fmt::Arguments<'_>) -> Result<(), Failure> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_fmt(text)
-        .and_then(|()| stdout.flush())
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::BrokenPipe => Failure::new(EXIT_OUTPUT_CLOSED, ""),
-            _ => Failure::new(EXIT_FAILURE, format!("cannot write the output: {e}")),
-        })
+    stdout.write_fmt(text).map_err(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => Failure::new(EXIT_OUTPUT_CLOSED, ""),
+        _ => Failure::new(EXIT_FAILURE, format!("cannot write the output: {e}")),
+    })
 }
 
 #[derive(Parser)]
@@ -431,30 +429,29 @@ fn json_array_end(any_item: bool) -> &'static str {
     }
 }
 
-/// Entries the CLI asks for per request; it follows a listing to its end.
-const LIST_PAGE: usize = 1000;
-
-/// Reads the listing at `path` a page at a time and hands each entry to `each`, so memory on
-/// both ends stays at one page. `filter` narrows the listing; `cursor` names the parameter that
-/// continues after an entry and reads its value from the entry (seq for the audit log,
-/// transfer id for the others); `header` is printed before the first entry.
+/// Reads the listing at `path` a page at a time, following the node's `Link: rel="next"`
+/// headers, and hands each entry to `each`, so memory on both ends stays at one page.
+/// `filter` narrows the listing; `header` is printed before the first entry.
 async fn for_each_listed(
     c: &ApiClient,
     path: &str,
     filter: &[(&str, Option<String>)],
-    cursor: (&str, fn(&Value) -> Option<String>),
     header: fn() -> Result<(), Failure>,
     mut each: impl FnMut(&Value) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
-    let (cursor_param, cursor_of) = cursor;
-    let mut after: Option<String> = None;
+    let q = query(filter);
+    let mut next = Some(if q.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{q}")
+    });
     let mut header = Some(header);
-    loop {
-        let mut pairs = filter.to_vec();
-        pairs.push(("limit", Some(LIST_PAGE.to_string())));
-        pairs.push((cursor_param, after.take()));
-        let page = ok_json(c, Method::GET, &format!("{path}?{}", query(&pairs)), None).await?;
-        let Value::Array(items) = page else {
+    while let Some(page_path) = next.take() {
+        let page = c.page(&page_path).await.map_err(fail)?;
+        if !page.status.is_success() {
+            return Err(api_failure(page.status, &page.body));
+        }
+        let Value::Array(items) = page.body else {
             return Err(Failure::new(
                 EXIT_FAILURE,
                 format!("{path}: the node did not answer with a list"),
@@ -467,17 +464,9 @@ async fn for_each_listed(
         for item in &items {
             each(item)?;
         }
-        if items.len() < LIST_PAGE {
-            return Ok(());
-        }
-        after = items.last().and_then(cursor_of);
-        if after.is_none() {
-            return Err(Failure::new(
-                EXIT_FAILURE,
-                format!("{path}: a listed entry has no {cursor_param} cursor"),
-            ));
-        }
+        next = page.next;
     }
+    Ok(())
 }
 
 /// A whole listing as one JSON array, printed a page at a time.
@@ -485,23 +474,14 @@ async fn print_listing_json(
     c: &ApiClient,
     path: &str,
     filter: &[(&str, Option<String>)],
-    cursor: (&str, fn(&Value) -> Option<String>),
 ) -> Result<(), Failure> {
     let mut out = JsonArrayOut::default();
-    for_each_listed(c, path, filter, cursor, no_header, |r| out.item(r)).await?;
+    for_each_listed(c, path, filter, no_header, |r| out.item(r)).await?;
     out.finish()
 }
 
 fn no_header() -> Result<(), Failure> {
     Ok(())
-}
-
-fn transfer_cursor(v: &Value) -> Option<String> {
-    v["transfer_id"].as_str().map(str::to_owned)
-}
-
-fn seq_cursor(v: &Value) -> Option<String> {
-    v["seq"].as_u64().map(|n| n.to_string())
 }
 
 /// Runs a client command (everything but `run` and `demo`).
@@ -538,14 +518,12 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
                 return print_transfer_row(&body);
             }
             if json {
-                return print_listing_json(&c, "/v1/transfers", &[], ("after", transfer_cursor))
-                    .await;
+                return print_listing_json(&c, "/v1/transfers", &[]).await;
             }
             for_each_listed(
                 &c,
                 "/v1/transfers",
                 &[],
-                ("after", transfer_cursor),
                 print_transfer_header,
                 print_transfer_row,
             )
@@ -746,7 +724,7 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
     match action {
         InboxAction::List { json } => {
             if json {
-                return print_listing_json(&c, "/v1/inbox", &[], ("after", transfer_cursor)).await;
+                return print_listing_json(&c, "/v1/inbox", &[]).await;
             }
             let header = || {
                 outln!(
@@ -756,27 +734,20 @@ async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
                     "BYTES"
                 )
             };
-            for_each_listed(
-                &c,
-                "/v1/inbox",
-                &[],
-                ("after", transfer_cursor),
-                header,
-                |r| {
-                    let removed = if r["envelope_removed_ms"].is_u64() {
-                        " (envelope removed by retention)"
-                    } else {
-                        ""
-                    };
-                    outln!(
-                        "{:<32}  {:<14} {:>10}  {}{removed}",
-                        r["transfer_id"].as_str().unwrap_or(""),
-                        r["from"].as_str().unwrap_or(""),
-                        r["payload_bytes"],
-                        r["acknowledged"]
-                    )
-                },
-            )
+            for_each_listed(&c, "/v1/inbox", &[], header, |r| {
+                let removed = if r["envelope_removed_ms"].is_u64() {
+                    " (envelope removed by retention)"
+                } else {
+                    ""
+                };
+                outln!(
+                    "{:<32}  {:<14} {:>10}  {}{removed}",
+                    r["transfer_id"].as_str().unwrap_or(""),
+                    r["from"].as_str().unwrap_or(""),
+                    r["payload_bytes"],
+                    r["acknowledged"]
+                )
+            })
             .await
         }
         InboxAction::Get { id, out } => {
@@ -880,17 +851,9 @@ async fn audit(action: AuditAction) -> Result<(), Failure> {
                 ("break_glass", break_glass.then(|| "true".to_owned())),
             ];
             if json {
-                return print_listing_json(&c, "/v1/audit", &filter, ("since", seq_cursor)).await;
+                return print_listing_json(&c, "/v1/audit", &filter).await;
             }
-            for_each_listed(
-                &c,
-                "/v1/audit",
-                &filter,
-                ("since", seq_cursor),
-                no_header,
-                print_audit_row,
-            )
-            .await
+            for_each_listed(&c, "/v1/audit", &filter, no_header, print_audit_row).await
         }
     }
 }

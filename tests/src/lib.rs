@@ -441,10 +441,7 @@ impl Node {
 
     /// The whole inbox, newest first, read a page at a time.
     pub async fn inbox(&self) -> Vec<Value> {
-        self.all_pages("/v1/inbox", "after", |e| {
-            e["transfer_id"].as_str().unwrap().to_owned()
-        })
-        .await
+        self.all_pages("/v1/inbox").await
     }
 
     /// Fetches and decrypts a received record.
@@ -476,32 +473,21 @@ impl Node {
 
     /// The whole audit log, read a page at a time.
     pub async fn audit(&self) -> Vec<Value> {
-        self.all_pages("/v1/audit", "since", |e| e["seq"].to_string())
-            .await
+        self.all_pages("/v1/audit").await
     }
 
-    /// Every entry of a paged listing: pages of `MAX_PAGE`, each continuing after the last
-    /// entry of the previous one (`cursor` names the parameter, `cursor_of` its value).
-    async fn all_pages(
-        &self,
-        path: &str,
-        cursor: &str,
-        cursor_of: fn(&Value) -> String,
-    ) -> Vec<Value> {
+    /// Every entry of a paged listing: pages of `MAX_PAGE`, following the node's
+    /// `Link: rel="next"` headers as any client would.
+    async fn all_pages(&self, path: &str) -> Vec<Value> {
         let mut all: Vec<Value> = Vec::new();
-        loop {
-            let after = all
-                .last()
-                .map_or(String::new(), |e| format!("&{cursor}={}", cursor_of(e)));
-            let (status, page) = self.get(&format!("{path}?limit={MAX_PAGE}{after}")).await;
-            assert_eq!(status, StatusCode::OK, "{page}");
-            let page = page.as_array().cloned().unwrap_or_default();
-            let done = page.len() < MAX_PAGE;
-            all.extend(page);
-            if done {
-                return all;
-            }
+        let mut next = Some(format!("{path}?limit={MAX_PAGE}"));
+        while let Some(page_path) = next.take() {
+            let page = self.api().page(&page_path).await.unwrap();
+            assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+            all.extend(page.body.as_array().cloned().unwrap_or_default());
+            next = page.next;
         }
+        all
     }
 
     pub async fn audit_verifies(&self) -> bool {

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::body::Body;
+use gateway::api_client::next_link;
 use http::{header, Method, StatusCode};
 use http_body_util::BodyExt;
 use pki_tools::FacilityKind;
@@ -16,8 +17,9 @@ use serde_json::Value;
 
 use tests::{bundle, gateway_cli, patient_id, Fed, Node};
 
-/// The CLI's page size (`gateway::cli`); the log below must outgrow it.
-const CLI_PAGE: usize = 1000;
+/// The page size a listing gets without a `limit` (what the CLI reads); the log below must
+/// outgrow it.
+const CLI_PAGE: usize = gateway::local_api::DEFAULT_PAGE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_are_paged_and_the_cli_reads_every_page() {
@@ -47,7 +49,7 @@ async fn listings_are_paged_and_the_cli_reads_every_page() {
         assert_eq!(status, StatusCode::OK, "{page}");
         let page = page.as_array().unwrap().clone();
         assert!(page.len() <= 64);
-        path = link.map(|l| next_path(&l));
+        path = link.map(|l| next_link(&l).unwrap_or_else(|| panic!("no rel=next: {l}")));
         listed.extend(page);
         pages += 1;
     }
@@ -155,14 +157,4 @@ async fn get_with_link(node: &Node, path: &str) -> (StatusCode, Option<String>, 
         .map(|v| v.to_str().unwrap().to_owned());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, link, serde_json::from_slice(&body).unwrap())
-}
-
-/// The target of a `Link: <target>; rel="next"` header.
-fn next_path(link: &str) -> String {
-    assert!(link.ends_with("; rel=\"next\""), "{link}");
-    link.trim_start_matches('<')
-        .split('>')
-        .next()
-        .unwrap()
-        .to_owned()
 }
