@@ -57,9 +57,10 @@ impl Store {
             .transpose()
     }
 
-    /// Every entry, newest (`received_ms`) first. Holds the whole inbox in memory: listings
-    /// for people go through [`Store::inbox_page`].
-    pub fn inbox_list(&self) -> Result<Vec<InboxEntry>, StoreError> {
+    /// Every entry, newest (`received_ms`) first, for tests to compare pages with: the
+    /// node itself only ever reads its history a page at a time ([`Store::inbox_page`]).
+    #[cfg(test)]
+    pub(crate) fn inbox_list(&self) -> Result<Vec<InboxEntry>, StoreError> {
         self.inbox_page(None, usize::MAX)
     }
 

@@ -68,9 +68,10 @@ impl Store {
             .transpose()
     }
 
-    /// Every entry, newest (`created_ms`) first. Holds the whole outbox in memory: listings
-    /// for people go through [`Store::outbox_page`].
-    pub fn outbox_list(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+    /// Every entry, newest (`created_ms`) first, for tests to compare pages with: the
+    /// node itself only ever reads its history a page at a time ([`Store::outbox_page`]).
+    #[cfg(test)]
+    pub(crate) fn outbox_list(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         self.outbox_page(None, usize::MAX)
     }
 
