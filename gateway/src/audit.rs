@@ -1,9 +1,8 @@
 //! Builds audit records for the store's hash-chained log. Every transfer event goes through
 //! here, so the fields are filled the same way everywhere.
 
-use gateway_store::{AuditFilter, AuditRecord, StoreError};
+use gateway_store::{AuditFilter, AuditRecord, Store, StoreError};
 
-use crate::node::NodeState;
 use crate::trust::now_ms;
 
 /// Event names, as they appear in `gateway audit list`.
@@ -44,19 +43,19 @@ pub fn record(event: &str, outcome: &str) -> AuditRecord {
 }
 
 /// Appends to the audit log. The caller commits (group commit) before acknowledging anything.
-pub fn append(state: &NodeState, record: AuditRecord) -> Result<(), StoreError> {
-    state.store.audit_append(record).map(|_| ())
+pub fn append(store: &Store, record: AuditRecord) -> Result<(), StoreError> {
+    store.audit_append(record).map(|_| ())
 }
 
 /// Whether the audit log holds an entry of `event` for this transfer (used at recovery, to
 /// write an entry a crash lost exactly once). When the log cannot be read, answers yes: no
 /// entry is written twice on a guess.
-pub fn has_event(state: &NodeState, transfer_id: [u8; 16], event: &str) -> bool {
+pub fn has_event(store: &Store, transfer_id: [u8; 16], event: &str) -> bool {
     let filter = AuditFilter {
         transfer_id: Some(transfer_id),
         ..AuditFilter::default()
     };
-    match state.store.audit_list(&filter) {
+    match store.audit_list(&filter) {
         Ok(entries) => entries.iter().any(|e| e.record.event == event),
         Err(_) => true,
     }

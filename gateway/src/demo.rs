@@ -17,10 +17,11 @@ use tokio::sync::watch;
 
 use pki_tools::{Endpoint, FacilityId, FacilityKind, Federation};
 
-use crate::api_client::{collect_json, ApiClient};
+use crate::cli::client::{collect_json, ApiClient};
 use crate::cli::{outln, print_audit_row, Failure, EXIT_FAILURE};
 use crate::config::{ConfigTemplate, NodeConfig};
-use crate::node::{self, NodeState};
+use crate::node;
+use crate::state::NodeState;
 
 /// A real Synthea R4 bundle (Apache-2.0, see tests/testdata/fhir/MANIFEST.md): general data,
 /// which the default policies let flow for treatment.

@@ -1,29 +1,27 @@
-//! The healthfed gateway node. See ARCHITECTURE.md for the map; in short:
+//! The healthfed gateway node. See ARCHITECTURE.md for the map. The folders are layers: each
+//! imports only the ones below it.
 //!
-//! - `config`: node.toml; `identity`: this node's keys; `trust`: CA, CRL, signed directory and
-//!   the rustls configs built from them; `transport`: peer identity and pooled mTLS clients.
-//! - `outbox` (submit) → `delivery` (send, retry, receipt) → peer's `peer_api` → `inbox` (receive,
-//!   verify, store sealed, sign receipt).
-//! - `access`: policy decisions with consent context; `requests` + `records`: pull requests.
-//! - `local_api`: the facility's JSON API; `api_client` + `cli`: the command line; `demo`.
+//! - surfaces: `api` (the facility's local JSON API, one file per resource), `cli` (the command
+//!   line and its HTTP client), `demo`; `node` loads, runs and drains a node.
+//! - flows: `receive` (peer listener, inbox) → `pull` (pull requests, record sources) → `send`
+//!   (outbox submit, delivery, receipts); `retention` (the envelope sweep).
+//! - shared: `access` (policy questions with consent context), `audit` (audit records),
+//!   `state` (`NodeState`, the policy set, outcome waiters).
+//! - bottom: `trust` (own keys, CA/CRL/directory, peer identity, outbound mTLS), `record`
+//!   (record metadata, FHIR check), `config`; then the crates `gateway-store`,
+//!   `gateway-envelope`, `policies` and `pki-tools`.
 
 pub mod access;
-pub mod api_client;
+pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
-pub mod delivery;
 pub mod demo;
-pub mod identity;
-pub mod inbox;
-pub mod local_api;
 pub mod node;
-pub mod outbox;
-pub mod outcomes;
-pub mod peer_api;
+pub mod pull;
+pub mod receive;
 pub mod record;
-pub mod records;
-pub mod requests;
 pub mod retention;
-pub mod transport;
+pub mod send;
+pub mod state;
 pub mod trust;

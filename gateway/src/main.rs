@@ -71,7 +71,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn reload_on_sighup(state: std::sync::Arc<node::NodeState>) {
+async fn reload_on_sighup(state: std::sync::Arc<gateway::state::NodeState>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use gateway_store::{RemovedEnvelope, SpoolKind, StoreError};
 
 use crate::audit::{self, event};
-use crate::node::NodeState;
+use crate::state::NodeState;
 use crate::trust::now_ms;
 
 /// Removals per sled transaction: bounds a transaction's size and the audit tail's lock time.

@@ -18,12 +18,12 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use gateway::api_client::{collect_json, ApiClient};
+use gateway::cli::client::{collect_json, ApiClient};
 use gateway::config::{ConfigTemplate, NodeConfig};
 use pki_tools::{Endpoint, FacilityId, FacilityKind, Federation};
 
-/// The largest page a listing serves (`gateway::local_api::MAX_PAGE`).
-const MAX_PAGE: usize = gateway::local_api::MAX_PAGE;
+/// The largest page a listing serves (`gateway::api::MAX_PAGE`).
+const MAX_PAGE: usize = gateway::api::MAX_PAGE;
 
 /// Loopback addresses handed out to nodes (127.0.0.2, .3, …), shared by all tests in a process.
 static NEXT_HOST: AtomicU8 = AtomicU8::new(2);

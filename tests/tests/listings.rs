@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::body::Body;
-use gateway::api_client::next_link;
+use gateway::cli::client::next_link;
 use http::{header, Method, StatusCode};
 use http_body_util::BodyExt;
 use pki_tools::FacilityKind;
@@ -19,7 +19,7 @@ use tests::{bundle, gateway_cli, patient_id, Fed, Node};
 
 /// The page size a listing gets without a `limit` (what the CLI reads); the log below must
 /// outgrow it.
-const CLI_PAGE: usize = gateway::local_api::DEFAULT_PAGE;
+const CLI_PAGE: usize = gateway::api::DEFAULT_PAGE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_are_paged_and_the_cli_reads_every_page() {

@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use pki_tools::FacilityKind;
 use serde_json::Value;
 
-use gateway::api_client::{collect_json, ApiClient};
+use gateway::cli::client::{collect_json, ApiClient};
 use tests::{bundle, patient_id, Fed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

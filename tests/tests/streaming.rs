@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use pki_tools::FacilityKind;
 
-use gateway::api_client::collect_json;
+use gateway::cli::client::collect_json;
 use tests::Fed;
 
 const TOTAL: u64 = 200 * 1024 * 1024;

@@ -82,7 +82,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_the_receipt_answers_each_caller_with_its_own_outcome() {
     use axum::body::Body;
-    use gateway::api_client::collect_json;
+    use gateway::cli::client::collect_json;
     use http::{Method, StatusCode};
 
     let fed = Fed::new(&[
@@ -95,7 +95,7 @@ async fn waiting_for_the_receipt_answers_each_caller_with_its_own_outcome() {
     let patient = patient_id(&bundle).unwrap();
     let path =
         format!("/v1/transfers?to=clinic-b&patient={patient}&purpose=treatment&wait=receipt");
-    let post = |api: gateway::api_client::ApiClient, path: String, body: Vec<u8>| async move {
+    let post = |api: gateway::cli::client::ApiClient, path: String, body: Vec<u8>| async move {
         let resp = api
             .call(
                 Method::POST,

@@ -17,9 +17,9 @@ use gateway_envelope::{SignedReceipt, TransferId};
 use gateway_store::{OutboxEntry, SpoolKind, TransferState};
 
 use crate::audit::{self, event};
-use crate::node::NodeState;
-use crate::transport::Body;
+use crate::state::NodeState;
 use crate::trust::now_ms;
+use crate::trust::transport::Body;
 
 pub const ENVELOPE_PATH: &str = "/v1/envelopes";
 
@@ -70,15 +70,15 @@ pub fn recover_after_restart(state: &NodeState) {
 /// be written (the job then runs again at the next start).
 fn backfill_audit_pair(state: &NodeState, e: &OutboxEntry) -> bool {
     let mut ok = true;
-    if !audit::has_event(state, e.transfer_id, event::SUBMITTED) {
+    if !audit::has_event(&state.store, e.transfer_id, event::SUBMITTED) {
         let mut rec = base_record(e, event::SUBMITTED, "queued");
         rec.reason = Some(
             "recorded at restart: queued before the node stopped, without this entry".to_owned(),
         );
-        ok &= audit::append(state, rec).is_ok();
+        ok &= audit::append(&state.store, rec).is_ok();
     }
     if e.state == TransferState::Delivered
-        && !audit::has_event(state, e.transfer_id, event::DELIVERED)
+        && !audit::has_event(&state.store, e.transfer_id, event::DELIVERED)
     {
         let mut rec = base_record(e, event::DELIVERED, "delivered");
         rec.reason = Some(
@@ -86,7 +86,7 @@ fn backfill_audit_pair(state: &NodeState, e: &OutboxEntry) -> bool {
              without this entry"
                 .to_owned(),
         );
-        ok &= audit::append(state, rec).is_ok();
+        ok &= audit::append(&state.store, rec).is_ok();
     }
     ok
 }

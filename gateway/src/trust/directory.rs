@@ -22,7 +22,7 @@ use pki_tools::directory::{verify_directory, Directory, FacilityEntry};
 use pki_tools::{FacilityId, FacilityKind, FacilityStatus};
 
 use crate::config::NodeConfig;
-use crate::identity::NodeIdentity;
+use crate::trust::identity::NodeIdentity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {

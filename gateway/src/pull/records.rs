@@ -14,8 +14,8 @@ use gateway_envelope::{
     open_all, seal_to_vec, Limits, SealParams, Suite, TransferId, DEFAULT_CHUNK_SIZE,
 };
 
-use crate::node::NodeState;
 use crate::record::ContentType;
+use crate::state::NodeState;
 use crate::trust::now_ms;
 
 /// A stored record: what the source hands back for a patient.

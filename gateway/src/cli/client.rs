@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::config::NodeConfig;
-use crate::node::{load_state, NodeState};
+use crate::node::load_state;
+use crate::state::NodeState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -51,7 +52,7 @@ impl ApiClient {
                 let state = load_state(config.clone(), rx)
                     .map_err(|e| ClientError::Offline(e.to_string()))?;
                 Target::InProcess {
-                    router: crate::local_api::router(state.clone()),
+                    router: crate::api::router(state.clone()),
                     _state: state,
                     _stop: stop,
                 }

@@ -1,5 +1,11 @@
-//! A running node: loads config, keys, trust and store, binds both listeners and runs the peer
-//! server, the local API, the delivery scheduler and the reload loop until shutdown.
+//! A running node: loads config, keys, trust and store into a `NodeState`, binds both
+//! listeners and runs the peer server, the local API, the delivery scheduler, the retention
+//! sweep and the reload loop until shutdown, then drains.
+//!
+//! Invariant: the node refuses to start on any problem in its config, keys, trust or store; on
+//! shutdown in-flight work gets a grace period and whatever is unfinished stays queued on disk.
+//! This is the one module that starts every flow and surface; only `cli`, `demo` and `main`
+//! call it.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -9,21 +15,23 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 
-use gateway_envelope::TransferId;
 use gateway_store::Store;
 
-use crate::access::PolicyHandle;
 use crate::config::NodeConfig;
-use crate::identity::NodeIdentity;
-use crate::outcomes::OutcomeWaiters;
-use crate::transport::PeerClients;
+use crate::receive::peer_api;
+use crate::send::delivery;
+use crate::state::outcomes::OutcomeWaiters;
+use crate::state::policy::PolicyHandle;
+use crate::state::NodeState;
+use crate::trust::identity::NodeIdentity;
+use crate::trust::transport::PeerClients;
 use crate::trust::{Trust, TrustHandle};
-use crate::{delivery, local_api, peer_api, retention};
+use crate::{api, retention};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
+    Identity(#[from] crate::trust::identity::IdentityError),
     #[error(transparent)]
     Trust(#[from] crate::trust::TrustError),
     #[error("store {path}: {source}")]
@@ -38,50 +46,6 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
-}
-
-/// Everything the node's tasks share.
-pub struct NodeState {
-    pub config: Arc<NodeConfig>,
-    pub identity: Arc<NodeIdentity>,
-    pub trust: TrustHandle,
-    pub store: Store,
-    pub policy: PolicyHandle,
-    pub clients: PeerClients,
-    /// Wakes the delivery scheduler when a transfer is queued.
-    pub wake: Notify,
-    /// Transfers a delivery task currently owns, so the scheduler never starts two.
-    pub inflight: Mutex<HashSet<[u8; 16]>>,
-    /// One permit per delivery worker (`delivery.workers`), shared by the scheduler and by
-    /// submissions that hand their transfer straight to a free worker.
-    pub delivery_permits: Arc<Semaphore>,
-    pub shutdown: watch::Receiver<bool>,
-    /// Callers waiting for outbound transfers' final outcomes (`wait=receipt`).
-    pub waiters: OutcomeWaiters,
-}
-
-impl NodeState {
-    pub fn me(&self) -> &pki_tools::FacilityId {
-        &self.config.facility_id
-    }
-
-    pub fn trust(&self) -> Arc<Trust> {
-        self.trust.current()
-    }
-
-    pub fn mark_inflight(&self, id: &TransferId) -> bool {
-        match self.inflight.lock() {
-            Ok(mut set) => set.insert(id.0),
-            Err(poisoned) => poisoned.into_inner().insert(id.0),
-        }
-    }
-
-    pub fn clear_inflight(&self, id: &TransferId) {
-        match self.inflight.lock() {
-            Ok(mut set) => set.remove(&id.0),
-            Err(poisoned) => poisoned.into_inner().remove(&id.0),
-        };
-    }
 }
 
 /// Loads everything a node needs, refusing to start on any problem.
@@ -147,7 +111,7 @@ pub async fn run(
     delivery::recover_after_restart(&state);
     remove_leftover_uploads(&state.config.data_dir);
     let peer = tokio::spawn(peer_api::serve(state.clone(), peer_listener));
-    let local = tokio::spawn(local_api::serve(state.clone(), local_listener));
+    let local = tokio::spawn(api::serve(state.clone(), local_listener));
     let scheduler = tokio::spawn(delivery::run_scheduler(state.clone()));
     let reload = tokio::spawn(reload_loop(state.clone()));
     let sweeper = tokio::spawn(retention::run_sweeper(state.clone()));

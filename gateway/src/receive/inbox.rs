@@ -24,11 +24,11 @@ use policies::Action;
 
 use crate::access::{decide, Question};
 use crate::audit::{self, event};
-use crate::node::NodeState;
-use crate::outbox::decision_reason;
 use crate::record::{break_glass_window_ok, ConsentBasis, RecordMetadata};
-use crate::transport::PeerIdentity;
+use crate::send::outbox::decision_reason;
+use crate::state::NodeState;
 use crate::trust::now_ms;
+use crate::trust::transport::{text_response, PeerIdentity, PeerResponse};
 
 /// An envelope dated this far in the future is refused (clock skew allowance).
 const MAX_FUTURE_SKEW_MS: u64 = 5 * 60 * 1000;
@@ -36,14 +36,6 @@ const MAX_HEADER_BYTES: u32 = 64 * 1024;
 const MAX_METADATA_BYTES: u32 = 1024 * 1024;
 /// Received bytes handled per blocking section (spool write + frame authentication).
 const RECEIVE_BATCH_BYTES: usize = 256 * 1024;
-
-pub type PeerResponse = Response<Full<Bytes>>;
-
-pub fn text_response(status: StatusCode, text: &str) -> PeerResponse {
-    let mut resp = Response::new(Full::new(Bytes::from(text.to_owned())));
-    *resp.status_mut() = status;
-    resp
-}
 
 fn receipt_response(status: StatusCode, receipt: Vec<u8>) -> PeerResponse {
     let mut resp = Response::new(Full::new(Bytes::from(receipt)));
@@ -153,7 +145,7 @@ async fn accepted(
             received.policy_ids.clone(),
             true,
         );
-        if let Err(e) = audit::append(state, rec) {
+        if let Err(e) = audit::append(&state.store, rec) {
             tracing::error!(error = %e, "audit append failed");
             return text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -162,7 +154,7 @@ async fn accepted(
         }
     }
     if let Some(request_id) = &received.metadata.request_id {
-        crate::requests::mark_fulfilled(state, request_id, received.header.transfer_id());
+        crate::pull::requests::mark_fulfilled(state, request_id, received.header.transfer_id());
     }
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "commit failed");
@@ -305,7 +297,7 @@ async fn receive_inner(
     let mut stored_before: Option<InboxEntry> = None;
     match state.store.inbox_get(&header.transfer_id().0) {
         Ok(Some(existing)) if existing.header_digest == header.header_digest() => {
-            if audit::has_event(state, header.transfer_id().0, event::RECEIVED) {
+            if audit::has_event(&state.store, header.transfer_id().0, event::RECEIVED) {
                 return Ok(Err(existing.receipt));
             }
             // The inbox insert became durable (another request's commit flushed it) but the
@@ -402,7 +394,7 @@ async fn receive_inner(
         metadata.break_glass_reason.as_deref(),
     ));
     if stored_before.is_some() || !decision.allowed {
-        let _ = audit::append(state, rec);
+        let _ = audit::append(&state.store, rec);
     } else {
         *decision_out = Some(rec);
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
+use http_body_util::Full;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -15,7 +17,7 @@ use tokio_rustls::TlsConnector;
 
 use pki_tools::{cert_fingerprint, facility_id_from_cert, Endpoint, FacilityId};
 
-use crate::trust::{Peer, Trust, TrustHandle};
+use super::{Peer, Trust, TrustHandle};
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -227,4 +229,13 @@ impl PeerClients {
         });
         Ok(sender)
     }
+}
+
+/// A response of the peer protocol: small bodies (receipts, refusal reasons, answers).
+pub type PeerResponse = Response<Full<Bytes>>;
+
+pub fn text_response(status: StatusCode, text: &str) -> PeerResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(text.to_owned())));
+    *resp.status_mut() = status;
+    resp
 }

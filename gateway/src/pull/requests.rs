@@ -20,13 +20,13 @@ use policies::{Action, Category, Purpose};
 
 use crate::access::{decide, Question};
 use crate::audit::{self, event};
-use crate::inbox::{text_response, PeerResponse};
-use crate::node::NodeState;
-use crate::outbox::{decision_reason, submit, Accepted, Payload, SubmitRequest};
+use crate::pull::records::{RecordSource, StoreRecordSource};
 use crate::record::{break_glass_window_ok, check_record, PatientRef, BREAK_GLASS_WINDOW_MS};
-use crate::records::{RecordSource, StoreRecordSource};
-use crate::transport::{Body, PeerIdentity};
+use crate::send::outbox::{decision_reason, submit, Accepted, Payload, SubmitRequest};
+use crate::state::NodeState;
 use crate::trust::now_ms;
+use crate::trust::transport::{text_response, PeerResponse};
+use crate::trust::transport::{Body, PeerIdentity};
 
 pub const REQUEST_PATH: &str = "/v1/requests";
 const REQUEST_DOMAIN: &str = "healthfed/record-request/1";
@@ -193,7 +193,7 @@ pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView
     rec.clinician = Some(wire.clinician.clone());
     rec.break_glass = view.break_glass;
     rec.reason = Some(format!("request {id}"));
-    audit::append(state, rec).map_err(|e| e.to_string())?;
+    audit::append(&state.store, rec).map_err(|e| e.to_string())?;
     state.store.commit().await.map_err(|e| e.to_string())?;
 
     let body = postcard::to_allocvec(&wire).map_err(|e| e.to_string())?;
@@ -245,7 +245,7 @@ pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView
         "request {id}: {}",
         view.reason.clone().unwrap_or_else(|| "accepted".to_owned())
     ));
-    audit::append(state, rec).map_err(|e| e.to_string())?;
+    audit::append(&state.store, rec).map_err(|e| e.to_string())?;
     state.store.commit().await.map_err(|e| e.to_string())?;
     Ok(view)
 }
@@ -364,7 +364,7 @@ pub async fn incoming(
     rec.clinician = Some(wire.clinician.clone());
     rec.break_glass = wire.break_glass_reason.is_some();
     rec.reason = Some(format!("request {}", wire.request_id));
-    let _ = audit::append(state, rec.clone());
+    let _ = audit::append(&state.store, rec.clone());
 
     let source = StoreRecordSource::new(state.clone());
     let record = match tokio::task::block_in_place(|| source.fetch(&wire.patient)) {
@@ -425,7 +425,7 @@ pub async fn incoming(
         wire.request_id,
         decision_reason(&decision, "request", wire.break_glass_reason.as_deref())
     ));
-    let _ = audit::append(state, drec);
+    let _ = audit::append(&state.store, drec);
     if !decision.allowed {
         let _ = state.store.commit().await;
         return answer(
@@ -463,7 +463,7 @@ pub async fn incoming(
                 policy_ids: decision.policy_ids,
             },
         ),
-        Err(crate::outbox::SubmitError::Denied { reason, policy_ids }) => answer(
+        Err(crate::send::outbox::SubmitError::Denied { reason, policy_ids }) => answer(
             StatusCode::FORBIDDEN,
             &WireAnswer {
                 policy_ids,
@@ -494,6 +494,6 @@ async fn refuse_audit(
     rec.peer = Some(peer.facility.to_string());
     rec.reason = Some(reason.to_owned());
     rec.time_ms = now_ms();
-    let _ = audit::append(state, rec);
+    let _ = audit::append(&state.store, rec);
     let _ = state.store.commit().await;
 }

@@ -31,13 +31,13 @@ use policies::{Action, Category, Purpose};
 
 use crate::access::{consent_directives, decide, Question};
 use crate::audit::{self, event};
-use crate::delivery;
-use crate::inbox::{open_received, FetchError};
-use crate::node::NodeState;
-use crate::outbox::{submit, Accepted, Payload, SubmitError, SubmitRequest};
+use crate::pull::records::{RecordSource, SourceRecord, StoreRecordSource};
+use crate::pull::requests::{self, NewRequest};
+use crate::receive::inbox::{open_received, FetchError};
 use crate::record::{ContentType, PatientRef};
-use crate::records::{RecordSource, SourceRecord, StoreRecordSource};
-use crate::requests::{self, NewRequest};
+use crate::send::delivery;
+use crate::send::outbox::{submit, Accepted, Payload, SubmitError, SubmitRequest};
+use crate::state::NodeState;
 use crate::trust::{now_ms, now_unix};
 
 /// Payloads up to this size are held in memory while being sealed; larger ones are spilled
@@ -743,7 +743,7 @@ async fn get_inbox_payload(State(state): State<Shared>, Path(id): Path<String>) 
             rec.peer = Some(entry.sender.clone());
             rec.patient_ref = Some(meta.patient.clone());
             rec.purpose = Some(meta.purpose.clone());
-            let _ = audit::append(&state, rec);
+            let _ = audit::append(&state.store, rec);
             let _ = state.store.commit().await;
             let stream = tokio_stream_from(rx);
             Response::builder()
@@ -773,7 +773,7 @@ async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Respo
             let mut rec = audit::record(event::ACKED, "acknowledged");
             rec.transfer_id = Some(id.0);
             rec.peer = Some(entry.sender.clone());
-            let _ = audit::append(&state, rec);
+            let _ = audit::append(&state.store, rec);
             let _ = state.store.commit().await;
             Json(inbox_view(&state, &entry)).into_response()
         }
@@ -1068,7 +1068,7 @@ async fn store_directive(
     rec.patient_ref = Some(d.patient.clone());
     rec.clinician = Some(d.recorded_by.clone());
     rec.reason = Some(format!("directive {}", d.id));
-    audit::append(state, rec).map_err(|e| e.to_string())?;
+    audit::append(&state.store, rec).map_err(|e| e.to_string())?;
     state.store.commit().await.map_err(|e| e.to_string())
 }
 

@@ -16,12 +16,12 @@ use policies::{Action, Category, Purpose};
 
 use crate::access::{basis_of, decide, Question};
 use crate::audit::{self, event};
-use crate::identity::NodeIdentity;
-use crate::node::NodeState;
 use crate::record::{
     check_record, ContentType, PatientRef, RecordError, RecordMetadata, BREAK_GLASS_WINDOW_MS,
     METADATA_VERSION,
 };
+use crate::state::NodeState;
+use crate::trust::identity::NodeIdentity;
 use crate::trust::now_ms;
 use crate::trust::Peer;
 
@@ -199,7 +199,7 @@ pub async fn submit(
     // A permit means the entry was written claimed (`delivering`) and marked in flight.
     match direct {
         Some(permit) => {
-            crate::delivery::spawn_claimed(state, queued.entry, queued.envelope, permit);
+            crate::send::delivery::spawn_claimed(state, queued.entry, queued.envelope, permit);
         }
         None => state.wake.notify_one(),
     }
@@ -274,7 +274,7 @@ fn submit_blocking(
         req.break_glass_reason.as_deref(),
     ));
     if !decision.allowed {
-        audit::append(state, rec).map_err(SubmitError::local)?;
+        audit::append(&state.store, rec).map_err(SubmitError::local)?;
         *wrote = true;
         return Err(SubmitError::Denied {
             reason: decision.reason,
@@ -310,7 +310,7 @@ fn submit_blocking(
         Ok(sealed) => sealed,
         Err(e) => {
             // Not queued, but the permit was given: the log keeps it.
-            audit::append(state, rec).map_err(SubmitError::local)?;
+            audit::append(&state.store, rec).map_err(SubmitError::local)?;
             *wrote = true;
             return Err(e);
         }
@@ -345,7 +345,7 @@ fn submit_blocking(
     submitted.time_ms = now_ms();
     let mut records = vec![rec, submitted];
     if claim {
-        let mut sent = crate::delivery::base_record(&entry, event::SENT, "attempt");
+        let mut sent = crate::send::delivery::base_record(&entry, event::SENT, "attempt");
         sent.reason = Some("attempt 1".to_owned());
         records.push(sent);
     }
@@ -463,7 +463,7 @@ fn seal_to_spool(
         return Ok(Sealed {
             envelope_len,
             payload_digest,
-            envelope: (envelope_len <= crate::delivery::WHOLE_ENVELOPE_BYTES)
+            envelope: (envelope_len <= crate::send::delivery::WHOLE_ENVELOPE_BYTES)
                 .then(|| Bytes::from(envelope)),
         });
     }

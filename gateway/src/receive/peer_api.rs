@@ -18,11 +18,14 @@ use tower::{BoxError, ServiceBuilder};
 use tracing::Instrument;
 
 use crate::audit::{self, event};
-use crate::delivery::ENVELOPE_PATH;
-use crate::inbox::{self, text_response, PeerResponse};
-use crate::node::NodeState;
-use crate::requests::REQUEST_PATH;
-use crate::transport::{identify, still_trusted, PeerIdentity, CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::pull::requests::REQUEST_PATH;
+use crate::receive::inbox;
+use crate::send::delivery::ENVELOPE_PATH;
+use crate::state::NodeState;
+use crate::trust::transport::{
+    identify, still_trusted, PeerIdentity, CONNECTION_WINDOW, STREAM_WINDOW,
+};
+use crate::trust::transport::{text_response, PeerResponse};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -141,7 +144,7 @@ async fn route(
     }
     match (req.method().as_str(), req.uri().path()) {
         ("POST", ENVELOPE_PATH) => inbox::receive(state, peer, req).await,
-        ("POST", REQUEST_PATH) => crate::requests::incoming(state, peer, req).await,
+        ("POST", REQUEST_PATH) => crate::pull::requests::incoming(state, peer, req).await,
         _ => text_response(StatusCode::NOT_FOUND, "no such peer route"),
     }
 }
@@ -181,13 +184,13 @@ async fn audit_refused_connection(state: &NodeState, claimed: Option<String>, re
         rec.reason = Some(format!(
             "{suppressed_before} further refused connections in the previous minute were not audited one by one"
         ));
-        let _ = audit::append(state, rec);
+        let _ = audit::append(&state.store, rec);
     }
     if audit_this {
         let mut rec = audit::record(event::REJECTED, "connection-refused");
         rec.peer = claimed;
         rec.reason = Some(reason);
-        let _ = audit::append(state, rec);
+        let _ = audit::append(&state.store, rec);
     }
     // Nothing is acknowledged to the refused peer, so the entry rides on the next group commit
     // instead of forcing one per refusal.

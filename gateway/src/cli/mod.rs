@@ -13,8 +13,10 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
-use crate::api_client::{collect_json, ApiClient};
+pub mod client;
+
 use crate::config::NodeConfig;
+use client::{collect_json, ApiClient};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;

@@ -1,0 +1,13 @@
+//! The trust layer: this node's own identity and keys, the verified view of the federation
+//! (CA, CRL, signed directory) with the rustls configs built from it, peer identification from a
+//! certificate, and pooled outbound mTLS connections.
+//!
+//! Invariant: a peer is who its certificate and the signed directory say it is, never a header;
+//! only this layer touches rustls. It sits at the bottom: it imports only `config` and the lower
+//! crates (`pki-tools`, `gateway-envelope`).
+
+pub mod directory;
+pub mod identity;
+pub mod transport;
+
+pub use directory::{now_ms, now_unix, read_single_cert, Peer, Trust, TrustError, TrustHandle};
