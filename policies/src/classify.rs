@@ -76,6 +76,10 @@ enum System {
     Icd10,
     RxNorm,
     ActCode,
+    /// WHO Anatomical Therapeutic Chemical classification (medication classes).
+    Atc,
+    /// HUGO Gene Nomenclature Committee gene symbols and ids.
+    Hgnc,
 }
 
 impl System {
@@ -86,6 +90,8 @@ impl System {
             "icd10" => Some(System::Icd10),
             "rxnorm" => Some(System::RxNorm),
             "actcode" => Some(System::ActCode),
+            "atc" => Some(System::Atc),
+            "hgnc" => Some(System::Hgnc),
             _ => None,
         }
     }
@@ -105,6 +111,10 @@ impl System {
             "http://terminology.hl7.org/CodeSystem/v3-ActCode"
             | "http://hl7.org/fhir/v3/ActCode"
             | "urn:oid:2.16.840.1.113883.5.4" => Some(System::ActCode),
+            "http://www.whocc.no/atc" | "urn:oid:2.16.840.1.113883.6.73" => Some(System::Atc),
+            "http://www.genenames.org"
+            | "http://www.genenames.org/geneId"
+            | "urn:oid:2.16.840.1.113883.6.281" => Some(System::Hgnc),
             _ => None,
         }
     }
@@ -148,6 +158,8 @@ struct Table {
     icd10: Rules,
     rxnorm: Rules,
     actcode: Rules,
+    atc: Rules,
+    hgnc: Rules,
 }
 
 impl Table {
@@ -158,6 +170,8 @@ impl Table {
             System::Icd10 => &self.icd10,
             System::RxNorm => &self.rxnorm,
             System::ActCode => &self.actcode,
+            System::Atc => &self.atc,
+            System::Hgnc => &self.hgnc,
         }
     }
 
@@ -168,6 +182,8 @@ impl Table {
             System::Icd10 => &mut self.icd10,
             System::RxNorm => &mut self.rxnorm,
             System::ActCode => &mut self.actcode,
+            System::Atc => &mut self.atc,
+            System::Hgnc => &mut self.hgnc,
         }
     }
 
@@ -202,7 +218,10 @@ impl Table {
                 None => (*code, false),
             };
             let code = system.normalize(code).into_owned();
-            if code.is_empty() || code.contains('*') {
+            // `*` alone is "any code of this system" (an empty prefix, tried last): every HGNC
+            // gene code is genetic information, whatever the gene.
+            let any_code = is_prefix && code.is_empty() && raw_code_is_star(&fields);
+            if (code.is_empty() && !any_code) || code.contains('*') {
                 return Err(problem("empty code or misplaced '*'".to_owned()));
             }
             let map = if is_prefix {
@@ -246,6 +265,11 @@ impl Table {
             .find(|(prefix, _)| code.starts_with(prefix.as_str()))
             .map(|(_, category)| *category)
     }
+}
+
+/// The code field of a table line is exactly `*` (after trimming).
+fn raw_code_is_star(fields: &[&str]) -> bool {
+    fields.get(1).is_some_and(|code| code.trim() == "*")
 }
 
 static TABLE: LazyLock<Result<Table, ClassifyError>> =
@@ -808,52 +832,114 @@ mod tests {
         assert_eq!(err, Some(ClassifyError::BadEntries));
     }
 
-    /// The lookup as it was before the table was split by system (owned
-    /// normalization, one global prefix list), for comparison.
-    fn lookup_before_split(src: &str, system_uri: &str, code: &str) -> Option<Category> {
-        let normalize = |system: System, code: &str| -> String {
-            match system {
-                System::Icd10 => code
-                    .chars()
-                    .filter(|c| *c != '.')
-                    .map(|c| c.to_ascii_uppercase())
-                    .collect(),
-                _ => code.trim().to_owned(),
-            }
-        };
-        let mut exact = HashMap::new();
-        let mut prefixes = Vec::new();
-        for line in src
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let Some(system) = System::from_table(fields[0]) else {
-                continue; // header
-            };
-            let category: Category = fields[2].parse().unwrap();
-            match fields[1].strip_suffix('*') {
-                Some(p) => prefixes.push((system, normalize(system, p), category)),
-                None => {
-                    exact.insert((system, normalize(system, fields[1])), category);
+    #[test]
+    fn atc_hgnc_systems_and_any_code_rule() {
+        let src = "hgnc\t*\tgenetic\tany gene\tHGNC\n\
+                   atc\tJ05AR*\thiv-sti\tantiretroviral combinations\tWHO ATC\n\
+                   actcode\tSDV\tabuse-violence\tsexual and domestic violence\tHL7 v3 ActCode\n";
+        let table = Table::parse(src).unwrap();
+        for uri in [
+            "http://www.genenames.org",
+            "http://www.genenames.org/geneId",
+            "urn:oid:2.16.840.1.113883.6.281",
+        ] {
+            assert_eq!(
+                table.lookup(uri, "HGNC:1100"),
+                Some(Category::Genetic),
+                "{uri}"
+            );
+        }
+        for uri in ["http://www.whocc.no/atc", "urn:oid:2.16.840.1.113883.6.73"] {
+            assert_eq!(
+                table.lookup(uri, "J05AR03"),
+                Some(Category::HivSti),
+                "{uri}"
+            );
+            assert_eq!(table.lookup(uri, "J05AB01"), None, "{uri}");
+        }
+        assert_eq!(
+            table.lookup("http://terminology.hl7.org/CodeSystem/v3-ActCode", "SDV"),
+            Some(Category::AbuseViolence)
+        );
+        // `*` is only allowed alone; an empty code or a `*` inside a code is still an error.
+        for bad in [
+            "hgnc\t\tgenetic\td\ts\n",
+            "hgnc\t**\tgenetic\td\ts\n",
+            "atc\tJ*5\tgenetic\td\ts\n",
+        ] {
+            assert!(
+                matches!(
+                    Table::parse(bad).err(),
+                    Some(ClassifyError::Table { line: 1, .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// The table as it was before it was split by system (owned normalization,
+    /// one global prefix list), for comparison. Built once: re-reading the table
+    /// for every lookup made the comparison quadratic in the table's size.
+    struct BeforeSplit {
+        exact: HashMap<(System, String), Category>,
+        prefixes: Vec<(System, String, Category)>,
+    }
+
+    fn normalize_before_split(system: System, code: &str) -> String {
+        match system {
+            System::Icd10 => code
+                .chars()
+                .filter(|c| *c != '.')
+                .map(|c| c.to_ascii_uppercase())
+                .collect(),
+            _ => code.trim().to_owned(),
+        }
+    }
+
+    impl BeforeSplit {
+        fn parse(src: &str) -> BeforeSplit {
+            let mut exact = HashMap::new();
+            let mut prefixes = Vec::new();
+            for line in src
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            {
+                let fields: Vec<&str> = line.split('\t').collect();
+                let Some(system) = System::from_table(fields[0]) else {
+                    continue; // header
+                };
+                let category: Category = fields[2].parse().unwrap();
+                match fields[1].strip_suffix('*') {
+                    Some(p) => prefixes.push((system, normalize_before_split(system, p), category)),
+                    None => {
+                        exact.insert(
+                            (system, normalize_before_split(system, fields[1])),
+                            category,
+                        );
+                    }
                 }
             }
+            prefixes.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.1.cmp(&b.1)));
+            BeforeSplit { exact, prefixes }
         }
-        prefixes.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.1.cmp(&b.1)));
-        let system = System::from_uri(system_uri)?;
-        let code = normalize(system, code);
-        if let Some(category) = exact.get(&(system, code.clone())) {
-            return Some(*category);
+
+        fn lookup(&self, system_uri: &str, code: &str) -> Option<Category> {
+            let system = System::from_uri(system_uri)?;
+            let code = normalize_before_split(system, code);
+            if let Some(category) = self.exact.get(&(system, code.clone())) {
+                return Some(*category);
+            }
+            self.prefixes
+                .iter()
+                .find(|(s, prefix, _)| *s == system && code.starts_with(prefix.as_str()))
+                .map(|(_, _, category)| *category)
         }
-        prefixes
-            .iter()
-            .find(|(s, prefix, _)| *s == system && code.starts_with(prefix.as_str()))
-            .map(|(_, _, category)| *category)
     }
 
     #[test]
     fn split_table_lookup_matches_the_global_one() {
         let table = Table::parse(CATEGORY_CODES_TSV).unwrap();
+        let before = BeforeSplit::parse(CATEGORY_CODES_TSV);
         let uris = [
             SNOMED,
             ICD10,
@@ -870,6 +956,9 @@ mod tests {
                 continue;
             };
             let code = code.trim_end_matches('*');
+            if code.is_empty() {
+                continue; // `*`: any code of the system, checked in its own test
+            }
             for variant in [
                 code.to_owned(),
                 code.to_lowercase(),
@@ -887,7 +976,7 @@ mod tests {
         let mut matched = 0;
         for uri in uris {
             for code in &codes {
-                let want = lookup_before_split(CATEGORY_CODES_TSV, uri, code);
+                let want = before.lookup(uri, code);
                 assert_eq!(table.lookup(uri, code), want, "{uri} {code:?}");
                 matched += usize::from(want.is_some());
             }

@@ -34,17 +34,25 @@ pub enum Category {
     SubstanceUse,
     ReproductiveHealth,
     Genetic,
+    /// Sexual assault, abuse or domestic violence (HL7 v3 ActCode `SDV`).
+    AbuseViolence,
+    /// The gateway could not classify the content (a PDF, an image, a DICOM
+    /// object, free text, or a record its source labels restricted without
+    /// saying why). Treated like sensitive data: it may hold anything.
+    Unclassified,
     General,
 }
 
 impl Category {
     /// Every category, in a stable order.
-    pub const ALL: [Category; 6] = [
+    pub const ALL: [Category; 8] = [
         Category::HivSti,
         Category::MentalHealth,
         Category::SubstanceUse,
         Category::ReproductiveHealth,
         Category::Genetic,
+        Category::AbuseViolence,
+        Category::Unclassified,
         Category::General,
     ];
 
@@ -56,6 +64,8 @@ impl Category {
             Category::SubstanceUse => "substance-use",
             Category::ReproductiveHealth => "reproductive-health",
             Category::Genetic => "genetic",
+            Category::AbuseViolence => "abuse-violence",
+            Category::Unclassified => "unclassified",
             Category::General => "general",
         }
     }
@@ -236,7 +246,7 @@ mod tests {
     #[test]
     fn only_general_is_not_sensitive() {
         let sensitive: Vec<_> = Category::ALL.iter().filter(|c| c.is_sensitive()).collect();
-        assert_eq!(sensitive.len(), 5);
+        assert_eq!(sensitive.len(), 7);
         assert!(!Category::General.is_sensitive());
         assert_eq!(Purpose::PublicHealth.to_string(), "public-health");
     }

@@ -45,7 +45,12 @@ fn synthea_bundles_match_the_manifest() {
         ),
         (
             "Chet_Thompson_eda17701-070d-4fae-9f7d-c8cd6263b63a.json",
-            vec![Category::HivSti, Category::ReproductiveHealth],
+            // LOINC 28245-9 Abuse Status [OMAHA] (HL7 SDV).
+            vec![
+                Category::HivSti,
+                Category::ReproductiveHealth,
+                Category::AbuseViolence,
+            ],
         ),
     ];
     for (file, sensitive) in expect {

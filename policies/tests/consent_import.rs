@@ -259,3 +259,28 @@ fn mutated_examples_never_panic() {
     }
     assert!(answered > 500, "{answered}");
 }
+
+/// HL7 v3 ActCode SDV (sexual assault, abuse or domestic violence) is the abuse-violence
+/// category; a permit labelled with it covers exactly that category.
+#[test]
+fn sdv_security_label_imports_as_abuse_violence() {
+    let consent = serde_json::json!({
+        "resourceType": "Consent",
+        "id": "c-sdv",
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "patient": {"reference": "Patient/p1"},
+        "provision": {
+            "type": "permit",
+            "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+                       "reference": {"reference": "Organization/clinic-b"}}],
+            "securityLabel": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SDV"}]
+        }
+    });
+    let directives = import_fhir_consent(&consent, "t", NOW).map_err(|r| r.reason);
+    let d = match directives {
+        Ok(mut list) if list.len() == 1 => list.remove(0),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(d.categories, vec![policies::Category::AbuseViolence]);
+}

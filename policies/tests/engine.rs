@@ -146,7 +146,11 @@ fn sensitive_bundles_need_consent_naming_the_recipient() {
         ),
         (
             "Chet_Thompson_eda17701-070d-4fae-9f7d-c8cd6263b63a.json",
-            &[Category::HivSti, Category::ReproductiveHealth][..],
+            &[
+                Category::HivSti,
+                Category::ReproductiveHealth,
+                Category::AbuseViolence,
+            ][..],
         ),
         (
             "Laurie_McCullough_8a417ce8-b525-42ab-a2be-651291f73c8c.json",
@@ -596,4 +600,70 @@ fn request_debug_redacts_the_patient() {
     );
     let text = format!("{req:?}");
     assert!(!text.contains("patient-secret-42"), "{text}");
+}
+
+/// The two categories added for issue 13 behave like every other sensitive one: never for
+/// payment, only with consent naming the recipient for that category, or break-glass.
+#[test]
+fn abuse_violence_and_unclassified_need_consent_naming_the_recipient() {
+    let engine = engine();
+    for category in [Category::AbuseViolence, Category::Unclassified] {
+        assert!(category.is_sensitive());
+        let categories = BTreeSet::from([Category::General, category]);
+        let to = || facility("clinic-b", "clinic");
+
+        let d = engine.authorize(&send(categories.clone(), Purpose::Treatment, to(), &[]));
+        assert_denied_by(&d, "forbid-sensitive-without-consent");
+
+        // An all-federation permit does not name the recipient.
+        let mut everyone = permit_naming("clinic-b");
+        everyone.scope = Scope::AllFederation;
+        let d = engine.authorize(&send(
+            categories.clone(),
+            Purpose::Treatment,
+            to(),
+            &[everyone],
+        ));
+        assert_denied_by(&d, "forbid-sensitive-without-consent");
+
+        // Consent naming the recipient for another sensitive category is not enough.
+        let mut other = permit_naming("clinic-b");
+        other.categories = vec![Category::MentalHealth];
+        let d = engine.authorize(&send(
+            categories.clone(),
+            Purpose::Treatment,
+            to(),
+            &[other],
+        ));
+        assert_denied_by(&d, "forbid-sensitive-without-consent");
+
+        let mut named = permit_naming("clinic-b");
+        named.categories = vec![category];
+        let d = engine.authorize(&send(
+            categories.clone(),
+            Purpose::Treatment,
+            to(),
+            &[named],
+        ));
+        assert_allowed_by(&d, "permit-treatment-between-members");
+
+        // Never for payment, not even with the payer named for this purpose and category.
+        let mut payer_consent = permit_naming("insurer-x");
+        payer_consent.purposes = vec![Purpose::Payment];
+        payer_consent.categories = vec![category];
+        let d = engine.authorize(&send(
+            categories.clone(),
+            Purpose::Payment,
+            facility("insurer-x", "payer"),
+            &[payer_consent],
+        ));
+        assert_denied_by(&d, "forbid-payment-sensitive");
+
+        // Break-glass by an emergency role lifts the consent requirement.
+        let mut emergency = send(categories, Purpose::Treatment, to(), &[]);
+        emergency.break_glass = true;
+        emergency.clinician_role = Some("emergency-physician".to_owned());
+        let d = engine.authorize(&emergency);
+        assert!(d.allowed, "{category}: {d:?}");
+    }
 }

@@ -283,6 +283,7 @@ fn map_provision(p: &Value, d: &mut ConsentDirective) -> Result<(), ImportRefusa
             (ACT_CODE, "ETH" | "SUD") => Category::SubstanceUse,
             (ACT_CODE, "SEX") => Category::ReproductiveHealth,
             (ACT_CODE, "GDIS") => Category::Genetic,
+            (ACT_CODE, "SDV") => Category::AbuseViolence,
             _ => {
                 return refuse(format!(
                     "security label {} cannot be mapped to a data category",
