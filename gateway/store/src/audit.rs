@@ -1,7 +1,16 @@
 //! The hash-chained audit log. Trees: `audit` (`seq_be` → entry), `audit_by_patient`
-//! (`patient_ref || 0x00 || seq_be`), `audit_by_transfer` (`transfer_id || seq_be`),
-//! `audit_break_glass` (`seq_be`) and `audit_head` (the last seq and hash). An append writes
-//! all of them in one transaction, under a mutex so the chain is linear. There is no delete.
+//! (`HMAC(index key, patient_ref) || seq_be`, 40 bytes), `audit_by_transfer`
+//! (`transfer_id || seq_be`), `audit_break_glass` (`seq_be`) and `audit_head` (the last seq
+//! and hash). An append writes all of them in one transaction, under a mutex so the chain is
+//! linear. There is no delete.
+//!
+//! An entry is stored as `0x01 || postcard(StoredEntry { prev_hash, hash, body })` where
+//! `body = postcard((seq, StoredRecord))`: the [`AuditRecord`]'s fields in order, except that
+//! the patient reference is replaced by its keyed hash (the `tag` of the patient index) and
+//! the reference sealed under the store's key (associated data: `audit.patient_ref`, `seq_be`,
+//! `tag`). The chain hash covers exactly these stored bytes, so verification needs no key,
+//! opens nothing, and detects any change to them, the sealed reference included; reading an
+//! entry opens the reference again.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -17,13 +26,18 @@ use sled::transaction::{ConflictableTransactionError, Transactional};
 use crate::audited::Chained;
 use crate::codec::{decode, decode_body, VERSION};
 use crate::error::StoreError;
+use crate::protect::{aad, Keys, PatientTag, TAG_LEN};
 use crate::types::{AuditEntry, AuditFilter, AuditRecord, TransferId};
 use crate::{tx_err, Store, Trees};
 
 pub(crate) const WHAT: &str = "audit";
 
-/// Domain separation for the chain hash; bump with any change to what is hashed.
-const HASH_DOMAIN: &[u8] = b"healthfed/audit/1";
+/// Domain separation for the chain hash; bump with any change to what is hashed. Version 1
+/// hashed the record with its patient reference in clear (store format 1, see `migrate`).
+const HASH_DOMAIN: &[u8] = b"healthfed/audit/2";
+
+/// The tree-and-field name in the associated data of a sealed patient reference.
+const PATIENT_FIELD: &str = "audit.patient_ref";
 
 pub(crate) const HEAD_KEY: &[u8] = b"head";
 
@@ -42,10 +56,118 @@ pub(crate) struct StoredEntry<'a> {
     pub(crate) body: &'a [u8],
 }
 
-/// A borrowed decoding of `postcard((seq, record))` that allocates nothing, for verification.
-/// Field order and types mirror [`AuditRecord`]; the tests verify real entries with it.
-/// Strings are borrowed as bytes: postcard encodes both alike, and the walk needs no UTF-8
-/// validation (the chain hash already covers every byte).
+/// An [`AuditRecord`] as stored and hashed: the same fields in the same order, the patient
+/// reference replaced by [`SealedPatient`].
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredRecord<'a> {
+    time_ms: u64,
+    #[serde(borrow)]
+    event: &'a str,
+    transfer_id: Option<TransferId>,
+    #[serde(borrow)]
+    peer: Option<&'a str>,
+    #[serde(borrow)]
+    patient: Option<SealedPatient<'a>>,
+    #[serde(borrow)]
+    purpose: Option<&'a str>,
+    #[serde(borrow)]
+    clinician: Option<&'a str>,
+    #[serde(borrow)]
+    outcome: &'a str,
+    #[serde(borrow)]
+    reason: Option<&'a str>,
+    #[serde(borrow)]
+    policy_ids: Vec<&'a str>,
+    break_glass: bool,
+}
+
+/// A patient reference at rest: its keyed hash (as in the patient index) and the reference
+/// sealed (`nonce || ciphertext || tag`).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SealedPatient<'a> {
+    tag: PatientTag,
+    #[serde(borrow)]
+    sealed: &'a [u8],
+}
+
+impl<'a> StoredRecord<'a> {
+    /// `record` as stored at `seq`, its patient reference (if any) sealed into `sealed_buf`.
+    pub(crate) fn seal(
+        keys: &Keys,
+        seq: u64,
+        record: &'a AuditRecord,
+        sealed_buf: &'a mut Vec<u8>,
+    ) -> Result<(StoredRecord<'a>, Option<PatientTag>), StoreError> {
+        let tag = match &record.patient_ref {
+            Some(p) => {
+                let tag = keys.tag(p);
+                sealed_buf.clear();
+                keys.seal_into(&patient_aad(seq, &tag), p.as_bytes(), sealed_buf)?;
+                Some(tag)
+            }
+            None => None,
+        };
+        let stored = StoredRecord {
+            time_ms: record.time_ms,
+            event: &record.event,
+            transfer_id: record.transfer_id,
+            peer: record.peer.as_deref(),
+            patient: tag.map(|tag| SealedPatient {
+                tag,
+                sealed: sealed_buf.as_slice(),
+            }),
+            purpose: record.purpose.as_deref(),
+            clinician: record.clinician.as_deref(),
+            outcome: &record.outcome,
+            reason: record.reason.as_deref(),
+            policy_ids: record.policy_ids.iter().map(String::as_str).collect(),
+            break_glass: record.break_glass,
+        };
+        Ok((stored, tag))
+    }
+
+    /// The record, its patient reference opened.
+    fn open(self, keys: &Keys, seq: u64) -> Result<AuditRecord, StoreError> {
+        let patient_ref = match self.patient {
+            Some(p) => {
+                let plain = keys.open(WHAT, &patient_aad(seq, &p.tag), p.sealed)?;
+                Some(String::from_utf8(plain).map_err(|_| StoreError::Corrupt {
+                    what: WHAT,
+                    problem: "patient reference is not UTF-8",
+                })?)
+            }
+            None => None,
+        };
+        Ok(AuditRecord {
+            time_ms: self.time_ms,
+            event: self.event.to_owned(),
+            transfer_id: self.transfer_id,
+            peer: self.peer.map(str::to_owned),
+            patient_ref,
+            purpose: self.purpose.map(str::to_owned),
+            clinician: self.clinician.map(str::to_owned),
+            outcome: self.outcome.to_owned(),
+            reason: self.reason.map(str::to_owned),
+            policy_ids: self.policy_ids.into_iter().map(str::to_owned).collect(),
+            break_glass: self.break_glass,
+        })
+    }
+}
+
+/// Associated data of the patient reference sealed in entry `seq`: binds it to its entry and
+/// to the tag stored next to it.
+fn patient_aad(seq: u64, tag: &PatientTag) -> Vec<u8> {
+    let mut key = [0u8; 8 + TAG_LEN];
+    let (s, t) = key.split_at_mut(8);
+    s.copy_from_slice(&seq.to_be_bytes());
+    t.copy_from_slice(tag);
+    aad(PATIENT_FIELD, &key)
+}
+
+/// A borrowed decoding of the stored body `postcard((seq, StoredRecord))` that allocates
+/// nothing, for verification. Field order and types mirror [`StoredRecord`]; the tests verify
+/// real entries with it. Strings are borrowed as bytes: postcard encodes both alike, and the
+/// walk needs no UTF-8 validation (the chain hash already covers every byte).
 #[derive(Deserialize)]
 struct RecordView<'a> {
     _time_ms: u64,
@@ -55,7 +177,7 @@ struct RecordView<'a> {
     #[serde(borrow)]
     _peer: Option<&'a [u8]>,
     #[serde(borrow)]
-    patient_ref: Option<&'a [u8]>,
+    patient: Option<PatientView<'a>>,
     #[serde(borrow)]
     _purpose: Option<&'a [u8]>,
     #[serde(borrow)]
@@ -66,6 +188,14 @@ struct RecordView<'a> {
     _reason: Option<&'a [u8]>,
     _policy_ids: SkipStrs,
     break_glass: bool,
+}
+
+/// The stored patient of [`RecordView`]: the tag is what the patient index holds.
+#[derive(Deserialize)]
+struct PatientView<'a> {
+    tag: PatientTag,
+    #[serde(borrow)]
+    _sealed: &'a [u8],
 }
 
 /// Reads a sequence of strings without keeping them.
@@ -190,7 +320,7 @@ impl Store {
         records: impl IntoIterator<Item = AuditRecord>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let mut tail = self.lock_tail()?;
-        let chained = Chained::new(&tail, records)?;
+        let chained = Chained::new(&tail, records, self.keys())?;
         if chained.is_empty() {
             return Ok(Vec::new());
         }
@@ -226,9 +356,7 @@ impl Store {
         let (tree, prefix): (&sled::Tree, Vec<u8>) = if let Some(id) = &filter.transfer_id {
             (&t.audit_by_transfer, id.to_vec())
         } else if let Some(patient) = &filter.patient {
-            let mut prefix = patient.as_bytes().to_vec();
-            prefix.push(0);
-            (&t.audit_by_patient, prefix)
+            (&t.audit_by_patient, self.keys().tag(patient).to_vec())
         } else if filter.break_glass_only {
             (&t.audit_break_glass, Vec::new())
         } else {
@@ -243,7 +371,7 @@ impl Store {
                 let Some(seq) = seq_of_key(&key) else {
                     continue;
                 };
-                let entry = decode_entry(seq, &value)?;
+                let entry = decode_entry(self.keys(), seq, &value)?;
                 if matches(&entry, filter) {
                     out.push(entry);
                     if out.len() >= limit {
@@ -279,14 +407,13 @@ impl Store {
                     exhausted = true;
                     break;
                 }
-                // A patient reference may itself contain 0x00, so the prefix can match keys
-                // of another patient whose reference extends it: their key is longer, skip
-                // them.
+                // Every key under the prefix is `prefix || seq_be` (tags and transfer ids have a
+                // fixed length); a malformed one is skipped here and reported by verify.
                 if let Some(seq) = key.get(prefix.len()..).and_then(seq_of_key) {
                     seqs.push(seq);
                 }
             }
-            for entry in fetch_entries(&t.audit, &seqs) {
+            for entry in fetch_entries(self.keys(), &t.audit, &seqs) {
                 // None is only reachable if the log was tampered with; audit_verify reports it.
                 let Some(entry) = entry? else {
                     continue;
@@ -439,12 +566,12 @@ impl Store {
             let Ok(Some(entry)) = t
                 .audit
                 .get(seq.to_be_bytes())
-                .map(|v| v.map(|v| decode_entry(seq, &v)))
+                .map(|v| v.map(|v| decode_entry(self.keys(), seq, &v)))
             else {
                 continue;
             };
             let Ok(entry) = entry else { continue };
-            for (index, tree, key) in expected_keys(seq, &entry.record) {
+            for (index, tree, key) in expected_keys(self.keys(), seq, &entry.record) {
                 if !matches!(tree(t).contains_key(&key), Ok(true)) {
                     note(&mut worst, seq, ChainProblem::IndexMismatch { index });
                 }
@@ -474,9 +601,9 @@ impl Store {
                     .get(seq.to_be_bytes())
                     .ok()
                     .flatten()
-                    .and_then(|v| decode_entry(seq, &v).ok())
+                    .and_then(|v| decode_entry(self.keys(), seq, &v).ok())
                     .is_some_and(|entry| {
-                        expected_keys(seq, &entry.record)
+                        expected_keys(self.keys(), seq, &entry.record)
                             .iter()
                             .any(|(i, _, k)| *i == index && k.as_slice() == &*key)
                     });
@@ -515,10 +642,18 @@ const INDEXES: [(&str, TreeOf); 3] = [
 ];
 
 /// The index keys an entry implies.
-fn expected_keys(seq: u64, record: &AuditRecord) -> Vec<(&'static str, TreeOf, Vec<u8>)> {
+fn expected_keys(
+    crypto: &Keys,
+    seq: u64,
+    record: &AuditRecord,
+) -> Vec<(&'static str, TreeOf, Vec<u8>)> {
     let mut keys: Vec<(&'static str, TreeOf, Vec<u8>)> = Vec::new();
     if let Some(p) = &record.patient_ref {
-        keys.push(("patient", |t| &t.audit_by_patient, patient_key(p, seq)));
+        keys.push((
+            "patient",
+            |t| &t.audit_by_patient,
+            patient_key(&crypto.tag(p), seq).to_vec(),
+        ));
     }
     if let Some(id) = &record.transfer_id {
         keys.push((
@@ -584,18 +719,13 @@ impl IndexDigest {
 struct EntryDigests<'a> {
     state: &'a RandomState,
     digests: [IndexDigest; 3],
-    key_buf: Vec<u8>,
 }
 
 impl EntryDigests<'_> {
     fn add(&mut self, seq: u64, view: &RecordView<'_>) {
         let [patient, transfer, glass] = &mut self.digests;
-        if let Some(p) = view.patient_ref {
-            self.key_buf.clear();
-            self.key_buf.extend_from_slice(p);
-            self.key_buf.push(0);
-            self.key_buf.extend_from_slice(&seq.to_be_bytes());
-            patient.add(self.state, &self.key_buf);
+        if let Some(p) = &view.patient {
+            patient.add(self.state, &patient_key(&p.tag, seq));
         }
         if let Some(id) = &view.transfer_id {
             transfer.add(self.state, &transfer_key(id, seq));
@@ -716,7 +846,6 @@ fn walk_range(
     let mut digests = EntryDigests {
         state,
         digests: [IndexDigest::default(); 3],
-        key_buf: Vec::with_capacity(64),
     };
     let mut expected = start;
     // The previous entry's hash; unknown for the range's first entry.
@@ -844,9 +973,9 @@ pub(crate) fn chain_hash(prev_hash: &[u8; 32], body: &[u8]) -> [u8; 32] {
     out
 }
 
-fn decode_entry(seq: u64, value: &[u8]) -> Result<AuditEntry, StoreError> {
+fn decode_entry(keys: &Keys, seq: u64, value: &[u8]) -> Result<AuditEntry, StoreError> {
     let stored: StoredEntry<'_> = decode(WHAT, value)?;
-    let (body_seq, record): (u64, AuditRecord) = decode_body(WHAT, stored.body)?;
+    let (body_seq, record): (u64, StoredRecord<'_>) = decode_body(WHAT, stored.body)?;
     if body_seq != seq {
         return Err(StoreError::Corrupt {
             what: WHAT,
@@ -855,7 +984,7 @@ fn decode_entry(seq: u64, value: &[u8]) -> Result<AuditEntry, StoreError> {
     }
     Ok(AuditEntry {
         seq,
-        record,
+        record: record.open(keys, seq)?,
         prev_hash: stored.prev_hash,
         hash: stored.hash,
     })
@@ -871,14 +1000,18 @@ const PARALLEL_FETCH_MIN: usize = 128;
 
 /// The entries of `seqs`, in order (`None` where one is absent), fetched on up to
 /// `available_parallelism` threads when there are enough of them.
-fn fetch_entries(audit: &sled::Tree, seqs: &[u64]) -> Vec<Result<Option<AuditEntry>, StoreError>> {
+fn fetch_entries(
+    keys: &Keys,
+    audit: &sled::Tree,
+    seqs: &[u64],
+) -> Vec<Result<Option<AuditEntry>, StoreError>> {
     let fetch = |seqs: &[u64]| -> Vec<Result<Option<AuditEntry>, StoreError>> {
         seqs.iter()
             .map(|&seq| {
                 audit
                     .get(seq.to_be_bytes())
                     .map_err(StoreError::sled("list audit entries"))?
-                    .map(|value| decode_entry(seq, &value))
+                    .map(|value| decode_entry(keys, seq, &value))
                     .transpose()
             })
             .collect()
@@ -923,11 +1056,12 @@ fn matches(entry: &AuditEntry, filter: &AuditFilter) -> bool {
         && (!filter.break_glass_only || r.break_glass)
 }
 
-pub(crate) fn patient_key(patient: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(patient.len() + 9);
-    key.extend_from_slice(patient.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
+/// `tag || seq_be`: the patient index key of entry `seq`.
+pub(crate) fn patient_key(tag: &PatientTag, seq: u64) -> [u8; TAG_LEN + 8] {
+    let mut key = [0; TAG_LEN + 8];
+    let (head, tail) = key.split_at_mut(TAG_LEN);
+    head.copy_from_slice(tag);
+    tail.copy_from_slice(&seq.to_be_bytes());
     key
 }
 

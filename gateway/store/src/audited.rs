@@ -10,9 +10,12 @@ use sled::transaction::{
     ConflictableTransactionError, Transactional, TransactionalTree, UnabortableTransactionError,
 };
 
-use crate::audit::{chain_hash, patient_key, transfer_key, StoredEntry, Tail, HEAD_KEY, WHAT};
+use crate::audit::{
+    chain_hash, patient_key, transfer_key, StoredEntry, StoredRecord, Tail, HEAD_KEY, WHAT,
+};
 use crate::codec::encode;
 use crate::error::StoreError;
+use crate::protect::{Keys, TAG_LEN};
 use crate::types::{AuditEntry, AuditRecord};
 use crate::{now_ms, tx_err, Store};
 
@@ -23,7 +26,7 @@ pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>
 struct Row {
     seq_key: [u8; 8],
     value: Vec<u8>,
-    patient_key: Option<Vec<u8>>,
+    patient_key: Option<[u8; TAG_LEN + 8]>,
     transfer_key: Option<[u8; 24]>,
     break_glass: bool,
 }
@@ -37,20 +40,24 @@ pub(crate) struct Chained {
 }
 
 impl Chained {
-    /// Assigns the next seqs after `tail`, stamps `time_ms` where it is 0, links and hashes.
+    /// Assigns the next seqs after `tail`, stamps `time_ms` where it is 0, seals the patient
+    /// reference, links and hashes.
     pub(crate) fn new(
         tail: &Tail,
         records: impl IntoIterator<Item = AuditRecord>,
+        keys: &Keys,
     ) -> Result<Chained, StoreError> {
         let (mut seq, mut hash) = (tail.last_seq, tail.hash);
         let mut rows = Vec::new();
         let mut entries = Vec::new();
+        let mut sealed = Vec::new();
         for mut record in records {
             if record.time_ms == 0 {
                 record.time_ms = now_ms();
             }
             seq += 1;
-            let body = postcard::to_allocvec(&(seq, &record))
+            let (stored, tag) = StoredRecord::seal(keys, seq, &record, &mut sealed)?;
+            let body = postcard::to_allocvec(&(seq, &stored))
                 .map_err(|source| StoreError::Encode { what: WHAT, source })?;
             let prev_hash = hash;
             hash = chain_hash(&prev_hash, &body);
@@ -65,7 +72,7 @@ impl Chained {
             rows.push(Row {
                 seq_key: seq.to_be_bytes(),
                 value,
-                patient_key: record.patient_ref.as_deref().map(|p| patient_key(p, seq)),
+                patient_key: tag.map(|tag| patient_key(&tag, seq)),
                 transfer_key: record.transfer_id.map(|id| transfer_key(&id, seq)),
                 break_glass: record.break_glass,
             });
@@ -101,7 +108,7 @@ impl Chained {
         for row in &self.rows {
             audit.insert(&row.seq_key[..], row.value.as_slice())?;
             if let Some(key) = &row.patient_key {
-                by_patient.insert(key.as_slice(), &[][..])?;
+                by_patient.insert(&key[..], &[][..])?;
             }
             if let Some(key) = &row.transfer_key {
                 by_transfer.insert(&key[..], &[][..])?;
@@ -163,8 +170,8 @@ impl Store {
                     }));
                 };
                 let (result, records) = body(own)?;
-                let chained =
-                    Chained::new(&tail, records).map_err(ConflictableTransactionError::Abort)?;
+                let chained = Chained::new(&tail, records, self.keys())
+                    .map_err(ConflictableTransactionError::Abort)?;
                 chained.write([a, p, tr, bg, h])?;
                 Ok((result, chained))
             })

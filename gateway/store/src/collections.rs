@@ -1,14 +1,26 @@
 //! Opaque keyed collections whose meaning belongs to other crates: consent directives (the
 //! policies crate), pull requests and the EMR's record source tree (the gateway).
-//! Trees: `consents` (directive id → (patient, bytes)), `consents_by_patient`
-//! (`len_u32_be(patient) || patient || directive id`; the length prefix makes the prefix
-//! scan exact for any patient string), `requests` (id → bytes), `records` (patient → bytes).
+//!
+//! Trees (values sealed, codec version 2, see the `protect` module):
+//! * `consents`: directive id → sealed `(patient, bytes)`; the directive bytes are the
+//!   caller's encoding of the directive, which names the patient.
+//! * `consents_by_patient`: `HMAC(index key, patient) || directive id`, empty values; the tag
+//!   has a fixed length, so the prefix scan of one patient never reaches another's keys.
+//! * `requests`: id → sealed bytes (a pull request's state names its patient).
+//! * `records`: `HMAC(index key, patient)` → sealed bytes (the patient's record bundle).
+//!
+//! Directive and request ids are keys in clear: the gateway draws them at random.
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode_sealed, encode_sealed};
 use crate::error::StoreError;
+use crate::protect::{Keys, PatientTag, TAG_LEN};
 use crate::{tx_err, Store};
+
+pub(crate) const CONSENTS: &str = "consents";
+pub(crate) const REQUESTS: &str = "requests";
+pub(crate) const RECORDS: &str = "records";
 
 impl Store {
     /// Stores (or replaces) a consent directive for `patient`. Replacing a directive that was
@@ -19,18 +31,19 @@ impl Store {
         directive_id: &str,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let value = encode("consent", &(patient, bytes))?;
-        let index_key = consent_index_key(patient, directive_id)?;
+        let keys = self.keys();
+        let value = encode_sealed(keys, (CONSENTS, directive_id.as_bytes()), &(patient, bytes))?;
+        let index_key = consent_index_key(&keys.tag(patient), directive_id);
         let t = self.trees();
         (&t.consents, &t.consents_by_patient)
             .transaction(|(consents, by_patient)| {
                 if let Some(old) = consents.get(directive_id)? {
                     let (old_patient, _): (String, Vec<u8>) =
-                        decode("consent", &old).map_err(ConflictableTransactionError::Abort)?;
-                    if old_patient != patient {
-                        let old_key = consent_index_key(&old_patient, directive_id)
+                        decode_consent(keys, directive_id, &old)
                             .map_err(ConflictableTransactionError::Abort)?;
-                        by_patient.remove(old_key)?;
+                    if old_patient != patient {
+                        by_patient
+                            .remove(consent_index_key(&keys.tag(&old_patient), directive_id))?;
                     }
                 }
                 consents.insert(directive_id.as_bytes(), value.as_slice())?;
@@ -43,12 +56,12 @@ impl Store {
     /// The directives filed for `patient`, as (directive id, bytes), ordered by directive id.
     pub fn consent_list(&self, patient: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let t = self.trees();
-        let prefix = consent_index_key(patient, "")?;
+        let prefix = self.keys().tag(patient);
         let mut out = Vec::new();
-        for item in t.consents_by_patient.scan_prefix(&prefix) {
+        for item in t.consents_by_patient.scan_prefix(prefix) {
             let (key, _) = item.map_err(StoreError::sled("list consent directives"))?;
             let id = key
-                .get(prefix.len()..)
+                .get(TAG_LEN..)
                 .and_then(|id| std::str::from_utf8(id).ok())
                 .ok_or(StoreError::Corrupt {
                     what: "consent index",
@@ -67,13 +80,13 @@ impl Store {
             .consents
             .get(directive_id)
             .map_err(StoreError::sled("read consent directive"))?
-            .map(|v| decode("consent", &v))
+            .map(|v| decode_consent(self.keys(), directive_id, &v))
             .transpose()
     }
 
     /// Stores (or replaces) the state of a pull request.
     pub fn request_put(&self, id: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let value = encode("request", bytes)?;
+        let value = encode_sealed(self.keys(), (REQUESTS, id.as_bytes()), bytes)?;
         self.trees()
             .requests
             .insert(id, value)
@@ -86,7 +99,7 @@ impl Store {
             .requests
             .get(id)
             .map_err(StoreError::sled("read request"))?
-            .map(|v| decode("request", &v))
+            .map(|v| decode_sealed(self.keys(), (REQUESTS, id.as_bytes()), &v))
             .transpose()
     }
 
@@ -95,43 +108,52 @@ impl Store {
         let mut out = Vec::new();
         for item in self.trees().requests.iter() {
             let (key, value) = item.map_err(StoreError::sled("list requests"))?;
+            let bytes = decode_sealed(self.keys(), (REQUESTS, &key), &value)?;
             let id = String::from_utf8(key.to_vec()).map_err(|_| StoreError::Corrupt {
                 what: "request",
                 problem: "key is not UTF-8",
             })?;
-            out.push((id, decode("request", &value)?));
+            out.push((id, bytes));
         }
         Ok(out)
     }
 
     /// Stores (or replaces) the EMR's record bundle for `patient`.
     pub fn record_put(&self, patient: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let value = encode("record", bytes)?;
+        let keys = self.keys();
+        let key = keys.tag(patient);
+        let value = encode_sealed(keys, (RECORDS, &key), bytes)?;
         self.trees()
             .records
-            .insert(patient, value)
+            .insert(key, value)
             .map_err(StoreError::sled("store record"))?;
         Ok(())
     }
 
     pub fn record_get(&self, patient: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let keys = self.keys();
+        let key = keys.tag(patient);
         self.trees()
             .records
-            .get(patient)
+            .get(key)
             .map_err(StoreError::sled("read record"))?
-            .map(|v| decode("record", &v))
+            .map(|v| decode_sealed(keys, (RECORDS, &key), &v))
             .transpose()
     }
 }
 
-fn consent_index_key(patient: &str, directive_id: &str) -> Result<Vec<u8>, StoreError> {
-    let len = u32::try_from(patient.len()).map_err(|_| StoreError::InvalidKey {
-        what: "patient reference",
-        problem: "longer than 4 GiB",
-    })?;
-    let mut key = Vec::with_capacity(4 + patient.len() + directive_id.len());
-    key.extend_from_slice(&len.to_be_bytes());
-    key.extend_from_slice(patient.as_bytes());
+fn decode_consent(
+    keys: &Keys,
+    directive_id: &str,
+    value: &[u8],
+) -> Result<(String, Vec<u8>), StoreError> {
+    decode_sealed(keys, (CONSENTS, directive_id.as_bytes()), value)
+}
+
+/// `tag || directive id`.
+pub(crate) fn consent_index_key(tag: &PatientTag, directive_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(TAG_LEN + directive_id.len());
+    key.extend_from_slice(tag);
     key.extend_from_slice(directive_id.as_bytes());
-    Ok(key)
+    key
 }

@@ -72,6 +72,22 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// The node-local secret that protects patient identifiers cannot be used: missing for a
+    /// store that needs it, readable by others, or malformed. The node refuses to start.
+    #[error("local system: patient index key {}: {problem}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        problem: &'static str,
+    },
+    /// Sealing a value failed (the system's random generator, or an impossible size).
+    #[error("local system: seal stored value: {problem}")]
+    Seal { problem: &'static str },
+    /// The store was written by a newer release (its format is unknown to this one).
+    #[error("store format {found} is not supported by this release (it reads {supported})")]
+    UnsupportedFormat { found: u32, supported: u32 },
+    /// An older store could not be migrated; it is left as it was.
+    #[error("store migration from format {from} refused: {reason}")]
+    MigrationRefused { from: u32, reason: String },
     /// The group-commit thread is gone (the store is shutting down or the thread died).
     #[error("local system: commit thread stopped")]
     CommitterStopped,

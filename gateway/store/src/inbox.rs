@@ -78,6 +78,7 @@ impl Store {
             (WHAT, "list inbox"),
             (after, |e: &InboxEntry| e.received_ms),
             limit,
+            |_, value| decode(WHAT, value),
         )
     }
 

@@ -54,7 +54,9 @@ mod collections;
 mod commit;
 mod error;
 mod inbox;
+mod migrate;
 mod outbox;
+mod protect;
 mod retention;
 mod spool;
 mod types;
@@ -67,6 +69,7 @@ use crate::commit::{sync_dir, Committer, SledFiles};
 
 pub use crate::audit::{AuditChainError, ChainProblem};
 pub use crate::error::StoreError;
+pub use crate::migrate::STORE_MIGRATED_EVENT;
 pub use crate::retention::{Expired, RemovedEnvelope};
 pub use crate::spool::SpoolWriter;
 pub use crate::types::{
@@ -89,6 +92,7 @@ struct Inner {
     spool_dir: PathBuf,
     spool_dirs: Arc<spool::SpoolDirs>,
     trees: Trees,
+    keys: protect::Keys,
     audit_tail: Mutex<audit::Tail>,
     // Joins its thread (which holds its own sled handle) on drop, so that once the last
     // clone is gone the directory can be reopened.
@@ -118,8 +122,11 @@ struct Trees {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`: `dir/sled` and `dir/spool`. Removes
-    /// spool files left unfinished by a crash and makes the directory structure durable.
+    /// Opens (creating if needed) the store in `dir`: `dir/sled`, `dir/spool` and the key
+    /// file `dir/patient-index.key`. Finishes an interrupted migration, migrates a store of an
+    /// older format (once), removes spool files left unfinished by a crash and makes the
+    /// directory structure durable. Refuses a key file that others may read or that is
+    /// missing for a store that needs it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         Store::open_with_cache(dir, DEFAULT_CACHE_BYTES)
     }
@@ -129,17 +136,25 @@ impl Store {
     /// in it: on a 10 M-entry log, 1 GiB gives ~250 k entries/s verified, a cache that holds
     /// the audit tree (~6 GB) about four times that. The process uses ~1.4x the cache size.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let sled_dir = dir.join("sled");
+        let sled_dir = dir.join(migrate::LIVE);
         let spool_dir = dir.join("spool");
-        for d in [dir, &sled_dir, &spool_dir] {
+        for d in [dir, &spool_dir] {
             std::fs::create_dir_all(d).map_err(|e| StoreError::io("create directory", d, e))?;
         }
+        // Before sled opens its directory: an interrupted migration may be about to replace it.
+        migrate::recover(dir)?;
+        std::fs::create_dir_all(&sled_dir)
+            .map_err(|e| StoreError::io("create directory", &sled_dir, e))?;
         spool::prepare(&spool_dir)?;
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(StoreError::sled("open database"))?;
+        let spool_dirs = spool::SpoolDirs::new(&spool_dir);
+        let open_db = |path: &Path| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .open()
+                .map_err(StoreError::sled("open database"))
+        };
+        let (db, keys) = migrate::up_to_date(dir, open_db(&sled_dir)?, open_db, &spool_dirs)?;
         let tree = |name: &'static str| db.open_tree(name).map_err(StoreError::sled("open tree"));
         let trees = Trees {
             outbox: tree("outbox")?,
@@ -163,7 +178,6 @@ impl Store {
         };
         let tail = audit::Tail::load(&trees)?;
         // Makes the trees' creation durable before anything is acknowledged.
-        let spool_dirs = spool::SpoolDirs::new(&spool_dir);
         let files = SledFiles::open(db, &sled_dir, Arc::clone(&spool_dirs))?;
         sync_dir(dir)?;
         let committer = Committer::start(files)?;
@@ -173,6 +187,7 @@ impl Store {
                 spool_dir,
                 spool_dirs,
                 trees,
+                keys,
                 audit_tail: Mutex::new(tail),
                 committer,
             }),
@@ -242,6 +257,10 @@ impl Store {
     fn trees(&self) -> &Trees {
         &self.inner.trees
     }
+
+    fn keys(&self) -> &protect::Keys {
+        &self.inner.keys
+    }
 }
 
 impl fmt::Debug for Store {
@@ -301,12 +320,13 @@ pub(crate) fn id_of_time_key(what: &'static str, key: &[u8]) -> Result<TransferI
 /// keys, the time being `time_of` the entry): at most `limit`, starting after the entry `after`
 /// (`NotFound` if it is not in `main`), so that a listing of any length can be read a page at
 /// a time.
-pub(crate) fn page_newest_first<T: serde::de::DeserializeOwned>(
+pub(crate) fn page_newest_first<T>(
     index: &sled::Tree,
     main: &sled::Tree,
     (what, context): (&'static str, &'static str),
     (after, time_of): (Option<&TransferId>, fn(&T) -> u64),
     limit: usize,
+    decode: impl Fn(&TransferId, &[u8]) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
     let items = match after {
         Some(id) => {
@@ -317,7 +337,7 @@ pub(crate) fn page_newest_first<T: serde::de::DeserializeOwned>(
                     what,
                     id: types::transfer_id_hex(id),
                 })?;
-            let entry: T = codec::decode(what, &value)?;
+            let entry: T = decode(id, &value)?;
             index.range(..time_key(time_of(&entry), id))
         }
         None => index.iter(),
@@ -333,7 +353,7 @@ pub(crate) fn page_newest_first<T: serde::de::DeserializeOwned>(
                     what,
                     problem: "index refers to a missing entry",
                 })?;
-        out.push(codec::decode(what, &value)?);
+        out.push(decode(&id, &value)?);
     }
     Ok(out)
 }

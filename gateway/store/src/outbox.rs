@@ -8,13 +8,28 @@ use std::cell::RefCell;
 
 use sled::transaction::{abort, ConflictableTransactionError};
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode_sealed, encode_sealed};
 use crate::error::StoreError;
+use crate::protect::Keys;
 use crate::retention::index_settled;
 use crate::types::{transfer_id_hex, AuditEntry, AuditRecord, OutboxEntry, SpoolKind, TransferId};
 use crate::{id_of_time_key, now_ms, page_newest_first, time_key, Store};
 
-const WHAT: &str = "outbox";
+pub(crate) const WHAT: &str = "outbox";
+
+/// An entry as stored: sealed (it names the patient and the clinician), bound to its id.
+pub(crate) fn encode_entry(keys: &Keys, entry: &OutboxEntry) -> Result<Vec<u8>, StoreError> {
+    encode_sealed(keys, (WHAT, &entry.transfer_id), entry)
+}
+
+/// The entry stored under `id`, opened.
+pub(crate) fn decode_entry(
+    keys: &Keys,
+    id: &[u8],
+    value: &[u8],
+) -> Result<OutboxEntry, StoreError> {
+    decode_sealed(keys, (WHAT, id), value)
+}
 
 impl Store {
     /// Inserts a new entry; refuses an id that already exists.
@@ -29,7 +44,7 @@ impl Store {
         entry: &OutboxEntry,
         records: Vec<AuditRecord>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let value = encode(WHAT, entry)?;
+        let value = encode_entry(self.keys(), entry)?;
         let id = entry.transfer_id;
         let t = self.trees();
         let ((), entries) = self.write_audited(
@@ -64,7 +79,7 @@ impl Store {
             .outbox
             .get(id)
             .map_err(StoreError::sled("read outbox entry"))?
-            .map(|v| decode(WHAT, &v))
+            .map(|v| decode_entry(self.keys(), id, &v))
             .transpose()
     }
 
@@ -78,9 +93,10 @@ impl Store {
     /// Every entry, in no particular order, read one at a time: for passes over the whole
     /// outbox (start-up recovery) that must not hold it in memory.
     pub fn outbox_iter(&self) -> impl Iterator<Item = Result<OutboxEntry, StoreError>> {
-        self.trees().outbox.iter().map(|item| {
-            let (_, value) = item.map_err(StoreError::sled("read outbox"))?;
-            decode(WHAT, &value)
+        let store = self.clone();
+        self.trees().outbox.iter().map(move |item| {
+            let (key, value) = item.map_err(StoreError::sled("read outbox"))?;
+            decode_entry(store.keys(), &key, &value)
         })
     }
 
@@ -118,6 +134,7 @@ impl Store {
             (WHAT, "list outbox"),
             (after, |e: &OutboxEntry| e.created_ms),
             limit,
+            |id, value| decode_entry(self.keys(), id, value),
         )
     }
 
@@ -159,8 +176,8 @@ impl Store {
                         id: transfer_id_hex(&id),
                     });
                 };
-                let old: OutboxEntry =
-                    decode(WHAT, &old).map_err(ConflictableTransactionError::Abort)?;
+                let old: OutboxEntry = decode_entry(self.keys(), &id, &old)
+                    .map_err(ConflictableTransactionError::Abort)?;
                 let mut new = old.clone();
                 let records = match f.try_borrow_mut() {
                     Ok(mut f) => (*f)(&mut new),
@@ -182,7 +199,8 @@ impl Store {
                         });
                     }
                 }
-                let value = encode(WHAT, &new).map_err(ConflictableTransactionError::Abort)?;
+                let value =
+                    encode_entry(self.keys(), &new).map_err(ConflictableTransactionError::Abort)?;
                 outbox.insert(&id[..], value)?;
                 if old.state.is_pending() {
                     due.remove(&time_key(old.next_attempt_ms, &id)[..])?;

@@ -20,6 +20,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use crate::codec::decode;
 use crate::error::StoreError;
+use crate::protect::Keys;
 use crate::types::{AuditEntry, AuditRecord, InboxEntry, OutboxEntry, SpoolKind, TransferId};
 use crate::{now_ms, spool, Store};
 
@@ -165,7 +166,7 @@ impl Store {
                     }
                     let (_, kind, id) =
                         parse_retained(key).map_err(ConflictableTransactionError::Abort)?;
-                    let Some(envelope) = describe(kind, id, outbox, inbox)? else {
+                    let Some(envelope) = describe(self.keys(), kind, id, outbox, inbox)? else {
                         continue;
                     };
                     let ek = envelope_key(kind, &id);
@@ -259,8 +260,8 @@ impl Store {
             Ok(())
         };
         for item in t.outbox.iter() {
-            let (_, value) = item.map_err(StoreError::sled("index settled transfers"))?;
-            let entry: OutboxEntry = decode("outbox", &value)?;
+            let (key, value) = item.map_err(StoreError::sled("index settled transfers"))?;
+            let entry: OutboxEntry = crate::outbox::decode_entry(self.keys(), &key, &value)?;
             if !entry.state.is_pending() {
                 let key = retained_key(entry.updated_ms, SpoolKind::Outbox, &entry.transfer_id);
                 add(&mut batch, key)?;
@@ -288,6 +289,7 @@ impl Store {
 
 /// What an expiring envelope was, from its entry; `None` if the outbox entry is pending again.
 fn describe(
+    keys: &Keys,
     kind: SpoolKind,
     id: TransferId,
     outbox: &TransactionalTree,
@@ -299,7 +301,8 @@ fn describe(
             let Some(value) = outbox.get(id)? else {
                 return Err(abort(corrupt("settled outbox entry is missing")));
             };
-            let entry: OutboxEntry = decode("outbox", &value).map_err(abort)?;
+            let entry: OutboxEntry =
+                crate::outbox::decode_entry(keys, &id, &value).map_err(abort)?;
             if entry.state.is_pending() {
                 return Ok(None);
             }

@@ -1,7 +1,33 @@
 use ring::digest;
 
 use super::{audit_record, open, reopen, tid};
-use crate::{AuditChainError, AuditEntry, AuditFilter, ChainProblem, Store};
+use crate::{AuditChainError, AuditEntry, AuditFilter, AuditRecord, ChainProblem, Store};
+
+/// The body the store hashes and keeps for `record` at `seq` (its patient sealed afresh):
+/// `postcard((seq, stored record))`.
+fn stored_body(store: &Store, seq: u64, record: &AuditRecord) -> Vec<u8> {
+    let mut sealed = Vec::new();
+    let (stored, _) =
+        crate::audit::StoredRecord::seal(store.keys(), seq, record, &mut sealed).expect("seal");
+    postcard::to_allocvec(&(seq, &stored)).expect("encode")
+}
+
+/// The patient index key of entry `seq` about `patient`.
+fn patient_index_key(store: &Store, patient: &str, seq: u64) -> Vec<u8> {
+    crate::audit::patient_key(&store.keys().tag(patient), seq).to_vec()
+}
+
+/// The stored body of entry `seq`, as read from the tree.
+fn body_of(store: &Store, seq: u64) -> Vec<u8> {
+    let value = store
+        .trees()
+        .audit
+        .get(seq.to_be_bytes())
+        .expect("get")
+        .expect("present");
+    let (_, _, body) = crate::audit::split_stored(&value).expect("parse");
+    body.to_vec()
+}
 
 /// Appends `n` entries cycling over 7 patients, 5 transfers and every 10th break-glass.
 fn fill(store: &Store, n: u32) -> Vec<AuditEntry> {
@@ -33,11 +59,18 @@ fn append_links_entries_and_verify_counts_them() {
         assert_eq!(pair[1].seq, pair[0].seq + 1);
         assert_eq!(pair[1].prev_hash, pair[0].hash);
     }
-    // The hash is the documented formula, computed independently here.
-    let e = &entries[41];
-    let body = postcard::to_allocvec(&(e.seq, &e.record)).expect("encode");
+    // The hash is the documented formula over the stored body, computed independently here;
+    // the body holds the patient sealed, not in clear.
+    let e = &entries[40];
+    let body = body_of(&store, e.seq);
+    let patient = e
+        .record
+        .patient_ref
+        .as_deref()
+        .expect("entry 41 has a patient");
+    assert!(!body.windows(patient.len()).any(|w| w == patient.as_bytes()));
     let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(b"healthfed/audit/1");
+    ctx.update(b"healthfed/audit/2");
     ctx.update(&e.prev_hash);
     ctx.update(&body);
     assert_eq!(ctx.finish().as_ref(), &e.hash[..]);
@@ -172,9 +205,9 @@ fn a_rewritten_entry_with_a_consistent_hash_breaks_the_next_link() {
     let victim = &entries[9];
     let mut record = victim.record.clone();
     record.outcome = "denied".into();
-    let body = postcard::to_allocvec(&(victim.seq, &record)).expect("encode");
+    let body = stored_body(&store, victim.seq, &record);
     let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(b"healthfed/audit/1");
+    ctx.update(b"healthfed/audit/2");
     ctx.update(&victim.prev_hash);
     ctx.update(&body);
     let mut hash = [0; 32];
@@ -203,8 +236,7 @@ fn index_tampering_is_detected_at_the_entry() {
     fill(&store, 100);
     let t = store.trees();
     // Entry 30 is about Patient/1 (29 % 7 == 1).
-    let mut key = b"Patient/1\0".to_vec();
-    key.extend_from_slice(&30u64.to_be_bytes());
+    let key = patient_index_key(&store, "Patient/1", 30);
     assert!(t.audit_by_patient.remove(&key).expect("remove").is_some());
     assert_eq!(
         store.audit_verify(),
@@ -216,8 +248,7 @@ fn index_tampering_is_detected_at_the_entry() {
     t.audit_by_patient.insert(&key, &[][..]).expect("restore");
     assert_eq!(store.audit_verify(), Ok(100));
     // A stray key attributing entry 12 to another patient.
-    let mut stray = b"Patient/other\0".to_vec();
-    stray.extend_from_slice(&12u64.to_be_bytes());
+    let stray = patient_index_key(&store, "Patient/other", 12);
     t.audit_by_patient.insert(&stray, &[][..]).expect("insert");
     assert_eq!(
         store.audit_verify(),
@@ -425,9 +456,12 @@ fn the_hand_parser_agrees_with_postcard() {
         .expect("present");
     let (prev, hash, body) = crate::audit::split_stored(&value).expect("parse");
     assert_eq!((*prev, *hash), (entry.prev_hash, entry.hash));
+    assert_eq!(crate::audit::chain_hash(prev, body), entry.hash);
+    // The body is the stored record; sealing again differs only in the nonce and ciphertext,
+    // so the lengths agree.
     assert_eq!(
-        body,
-        postcard::to_allocvec(&(entry.seq, &entry.record)).expect("encode")
+        body.len(),
+        stored_body(&store, entry.seq, &entry.record).len()
     );
     let mut longer = value.to_vec();
     longer.push(0);
@@ -457,7 +491,7 @@ fn verify_every_split(store: &Store) -> Result<u64, AuditChainError> {
 fn rewrite_consistently(store: &Store, victim: &AuditEntry) {
     let mut record = victim.record.clone();
     record.outcome = "denied".into();
-    let body = postcard::to_allocvec(&(victim.seq, &record)).expect("encode");
+    let body = stored_body(store, victim.seq, &record);
     let hash = crate::audit::chain_hash(&victim.prev_hash, &body);
     let mut value = vec![1u8];
     value.extend_from_slice(&victim.prev_hash);
@@ -651,8 +685,7 @@ fn index_faults_are_found_whatever_the_split() {
     let (_dir, store) = open();
     fill(&store, 100);
     // Entry 51 is about Patient/1 (50 % 7 == 1) and starts the second of 2 ranges.
-    let mut key = b"Patient/1\0".to_vec();
-    key.extend_from_slice(&51u64.to_be_bytes());
+    let key = patient_index_key(&store, "Patient/1", 51);
     assert!(store
         .trees()
         .audit_by_patient

@@ -5,7 +5,9 @@ mod audited;
 mod collections;
 mod commit;
 mod inbox;
+mod migrate;
 mod outbox;
+mod protect;
 mod retention;
 mod spool;
 
