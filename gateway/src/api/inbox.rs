@@ -1,0 +1,158 @@
+//! `/v1/inbox`: list, show, fetch (decrypt on the way out) and acknowledge received transfers.
+
+use axum::body::Body as AxumBody;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+
+use gateway_envelope::TransferId;
+use gateway_store::{InboxEntry, SpoolKind};
+
+use crate::audit::{self, event};
+use crate::receive::inbox::{open_received, FetchError};
+use crate::state::NodeState;
+use crate::trust::now_ms;
+
+use super::error::{error, parse_id};
+use super::paging::{transfer_page, PageQuery};
+use super::transfers::removed_ms;
+use super::Shared;
+
+#[derive(Serialize)]
+struct InboxView {
+    transfer_id: String,
+    from: String,
+    received_ms: u64,
+    payload_bytes: u64,
+    envelope_bytes: u64,
+    acknowledged: bool,
+    /// When retention removed the sealed envelope; it can no longer be fetched.
+    envelope_removed_ms: Option<u64>,
+}
+
+impl From<&InboxEntry> for InboxView {
+    fn from(e: &InboxEntry) -> Self {
+        InboxView {
+            transfer_id: TransferId(e.transfer_id).to_string(),
+            from: e.sender.clone(),
+            received_ms: e.received_ms,
+            payload_bytes: e.payload_len,
+            envelope_bytes: e.envelope_len,
+            acknowledged: e.acked_ms.is_some(),
+            envelope_removed_ms: None,
+        }
+    }
+}
+
+fn inbox_view(state: &NodeState, e: &InboxEntry) -> InboxView {
+    let mut view = InboxView::from(e);
+    view.envelope_removed_ms = removed_ms(state, SpoolKind::Inbox, &e.transfer_id);
+    view
+}
+
+pub(super) async fn list_inbox(
+    State(state): State<Shared>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    transfer_page(
+        "/v1/inbox",
+        &q,
+        |after, limit| state.store.inbox_page(after, limit),
+        |e: &InboxEntry| e.transfer_id,
+        |e| inbox_view(&state, e),
+    )
+}
+
+fn fetch_error(e: FetchError) -> Response {
+    match e {
+        FetchError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        FetchError::Removed(_) => error(StatusCode::GONE, e.to_string()),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+pub(super) async fn get_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    match open_received(&state, id).await {
+        Ok((entry, meta, _rx)) => Json(json!({
+            "transfer_id": id.to_string(),
+            "from": entry.sender,
+            "received_ms": entry.received_ms,
+            "payload_bytes": entry.payload_len,
+            "acknowledged": entry.acked_ms.is_some(),
+            "content_type": meta.content_type,
+            "patient": meta.patient,
+            "purpose": meta.purpose,
+            "categories": meta.categories,
+            "clinician": meta.clinician,
+            "clinician_role": meta.clinician_role,
+            "break_glass_reason": meta.break_glass_reason,
+            "request_id": meta.request_id,
+        }))
+        .into_response(),
+        Err(e) => fetch_error(e),
+    }
+}
+
+pub(super) async fn get_inbox_payload(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    match open_received(&state, id).await {
+        Ok((entry, meta, rx)) => {
+            let mut rec = audit::record(event::FETCHED, "decrypted");
+            rec.transfer_id = Some(id.0);
+            rec.peer = Some(entry.sender.clone());
+            rec.patient_ref = Some(meta.patient.clone());
+            rec.purpose = Some(meta.purpose.clone());
+            let _ = audit::append(&state.store, rec);
+            let _ = state.store.commit().await;
+            let stream = tokio_stream_from(rx);
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, meta.content_type)
+                .header(header::CONTENT_LENGTH, entry.payload_len)
+                .body(AxumBody::from_stream(stream))
+                .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+        }
+        Err(e) => fetch_error(e),
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+pub(super) async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    match state.store.inbox_ack(&id.0, now_ms()) {
+        Ok(entry) => {
+            let mut rec = audit::record(event::ACKED, "acknowledged");
+            rec.transfer_id = Some(id.0);
+            rec.peer = Some(entry.sender.clone());
+            let _ = audit::append(&state.store, rec);
+            let _ = state.store.commit().await;
+            Json(inbox_view(&state, &entry)).into_response()
+        }
+        Err(gateway_store::StoreError::NotFound { .. }) => {
+            error(StatusCode::NOT_FOUND, format!("no received transfer {id}"))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,56 @@
+//! `/v1/records`: store a record in the node's own record source, for peers' pull requests.
+
+use std::collections::BTreeSet;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::pull::records::{RecordSource, SourceRecord, StoreRecordSource};
+use crate::record::{ContentType, PatientRef};
+
+use super::error::error;
+use super::Shared;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecordQuery {
+    content_type: Option<String>,
+}
+
+pub(super) async fn put_record(
+    State(state): State<Shared>,
+    Path(patient): Path<String>,
+    Query(q): Query<RecordQuery>,
+    body: Bytes,
+) -> Response {
+    let patient_ref = match PatientRef::parse(&patient) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let content_type = match ContentType::parse(q.content_type.as_deref().unwrap_or("fhir")) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if let Err(e) =
+        crate::record::check_record(&content_type, &patient_ref, &BTreeSet::new(), Some(&body))
+    {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let source = StoreRecordSource::new(state.clone());
+    let record = SourceRecord {
+        content_type,
+        payload: body,
+    };
+    match tokio::task::block_in_place(|| source.put(patient_ref.reveal(), &record)) {
+        Ok(()) => {
+            let _ = state.store.commit().await;
+            (StatusCode::CREATED, Json(json!({ "stored": true }))).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}

@@ -1,0 +1,310 @@
+//! `/v1/transfers`: submit a record (the start of the send path), list, show and cancel
+//! outbound transfers, and wait for a transfer's outcome (`wait=receipt`).
+
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use gateway_envelope::TransferId;
+use gateway_store::{OutboxEntry, SpoolKind};
+
+use crate::record::{ContentType, PatientRef};
+use crate::send::delivery;
+use crate::send::outbox::{submit, Accepted, Payload, SubmitError, SubmitRequest};
+use crate::state::NodeState;
+
+use super::error::{error, parse_categories, parse_id, parse_purpose};
+use super::paging::{transfer_page, PageQuery};
+use super::upload::{
+    content_digest, drain, forward_upload, read_payload, IN_MEMORY_PAYLOAD, REFUSAL_DRAIN_BYTES,
+    STREAM_CHANNEL_CHUNKS,
+};
+use super::Shared;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SubmitQuery {
+    to: String,
+    patient: String,
+    purpose: String,
+    content_type: Option<String>,
+    categories: Option<String>,
+    clinician: Option<String>,
+    clinician_role: Option<String>,
+    break_glass_reason: Option<String>,
+    /// `receipt`: answer only when the transfer is delivered with a verified receipt (200) or
+    /// has failed (502), instead of 202 once it is queued.
+    wait: Option<String>,
+}
+
+/// Checks a submit's parameters before any of its body is read.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer, built once per refused request"
+)]
+fn validate_submit(q: SubmitQuery) -> Result<(SubmitRequest, bool), Response> {
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
+    let patient = PatientRef::parse(&q.patient).map_err(|e| bad(e.to_string()))?;
+    let purpose = parse_purpose(&q.purpose).map_err(IntoResponse::into_response)?;
+    let content_type = ContentType::parse(q.content_type.as_deref().unwrap_or("fhir"))
+        .map_err(|e| bad(e.to_string()))?;
+    let categories =
+        parse_categories(q.categories.as_deref()).map_err(IntoResponse::into_response)?;
+    if q.break_glass_reason
+        .as_deref()
+        .is_some_and(|r| r.trim().is_empty())
+    {
+        return Err(bad("break-glass needs a reason".to_owned()));
+    }
+    let wait = match q.wait.as_deref() {
+        None => false,
+        Some("receipt") => true,
+        Some(_) => return Err(bad("wait must be receipt".to_owned())),
+    };
+    let req = SubmitRequest {
+        to: q.to,
+        patient,
+        purpose,
+        content_type,
+        categories,
+        clinician: q.clinician,
+        clinician_role: q.clinician_role,
+        break_glass_reason: q.break_glass_reason,
+        break_glass_until_ms: None,
+        request_id: None,
+    };
+    Ok((req, wait))
+}
+
+/// How long `wait=receipt` waits before answering 202 with the transfer still in progress.
+const WAIT_FOR_RECEIPT: Duration = Duration::from_secs(300);
+
+pub(super) async fn post_transfer(
+    State(state): State<Shared>,
+    query: Result<Query<SubmitQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
+    body: AxumBody,
+) -> Response {
+    let parsed = match query {
+        Ok(Query(q)) => validate_submit(q),
+        Err(rejection) => Err(error(StatusCode::BAD_REQUEST, rejection.body_text())),
+    };
+    let (req, wait) = match parsed {
+        Ok(p) => p,
+        Err(refusal) => {
+            // An HTTP/1.1 client still writing its body would see a broken pipe instead of
+            // this answer: read (and discard) a bounded amount first.
+            drain(body, REFUSAL_DRAIN_BYTES).await;
+            return refusal;
+        }
+    };
+    let declared = match content_digest(&headers) {
+        Ok(d) => d,
+        Err(problem) => {
+            drain(body, REFUSAL_DRAIN_BYTES).await;
+            return error(StatusCode::BAD_REQUEST, problem);
+        }
+    };
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let max = state.config.local_api.max_body_bytes;
+    if length.is_some_and(|len| len > max) {
+        drain(body, REFUSAL_DRAIN_BYTES).await;
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {max} bytes"),
+        );
+    }
+    let payload = match (declared, length) {
+        // Length and digest known up front, content not parsed by the gateway, too big to
+        // hold: sealed while it is uploaded.
+        (Some(digest), Some(len))
+            if req.content_type != ContentType::FhirBundle && len > IN_MEMORY_PAYLOAD as u64 =>
+        {
+            let (tx, chunks) = tokio::sync::mpsc::channel(STREAM_CHANNEL_CHUNKS);
+            tokio::spawn(forward_upload(body, tx));
+            Payload::Stream {
+                chunks,
+                len,
+                digest,
+            }
+        }
+        _ => match read_payload(&state, body).await {
+            Ok(p) if declared.is_some_and(|d| d != p.digest()) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "upload refused: the body does not match its Content-Digest",
+                )
+            }
+            Ok(p) => p,
+            Err(r) => return r.into_response(),
+        },
+    };
+    match submit(&state, req, payload).await {
+        Ok(Accepted { id, .. }) if wait => {
+            // Register first, then read the state: delivery writes the final state before it
+            // hands out the outcome, so one of the two sees it.
+            let outcome = state.waiters.register(id.0);
+            let settled = match state.store.outbox_get(&id.0) {
+                Ok(Some(e)) => match e.state {
+                    gateway_store::TransferState::Delivered => Some(true),
+                    gateway_store::TransferState::Failed
+                    | gateway_store::TransferState::Cancelled => Some(false),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let outcome = match settled {
+                Some(delivered) => Some(delivered),
+                None => tokio::time::timeout(WAIT_FOR_RECEIPT, outcome)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+            };
+            state.waiters.forget(id.0);
+            let status = match outcome {
+                Some(true) => StatusCode::OK,
+                Some(false) => StatusCode::BAD_GATEWAY,
+                None => StatusCode::ACCEPTED,
+            };
+            let view = state.store.outbox_get(&id.0).ok().flatten();
+            (status, Json(json!({ "transfer_id": id.to_string(), "state": view.map(|v| v.state.to_string()) }))).into_response()
+        }
+        Ok(Accepted {
+            id,
+            state: entry_state,
+        }) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "transfer_id": id.to_string(), "state": entry_state.as_str() })),
+        )
+            .into_response(),
+        Err(SubmitError::Denied { reason, policy_ids }) => (
+            StatusCode::FORBIDDEN,
+            Json(
+                json!({ "error": format!("denied by policy: {reason}"), "policy_ids": policy_ids }),
+            ),
+        )
+            .into_response(),
+        Err(e @ SubmitError::Local(_)) => {
+            tracing::error!(error = %e, "submit failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "local system error; nothing was queued",
+            )
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+#[derive(Serialize)]
+pub struct TransferView {
+    pub transfer_id: String,
+    pub to: String,
+    pub state: String,
+    pub patient: String,
+    pub purpose: String,
+    pub content_type: String,
+    pub categories: Vec<String>,
+    pub clinician: Option<String>,
+    pub break_glass: bool,
+    pub payload_bytes: u64,
+    pub envelope_bytes: u64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub receipt_held: bool,
+    pub request_id: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// When retention removed the sealed envelope (the entry and receipt stay).
+    pub envelope_removed_ms: Option<u64>,
+}
+
+impl From<&OutboxEntry> for TransferView {
+    fn from(e: &OutboxEntry) -> Self {
+        TransferView {
+            transfer_id: TransferId(e.transfer_id).to_string(),
+            to: e.recipient.clone(),
+            state: e.state.to_string(),
+            patient: e.summary.patient_ref.clone(),
+            purpose: e.summary.purpose.clone(),
+            content_type: e.summary.content_type.clone(),
+            categories: e.summary.categories.clone(),
+            clinician: e.summary.clinician.clone(),
+            break_glass: e.summary.break_glass,
+            payload_bytes: e.payload_len,
+            envelope_bytes: e.envelope_len,
+            attempts: e.attempts,
+            last_error: e.last_error.clone(),
+            receipt_held: e.receipt.is_some(),
+            request_id: e.request_id.clone(),
+            created_ms: e.created_ms,
+            updated_ms: e.updated_ms,
+            envelope_removed_ms: None,
+        }
+    }
+}
+
+pub(super) async fn list_transfers(
+    State(state): State<Shared>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    transfer_page(
+        "/v1/transfers",
+        &q,
+        |after, limit| state.store.outbox_page(after, limit),
+        |e: &OutboxEntry| e.transfer_id,
+        |e| transfer_view(&state, e),
+    )
+}
+
+pub(super) async fn get_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    match state.store.outbox_get(&id.0) {
+        Ok(Some(e)) => Json(transfer_view(&state, &e)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no transfer {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+pub(super) async fn cancel_transfer(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    match state.store.outbox_get(&id.0) {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no transfer {id}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    match delivery::cancel(&state, &id).await {
+        Ok(e) => Json(transfer_view(&state, &e)).into_response(),
+        Err(msg) => error(StatusCode::CONFLICT, msg),
+    }
+}
+
+/// When retention removed a transfer's envelope, if it did (a failed lookup shows none: the
+/// view is informational, and fetching reports the real state).
+pub(super) fn removed_ms(state: &NodeState, kind: SpoolKind, id: &[u8; 16]) -> Option<u64> {
+    state.store.envelope_removed_ms(kind, id).ok().flatten()
+}
+
+fn transfer_view(state: &NodeState, e: &OutboxEntry) -> TransferView {
+    let mut view = TransferView::from(e);
+    view.envelope_removed_ms = removed_ms(state, SpoolKind::Outbox, &e.transfer_id);
+    view
+}
