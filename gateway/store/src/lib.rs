@@ -3,11 +3,42 @@
 //! opens sled (0.34.7), so the engine can be swapped without touching the gateway.
 //!
 //! # Layout
-//! `Store::open(dir)` uses `dir/sled` (one sled database, one tree per collection and index)
-//! and `dir/spool/{outbox,inbox}/<transfer id hex>` (envelope bytes, written through
-//! [`SpoolWriter`]). Every sled value is postcard behind a one-byte encoding version.
-//! Envelopes of settled transfers are indexed for removal after the node's retention period
-//! (see the `retention` module: [`Store::expire_envelopes`]).
+//! `Store::open(dir)` uses `dir/sled` (one sled database, one tree per collection and index),
+//! `dir/spool/{outbox,inbox}/<transfer id hex>` (envelope bytes, written through
+//! [`SpoolWriter`]) and `dir/patient-index.key` (the node-local secret, 0600). Every sled value
+//! is postcard behind a one-byte encoding version (see the `codec` module). Envelopes of
+//! settled transfers are indexed for removal after the node's retention period (see the
+//! `retention` module: [`Store::expire_envelopes`]).
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `outbox` | transfer id | sealed [`OutboxEntry`] |
+//! | `outbox_by_time`, `outbox_due` | `ms_be \|\| transfer id` | empty |
+//! | `inbox` | transfer id | [`InboxEntry`] (no patient reference) |
+//! | `inbox_by_time` | `received_ms_be \|\| transfer id` | empty |
+//! | `audit` | `seq_be` | entry, patient reference sealed inside (see below) |
+//! | `audit_by_patient` | `tag(patient) \|\| seq_be` | empty |
+//! | `audit_by_transfer` | `transfer id \|\| seq_be` | empty |
+//! | `audit_break_glass` | `seq_be` | empty |
+//! | `audit_head` | `head` | `(last seq, hash)` |
+//! | `consents` | directive id | sealed `(patient, directive bytes)` |
+//! | `consents_by_patient` | `tag(patient) \|\| directive id` | empty |
+//! | `requests` | request id | sealed request bytes |
+//! | `records` | `tag(patient)` | sealed record bundle |
+//! | `spool_retained`, `spool_removed`, `spool_unlink` | times, spool kind, transfer id | empty or a time |
+//! | `store_meta` | `format`, one-time job markers | small values |
+//!
+//! # Patient identifiers at rest
+//! No patient reference is stored in clear (see the `protect` module): `tag(patient)` is
+//! HMAC-SHA256 under a key derived from `patient-index.key`, a fixed 32 bytes; "sealed" is
+//! AES-256-GCM under a second derived key, with a random nonce and the tree and key as
+//! associated data. The public API is unchanged: callers pass and get patient references in
+//! clear, the store hashes, seals and opens them. Caller bytes that may name a patient
+//! (directives, requests, records) are sealed whole. Spool files are stored as given: the
+//! gateway writes HPKE-sealed envelopes there, whose clear header holds only ids, times and
+//! sizes. The store's format (2) is recorded in `store_meta`; a store of format 1 (patient
+//! references in clear) is migrated once, at open, by copying it into a new database (see the
+//! `migrate` module), so that no clear copy survives in sled's log.
 //!
 //! # Durability
 //! The gateway acknowledges (a local 202, a receipt to a peer) only after what it acknowledges
@@ -40,12 +71,15 @@
 //!
 //! # Audit log
 //! Append-only: there is no delete path. Entry `seq` (from 1) stores
-//! `hash = SHA-256("healthfed/audit/1" || prev_hash || postcard((seq, record)))`, with an
-//! all-zero `prev_hash` for the first entry, and the exact postcard bytes that were hashed, so
-//! verification never depends on re-encoding. A head record (last seq and hash), updated in
-//! the same transaction as each append, makes truncation of the tail detectable. Indexes by
-//! patient (`patient_ref || 0x00 || seq_be`), by transfer (`transfer_id || seq_be`) and of
-//! break-glass entries (`seq_be`) serve [`Store::audit_list`] by prefix scan.
+//! `hash = SHA-256("healthfed/audit/2" || prev_hash || body)`, with an all-zero `prev_hash`
+//! for the first entry, and `body` itself: `postcard((seq, stored record))`, the record with
+//! its patient reference replaced by `(tag(patient), sealed patient)`. The hash covers the
+//! stored bytes, sealed reference included, so verification needs no key and never depends
+//! on re-encoding. A head record (last seq and hash), updated in the same transaction as each
+//! append, makes truncation of the tail detectable. Indexes by patient
+//! (`tag(patient) || seq_be`), by transfer (`transfer_id || seq_be`) and of break-glass
+//! entries (`seq_be`) serve [`Store::audit_list`] by prefix scan. The migration from format 1
+//! recomputes the chain and says so in a `store-migrated` entry ([`STORE_MIGRATED_EVENT`]).
 
 mod audit;
 mod audited;

@@ -40,7 +40,8 @@ pub struct RemovedEnvelope {
     pub transfer_id: TransferId,
     /// The recipient (outbox) or sender (inbox).
     pub peer: String,
-    /// The patient reference of an outbox entry (an inbox entry keeps it sealed).
+    /// The patient reference of an outbox entry (an inbox entry has none: it stays inside
+    /// the sealed envelope).
     pub patient_ref: Option<String>,
 }
 

@@ -1,7 +1,8 @@
 //! The storage types. They derive serde because they are what the store writes to disk
 //! (postcard behind a version byte); nothing else in the product should serialize them.
 //! `Debug` is written by hand wherever a type carries a patient reference, so that a
-//! `{:?}` in a log line cannot leak it.
+//! `{:?}` in a log line cannot leak it. On disk, patient references are sealed (see the
+//! `protect` module): these types hold them in clear only in memory.
 
 use std::fmt;
 
@@ -208,7 +209,8 @@ pub struct AuditEntry {
     pub seq: u64,
     pub record: AuditRecord,
     pub prev_hash: [u8; 32],
-    /// SHA-256("healthfed/audit/1" || prev_hash || postcard((seq, record))).
+    /// SHA-256("healthfed/audit/2" || prev_hash || body), where `body` is the stored
+    /// encoding of `(seq, record)` with the patient reference sealed (see the crate docs).
     pub hash: [u8; 32],
 }
 
