@@ -125,7 +125,7 @@ fn escaped_strings_are_unescaped_before_matching() {
 }
 
 #[test]
-fn codings_count_anywhere_but_patients_only_at_entry_level() {
+fn codings_and_patients_count_anywhere_in_the_record() {
     let doc = bundle(
         r#"{"resource":{"resourceType":"Observation",
              "meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"GDIS"}]},
@@ -152,13 +152,22 @@ fn codings_count_anywhere_but_patients_only_at_entry_level() {
         ])
     );
     assert_eq!(f.matched_codes, 4);
-    let ids: BTreeSet<String> = ["before-type"].map(String::from).into();
+    // Contained Patients and those of a nested Bundle are patients too.
+    let ids: BTreeSet<String> = ["before-type", "contained-patient", "nested"]
+        .map(String::from)
+        .into();
     assert!(f.patient_ids == ids, "patient ids");
     assert_eq!(
         f.resource_types,
-        ["Bundle", "Observation", "Patient", "Practitioner"]
-            .map(String::from)
-            .into()
+        [
+            "Bundle",
+            "Condition",
+            "Observation",
+            "Patient",
+            "Practitioner"
+        ]
+        .map(String::from)
+        .into()
     );
 }
 
