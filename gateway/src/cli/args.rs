@@ -1,0 +1,264 @@
+//! The command line's grammar (clap): every command, its arguments and their help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Secure record-exchange gateway between healthcare facilities"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct ConfigArg {
+    /// The node's configuration file (node.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a node until SIGTERM (drain) or SIGINT (fast exit).
+    Run(ConfigArg),
+    /// Validate a node's config, keys, directory, CRL and policies, then exit.
+    Check(ConfigArg),
+    /// Send a record to another facility; prints the transfer id.
+    Send(SendArgs),
+    /// List transfers this node sends (or one, with --id).
+    Transfers {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a transfer that has not been delivered yet.
+    Cancel {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        id: String,
+    },
+    /// Records received from other facilities.
+    Inbox {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: InboxAction,
+    },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Patient consent directives.
+    Consent {
+        #[command(subcommand)]
+        action: ConsentAction,
+    },
+    /// Ask another facility for a patient's records.
+    Request(RequestArgs),
+    /// Requests this node has sent, with their state.
+    Requests {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The records this node holds for pull requests (filled by the EMR).
+    Records {
+        #[command(subcommand)]
+        action: RecordsAction,
+    },
+    /// Policy decisions, without side effects.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Run a local demo federation: CA, three facilities, three nodes, one real transfer.
+    Demo {
+        /// Where to create the federation (a temp dir by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Stop after the demo transfer; exit 0 only if it was delivered and its receipt verified.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long)]
+    pub to: String,
+    #[arg(long)]
+    pub patient: String,
+    #[arg(long)]
+    pub purpose: String,
+    #[arg(long)]
+    pub file: PathBuf,
+    /// fhir (default), ccda, pdf, dicom, or a MIME type.
+    #[arg(long, default_value = "fhir")]
+    pub content_type: String,
+    /// Declared data categories (the gateway adds what it finds in FHIR bundles).
+    #[arg(long = "category")]
+    pub categories: Vec<String>,
+    #[arg(long)]
+    pub clinician: Option<String>,
+    #[arg(long)]
+    pub clinician_role: Option<String>,
+    #[arg(long, requires = "reason")]
+    pub break_glass: bool,
+    #[arg(long, requires = "break_glass")]
+    pub reason: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum InboxAction {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Get {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    Ack {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditAction {
+    /// Exit 0 only if the whole chain verifies; otherwise name the first bad entry.
+    Verify(ConfigArg),
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        transfer: Option<String>,
+        /// Only break-glass entries, for review.
+        #[arg(long)]
+        break_glass: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct DirectiveArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long)]
+    pub patient: String,
+    /// A facility id, or `all` for the whole federation (repeatable).
+    #[arg(long = "facility", required = true)]
+    pub facilities: Vec<String>,
+    #[arg(long = "purpose", required = true)]
+    pub purposes: Vec<String>,
+    #[arg(long = "category")]
+    pub categories: Vec<String>,
+    /// Last day the directive applies (YYYY-MM-DD, inclusive).
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, default_value = "cli")]
+    pub recorded_by: String,
+}
+
+#[derive(Subcommand)]
+pub enum ConsentAction {
+    Grant(DirectiveArgs),
+    Deny(DirectiveArgs),
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        id: String,
+    },
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a FHIR R4 Consent resource (JSON).
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long)]
+    pub from: String,
+    #[arg(long)]
+    pub patient: String,
+    #[arg(long)]
+    pub purpose: String,
+    #[arg(long)]
+    pub clinician: String,
+    #[arg(long)]
+    pub clinician_role: Option<String>,
+    #[arg(long = "category")]
+    pub categories: Vec<String>,
+    #[arg(long, requires = "reason")]
+    pub break_glass: bool,
+    #[arg(long, requires = "break_glass")]
+    pub reason: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum RecordsAction {
+    Put {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "fhir")]
+        content_type: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyAction {
+    /// Print the decision and the determining policy ids; exit 0 on permit, 3 on deny.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, conflicts_with = "from", required_unless_present = "from")]
+        to: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        purpose: String,
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        #[arg(long)]
+        clinician_role: Option<String>,
+        #[arg(long)]
+        break_glass: bool,
+    },
+    /// Reload the policy set of a running node (like SIGHUP).
+    Reload(ConfigArg),
+}

@@ -1,0 +1,184 @@
+//! `gateway send`, `gateway transfers` and `gateway cancel`: outbound transfers.
+
+use axum::body::Body;
+use http::{Method, StatusCode};
+use serde_json::Value;
+use tokio_util::io::ReaderStream;
+
+use super::client::collect_json;
+
+use super::args::{ConfigArg, SendArgs};
+use super::call::{api_failure, client, fail, ok_json, query};
+use super::output::{for_each_listed, print_json, print_listing_json};
+use super::{outln, Failure, EXIT_DENIED, EXIT_FAILURE};
+
+/// The NOTE column of `gateway transfers`: the receipt, or the last error; and whether
+/// retention removed the sealed envelope.
+fn transfer_note(r: &Value) -> String {
+    let mut note = if r["receipt_held"].as_bool() == Some(true) {
+        "receipt verified".to_owned()
+    } else {
+        r["last_error"].as_str().unwrap_or("").to_owned()
+    };
+    if r["envelope_removed_ms"].is_u64() {
+        if !note.is_empty() {
+            note.push_str("; ");
+        }
+        note.push_str("envelope removed by retention");
+    }
+    note
+}
+
+fn print_transfer_header() -> Result<(), Failure> {
+    outln!(
+        "{:<32}  {:<14} {:<10} {:>10} {:>8}  NOTE",
+        "TRANSFER",
+        "TO",
+        "STATE",
+        "BYTES",
+        "ATTEMPTS"
+    )
+}
+
+fn print_transfer_row(r: &Value) -> Result<(), Failure> {
+    outln!(
+        "{:<32}  {:<14} {:<10} {:>10} {:>8}  {}",
+        r["transfer_id"].as_str().unwrap_or(""),
+        r["to"].as_str().unwrap_or(""),
+        r["state"].as_str().unwrap_or(""),
+        r["payload_bytes"],
+        r["attempts"],
+        transfer_note(r)
+    )
+}
+
+/// A file's length and SHA-256, read once.
+fn file_len_and_digest(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut digest = gateway_envelope::Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        digest.update(buf.get(..n).unwrap_or_default());
+        len += n as u64;
+    }
+    Ok((len, digest.finish()))
+}
+
+pub(super) async fn transfers(
+    config: &ConfigArg,
+    id: Option<&str>,
+    json: bool,
+) -> Result<(), Failure> {
+    let c = client(config).await?;
+    if let Some(id) = id {
+        let body = ok_json(&c, Method::GET, &format!("/v1/transfers/{id}"), None).await?;
+        if json {
+            return print_json(&body);
+        }
+        print_transfer_header()?;
+        return print_transfer_row(&body);
+    }
+    if json {
+        return print_listing_json(&c, "/v1/transfers", &[]).await;
+    }
+    for_each_listed(
+        &c,
+        "/v1/transfers",
+        &[],
+        print_transfer_header,
+        print_transfer_row,
+    )
+    .await
+}
+
+pub(super) async fn cancel(config: &ConfigArg, id: &str) -> Result<(), Failure> {
+    let c = client(config).await?;
+    ok_json(
+        &c,
+        Method::POST,
+        &format!("/v1/transfers/{id}/cancel"),
+        None,
+    )
+    .await?;
+    outln!("cancelled {id}")?;
+    Ok(())
+}
+
+pub(super) async fn send(args: SendArgs) -> Result<(), Failure> {
+    let c = client(&args.config).await?;
+    let file_err =
+        |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("{}: {e}", args.file.display()));
+    // Length and SHA-256 go with the upload (Content-Length, Content-Digest): the node refuses
+    // a file that changed while it was read, and can seal a large one as it arrives instead
+    // of spooling it first.
+    let (len, digest) = {
+        let path = args.file.clone();
+        tokio::task::spawn_blocking(move || file_len_and_digest(&path))
+            .await
+            .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?
+            .map_err(file_err)?
+    };
+    let file = tokio::fs::File::open(&args.file).await.map_err(file_err)?;
+    let body = Body::from_stream(ReaderStream::with_capacity(file, 256 * 1024));
+    let content_digest = {
+        use base64::Engine as _;
+        format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    };
+    let content_length = len.to_string();
+    let q = query(&[
+        ("to", Some(args.to)),
+        ("patient", Some(args.patient)),
+        ("purpose", Some(args.purpose)),
+        ("content_type", Some(args.content_type)),
+        (
+            "categories",
+            (!args.categories.is_empty()).then(|| args.categories.join(",")),
+        ),
+        ("clinician", args.clinician),
+        ("clinician_role", args.clinician_role),
+        (
+            "break_glass_reason",
+            if args.break_glass { args.reason } else { None },
+        ),
+    ]);
+    let resp = c
+        .call_with_headers(
+            Method::POST,
+            &format!("/v1/transfers?{q}"),
+            body,
+            Some("application/octet-stream"),
+            &[
+                ("content-length", &content_length),
+                ("content-digest", &content_digest),
+            ],
+        )
+        .await
+        .map_err(fail)?;
+    let (status, body) = collect_json(resp).await.map_err(fail)?;
+    if status == StatusCode::FORBIDDEN {
+        return Err(Failure::new(
+            EXIT_DENIED,
+            body["error"]
+                .as_str()
+                .unwrap_or("denied by policy")
+                .to_owned(),
+        ));
+    }
+    if !status.is_success() {
+        return Err(api_failure(status, &body));
+    }
+    outln!("{}", body["transfer_id"].as_str().unwrap_or_default())?;
+    if c.is_offline() {
+        eprintln!("note: the node is not running; the transfer is queued and will be delivered when it starts");
+    }
+    Ok(())
+}
