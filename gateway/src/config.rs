@@ -3,6 +3,9 @@
 //! Relative paths are resolved against the directory that holds the config file, so a node
 //! directory can be moved as a whole. Errors are collected and reported together, and never
 //! echo a value from the file (a misplaced secret must not end up in a log).
+//!
+//! Longer than ~600 lines on purpose: the whole tree, its defaults and the one validator that
+//! collects every problem are read together, and about 120 lines are its tests.
 
 use std::fmt;
 use std::net::SocketAddr;

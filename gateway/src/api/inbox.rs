@@ -13,7 +13,7 @@ use gateway_envelope::TransferId;
 use gateway_store::{InboxEntry, SpoolKind};
 
 use crate::audit::{self, event};
-use crate::receive::inbox::{open_received, FetchError};
+use crate::receive::fetch::{open_received, FetchError};
 use crate::state::NodeState;
 use crate::trust::now_ms;
 

@@ -1,4 +1,4 @@
-//! Receiving envelopes from peers, and handing received records to the local system.
+//! Receiving envelopes from peers (decrypt-on-fetch for the local system is `fetch`).
 //!
 //! An incoming envelope is streamed: header checks and signature first, then the metadata
 //! frame and the receive-side policy decision, then every payload frame is decrypted (to
@@ -6,14 +6,12 @@
 //! written. The signed receipt goes back only after the inbox entry and its audit entry are
 //! committed.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use tokio::sync::mpsc;
 
 use gateway_envelope::{
     EnvelopeError, EnvelopeReader, Limits, Opener, Receipt, SignedReceipt, TransferId,
@@ -32,8 +30,8 @@ use crate::trust::transport::{text_response, PeerIdentity, PeerResponse};
 
 /// An envelope dated this far in the future is refused (clock skew allowance).
 const MAX_FUTURE_SKEW_MS: u64 = 5 * 60 * 1000;
-const MAX_HEADER_BYTES: u32 = 64 * 1024;
-const MAX_METADATA_BYTES: u32 = 1024 * 1024;
+pub(super) const MAX_HEADER_BYTES: u32 = 64 * 1024;
+pub(super) const MAX_METADATA_BYTES: u32 = 1024 * 1024;
 /// Received bytes handled per blocking section (spool write + frame authentication).
 const RECEIVE_BATCH_BYTES: usize = 256 * 1024;
 
@@ -557,159 +555,5 @@ async fn next_chunk(
                 }
             }
         }
-    }
-}
-
-// ---- fetching received records ---------------------------------------------------------------
-
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("no received transfer {0}")]
-    NotFound(String),
-    /// The EMR acknowledged it and the retention period ran out: only the entry is left.
-    #[error("received transfer {0}: the sealed envelope was removed after acknowledgement (retention); its entry, receipt and audit trail remain")]
-    Removed(String),
-    #[error("received transfer {id}: {problem}")]
-    Open { id: String, problem: String },
-    #[error("local system: {0}")]
-    Local(String),
-}
-
-/// Opens a received envelope: the metadata now, the payload as a stream of decrypted chunks.
-/// Decryption happens on fetch only; the inbox keeps the envelope sealed at rest.
-pub async fn open_received(
-    state: &Arc<NodeState>,
-    id: TransferId,
-) -> Result<
-    (
-        InboxEntry,
-        RecordMetadata,
-        mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    ),
-    FetchError,
-> {
-    let entry = state
-        .store
-        .inbox_get(&id.0)
-        .map_err(|e| FetchError::Local(e.to_string()))?
-        .ok_or_else(|| FetchError::NotFound(id.to_string()))?;
-    match state.store.envelope_removed_ms(SpoolKind::Inbox, &id.0) {
-        Ok(None) => {}
-        Ok(Some(_)) => return Err(FetchError::Removed(id.to_string())),
-        Err(e) => return Err(FetchError::Local(e.to_string())),
-    }
-    let (meta_tx, meta_rx) = tokio::sync::oneshot::channel();
-    let (tx, rx) = mpsc::channel(8);
-    let state2 = state.clone();
-    let sender = entry.sender.clone();
-    tokio::task::spawn_blocking(move || {
-        decrypt_stream(&state2, id, &sender, meta_tx, tx);
-    });
-    let metadata = meta_rx
-        .await
-        .map_err(|_| FetchError::Local("decryption task stopped".to_owned()))??;
-    Ok((entry, metadata, rx))
-}
-
-fn decrypt_stream(
-    state: &NodeState,
-    id: TransferId,
-    sender: &str,
-    meta_tx: tokio::sync::oneshot::Sender<Result<RecordMetadata, FetchError>>,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let open_err = |problem: String| FetchError::Open {
-        id: id.to_string(),
-        problem,
-    };
-    let path = state.store.spool_path(&id.0, SpoolKind::Inbox);
-    let setup =
-        (|| -> Result<(std::fs::File, EnvelopeReader, Opener, RecordMetadata), FetchError> {
-            let mut file = std::fs::File::open(&path)
-                .map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))?;
-            let mut reader = EnvelopeReader::new(Limits {
-                max_header: MAX_HEADER_BYTES,
-                max_payload: u64::MAX,
-                max_metadata: MAX_METADATA_BYTES,
-            });
-            let mut buf = vec![0u8; 64 * 1024];
-            let trust = state.trust();
-            let keys = trust
-                .peer_by_str(sender)
-                .map(|p| p.signing_keys)
-                .unwrap_or_default();
-            let header = loop {
-                if let Some(h) = reader.header().map_err(|e| open_err(e.to_string()))? {
-                    break h.verify(&keys).map_err(|e| open_err(e.to_string()))?;
-                }
-                let n = file
-                    .read(&mut buf)
-                    .map_err(|e| FetchError::Local(e.to_string()))?;
-                if n == 0 {
-                    return Err(open_err("envelope truncated".to_owned()));
-                }
-                reader.push(buf.get(..n).unwrap_or_default());
-            };
-            let frame = loop {
-                if let Some(f) = reader.next_frame().map_err(|e| open_err(e.to_string()))? {
-                    break f;
-                }
-                let n = file
-                    .read(&mut buf)
-                    .map_err(|e| FetchError::Local(e.to_string()))?;
-                if n == 0 {
-                    return Err(open_err("envelope truncated".to_owned()));
-                }
-                reader.push(buf.get(..n).unwrap_or_default());
-            };
-            let (opener, meta) = Opener::new(&header, &state.identity.decryption_keys(), &frame)
-                .map_err(|e| open_err(e.to_string()))?;
-            let meta = RecordMetadata::decode(&meta).map_err(|e| open_err(e.to_string()))?;
-            Ok((file, reader, opener, meta))
-        })();
-    let (mut file, mut reader, mut opener, meta) = match setup {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = meta_tx.send(Err(e));
-            return;
-        }
-    };
-    if meta_tx.send(Ok(meta)).is_err() {
-        return;
-    }
-    let mut buf = vec![0u8; 256 * 1024];
-    let io_err = |m: String| std::io::Error::other(m);
-    loop {
-        loop {
-            match reader.next_frame() {
-                Ok(Some(frame)) => match opener.open_chunk(&frame) {
-                    Ok(plain) => {
-                        if tx.blocking_send(Ok(Bytes::from(plain))).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(io_err(e.to_string())));
-                        return;
-                    }
-                },
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(io_err(e.to_string())));
-                    return;
-                }
-            }
-        }
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => reader.push(buf.get(..n).unwrap_or_default()),
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        }
-    }
-    if let Err(e) = opener.finish() {
-        let _ = tx.blocking_send(Err(io_err(e.to_string())));
     }
 }
