@@ -16,7 +16,7 @@ use super::Shared;
 
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct AuditQuery {
+pub struct AuditQuery {
     patient: Option<String>,
     transfer: Option<String>,
     break_glass: Option<bool>,
@@ -62,10 +62,7 @@ impl From<&AuditEntry> for AuditView {
     }
 }
 
-pub(super) async fn list_audit(
-    State(state): State<Shared>,
-    Query(q): Query<AuditQuery>,
-) -> Response {
+pub async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>) -> Response {
     let transfer_id = match q.transfer.as_deref().map(parse_id).transpose() {
         Ok(t) => t.map(|t| t.0),
         Err(r) => return r.into_response(),
@@ -98,7 +95,7 @@ pub(super) async fn list_audit(
     }
 }
 
-pub(super) async fn verify_audit(State(state): State<Shared>) -> Response {
+pub async fn verify_audit(State(state): State<Shared>) -> Response {
     match tokio::task::block_in_place(|| state.store.audit_verify()) {
         Ok(n) => Json(json!({ "ok": true, "entries": n })).into_response(),
         Err(e) => (

@@ -8,11 +8,7 @@ use axum::response::Response;
 use super::error::error;
 use super::Shared;
 
-pub(super) async fn require_token(
-    State(state): State<Shared>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn require_token(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)

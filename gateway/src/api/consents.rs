@@ -36,7 +36,7 @@ pub struct ConsentInput {
     pub recorded_by: String,
 }
 
-pub(super) async fn post_consent(
+pub async fn post_consent(
     State(state): State<Shared>,
     Json(input): Json<ConsentInput>,
 ) -> Response {
@@ -129,14 +129,11 @@ async fn store_directive(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct PatientQuery {
+pub struct PatientQuery {
     patient: String,
 }
 
-pub(super) async fn list_consents(
-    State(state): State<Shared>,
-    Query(q): Query<PatientQuery>,
-) -> Response {
+pub async fn list_consents(State(state): State<Shared>, Query(q): Query<PatientQuery>) -> Response {
     match consent_directives(&state, &q.patient) {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -145,11 +142,11 @@ pub(super) async fn list_consents(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RevokeInput {
+pub struct RevokeInput {
     recorded_by: Option<String>,
 }
 
-pub(super) async fn revoke_consent(
+pub async fn revoke_consent(
     State(state): State<Shared>,
     Path(id): Path<String>,
     body: Option<Json<RevokeInput>>,
@@ -184,7 +181,7 @@ pub(super) async fn revoke_consent(
     }
 }
 
-pub(super) async fn import_consent(State(state): State<Shared>, body: Bytes) -> Response {
+pub async fn import_consent(State(state): State<Shared>, body: Bytes) -> Response {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "body is not JSON");
     };

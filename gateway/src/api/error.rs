@@ -10,12 +10,12 @@ use serde_json::json;
 use gateway_envelope::TransferId;
 use policies::{Category, Purpose};
 
-pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
 /// A request problem found while parsing; small, unlike a `Response`, so helpers can return it.
-pub(super) struct BadRequest(pub(super) String);
+pub struct BadRequest(pub String);
 
 impl IntoResponse for BadRequest {
     fn into_response(self) -> Response {
@@ -23,12 +23,12 @@ impl IntoResponse for BadRequest {
     }
 }
 
-pub(super) fn parse_id(id: &str) -> Result<TransferId, BadRequest> {
+pub fn parse_id(id: &str) -> Result<TransferId, BadRequest> {
     id.parse::<TransferId>()
         .map_err(|_| BadRequest("transfer id must be 32 hex characters".to_owned()))
 }
 
-pub(super) fn parse_categories(list: Option<&str>) -> Result<BTreeSet<Category>, BadRequest> {
+pub fn parse_categories(list: Option<&str>) -> Result<BTreeSet<Category>, BadRequest> {
     let mut out = BTreeSet::new();
     for c in list
         .unwrap_or("")
@@ -43,7 +43,7 @@ pub(super) fn parse_categories(list: Option<&str>) -> Result<BTreeSet<Category>,
     Ok(out)
 }
 
-pub(super) fn parse_purpose(p: &str) -> Result<Purpose, BadRequest> {
+pub fn parse_purpose(p: &str) -> Result<Purpose, BadRequest> {
     p.parse::<Purpose>().map_err(|_| {
         BadRequest(
             "unknown purpose; use treatment, payment, operations, research or public-health"

@@ -54,10 +54,7 @@ fn inbox_view(state: &NodeState, e: &InboxEntry) -> InboxView {
     view
 }
 
-pub(super) async fn list_inbox(
-    State(state): State<Shared>,
-    Query(q): Query<PageQuery>,
-) -> Response {
+pub async fn list_inbox(State(state): State<Shared>, Query(q): Query<PageQuery>) -> Response {
     transfer_page(
         "/v1/inbox",
         &q,
@@ -75,7 +72,7 @@ fn fetch_error(e: FetchError) -> Response {
     }
 }
 
-pub(super) async fn get_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+pub async fn get_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
@@ -101,10 +98,7 @@ pub(super) async fn get_inbox(State(state): State<Shared>, Path(id): Path<String
     }
 }
 
-pub(super) async fn get_inbox_payload(
-    State(state): State<Shared>,
-    Path(id): Path<String>,
-) -> Response {
+pub async fn get_inbox_payload(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
@@ -136,7 +130,7 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-pub(super) async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+pub async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return r.into_response(),

@@ -30,7 +30,7 @@ pub struct PolicyCheckInput {
     pub content_type: Option<String>,
 }
 
-pub(super) async fn policy_check(
+pub async fn policy_check(
     State(state): State<Shared>,
     Json(input): Json<PolicyCheckInput>,
 ) -> Response {
@@ -97,7 +97,7 @@ pub(super) async fn policy_check(
     .into_response()
 }
 
-pub(super) async fn policy_reload(State(state): State<Shared>) -> Response {
+pub async fn policy_reload(State(state): State<Shared>) -> Response {
     match state.policy.reload_now() {
         Ok(()) => {
             Json(json!({ "reloaded": true, "policy_ids": state.policy.engine().policy_ids() }))

@@ -18,11 +18,11 @@ use super::Shared;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RecordQuery {
+pub struct RecordQuery {
     content_type: Option<String>,
 }
 
-pub(super) async fn put_record(
+pub async fn put_record(
     State(state): State<Shared>,
     Path(patient): Path<String>,
     Query(q): Query<RecordQuery>,

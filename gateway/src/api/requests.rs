@@ -14,7 +14,7 @@ use super::Shared;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RequestInput {
+pub struct RequestInput {
     from: String,
     patient: String,
     purpose: String,
@@ -25,7 +25,7 @@ pub(super) struct RequestInput {
     break_glass_reason: Option<String>,
 }
 
-pub(super) async fn post_request(
+pub async fn post_request(
     State(state): State<Shared>,
     Json(input): Json<RequestInput>,
 ) -> Response {
@@ -56,7 +56,7 @@ pub(super) async fn post_request(
     }
 }
 
-pub(super) async fn list_requests(State(state): State<Shared>) -> Response {
+pub async fn list_requests(State(state): State<Shared>) -> Response {
     match requests::list(&state) {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

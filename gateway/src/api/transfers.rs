@@ -30,7 +30,7 @@ use super::Shared;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct SubmitQuery {
+pub struct SubmitQuery {
     to: String,
     patient: String,
     purpose: String,
@@ -86,7 +86,7 @@ fn validate_submit(q: SubmitQuery) -> Result<(SubmitRequest, bool), Response> {
 /// How long `wait=receipt` waits before answering 202 with the transfer still in progress.
 const WAIT_FOR_RECEIPT: Duration = Duration::from_secs(300);
 
-pub(super) async fn post_transfer(
+pub async fn post_transfer(
     State(state): State<Shared>,
     query: Result<Query<SubmitQuery>, QueryRejection>,
     headers: axum::http::HeaderMap,
@@ -253,10 +253,7 @@ impl From<&OutboxEntry> for TransferView {
     }
 }
 
-pub(super) async fn list_transfers(
-    State(state): State<Shared>,
-    Query(q): Query<PageQuery>,
-) -> Response {
+pub async fn list_transfers(State(state): State<Shared>, Query(q): Query<PageQuery>) -> Response {
     transfer_page(
         "/v1/transfers",
         &q,
@@ -266,7 +263,7 @@ pub(super) async fn list_transfers(
     )
 }
 
-pub(super) async fn get_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+pub async fn get_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
@@ -278,10 +275,7 @@ pub(super) async fn get_transfer(State(state): State<Shared>, Path(id): Path<Str
     }
 }
 
-pub(super) async fn cancel_transfer(
-    State(state): State<Shared>,
-    Path(id): Path<String>,
-) -> Response {
+pub async fn cancel_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
@@ -299,7 +293,7 @@ pub(super) async fn cancel_transfer(
 
 /// When retention removed a transfer's envelope, if it did (a failed lookup shows none: the
 /// view is informational, and fetching reports the real state).
-pub(super) fn removed_ms(state: &NodeState, kind: SpoolKind, id: &[u8; 16]) -> Option<u64> {
+pub fn removed_ms(state: &NodeState, kind: SpoolKind, id: &[u8; 16]) -> Option<u64> {
     state.store.envelope_removed_ms(kind, id).ok().flatten()
 }
 

@@ -19,11 +19,11 @@ use super::error::error;
 
 /// Payloads up to this size are held in memory while being sealed; larger ones are spilled
 /// to a private temp file (deleted once sealed).
-pub(super) const IN_MEMORY_PAYLOAD: usize = 8 * 1024 * 1024;
+pub const IN_MEMORY_PAYLOAD: usize = 8 * 1024 * 1024;
 /// A spilled upload is written to its temp file in batches of this size.
 const SPILL_WRITE_BYTES: usize = 1024 * 1024;
 /// Body chunks buffered between a streamed upload and the task sealing it (bounded memory).
-pub(super) const STREAM_CHANNEL_CHUNKS: usize = 8;
+pub const STREAM_CHANNEL_CHUNKS: usize = 8;
 /// A streamed upload is passed to the sealing task in pieces of about this size.
 const STREAM_BATCH_BYTES: usize = 256 * 1024;
 
@@ -31,9 +31,7 @@ const STREAM_BATCH_BYTES: usize = 256 * 1024;
 /// of possibly several comma-separated algorithms), if any. A header that is present but
 /// carries no well-formed sha-256 value is refused: the client asked for a check we could not
 /// do.
-pub(super) fn content_digest(
-    headers: &axum::http::HeaderMap,
-) -> Result<Option<[u8; 32]>, &'static str> {
+pub fn content_digest(headers: &axum::http::HeaderMap) -> Result<Option<[u8; 32]>, &'static str> {
     use base64::Engine as _;
     let Some(value) = headers.get("content-digest") else {
         return Ok(None);
@@ -63,10 +61,7 @@ pub(super) fn content_digest(
 /// Feeds a streamed upload to the task sealing it. If that task stops early (a policy denial,
 /// a mismatch), a bounded rest of the body is read and discarded so that an HTTP/1.1 client
 /// still sending sees the answer instead of a broken pipe.
-pub(super) async fn forward_upload(
-    body: AxumBody,
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>,
-) {
+pub async fn forward_upload(body: AxumBody, tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>) {
     let mut stream = body.into_data_stream();
     // Body chunks are small (kilobytes); each message wakes the sealing thread, so they are
     // passed on in batches.
@@ -96,7 +91,7 @@ pub(super) async fn forward_upload(
 
 /// Reads the request body, in memory when small, else into a 0600 temp file in the data dir,
 /// hashing as it goes; refuses bodies over the configured limit.
-pub(super) async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Response> {
+pub async fn read_payload(state: &NodeState, body: AxumBody) -> Result<Payload, Response> {
     let max = state.config.local_api.max_body_bytes;
     let mut stream = body.into_data_stream();
     let mut mem = BytesMut::new();
@@ -196,9 +191,9 @@ fn new_private_file(dir: &std::path::Path) -> std::io::Result<(std::fs::File, st
 }
 
 /// How much of a refused upload is read before answering (see `post_transfer`).
-pub(super) const REFUSAL_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+pub const REFUSAL_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
-pub(super) async fn drain(body: AxumBody, limit: u64) {
+pub async fn drain(body: AxumBody, limit: u64) {
     drain_stream(&mut body.into_data_stream(), limit).await;
 }
 

@@ -8,7 +8,7 @@ use super::call::{client, fail};
 use super::output::{for_each_listed, no_header, print_listing_json};
 use super::{outln, Failure, EXIT_FAILURE};
 
-pub(super) async fn audit(action: AuditAction) -> Result<(), Failure> {
+pub async fn audit(action: AuditAction) -> Result<(), Failure> {
     match action {
         AuditAction::Verify(config) => {
             let c = client(&config).await?;

@@ -10,18 +10,18 @@ use crate::config::NodeConfig;
 use super::args::ConfigArg;
 use super::{Failure, EXIT_FAILURE, EXIT_USAGE};
 
-pub(super) fn load_config(arg: &ConfigArg) -> Result<NodeConfig, Failure> {
+pub fn load_config(arg: &ConfigArg) -> Result<NodeConfig, Failure> {
     NodeConfig::load(&arg.config).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))
 }
 
-pub(super) async fn client(arg: &ConfigArg) -> Result<ApiClient, Failure> {
+pub async fn client(arg: &ConfigArg) -> Result<ApiClient, Failure> {
     let config = load_config(arg)?;
     ApiClient::connect(&config)
         .await
         .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))
 }
 
-pub(super) fn api_failure(status: StatusCode, body: &Value) -> Failure {
+pub fn api_failure(status: StatusCode, body: &Value) -> Failure {
     let message = body
         .get("error")
         .and_then(Value::as_str)
@@ -30,7 +30,7 @@ pub(super) fn api_failure(status: StatusCode, body: &Value) -> Failure {
     Failure::new(EXIT_FAILURE, format!("{} ({})", message, status.as_u16()))
 }
 
-pub(super) fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub fn query(pairs: &[(&str, Option<String>)]) -> String {
     let present: Vec<(&str, String)> = pairs
         .iter()
         .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
@@ -40,7 +40,7 @@ pub(super) fn query(pairs: &[(&str, Option<String>)]) -> String {
 
 /// Calls the API and insists on a 2xx answer, turning anything else into a failure that
 /// carries the API's error text.
-pub(super) async fn ok_json(
+pub async fn ok_json(
     c: &ApiClient,
     method: Method,
     path: &str,
@@ -54,11 +54,11 @@ pub(super) async fn ok_json(
     }
 }
 
-pub(super) fn fail(e: impl std::fmt::Display) -> Failure {
+pub fn fail(e: impl std::fmt::Display) -> Failure {
     Failure::new(EXIT_FAILURE, e.to_string())
 }
 
-pub(super) fn encode_segment(s: &str) -> String {
+pub fn encode_segment(s: &str) -> String {
     serde_urlencoded::to_string([("", s)])
         .map(|q| q.trim_start_matches('=').to_owned())
         .unwrap_or_default()

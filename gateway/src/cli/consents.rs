@@ -11,7 +11,7 @@ use super::call::{api_failure, client, fail, ok_json, query};
 use super::output::print_json;
 use super::{outln, Failure, EXIT_FAILURE, EXIT_USAGE};
 
-pub(super) async fn consent(action: ConsentAction) -> Result<(), Failure> {
+pub async fn consent(action: ConsentAction) -> Result<(), Failure> {
     match action {
         ConsentAction::Grant(args) => directive(args, "permit").await,
         ConsentAction::Deny(args) => directive(args, "deny").await,

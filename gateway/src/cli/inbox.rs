@@ -14,7 +14,7 @@ use super::call::{api_failure, client, fail, ok_json};
 use super::output::{for_each_listed, print_listing_json};
 use super::{outln, Failure, EXIT_FAILURE};
 
-pub(super) async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
+pub async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
     let c = client(config).await?;
     match action {
         InboxAction::List { json } => {

@@ -8,7 +8,7 @@ use super::client::ApiClient;
 use super::call::{api_failure, fail, query};
 use super::{outln, write_out, Failure, EXIT_FAILURE};
 
-pub(super) fn print_json(v: &Value) -> Result<(), Failure> {
+pub fn print_json(v: &Value) -> Result<(), Failure> {
     outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
@@ -55,7 +55,7 @@ fn json_array_end(any_item: bool) -> &'static str {
 /// Reads the listing at `path` a page at a time, following the node's `Link: rel="next"`
 /// headers, and hands each entry to `each`, so memory on both ends stays at one page.
 /// `filter` narrows the listing; `header` is printed before the first entry.
-pub(super) async fn for_each_listed(
+pub async fn for_each_listed(
     c: &ApiClient,
     path: &str,
     filter: &[(&str, Option<String>)],
@@ -93,7 +93,7 @@ pub(super) async fn for_each_listed(
 }
 
 /// A whole listing as one JSON array, printed a page at a time.
-pub(super) async fn print_listing_json(
+pub async fn print_listing_json(
     c: &ApiClient,
     path: &str,
     filter: &[(&str, Option<String>)],
@@ -103,7 +103,7 @@ pub(super) async fn print_listing_json(
     out.finish()
 }
 
-pub(super) fn no_header() -> Result<(), Failure> {
+pub fn no_header() -> Result<(), Failure> {
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use super::args::PolicyAction;
 use super::call::{client, ok_json};
 use super::{outln, Failure, EXIT_DENIED, EXIT_USAGE};
 
-pub(super) async fn policy(action: PolicyAction) -> Result<(), Failure> {
+pub async fn policy(action: PolicyAction) -> Result<(), Failure> {
     match action {
         PolicyAction::Check {
             config,

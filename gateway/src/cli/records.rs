@@ -9,7 +9,7 @@ use super::args::RecordsAction;
 use super::call::{api_failure, client, encode_segment, fail, query};
 use super::{outln, Failure, EXIT_FAILURE};
 
-pub(super) async fn records(action: RecordsAction) -> Result<(), Failure> {
+pub async fn records(action: RecordsAction) -> Result<(), Failure> {
     match action {
         RecordsAction::Put {
             config,

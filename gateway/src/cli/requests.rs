@@ -8,7 +8,7 @@ use super::call::{client, ok_json};
 use super::output::print_json;
 use super::{outln, Failure, EXIT_DENIED, EXIT_FAILURE};
 
-pub(super) async fn request(args: RequestArgs) -> Result<(), Failure> {
+pub async fn request(args: RequestArgs) -> Result<(), Failure> {
     let c = client(&args.config).await?;
     let body = json!({
         "from": args.from,
@@ -46,7 +46,7 @@ pub(super) async fn request(args: RequestArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(super) async fn list_requests(config: &ConfigArg, json: bool) -> Result<(), Failure> {
+pub async fn list_requests(config: &ConfigArg, json: bool) -> Result<(), Failure> {
     let c = client(config).await?;
     let body = ok_json(&c, Method::GET, "/v1/requests", None).await?;
     if json {

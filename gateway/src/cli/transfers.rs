@@ -70,11 +70,7 @@ fn file_len_and_digest(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32]
     Ok((len, digest.finish()))
 }
 
-pub(super) async fn transfers(
-    config: &ConfigArg,
-    id: Option<&str>,
-    json: bool,
-) -> Result<(), Failure> {
+pub async fn transfers(config: &ConfigArg, id: Option<&str>, json: bool) -> Result<(), Failure> {
     let c = client(config).await?;
     if let Some(id) = id {
         let body = ok_json(&c, Method::GET, &format!("/v1/transfers/{id}"), None).await?;
@@ -97,7 +93,7 @@ pub(super) async fn transfers(
     .await
 }
 
-pub(super) async fn cancel(config: &ConfigArg, id: &str) -> Result<(), Failure> {
+pub async fn cancel(config: &ConfigArg, id: &str) -> Result<(), Failure> {
     let c = client(config).await?;
     ok_json(
         &c,
@@ -110,7 +106,7 @@ pub(super) async fn cancel(config: &ConfigArg, id: &str) -> Result<(), Failure> 
     Ok(())
 }
 
-pub(super) async fn send(args: SendArgs) -> Result<(), Failure> {
+pub async fn send(args: SendArgs) -> Result<(), Failure> {
     let c = client(&args.config).await?;
     let file_err =
         |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("{}: {e}", args.file.display()));
