@@ -4,8 +4,8 @@
 //!
 //! One file per command group; `args` is the grammar, `client` the HTTP client (over TCP to a
 //! running node, or the API's router in-process), `call` and `output` are shared by the groups.
-//! Invariant: a command never opens the store or decides policy itself; it asks the local API,
-//! and maps the answer to an exit code (`EXIT_*`).
+//! Invariant: a command never writes the store or decides policy itself; it asks the local API
+//! (`check` only loads the node's state to report on it) and maps the answer to an exit code.
 
 pub mod args;
 mod audit;

@@ -3,7 +3,8 @@
 //! certificate, and pooled outbound mTLS connections.
 //!
 //! Invariant: a peer is who its certificate and the signed directory say it is, never a header;
-//! only this layer touches rustls. It sits at the bottom: it imports only `config` and the lower
+//! only this layer and the peer listener (`receive::peer_api`, accepting with the server config
+//! built here) touch rustls. It sits at the bottom: it imports only `config` and the lower
 //! crates (`pki-tools`, `gateway-envelope`).
 
 pub mod directory;
