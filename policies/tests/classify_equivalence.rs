@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use policies::classify::{
-    classify_fhir_bundle, classify_fhir_bundle_reference, BundleFacts, ClassifyError,
+    classify_content, classify_fhir_bundle, classify_fhir_bundle_reference,
+    classify_fhir_reference, BundleFacts, ClassifyError, ContentFacts,
 };
 use policies::Category;
 
@@ -268,4 +269,93 @@ fn repeated_keys_are_refused() {
     );
     let f = same("siblings", doc.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(f.patient_ids.len(), 2);
+}
+
+/// `classify_content` (streaming) against `classify_fhir_reference` (tree):
+/// the same format, patients, categories, counts and resource types.
+fn same_content(name: &str, bytes: &[u8]) -> Result<ContentFacts, ClassifyError> {
+    let new = classify_content(bytes);
+    let old = classify_fhir_reference(bytes);
+    match (&new, &old) {
+        (Err(ClassifyError::RepeatedKey), _) => {}
+        (Ok(n), Ok(o)) => {
+            assert!(n.patients == o.patients, "{name}: patients differ");
+            assert_eq!(n.categories, o.categories, "{name}");
+            assert_eq!(n.matched_codes, o.matched_codes, "{name}");
+            assert_eq!(n.resource_types, o.resource_types, "{name}");
+            assert!(n == o, "{name}");
+        }
+        _ => assert_eq!(new, old, "{name}"),
+    }
+    new
+}
+
+#[test]
+fn every_shared_fhir_file_gives_identical_content_facts() {
+    let mut checked = 0;
+    let mut patients = 0;
+    let mut sensitive = 0;
+    for dir in [
+        "bundles",
+        "consent",
+        "auditevent",
+        "other",
+        "genetics",
+        "sensitive",
+    ] {
+        for (name, bytes) in files(dir) {
+            let facts = same_content(&name, &bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            patients += facts.patient_count();
+            sensitive += facts.matched_codes;
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 14 + 12 + 9 + 2 + 8 + 4);
+    assert!(patients > 40, "{patients}");
+    assert!(sensitive > 300, "{sensitive}");
+}
+
+#[test]
+fn signals_and_patient_references_agree() {
+    let docs = [
+        // Security labels, genetics category, profile, extension, MolecularSequence, text-only code.
+        r#"{"resourceType":"Bundle","entry":[
+            {"fullUrl":"urn:uuid:p1","resource":{"resourceType":"Patient","id":"p1",
+               "identifier":[{"system":"urn:mrn","value":"m1"},{"value":"bare"}]}},
+            {"fullUrl":"urn:uuid:o1","resource":{"resourceType":"Observation",
+               "meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-Confidentiality","code":"R"}],
+                       "profile":["http://hl7.org/fhir/StructureDefinition/observation-genetics","x"]},
+               "category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0074","code":"GE"}]}],
+               "subject":{"reference":"urn:uuid:p1"},
+               "extension":[{"url":"http://hl7.org/fhir/StructureDefinition/observation-geneticsGene"}],
+               "code":{"text":"free text"}}},
+            {"resource":{"resourceType":"MolecularSequence","patient":{"reference":"Patient/p1"}}},
+            {"resource":{"resourceType":"Claim","patient":{"reference":"urn:uuid:o1"}}},
+            {"resource":{"resourceType":"Coverage","beneficiary":{"type":"Patient","identifier":{"system":"urn:mrn","value":"m1"}}}},
+            {"resource":{"resourceType":"Encounter","subject":{"reference":"urn:uuid:dangling"}}},
+            {"resource":{"resourceType":"Encounter","subject":{"reference":"Group/g1"}}},
+            {"resource":{"resourceType":"Encounter","subject":{"reference":"https://x.example/fhir/Patient/p2/_history/3"}}},
+            {"resource":{"resourceType":"Encounter","subject":{"reference":7,"identifier":{"value":"v"}}}}
+        ]}"#,
+        // A single resource with contained patients and local references.
+        r##"{"resourceType":"CarePlan","subject":{"reference":"#pat"},
+            "contained":[{"resourceType":"Patient","id":"pat"},
+                         {"resourceType":"Condition","id":"c","subject":{"reference":"#c"},"code":{"text":"t","coding":[]}}]}"##,
+        r#"{"resourceType":"Observation","code":{"text":"t"},"meta":{"profile":"http://hl7.org/fhir/StructureDefinition/observation-genetics"}}"#,
+        r#"{"resourceType":"Patient","id":"solo","identifier":{"value":"not-an-array"}}"#,
+    ];
+    let mut counts = Vec::new();
+    for doc in docs {
+        let f = same_content(doc, doc.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        counts.push(f.patient_count());
+    }
+    // p1 (resource, urn, Patient/p1, urn:mrn|m1), the dangling urn, p2 and the identifier
+    // "v" without a system (it cannot be linked, so it counts on its own); then #pat;
+    // none; solo. Group/g1 and the reference to an Observation are not patients.
+    assert_eq!(counts, vec![4, 1, 0, 1]);
+    let first = classify_content(docs[0].as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        first.categories,
+        BTreeSet::from([Category::General, Category::Genetic, Category::Unclassified])
+    );
 }
