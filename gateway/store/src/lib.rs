@@ -104,6 +104,7 @@ use crate::commit::{sync_dir, Committer, SledFiles};
 pub use crate::audit::{AuditChainError, ChainProblem};
 pub use crate::error::StoreError;
 pub use crate::migrate::STORE_MIGRATED_EVENT;
+pub use crate::outbox::RequeueRefusal;
 pub use crate::retention::{Expired, RemovedEnvelope};
 pub use crate::spool::SpoolWriter;
 pub use crate::types::{

@@ -11,11 +11,23 @@ use sled::transaction::{abort, ConflictableTransactionError};
 use crate::codec::{decode_sealed, encode_sealed};
 use crate::error::StoreError;
 use crate::protect::Keys;
-use crate::retention::index_settled;
-use crate::types::{transfer_id_hex, AuditEntry, AuditRecord, OutboxEntry, SpoolKind, TransferId};
+use crate::retention::{envelope_key, index_settled};
+use crate::types::{
+    transfer_id_hex, AuditEntry, AuditRecord, OutboxEntry, SpoolKind, TransferId, TransferState,
+};
 use crate::{id_of_time_key, now_ms, page_newest_first, time_key, Store};
 
 pub(crate) const WHAT: &str = "outbox";
+
+/// Why [`Store::outbox_requeue_audited`] left a transfer as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequeueRefusal {
+    /// Only a failed transfer is requeued (a queued one is already, a delivered or cancelled
+    /// one is settled for good).
+    NotFailed(TransferState),
+    /// Retention removed the sealed envelope (at `removed_ms`): there is nothing left to send.
+    EnvelopeRemoved { removed_ms: u64 },
+}
 
 /// An entry as stored: sealed (it names the patient and the clinician), bound to its id.
 pub(crate) fn encode_entry(keys: &Keys, entry: &OutboxEntry) -> Result<Vec<u8>, StoreError> {
@@ -214,6 +226,61 @@ impl Store {
                 Ok((new, records))
             },
         )
+    }
+
+    /// Puts a failed transfer back in the queue, due at `now_ms`, with its attempt count
+    /// restarted and `records(new entry)` appended, in one transaction. Refused (and nothing
+    /// written) unless the entry is failed and its envelope is still in the spool: the check
+    /// of the retention's removal record is in the same transaction, so a sweep cannot remove
+    /// the envelope of a transfer that is queued again (the sweep skips pending entries).
+    /// `NotFound` if absent.
+    pub fn outbox_requeue_audited(
+        &self,
+        id: &TransferId,
+        now_ms: u64,
+        records: impl Fn(&OutboxEntry) -> Vec<AuditRecord>,
+    ) -> Result<Result<(OutboxEntry, Vec<AuditEntry>), RequeueRefusal>, StoreError> {
+        let id = *id;
+        let t = self.trees();
+        let (outcome, entries) = self.write_audited(
+            "requeue outbox entry",
+            [&t.outbox, &t.outbox_due, &t.spool_removed],
+            |[outbox, due, removed]| {
+                let Some(old) = outbox.get(id)? else {
+                    return abort(StoreError::NotFound {
+                        what: WHAT,
+                        id: transfer_id_hex(&id),
+                    });
+                };
+                let old: OutboxEntry = decode_entry(self.keys(), &id, &old)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                if old.state != TransferState::Failed {
+                    return Ok((Err(RequeueRefusal::NotFailed(old.state)), Vec::new()));
+                }
+                if let Some(at) = removed.get(envelope_key(SpoolKind::Outbox, &id))? {
+                    let removed_ms = <[u8; 8]>::try_from(at.as_ref())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    return Ok((
+                        Err(RequeueRefusal::EnvelopeRemoved { removed_ms }),
+                        Vec::new(),
+                    ));
+                }
+                let mut new = old;
+                new.state = TransferState::Queued;
+                new.attempts = 0;
+                new.next_attempt_ms = now_ms;
+                new.updated_ms = now_ms;
+                new.last_error = None;
+                let value =
+                    encode_entry(self.keys(), &new).map_err(ConflictableTransactionError::Abort)?;
+                outbox.insert(&id[..], value)?;
+                due.insert(&time_key(new.next_attempt_ms, &id)[..], &[][..])?;
+                let records = records(&new);
+                Ok((Ok(new), records))
+            },
+        )?;
+        Ok(outcome.map(|entry| (entry, entries)))
     }
 
     /// Entries in Queued or Delivering whose `next_attempt_ms <= now_ms`, most overdue first,

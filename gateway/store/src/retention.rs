@@ -80,7 +80,7 @@ pub(crate) fn retained_key(settled_ms: u64, kind: SpoolKind, id: &TransferId) ->
 }
 
 /// `kind || id`.
-fn envelope_key(kind: SpoolKind, id: &TransferId) -> [u8; 17] {
+pub(crate) fn envelope_key(kind: SpoolKind, id: &TransferId) -> [u8; 17] {
     let mut key = [0; 17];
     key[0] = kind_byte(kind);
     key[1..].copy_from_slice(id);

@@ -198,3 +198,82 @@ fn stores_from_before_retention_are_indexed_once_at_open() {
     let store = reopen(&dir, store);
     assert_eq!(store.retained_envelopes(), 0);
 }
+
+fn requeued(e: &crate::OutboxEntry) -> Vec<AuditRecord> {
+    vec![AuditRecord {
+        time_ms: 0,
+        event: "requeued".into(),
+        transfer_id: Some(e.transfer_id),
+        peer: Some(e.recipient.clone()),
+        patient_ref: Some(e.summary.patient_ref.clone()),
+        purpose: None,
+        clinician: None,
+        outcome: "queued".into(),
+        reason: Some("requeued by test".into()),
+        policy_ids: Vec::new(),
+        break_glass: false,
+    }]
+}
+
+#[test]
+fn a_failed_transfer_is_requeued_with_its_audit_entry_and_keeps_its_envelope() {
+    let (_dir, store) = populated();
+    // Only the failed one: the others are refused with their state, nothing written.
+    for (n, state) in [
+        (1, TransferState::Delivered),
+        (3, TransferState::Cancelled),
+        (4, TransferState::Queued),
+    ] {
+        let refused = store
+            .outbox_requeue_audited(&tid(n), 9_000, requeued)
+            .expect("requeue");
+        assert_eq!(refused.err(), Some(crate::RequeueRefusal::NotFailed(state)));
+    }
+    let (entry, entries) = store
+        .outbox_requeue_audited(&tid(2), 9_000, requeued)
+        .expect("requeue")
+        .expect("a failed transfer is requeued");
+    assert_eq!(entry.state, TransferState::Queued);
+    assert_eq!((entry.attempts, entry.next_attempt_ms), (0, 9_000));
+    assert_eq!(entries.len(), 1);
+    assert_eq!(store.outbox_due(9_000, 10).expect("due").len(), 2);
+    let requeue_entries = store
+        .audit_list(&AuditFilter {
+            transfer_id: Some(tid(2)),
+            ..AuditFilter::default()
+        })
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.record.event == "requeued")
+        .count();
+    assert_eq!(requeue_entries, 1);
+    // Pending again: the sweep leaves its envelope.
+    store
+        .expire_envelopes(u64::MAX, 100, record)
+        .expect("expire");
+    store.unlink_removed_envelopes().expect("unlink");
+    assert!(exists(&store, 2, SpoolKind::Outbox));
+    assert!(!exists(&store, 1, SpoolKind::Outbox));
+}
+
+#[test]
+fn a_failed_transfer_whose_envelope_was_removed_is_not_requeued() {
+    let (_dir, store) = populated();
+    store
+        .expire_envelopes(u64::MAX, 100, record)
+        .expect("expire");
+    let refused = store
+        .outbox_requeue_audited(&tid(2), 9_000, requeued)
+        .expect("requeue");
+    assert!(
+        matches!(
+            refused,
+            Err(crate::RequeueRefusal::EnvelopeRemoved { removed_ms }) if removed_ms > 0
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.outbox_get(&tid(2)).expect("get").map(|e| e.state),
+        Some(TransferState::Failed)
+    );
+}
