@@ -56,14 +56,27 @@ pub fn bundle(name: &str) -> Vec<u8> {
     std::fs::read(testdata(&format!("fhir/bundles/{name}"))).unwrap()
 }
 
-/// The id of the first Patient resource in a bundle (what `--patient` must be).
+/// What `--patient` must be for a FHIR record about one patient: its Patient resource's id, or
+/// the id of the one patient it references (`Patient/<id>`). None for a record about no patient
+/// or several (the gateway refuses the latter).
 pub fn patient_id(bundle: &[u8]) -> Option<String> {
+    let facts = policies::classify::classify_content(bundle).ok()?;
+    let [aliases] = facts.patients.alias_sets() else {
+        return None;
+    };
     let v: Value = serde_json::from_slice(bundle).ok()?;
-    v["entry"].as_array()?.iter().find_map(|e| {
-        let r = &e["resource"];
-        (r["resourceType"] == "Patient")
-            .then(|| r["id"].as_str().map(str::to_owned))
-            .flatten()
+    let resource_id = v["entry"].as_array().and_then(|entries| {
+        entries.iter().find_map(|e| {
+            let r = &e["resource"];
+            (r["resourceType"] == "Patient")
+                .then(|| r["id"].as_str().map(str::to_owned))
+                .flatten()
+        })
+    });
+    resource_id.filter(|id| aliases.contains(id)).or_else(|| {
+        aliases
+            .iter()
+            .find_map(|a| a.strip_prefix("Patient/").map(str::to_owned))
     })
 }
 
@@ -712,4 +725,18 @@ pub fn policy_ids(v: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+// ---- outages and logs ----------------------------------------------------------------------------
+
+/// The delivery timings of the shipped defaults, run 60 times faster: every `[delivery]` key
+/// keeps its default, and `danger_time_scale` divides the backoff and the age bound, so one
+/// second of a test is one minute of a real outage. Tests that use it say so.
+pub const SHIPPED_DEFAULTS_TIMES_60: &str = "\n[delivery]\ndanger_time_scale = 60\n";
+
+impl Node {
+    /// Every transfer this node sends, read a page at a time.
+    pub async fn transfers(&self) -> Vec<Value> {
+        self.all_pages("/v1/transfers").await
+    }
 }

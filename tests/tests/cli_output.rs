@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pki_tools::FacilityKind;
 
-use tests::{bundles, gateway_bin, wait_child_exit, Fed};
+use tests::{bundle_by_prefix, gateway_bin, wait_child_exit, Fed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_or_full_stdout_ends_a_listing_without_a_panic() {
@@ -19,7 +19,7 @@ async fn a_closed_or_full_stdout_ends_a_listing_without_a_panic() {
     ]);
     let a = fed.start("hosp-a");
     let _b = fed.start("clinic-b");
-    let (_, bundle) = bundles().into_iter().next().unwrap();
+    let bundle = bundle_by_prefix("Clemente_Kreiger");
     let id = a.send_bundle("clinic-b", &bundle).await.transfer_id();
     a.wait_state(&id, "delivered", Duration::from_secs(30))
         .await;

@@ -22,14 +22,15 @@ async fn direct_and_queued_submissions_are_each_delivered_once() {
     );
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
-    // The C-CDA document of the shared test data, for a patient with no sensitive category
+    // The C-CDA document of the shared test data, for its own patient (the recordTarget id; a
+    // different id is refused as a mismatch), with no sensitive category
     // declared: the default policies permit it for treatment without a consent directive.
     let bytes = std::fs::read(testdata("fhir/cda/CCD1_C-CDA2.1_CCD.xml")).unwrap();
 
     let submissions = (0..16).map(|_| {
         let (a, bytes) = (&a, bytes.clone());
         async move {
-            a.send("clinic-b", "pat-burst-1", "treatment", "ccda", bytes, &[])
+            a.send("clinic-b", "444222222", "treatment", "ccda", bytes, &[])
                 .await
         }
     });

@@ -29,7 +29,7 @@ async fn listings_are_paged_and_the_cli_reads_every_page() {
     ]);
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
-    let record = bundle("Bundle-b248b1b2-1686-4b94-9936-37d7a5f94b51.json");
+    let record = bundle("Bundle-father.json");
     if let Some(patient) = patient_id(&record) {
         a.consent_for_treatment(&patient, "clinic-b").await;
     }

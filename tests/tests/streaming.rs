@@ -103,7 +103,7 @@ async fn a_200_mb_record_streams_through_with_bounded_memory() {
     };
 
     let started = Instant::now();
-    let query = "to=clinic-b&patient=pat-stream-1&purpose=treatment&content_type=application%2Foctet-stream";
+    let query = "to=clinic-b&patient=pat-stream-1&purpose=treatment&content_type=application%2Foctet-stream&categories=general&clinician=dr-stream&clinician_role=physician";
     let resp = a
         .api()
         .call(
@@ -202,7 +202,7 @@ async fn refused_or_interrupted_uploads_leave_no_plaintext_behind() {
     )
     .unwrap();
     let a = fed.start("hosp-a");
-    let query = "to=clinic-b&patient=pat-upload-1&purpose=treatment&content_type=application%2Foctet-stream";
+    let query = "to=clinic-b&patient=pat-upload-1&purpose=treatment&content_type=application%2Foctet-stream&categories=general&clinician=dr-stream&clinician_role=physician";
 
     // Over the limit: 30 MiB against 20 MB, large enough to have been spilled to disk first.
     let big = Bytes::from(vec![0x5a; 30 * BLOCK]);
@@ -299,7 +299,7 @@ async fn sender_killed_mid_stream_resends_the_record_whole() {
     let pattern = random_pattern();
     let expected = digest_of(Generated::with_len(pattern.clone(), LEN));
 
-    let query = "to=clinic-b&patient=pat-stream-2&purpose=treatment&content_type=application%2Foctet-stream";
+    let query = "to=clinic-b&patient=pat-stream-2&purpose=treatment&content_type=application%2Foctet-stream&categories=general&clinician=dr-stream&clinician_role=physician";
     let resp = a
         .api()
         .call(
@@ -410,7 +410,7 @@ async fn a_declared_digest_lets_a_large_upload_be_sealed_as_it_arrives() {
     let b = fed.start("clinic-b");
     let pattern = random_pattern();
     let expected = digest_of(Generated::with_len(pattern.clone(), LEN));
-    let query = "to=clinic-b&patient=pat-stream-3&purpose=treatment&content_type=application%2Foctet-stream";
+    let query = "to=clinic-b&patient=pat-stream-3&purpose=treatment&content_type=application%2Foctet-stream&categories=general&clinician=dr-stream&clinician_role=physician";
     let octets = "application/octet-stream";
 
     let (status, body) = post_with_digest(

@@ -36,9 +36,16 @@ pub async fn put_record(
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if let Err(e) =
-        crate::record::check_record(&content_type, &patient_ref, &BTreeSet::new(), Some(&body))
-    {
+    // What is held for pull requests is checked like a submission: the label must fit the
+    // bytes, and a record about a patient must be about this one.
+    if let Err(e) = crate::record::inspect(
+        &content_type,
+        &patient_ref,
+        &BTreeSet::new(),
+        None,
+        None,
+        crate::record::Content::Whole(&body),
+    ) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     let source = StoreRecordSource::new(state.clone());

@@ -128,12 +128,13 @@ pub async fn post_transfer(
         // Length and digest known up front, content not parsed by the gateway, too big to
         // hold: sealed while it is uploaded.
         (Some(digest), Some(len))
-            if req.content_type != ContentType::FhirBundle && len > IN_MEMORY_PAYLOAD as u64 =>
+            if !req.content_type.parsed_whole() && len > IN_MEMORY_PAYLOAD as u64 =>
         {
             let (tx, chunks) = tokio::sync::mpsc::channel(STREAM_CHANNEL_CHUNKS);
             tokio::spawn(forward_upload(body, tx));
             Payload::Stream {
                 chunks,
+                peeked: Vec::new(),
                 len,
                 digest,
             }
@@ -301,4 +302,37 @@ fn transfer_view(state: &NodeState, e: &OutboxEntry) -> TransferView {
     let mut view = TransferView::from(e);
     view.envelope_removed_ms = removed_ms(state, SpoolKind::Outbox, &e.transfer_id);
     view
+}
+
+/// `POST /v1/transfers/{id}/requeue`: a failed transfer goes back to the queue (audited as
+/// `requeued`, naming the API token). 409 unless it is failed; 410 once retention removed its
+/// envelope (nothing is left to send: submit the record again).
+pub async fn requeue(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    token: Option<axum::Extension<super::auth::TokenName>>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let by = token.map_or_else(|| "local-api".to_owned(), |t| t.0 .0);
+    match delivery::requeue(&state, &id, &by).await {
+        Ok(e) => Json(transfer_view(&state, &e)).into_response(),
+        Err(e @ delivery::RequeueError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ delivery::RequeueError::NotFailed { .. }) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(
+            e @ (delivery::RequeueError::EnvelopeRemoved { .. }
+            | delivery::RequeueError::EnvelopeMissing { .. }),
+        ) => error(StatusCode::GONE, e.to_string()),
+        Err(e @ delivery::RequeueError::Store(_)) => {
+            tracing::error!(transfer = %id, error = %e, "requeue failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "local system error; the transfer was not requeued",
+            )
+        }
+    }
 }

@@ -21,7 +21,7 @@ use policies::{Action, Category, Purpose};
 use crate::access::{decide, Question};
 use crate::audit::{self, event};
 use crate::pull::records::{RecordSource, StoreRecordSource};
-use crate::record::{break_glass_window_ok, check_record, PatientRef, BREAK_GLASS_WINDOW_MS};
+use crate::record::{break_glass_window_ok, inspect, Content, PatientRef, BREAK_GLASS_WINDOW_MS};
 use crate::send::outbox::{decision_reason, submit, Accepted, Payload, SubmitRequest};
 use crate::state::NodeState;
 use crate::trust::now_ms;
@@ -382,14 +382,22 @@ pub async fn incoming(
             );
         }
     };
-    let categories = match check_record(
+    // The held record is classified from its bytes like any submission; one the gateway can no
+    // longer read is refused, never sent under the requester's declared categories.
+    let categories = match inspect(
         &record.content_type,
         &patient,
         &declared,
-        Some(&record.payload),
+        None,
+        None,
+        Content::Whole(&record.payload),
     ) {
         Ok(c) => c.categories,
-        Err(_) => declared.clone(),
+        Err(e) => {
+            let reason = format!("the held record cannot be classified: {e}");
+            refuse_audit(state, peer, Some(&rec), &reason).await;
+            return answer(StatusCode::CONFLICT, &denied(&reason));
+        }
     };
     let break_glass = wire.break_glass_reason.is_some();
     if break_glass {

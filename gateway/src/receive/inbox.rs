@@ -22,7 +22,10 @@ use policies::Action;
 
 use crate::access::{decide, Question};
 use crate::audit::{self, event};
-use crate::record::{break_glass_window_ok, ConsentBasis, RecordMetadata};
+use crate::record::{
+    break_glass_window_ok, check_received, ConsentBasis, Content, RecordError, RecordMetadata,
+    INSPECT_PREFIX_BYTES, MAX_PARSED_BYTES,
+};
 use crate::send::outbox::decision_reason;
 use crate::state::NodeState;
 use crate::trust::now_ms;
@@ -386,11 +389,11 @@ async fn receive_inner(
     rec.clinician = metadata.clinician.clone();
     rec.policy_ids = decision.policy_ids.clone();
     rec.break_glass = break_glass;
-    rec.reason = Some(decision_reason(
-        &decision,
-        "receive",
-        metadata.break_glass_reason.as_deref(),
-    ));
+    let mut reason = decision_reason(&decision, "receive", metadata.break_glass_reason.as_deref());
+    if let Ok(Some(declaration)) = metadata.declaration() {
+        reason.push_str(&format!("; {}", declaration.audit_text()));
+    }
+    rec.reason = Some(reason);
     if stored_before.is_some() || !decision.allowed {
         let _ = audit::append(&state.store, rec);
     } else {
@@ -439,8 +442,10 @@ async fn receive_inner(
     // The header and metadata chunks are in the reader already; they still go to the spool.
     let mut batch: Vec<Bytes> = std::mem::take(&mut pending);
     let mut batch_len: usize = batch.iter().map(Bytes::len).sum();
-    // The plaintext is only authenticated here, never kept: one buffer serves every frame.
+    // The plaintext is authenticated here and never written: one buffer serves every frame, and
+    // what the receive-side classification needs is kept in memory only.
     let mut scratch = Vec::new();
+    let mut kept = Kept::for_record(&metadata);
     loop {
         let chunk = next_chunk(&mut body, &mut received_bytes, max).await?;
         let end = chunk.is_none();
@@ -460,6 +465,7 @@ async fn receive_inner(
                 opener
                     .open_chunk_into(&frame, &mut scratch)
                     .map_err(|e| Refusal::envelope(&e))?;
+                kept.push(&scratch);
             }
             Ok(())
         })?;
@@ -476,6 +482,17 @@ async fn receive_inner(
         ));
     }
     opener.finish().map_err(|e| Refusal::envelope(&e))?;
+    // 4b. Defence in depth: the receiver classifies what it decrypted itself, and refuses
+    // content its metadata misdescribes (format, patient, categories left out).
+    tokio::task::block_in_place(|| check_received(&metadata, kept.content())).map_err(|e| {
+        let status = match e {
+            RecordError::CategoriesOmitted(_) | RecordError::UnclassifiedUndeclared => {
+                StatusCode::FORBIDDEN
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Refusal::new(status, format!("envelope refused: {e}"))
+    })?;
     tokio::task::block_in_place(|| writer.finish()).map_err(spool_err)?;
 
     // 5. Record it and sign the receipt.
@@ -554,6 +571,65 @@ async fn next_chunk(
                     }
                 }
             }
+        }
+    }
+}
+
+/// The decrypted bytes the receive-side classification reads: the whole record for formats the
+/// gateway parses (JSON or XML, up to `MAX_PARSED_BYTES`), the first bytes of anything else.
+struct Kept {
+    bytes: Vec<u8>,
+    limit: usize,
+    /// Bytes were left out (past `limit`): only a prefix is at hand.
+    cut: bool,
+    /// The limit was chosen from the first bytes already.
+    decided: bool,
+}
+
+impl Kept {
+    fn for_record(meta: &RecordMetadata) -> Kept {
+        let parsed = crate::record::ContentType::parse(&meta.content_type)
+            .map(|c| c.parsed_whole())
+            .unwrap_or(false);
+        Kept {
+            bytes: Vec::new(),
+            limit: if parsed {
+                MAX_PARSED_BYTES
+            } else {
+                INSPECT_PREFIX_BYTES
+            },
+            cut: false,
+            decided: parsed,
+        }
+    }
+
+    fn push(&mut self, plain: &[u8]) {
+        if !self.decided && !plain.is_empty() {
+            // Whatever the label says, content that looks like JSON or XML is read whole: it
+            // may be a parsed format under another name.
+            let body = plain.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(plain);
+            if body
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|b| b"{[<".contains(b))
+            {
+                self.limit = MAX_PARSED_BYTES;
+            }
+            self.decided = true;
+        }
+        let room = self.limit.saturating_sub(self.bytes.len());
+        if plain.len() > room {
+            self.cut = true;
+        }
+        self.bytes
+            .extend_from_slice(plain.get(..room.min(plain.len())).unwrap_or_default());
+    }
+
+    fn content(&self) -> Content<'_> {
+        if self.cut {
+            Content::Prefix(&self.bytes)
+        } else {
+            Content::Whole(&self.bytes)
         }
     }
 }

@@ -1,17 +1,29 @@
-//! What a transfer carries besides its payload: the record's metadata, sealed inside the envelope.
+//! What a transfer carries besides its payload: the record's metadata, sealed inside the envelope,
+//! and what the gateway reads from the payload itself (`inspect`).
 //!
 //! `RecordMetadata` is the only wire type here (postcard, versioned). Patient identifiers and
 //! clinician ids live in it, so it never derives a revealing `Debug`.
+//! Invariant: the bytes decide what a record is, never its label: every path that accepts a
+//! record (submit, receive, pull answers, stored records) goes through `inspect`.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use policies::classify::{classify_fhir_bundle, BundleFacts};
 use policies::{Category, Purpose};
 
-pub const METADATA_VERSION: u8 = 1;
+mod inspect;
+
+pub use inspect::{
+    check_received, inspect, Content, Declaration, Inspected, INSPECT_PREFIX_BYTES,
+    MAX_PARSED_BYTES,
+};
+
+/// Version 2 adds what the sender derived from the content and a clinician's declaration.
+pub const METADATA_VERSION: u8 = 2;
+/// Senders built before version 2 still send version 1; it is read as "derived = categories".
+const METADATA_VERSION_1: u8 = 1;
 
 /// Break-glass is an emergency authorization, valid this long from when the clinician invoked
 /// it: a break-glass transfer or request that arrives later is refused.
@@ -47,6 +59,24 @@ impl ContentType {
                 ContentType::Other(other.to_owned())
             }
         })
+    }
+
+    /// The format the bytes must have for this label.
+    pub fn format(&self) -> policies::classify::Format {
+        use policies::classify::Format;
+        match self {
+            ContentType::FhirBundle => Format::FhirJson,
+            ContentType::Ccda => Format::Cda,
+            ContentType::Pdf => Format::Pdf,
+            ContentType::Dicom => Format::Dicom,
+            ContentType::Other(_) => Format::Other,
+        }
+    }
+
+    /// Whether the gateway must read the whole record to classify it (so it is never sealed
+    /// while it is still being uploaded).
+    pub fn parsed_whole(&self) -> bool {
+        matches!(self, ContentType::FhirBundle | ContentType::Ccda)
     }
 
     pub fn mime(&self) -> &str {
@@ -114,6 +144,37 @@ pub struct RecordMetadata {
     /// The patient consent the sender relied on (directives live where the patient gave them,
     /// usually at the sender): the receiver's policy sees it alongside its own directives.
     pub consent_basis: Option<ConsentBasis>,
+    /// The categories the sender's gateway derived from the content (`unclassified` for content
+    /// it cannot read). The receiver classifies the bytes again and refuses a record whose
+    /// content carries a category missing from `categories`.
+    pub derived_categories: Vec<String>,
+    /// A clinician's explicit statement of the categories of content the gateway cannot
+    /// classify (accepted in place of `unclassified`); signed inside the envelope.
+    pub declaration: Option<DeclarationWire>,
+}
+
+/// A clinician's declaration as it travels in the metadata.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeclarationWire {
+    pub clinician: String,
+    pub clinician_role: String,
+    pub categories: Vec<String>,
+}
+
+/// Metadata as senders before version 2 wrote it.
+#[derive(Deserialize)]
+struct RecordMetadataV1 {
+    version: u8,
+    content_type: String,
+    patient: String,
+    purpose: String,
+    categories: Vec<String>,
+    clinician: Option<String>,
+    clinician_role: Option<String>,
+    break_glass_reason: Option<String>,
+    break_glass_until_ms: Option<u64>,
+    request_id: Option<String>,
+    consent_basis: Option<ConsentBasis>,
 }
 
 /// The sender's consent evaluation for this transfer, signed inside the envelope.
@@ -156,12 +217,50 @@ impl RecordMetadata {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<RecordMetadata, RecordError> {
-        let meta: RecordMetadata =
-            postcard::from_bytes(bytes).map_err(|_| RecordError::MetadataEncoding)?;
-        if meta.version != METADATA_VERSION {
-            return Err(RecordError::MetadataVersion(meta.version));
+        // postcard writes a u8 as one byte: the version comes first in every version.
+        match bytes.first().copied() {
+            Some(METADATA_VERSION) => {
+                postcard::from_bytes(bytes).map_err(|_| RecordError::MetadataEncoding)
+            }
+            Some(METADATA_VERSION_1) => {
+                let v1: RecordMetadataV1 =
+                    postcard::from_bytes(bytes).map_err(|_| RecordError::MetadataEncoding)?;
+                Ok(RecordMetadata {
+                    version: v1.version,
+                    content_type: v1.content_type,
+                    patient: v1.patient,
+                    purpose: v1.purpose,
+                    derived_categories: v1.categories.clone(),
+                    categories: v1.categories,
+                    clinician: v1.clinician,
+                    clinician_role: v1.clinician_role,
+                    break_glass_reason: v1.break_glass_reason,
+                    break_glass_until_ms: v1.break_glass_until_ms,
+                    request_id: v1.request_id,
+                    consent_basis: v1.consent_basis,
+                    declaration: None,
+                })
+            }
+            Some(other) => Err(RecordError::MetadataVersion(other)),
+            None => Err(RecordError::MetadataEncoding),
         }
-        Ok(meta)
+    }
+
+    /// The clinician's declaration, parsed.
+    pub fn declaration(&self) -> Result<Option<Declaration>, RecordError> {
+        let Some(d) = &self.declaration else {
+            return Ok(None);
+        };
+        let categories = d
+            .categories
+            .iter()
+            .map(|c| c.parse::<Category>().map_err(|_| RecordError::Category))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        Ok(Some(Declaration {
+            clinician: d.clinician.clone(),
+            clinician_role: d.clinician_role.clone(),
+            categories,
+        }))
     }
 
     pub fn categories(&self) -> Result<BTreeSet<Category>, RecordError> {
@@ -182,65 +281,38 @@ pub enum RecordError {
     ContentType,
     #[error("patient identifier must be 1-128 printable ASCII characters")]
     Patient,
-    #[error("unknown data category (use hiv-sti, mental-health, substance-use, reproductive-health, genetic or general)")]
+    #[error("unknown data category (use hiv-sti, mental-health, substance-use, reproductive-health, genetic, abuse-violence, unclassified or general)")]
     Category,
     #[error(
         "unknown purpose of use (use treatment, payment, operations, research or public-health)"
     )]
     Purpose,
-    #[error("the payload is not a FHIR R4 Bundle: {0}")]
-    NotABundle(String),
-    #[error("the declared patient does not match the bundle's Patient resource")]
+    #[error("the record could not be read: {0}")]
+    Unreadable(String),
+    /// The label says one format, the bytes another: refused, naming both.
+    #[error("content type mismatch: declared {declared} but the content is {found}")]
+    LabelMismatch {
+        declared: String,
+        found: &'static str,
+    },
+    #[error("the declared patient does not match the record's patient")]
     PatientMismatch,
-    #[error("the bundle holds records of {0} patients; send one patient's records per transfer")]
+    #[error("the record names no patient, so the declared patient cannot be checked")]
+    NoPatient,
+    #[error("the record holds data of {0} patients; send one patient's records per transfer")]
     MultiplePatients(usize),
+    #[error("{0} content is classified whole, so it cannot be sealed while it is uploaded; send it without Content-Digest")]
+    NotStreamable(&'static str),
+    #[error("records the gateway parses (FHIR, CDA, JSON, XML) are refused over {0} bytes")]
+    TooLargeToClassify(usize),
+    #[error("content carries categories the sender's metadata omits: {0}")]
+    CategoriesOmitted(String),
+    #[error("content the receiver cannot classify arrived without the category unclassified or a clinician's declaration")]
+    UnclassifiedUndeclared,
     #[error("record metadata is not valid postcard")]
     MetadataEncoding,
     #[error("record metadata version {0} is not supported")]
     MetadataVersion(u8),
-}
-
-/// What the gateway concluded from reading a FHIR bundle itself.
-pub struct CheckedRecord {
-    /// Declared categories united with the ones derived from the bundle's codes: the stricter wins.
-    pub categories: BTreeSet<Category>,
-    pub derived: Option<BundleFacts>,
-}
-
-/// Checks the sender's metadata against the payload. For FHIR bundles the gateway reads the
-/// patient and codes itself and refuses metadata that contradicts the bundle.
-pub fn check_record(
-    content_type: &ContentType,
-    patient: &PatientRef,
-    declared: &BTreeSet<Category>,
-    payload: Option<&[u8]>,
-) -> Result<CheckedRecord, RecordError> {
-    let mut categories = declared.clone();
-    let derived = match (content_type, payload) {
-        (ContentType::FhirBundle, Some(bytes)) => {
-            let facts =
-                classify_fhir_bundle(bytes).map_err(|e| RecordError::NotABundle(e.to_string()))?;
-            if facts.patient_ids.len() > 1 && !facts.patient_ids.contains(patient.reveal()) {
-                return Err(RecordError::MultiplePatients(facts.patient_ids.len()));
-            }
-            if !facts.patient_ids.is_empty() && !facts.patient_ids.contains(patient.reveal()) {
-                return Err(RecordError::PatientMismatch);
-            }
-            categories.extend(facts.categories.iter().copied());
-            Some(facts)
-        }
-        _ => None,
-    };
-    if categories.len() > 1 {
-        categories.remove(&Category::General);
-    }
-    if categories.is_empty() {
-        categories.insert(Category::General);
-    }
-    Ok(CheckedRecord {
-        categories,
-        derived,
-    })
 }
 
 #[cfg(test)]
@@ -281,6 +353,8 @@ mod tests {
             break_glass_until_ms: None,
             request_id: None,
             consent_basis: None,
+            derived_categories: vec!["general".to_owned()],
+            declaration: None,
         };
         let shown = format!("{meta:?}");
         assert!(

@@ -17,7 +17,8 @@ use policies::{Action, Category, Purpose};
 use crate::access::{basis_of, decide, Question};
 use crate::audit::{self, event};
 use crate::record::{
-    check_record, ContentType, PatientRef, RecordError, RecordMetadata, BREAK_GLASS_WINDOW_MS,
+    inspect, Content, ContentType, DeclarationWire, Inspected, PatientRef, RecordError,
+    RecordMetadata, BREAK_GLASS_WINDOW_MS, INSPECT_PREFIX_BYTES, MAX_PARSED_BYTES,
     METADATA_VERSION,
 };
 use crate::state::NodeState;
@@ -25,8 +26,9 @@ use crate::trust::identity::NodeIdentity;
 use crate::trust::now_ms;
 use crate::trust::Peer;
 
-/// FHIR bundles are read whole to classify them; larger ones are refused rather than skipped.
-pub const MAX_FHIR_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
+/// FHIR and CDA records are read whole to classify them; larger ones are refused rather than
+/// skipped.
+pub const MAX_FHIR_BUNDLE_BYTES: u64 = MAX_PARSED_BYTES as u64;
 
 /// A record as the local system submits it.
 pub struct SubmitRequest {
@@ -57,9 +59,12 @@ pub enum Payload {
     /// (`Content-Length`, `Content-Digest`) up front, so the envelope header can be signed
     /// before the bytes arrive, and the upload is neither held in memory nor spooled twice.
     /// The bytes are hashed as they come and a mismatch refuses the submission. Only for
-    /// content the gateway does not parse (FHIR bundles are classified before sealing).
+    /// content the gateway does not parse whole (FHIR and CDA are classified before sealing);
+    /// its first bytes are still read, before the header is signed, to check its format.
     Stream {
         chunks: mpsc::Receiver<Result<Bytes, String>>,
+        /// What was read ahead to inspect the upload's first bytes; sealed first.
+        peeked: Vec<Bytes>,
         len: u64,
         digest: [u8; 32],
     },
@@ -107,7 +112,7 @@ pub enum SubmitError {
     SelfAddressed,
     #[error("{0}")]
     Record(#[from] RecordError),
-    #[error("FHIR bundles over {MAX_FHIR_BUNDLE_BYTES} bytes are refused")]
+    #[error("FHIR and CDA records over {MAX_FHIR_BUNDLE_BYTES} bytes are refused")]
     BundleTooLarge,
     /// The upload did not match what its headers declared (length or Content-Digest), or was
     /// cut off; nothing was queued.
@@ -154,8 +159,13 @@ pub async fn submit(
     // With a delivery worker free, the transfer is claimed (attempt 1 and its `sent` entry) in
     // the same write that queues it and sent from memory: one sled transaction, one commit and
     // one envelope read fewer than queueing it for the scheduler. The in-flight mark keeps the
-    // scheduler off it.
-    let direct = state.delivery_permits.clone().try_acquire_owned().ok();
+    // scheduler off it. Not while the peer is unreachable: its circuit lets one probe go at a
+    // time, and the scheduler releases the rest when the peer answers.
+    let direct = if state.circuits.is_open(peer.id.as_str()) {
+        None
+    } else {
+        state.delivery_permits.clone().try_acquire_owned().ok()
+    };
     if direct.is_some() {
         state.mark_inflight(&transfer_id);
     }
@@ -226,8 +236,24 @@ fn submit_blocking(
     claim: bool,
     wrote: &mut bool,
 ) -> Result<Queued, SubmitError> {
-    let checked = check_payload(&req.content_type, &req.patient, &req.categories, &payload)?;
-    let categories = checked.categories;
+    let mut payload = payload;
+    let inspected = match check_payload(&req, &mut payload) {
+        Ok(inspected) => inspected,
+        Err(refusal) => {
+            // Refused before anything was queued; the log keeps why (never record content).
+            let mut rec = audit::record(event::REJECTED, "refused");
+            rec.transfer_id = Some(transfer_id.0);
+            rec.peer = Some(peer.id.to_string());
+            rec.patient_ref = Some(req.patient.reveal().to_owned());
+            rec.purpose = Some(req.purpose.to_string());
+            rec.clinician = req.clinician.clone();
+            rec.reason = Some(format!("submission refused: {refusal}"));
+            audit::append(&state.store, rec).map_err(SubmitError::local)?;
+            *wrote = true;
+            return Err(refusal);
+        }
+    };
+    let categories = inspected.categories.clone();
     let break_glass = req.break_glass_reason.is_some();
 
     let (decision, consent) = decide(
@@ -268,16 +294,21 @@ fn submit_blocking(
     rec.clinician = summary.clinician.clone();
     rec.policy_ids = decision.policy_ids.clone();
     rec.break_glass = break_glass;
-    rec.reason = Some(decision_reason(
-        &decision,
-        "send",
-        req.break_glass_reason.as_deref(),
-    ));
-    if !decision.allowed {
+    let denial =
+        (!decision.allowed).then(|| explain_denial(&decision, &categories, &consent, peer));
+    let mut reason = decision_reason(&decision, "send", req.break_glass_reason.as_deref());
+    if let Some(explained) = &denial {
+        reason.push_str(&format!("; {explained}"));
+    }
+    if let Some(declaration) = &inspected.declaration {
+        reason.push_str(&format!("; {}", declaration.audit_text()));
+    }
+    rec.reason = Some(reason);
+    if let Some(explained) = denial {
         audit::append(&state.store, rec).map_err(SubmitError::local)?;
         *wrote = true;
         return Err(SubmitError::Denied {
-            reason: decision.reason,
+            reason: explained,
             policy_ids: decision.policy_ids,
         });
     }
@@ -296,6 +327,12 @@ fn submit_blocking(
             .or_else(|| break_glass.then(|| now_ms() + BREAK_GLASS_WINDOW_MS)),
         request_id: req.request_id.clone(),
         consent_basis: Some(basis_of(&consent)),
+        derived_categories: inspected.derived.iter().map(ToString::to_string).collect(),
+        declaration: inspected.declaration.as_ref().map(|d| DeclarationWire {
+            clinician: d.clinician.clone(),
+            clinician_role: d.clinician_role.clone(),
+            categories: d.categories.iter().map(ToString::to_string).collect(),
+        }),
     };
     let payload_len = payload.len();
     let recipient = peer.id.to_string();
@@ -360,35 +397,119 @@ fn submit_blocking(
     })
 }
 
-/// Checks the record's metadata, and for a FHIR bundle its content (which needs the bytes: a
-/// spilled bundle is read back, a streamed one cannot be checked and is refused).
-fn check_payload(
-    content_type: &ContentType,
-    patient: &PatientRef,
-    declared: &BTreeSet<Category>,
-    payload: &Payload,
-) -> Result<crate::record::CheckedRecord, SubmitError> {
-    if *content_type != ContentType::FhirBundle {
-        return Ok(check_record(content_type, patient, declared, None)?);
-    }
+/// Reads the record's bytes (or, for an upload sealed as it arrives, its first bytes) and
+/// checks them against what the submission says (`record::inspect`). A spilled record the
+/// gateway parses is read back whole; one too large for that is refused.
+fn check_payload(req: &SubmitRequest, payload: &mut Payload) -> Result<Inspected, SubmitError> {
     let read_back;
-    let bytes: &[u8] = match payload {
-        Payload::Memory { bytes, .. } => bytes,
-        Payload::File { len, .. } if *len > MAX_FHIR_BUNDLE_BYTES => {
+    let content = match payload {
+        Payload::Memory { bytes, .. } => Content::Whole(bytes),
+        Payload::File { len, .. }
+            if req.content_type.parsed_whole() && *len > MAX_FHIR_BUNDLE_BYTES =>
+        {
             return Err(SubmitError::BundleTooLarge)
         }
-        Payload::File { path, .. } => {
-            read_back = std::fs::read(path).map_err(SubmitError::local)?;
-            &read_back
+        Payload::File { path, len, .. } => {
+            let whole = req.content_type.parsed_whole() || *len <= MAX_FHIR_BUNDLE_BYTES;
+            read_back = read_file(
+                path,
+                if whole {
+                    *len
+                } else {
+                    INSPECT_PREFIX_BYTES as u64
+                },
+            )?;
+            if whole {
+                Content::Whole(&read_back)
+            } else {
+                Content::Prefix(&read_back)
+            }
         }
-        Payload::Stream { .. } => {
-            return Err(SubmitError::Upload(
-                "a FHIR bundle is classified before it is sealed, so it cannot be streamed"
-                    .to_owned(),
-            ))
+        Payload::Stream {
+            chunks,
+            peeked,
+            len,
+            ..
+        } => {
+            // Read ahead, before anything is signed, as much as the format check needs; the
+            // pieces are sealed first when sealing starts.
+            let mut have = 0usize;
+            while have < INSPECT_PREFIX_BYTES && (have as u64) < *len {
+                match chunks.blocking_recv() {
+                    Some(Ok(piece)) => {
+                        have += piece.len();
+                        peeked.push(piece);
+                    }
+                    Some(Err(e)) => return Err(SubmitError::Upload(e)),
+                    None => break,
+                }
+            }
+            read_back = peeked.concat();
+            if read_back.len() as u64 >= *len {
+                Content::Whole(&read_back)
+            } else {
+                Content::Prefix(&read_back)
+            }
         }
     };
-    Ok(check_record(content_type, patient, declared, Some(bytes))?)
+    Ok(inspect(
+        &req.content_type,
+        &req.patient,
+        &req.categories,
+        req.clinician.as_deref(),
+        req.clinician_role.as_deref(),
+        content,
+    )?)
+}
+
+/// The first `limit` bytes of a spilled upload.
+fn read_file(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, SubmitError> {
+    let file = std::fs::File::open(path).map_err(SubmitError::local)?;
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(SubmitError::local)?;
+    Ok(bytes)
+}
+
+/// What a denied sender must do, in words a doctor can act on: which categories were found
+/// and which consent would permit them ("needs consent for mental-health naming clinic-b").
+pub fn explain_denial(
+    decision: &policies::Decision,
+    categories: &BTreeSet<Category>,
+    consent: &policies::ConsentState,
+    peer: &Peer,
+) -> String {
+    let sensitive: Vec<&str> = categories
+        .iter()
+        .filter(|c| c.is_sensitive())
+        .map(|c| c.as_str())
+        .collect();
+    let ids = &decision.policy_ids;
+    if ids
+        .iter()
+        .any(|id| id == "forbid-sensitive-without-consent")
+    {
+        let missing: Vec<&str> = categories
+            .iter()
+            .filter(|c| c.is_sensitive() && !consent.permitted_categories.contains(c))
+            .map(|c| c.as_str())
+            .collect();
+        format!(
+            "{}: needs consent for {} naming {}",
+            decision.reason,
+            missing.join(", "),
+            peer.id
+        )
+    } else if !sensitive.is_empty() {
+        format!(
+            "{} (categories found: {})",
+            decision.reason,
+            sensitive.join(", ")
+        )
+    } else {
+        decision.reason.clone()
+    }
 }
 
 /// The audit reason of a decision: what was asked, and why it was refused if it was.
@@ -494,6 +615,7 @@ fn seal_to_spool(
         }
         Payload::Stream {
             chunks,
+            peeked,
             len,
             digest,
         } => {
@@ -502,7 +624,7 @@ fn seal_to_spool(
                 written += frame.len() as u64;
                 writer.write_chunk(&frame).map_err(SubmitError::local)
             };
-            seal_stream(chunks, *len, digest, chunk, seal)?;
+            seal_stream(chunks, std::mem::take(peeked), *len, digest, chunk, seal)?;
         }
     }
     writer.finish().map_err(SubmitError::local)?;
@@ -523,6 +645,7 @@ fn seal_to_spool(
 /// were the length of a large submission.
 fn seal_stream(
     chunks: &mut mpsc::Receiver<Result<Bytes, String>>,
+    peeked: Vec<Bytes>,
     len: u64,
     declared: &[u8; 32],
     chunk: usize,
@@ -540,7 +663,7 @@ fn seal_stream(
                 hasher.finish()
             })
             .map_err(SubmitError::local)?;
-        let cut = cut_and_seal(chunks, len, chunk, &mut seal, |bytes| {
+        let cut = cut_and_seal(chunks, peeked, len, chunk, &mut seal, |bytes| {
             to_hash
                 .send(bytes.clone())
                 .map_err(|_| SubmitError::local("upload hash thread stopped"))
@@ -570,6 +693,7 @@ const HASH_QUEUE_PIECES: usize = 4;
 /// a chunk boundary (then its last frame is sealed already).
 fn cut_and_seal(
     chunks: &mut mpsc::Receiver<Result<Bytes, String>>,
+    peeked: Vec<Bytes>,
     len: u64,
     chunk: usize,
     seal: &mut impl FnMut(&[u8], bool) -> Result<(), SubmitError>,
@@ -578,7 +702,8 @@ fn cut_and_seal(
     let mut buf: Vec<u8> = Vec::with_capacity(chunk);
     let mut received: u64 = 0;
     let mut sealed_last = false;
-    while let Some(item) = chunks.blocking_recv() {
+    let mut peeked = peeked.into_iter();
+    while let Some(item) = peeked.next().map(Ok).or_else(|| chunks.blocking_recv()) {
         let bytes = item.map_err(SubmitError::Upload)?;
         received += bytes.len() as u64;
         if received > len {

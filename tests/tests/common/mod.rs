@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use gateway::record::{RecordMetadata, METADATA_VERSION};
+use gateway::record::{DeclarationWire, RecordMetadata, METADATA_VERSION};
 use gateway_envelope::{
     seal_to_vec, EncryptionPublicKey, SealParams, SigningKey, Suite, TransferId, DEFAULT_CHUNK_SIZE,
 };
@@ -53,22 +53,69 @@ pub fn now_ms() -> u64 {
     .unwrap()
 }
 
-/// Metadata for a general-category record sent for treatment (allowed by the default policies).
+/// Metadata for a general-category record sent for treatment (allowed by the default policies):
+/// opaque bytes, declared general by a named clinician (the gateway cannot classify them).
 pub fn general_metadata() -> Vec<u8> {
+    metadata(
+        "application/octet-stream",
+        "pat-raw-1",
+        &["general"],
+        Some(("dr-raw", "physician")),
+    )
+}
+
+/// Metadata as a sender writes it: `categories` as signed, derived = categories, and a
+/// clinician's declaration of them when `declared_by` is given.
+pub fn metadata(
+    content_type: &str,
+    patient: &str,
+    categories: &[&str],
+    declared_by: Option<(&str, &str)>,
+) -> Vec<u8> {
+    let categories: Vec<String> = categories.iter().map(|c| (*c).to_owned()).collect();
     RecordMetadata {
         version: METADATA_VERSION,
-        content_type: "application/octet-stream".to_owned(),
-        patient: "pat-raw-1".to_owned(),
+        content_type: content_type.to_owned(),
+        patient: patient.to_owned(),
         purpose: "treatment".to_owned(),
-        categories: vec!["general".to_owned()],
-        clinician: None,
-        clinician_role: None,
+        categories: categories.clone(),
+        clinician: declared_by.map(|(c, _)| c.to_owned()),
+        clinician_role: declared_by.map(|(_, r)| r.to_owned()),
         break_glass_reason: None,
         break_glass_until_ms: None,
         request_id: None,
         consent_basis: None,
+        derived_categories: categories.clone(),
+        declaration: declared_by.map(|(c, r)| DeclarationWire {
+            clinician: c.to_owned(),
+            clinician_role: r.to_owned(),
+            categories,
+        }),
     }
     .encode()
+}
+
+/// Seals `payload` with the given metadata frame (for senders whose metadata lies).
+pub fn seal_with_metadata(
+    id: TransferId,
+    sender: &str,
+    recipient: &str,
+    signer: &SigningKey,
+    to_key: &EncryptionPublicKey,
+    metadata: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let params = SealParams {
+        transfer_id: id,
+        sender,
+        recipient,
+        created_at_ms: now_ms(),
+        payload_len: payload.len() as u64,
+        payload_digest: gateway_envelope::sha256(payload),
+        suite: Suite::default(),
+        chunk_size: DEFAULT_CHUNK_SIZE.min(4096),
+    };
+    seal_to_vec(&params, metadata, payload, to_key, signer).unwrap()
 }
 
 /// Seals `payload` as a real envelope: header names `sender` → `recipient`, signed by `signer`,

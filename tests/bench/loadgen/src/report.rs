@@ -540,10 +540,15 @@ fn transfer_row(p: &Payload, c: usize, ours: &Measured, base: &Measured, f: &Flo
     }
 }
 
-/// Writes exactly 1 GiB made of a real bundle's bytes repeated.
+/// PDF header of the 1 GiB file: the gateway reads a record's format from its bytes, and a
+/// large archive that is not FHIR or CDA is what it seals as it arrives.
+const GIB_PDF_HEADER: &[u8] = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n";
+
+/// Writes exactly 1 GiB: a PDF header, then a real bundle's bytes repeated.
 fn generate_gib(testdata: &Path, path: &Path) -> Result<String, BoxError> {
     let (raw, patient) = setup::clemente_raw(testdata)?;
     let mut block = Vec::with_capacity(8 << 20);
+    block.extend_from_slice(GIB_PDF_HEADER);
     while block.len() < (8 << 20) {
         block.extend_from_slice(&raw);
     }
@@ -612,10 +617,15 @@ async fn big_file(
         label: "1gib",
         bytes: Bytes::new(),
         patient,
-        source: "Clemente_Kreiger bundle bytes repeated to exactly 1 GiB".into(),
+        source: "a PDF header, then Clemente_Kreiger bundle bytes repeated to exactly 1 GiB".into(),
     };
-    let ct = "application/octet-stream";
-    let target = env.gateway_target(&payload, ct);
+    let ct = "application/pdf";
+    // A PDF is `unclassified` to the gateway: the clinician declares it general, as an EMR
+    // sending a scanned archive would.
+    let mut target = env.gateway_target(&payload, "pdf");
+    target
+        .path
+        .push_str("&categories=general&clinician=bench&clinician_role=physician");
 
     log("1 GiB through the gateway, with Content-Digest (sealed as it arrives)");
     let streamed = big_pass(env, &target, &file, Some(&digest)).await;
