@@ -252,6 +252,18 @@ async fn no_label_delivers_a_sensitive_record_without_consent() {
     assert_nothing_received(&b).await;
     assert_nothing_received(&c).await;
 
+    // The denials in the audit log say what consent is missing, as the caller was told.
+    let denials = a.audit_events("policy-decision").await;
+    assert!(
+        denials.iter().any(|e| {
+            let reason = e["reason"].as_str().unwrap_or("");
+            e["outcome"] == "deny"
+                && reason.contains("needs consent for mental-health")
+                && reason.contains("naming clinic-b")
+        }),
+        "{denials:#?}"
+    );
+
     // Each refused label is in the sender's audit log, with no patient data in the reason.
     let rejected = common::rejections(&a).await;
     let mislabelled = rejected
@@ -550,4 +562,144 @@ async fn the_receiver_refuses_content_whose_categories_the_sender_left_out() {
         assert!(!reason.contains(&patient), "{reason}");
     }
     assert_nothing_received(&b).await;
+}
+
+/// Every file below `dir`, as bytes.
+fn files_below(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_patient_identifier_or_name_is_readable_in_either_nodes_data_or_log() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let mut a = fed.start("hosp-a");
+    let mut b = fed.start("clinic-b");
+
+    // What a day at a facility leaves behind: consents, delivered FHIR, C-CDA, PDF and DICOM
+    // records, a refused one, an acknowledged one, a record held for pull requests.
+    let eliseo = bundle_by_prefix("Eliseo_Cummings");
+    let clemente = bundle_by_prefix("Clemente_Kreiger");
+    let (p_eliseo, p_clemente) = (patient_id(&eliseo).unwrap(), patient_id(&clemente).unwrap());
+    // An EMR that uses social-security-like numbers as patient ids.
+    let (p_pdf, p_dicom, p_ccda) = ("123-45-6789", "987-65-4321", "98765432");
+    a.consent_for_treatment(&p_eliseo, "clinic-b").await;
+    let mut ids = Vec::new();
+    for (patient, label, bytes, extra) in [
+        (p_eliseo.as_str(), "fhir", eliseo.clone(), &[][..]),
+        (p_clemente.as_str(), "fhir", clemente.clone(), &[][..]),
+        (
+            p_ccda,
+            "ccda",
+            read("fhir/cda/CCD2_C-CDA2.1_CCD.xml"),
+            &[][..],
+        ),
+        (p_pdf, "pdf", pdf_bytes(), &DECLARED_GENERAL[..]),
+        (
+            p_dicom,
+            "dicom",
+            dicom_bytes(p_dicom),
+            &DECLARED_GENERAL[..],
+        ),
+    ] {
+        let sent = a
+            .send("clinic-b", patient, "treatment", label, bytes, extra)
+            .await;
+        ids.push(sent.transfer_id());
+    }
+    // Refused for consent: its audit entries name the patient too.
+    let refused = a
+        .send(
+            "clinic-b",
+            "555-12-3456",
+            "treatment",
+            "pdf",
+            pdf_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    for id in &ids {
+        a.wait_state(id, "delivered", DELIVERY).await;
+    }
+    let (status, _) = b
+        .post_json(&format!("/v1/inbox/{}/ack", ids[0]), serde_json::json!({}))
+        .await;
+    assert!(status.is_success(), "ack: {status}");
+    let resp = a
+        .api()
+        .call(
+            http::Method::PUT,
+            &format!("/v1/records/{p_clemente}"),
+            axum::body::Body::from(clemente.clone()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // The patient queries still answer (the identifiers are there, just not in clear).
+    let (status, entries) = a.get(&format!("/v1/audit?patient={p_pdf}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!entries.as_array().unwrap().is_empty(), "{entries}");
+    a.stop();
+    b.stop();
+
+    let mut needles: Vec<String> = vec![
+        p_eliseo.clone(),
+        p_clemente.clone(),
+        p_pdf.to_owned(),
+        p_dicom.to_owned(),
+        p_ccda.to_owned(),
+        "555-12-3456".to_owned(),
+    ];
+    needles.extend(tests::patient_names(&eliseo));
+    needles.extend(tests::patient_names(&clemente));
+    needles.push("Isabella".to_owned());
+    let mut hits = Vec::new();
+    for node in [&a, &b] {
+        let mut files = files_below(&node.config.data_dir);
+        files.push((node.log.clone(), std::fs::read(&node.log).unwrap()));
+        assert!(files.len() > 5, "{}: {} files", node.dir.id, files.len());
+        for (path, bytes) in &files {
+            for needle in &needles {
+                let n = occurrences(bytes, needle.as_bytes());
+                if n > 0 {
+                    hits.push(format!("{}: {n}× {needle:?}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "patient data readable at rest:\n{}",
+        hits.join("\n")
+    );
+    // Control: the same scan does find what is stored in clear (the peer's facility id in the
+    // sender's audit entries), so an empty result above means something.
+    let control: usize = files_below(&a.config.data_dir)
+        .iter()
+        .map(|(_, bytes)| occurrences(bytes, b"clinic-b"))
+        .sum();
+    assert!(control > 0, "the scan read nothing");
 }
