@@ -193,6 +193,24 @@ fn merged_bundle(first: &[u8], second: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&a).unwrap()
 }
 
+/// Submits to clinic-b for treatment and asserts a 400 whose error contains `needle`.
+async fn assert_refused(
+    a: &Node,
+    patient: &str,
+    label: &str,
+    bytes: Vec<u8>,
+    extra: &[(&str, &str)],
+    needle: &str,
+) -> String {
+    let sent = a
+        .send("clinic-b", patient, "treatment", label, bytes, extra)
+        .await;
+    assert_eq!(sent.status, StatusCode::BAD_REQUEST, "{}", sent.body);
+    let error = error_text(&sent.body);
+    assert!(error.contains(needle), "{error}");
+    error
+}
+
 async fn assert_nothing_received(node: &Node) {
     let inbox = node.inbox().await;
     assert!(inbox.is_empty(), "{} received {inbox:?}", node.dir.id);
@@ -315,39 +333,28 @@ async fn one_patient_per_transfer_with_the_right_count_and_a_mismatch_named_as_s
     }
 
     // One patient, declared wrong: a mismatch, not a count.
-    let sent = a
-        .send(
-            "clinic-b",
-            "made-up-patient",
-            "treatment",
-            "fhir",
-            clemente.clone(),
-            &[],
-        )
-        .await;
-    assert_eq!(sent.status, StatusCode::BAD_REQUEST, "{}", sent.body);
-    let error = error_text(&sent.body);
-    assert!(error.contains("does not match"), "{error}");
+    let error = assert_refused(
+        &a,
+        "made-up-patient",
+        "fhir",
+        clemente.clone(),
+        &[],
+        "does not match",
+    )
+    .await;
     assert!(!error.contains("patients"), "{error}");
 
     // The same for a C-CDA document: a made-up id is refused, the recordTarget's id accepted.
     let ccd = read("fhir/cda/CCD2_C-CDA2.1_CCD.xml");
-    let sent = a
-        .send(
-            "clinic-b",
-            "made-up-patient",
-            "treatment",
-            "ccda",
-            ccd.clone(),
-            &[],
-        )
-        .await;
-    assert_eq!(sent.status, StatusCode::BAD_REQUEST, "{}", sent.body);
-    assert!(
-        error_text(&sent.body).contains("does not match"),
-        "{}",
-        sent.body
-    );
+    assert_refused(
+        &a,
+        "made-up-patient",
+        "ccda",
+        ccd.clone(),
+        &[],
+        "does not match",
+    )
+    .await;
     let sent = a
         .send(
             "clinic-b",
@@ -367,41 +374,27 @@ async fn one_patient_per_transfer_with_the_right_count_and_a_mismatch_named_as_s
     let start = text.find("<recordTarget").unwrap();
     let end = text.find("</recordTarget>").unwrap() + "</recordTarget>".len();
     let twice = format!("{}{}{}", &text[..end], &text[start..end], &text[end..]);
-    let sent = a
-        .send(
-            "clinic-b",
-            "98765432",
-            "treatment",
-            "ccda",
-            twice.into_bytes(),
-            &[],
-        )
-        .await;
-    assert_eq!(sent.status, StatusCode::BAD_REQUEST, "{}", sent.body);
-    assert!(
-        error_text(&sent.body).contains("2 recordTarget elements"),
-        "{}",
-        sent.body
-    );
+    assert_refused(
+        &a,
+        "98765432",
+        "ccda",
+        twice.into_bytes(),
+        &[],
+        "2 recordTarget elements",
+    )
+    .await;
 
     // A DICOM object's PatientID must match too.
     let dicom = dicom_bytes("pat-dicom-7");
-    let sent = a
-        .send(
-            "clinic-b",
-            "pat-dicom-8",
-            "treatment",
-            "dicom",
-            dicom.clone(),
-            &DECLARED_GENERAL,
-        )
-        .await;
-    assert_eq!(sent.status, StatusCode::BAD_REQUEST, "{}", sent.body);
-    assert!(
-        error_text(&sent.body).contains("does not match"),
-        "{}",
-        sent.body
-    );
+    assert_refused(
+        &a,
+        "pat-dicom-8",
+        "dicom",
+        dicom.clone(),
+        &DECLARED_GENERAL,
+        "does not match",
+    )
+    .await;
     let sent = a
         .send(
             "clinic-b",
