@@ -1,23 +1,36 @@
 //! Classification throughput: streaming `classify_fhir_bundle` against the
-//! tree-based original (`classify_fhir_bundle_reference`) on the same bytes.
+//! tree-based original (`classify_fhir_bundle_reference`) on the same bytes,
+//! then the cost of `classify_content` (format detection, classification,
+//! patient resolution) per 100 KB of FHIR and per C-CDA document.
 //!
 //! `cargo run --release -p policies --example classify_bench [-- <seconds per run>]`
-//! prints one JSON object per bundle on stdout, e.g.
+//! prints one JSON object per measurement on stdout, e.g.
 //! `{"bench":"policies.classify","bundle":"...","bytes":1012331,"old_mb_s":30.1,
-//!   "new_mb_s":120.4,"speedup":4.0}` (MB = 10^6 bytes). Bundles: the ~1 MB
+//!   "new_mb_s":120.4,"speedup":4.0}` (MB = 10^6 bytes) and
+//! `{"bench":"policies.classify_content","input":"...","format":"cda","bytes":48145,
+//!   "us_per_doc":310.2,"us_per_100kb":644.3,"mb_s":155.2}`. Bundles: the ~1 MB
 //! Synthea bundle from tests/testdata/fhir/bundles, its first entries cut to
-//! ~100 KB, and a ~190 KB non-Synthea bundle.
+//! ~100 KB, and a ~190 KB non-Synthea bundle; documents: the four shared
+//! C-CDA documents (tests/testdata/fhir/cda).
 
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use policies::classify::{classify_fhir_bundle, classify_fhir_bundle_reference, BundleFacts};
+use policies::classify::{classify_content, classify_fhir_bundle, classify_fhir_bundle_reference};
 
 const BUNDLES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../tests/testdata/fhir/bundles/"
 );
+const CDA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/testdata/fhir/cda/");
+const CDA_DOCUMENTS: [&str; 5] = [
+    "CCD1_C-CDA2.1_CCD.xml",
+    "CCD2_C-CDA2.1_CCD.xml",
+    "Consultation_Note_C-CDA2.1.xml",
+    "History_and_Physical_C-CDA2.1.xml",
+    "Referral_Note_C-CDA2.1.xml",
+];
 const ONE_MB: &str = "Gilberto_Orosco_6ece62f3-283c-4387-aa9b-affba8ebf4c3.json";
 
 /// The first entries of `bytes` (a Bundle) whose re-serialization stays under `limit`.
@@ -45,7 +58,7 @@ fn cut_to(bytes: &[u8], limit: usize) -> Result<Vec<u8>, String> {
 }
 
 /// MB/s of `f` on `bytes`, over at least `budget` of repeated runs.
-fn throughput(bytes: &[u8], budget: Duration, f: fn(&[u8]) -> Option<BundleFacts>) -> f64 {
+fn throughput<T>(bytes: &[u8], budget: Duration, f: fn(&[u8]) -> Option<T>) -> f64 {
     let start = Instant::now();
     let mut runs = 0u64;
     while runs < 3 || start.elapsed() < budget {
@@ -53,6 +66,23 @@ fn throughput(bytes: &[u8], budget: Duration, f: fn(&[u8]) -> Option<BundleFacts
         runs += 1;
     }
     (bytes.len() as f64 * runs as f64) / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// One `classify_content` measurement: per document, per 100 KB and MB/s.
+fn content_line(name: &str, bytes: &[u8], budget: Duration) -> Result<String, String> {
+    let facts = classify_content(bytes).map_err(|e| format!("{name}: {e}"))?;
+    let mb_s = throughput(bytes, budget, |b| classify_content(b).ok());
+    let us_per_doc = bytes.len() as f64 / mb_s;
+    Ok(serde_json::json!({
+        "bench": "policies.classify_content",
+        "input": name,
+        "format": facts.format.as_str(),
+        "bytes": bytes.len(),
+        "us_per_doc": (us_per_doc * 10.0).round() / 10.0,
+        "us_per_100kb": (100_000.0 / mb_s * 10.0).round() / 10.0,
+        "mb_s": (mb_s * 10.0).round() / 10.0,
+    })
+    .to_string())
 }
 
 fn main() -> ExitCode {
@@ -103,6 +133,29 @@ fn main() -> ExitCode {
                 "speedup": (new_mb_s / old_mb_s * 100.0).round() / 100.0,
             })
         );
+    }
+    let mut content: Vec<(String, Vec<u8>)> = inputs
+        .iter()
+        .filter(|(name, _)| name == "synthea-100k")
+        .cloned()
+        .collect();
+    for file in CDA_DOCUMENTS {
+        match std::fs::read(format!("{CDA}{file}")) {
+            Ok(bytes) => content.push((file.to_owned(), bytes)),
+            Err(e) => {
+                eprintln!("classify_bench: {file}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    for (name, bytes) in &content {
+        match content_line(name, bytes, budget) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("classify_bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     ExitCode::SUCCESS
 }

@@ -17,7 +17,7 @@
 //! - Patient resources and `subject` / `patient` / `beneficiary` references,
 //!   resolved to distinct patients (see [`super::patients`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use super::patients::{Patients, PatientsBuilder};
 use crate::Category;
@@ -54,8 +54,9 @@ pub(crate) struct FhirFacts {
     pub references: BTreeSet<String>,
     /// Patient references by identifier only: (system, value).
     pub identifier_references: BTreeSet<(Option<String>, String)>,
-    /// `urn:` fullUrls of the entries, and whether each is a Patient.
-    pub urn_full_urls: HashMap<String, bool>,
+    /// `urn:` fullUrls of entries that are not Patients, as far as a patient
+    /// reference names them (a reference to one is not a patient reference).
+    pub other_urns: BTreeSet<String>,
 }
 
 /// One Patient resource of the record.
@@ -116,14 +117,38 @@ impl FhirFacts {
         Some(self.patients.len() - 1)
     }
 
-    /// An entry's `fullUrl`, once its resource is read.
-    pub(crate) fn entry(&mut self, full_url: &str, is_patient: bool, patient: Option<usize>) {
-        if full_url.starts_with("urn:") {
-            self.urn_full_urls.insert(full_url.to_owned(), is_patient);
-        }
-        if let Some(p) = patient.and_then(|i| self.patients.get_mut(i)) {
+    /// A Patient entry's `fullUrl`, once its resource is read.
+    pub(crate) fn patient_entry(&mut self, full_url: &str, patient: usize) {
+        if let Some(p) = self.patients.get_mut(patient) {
             p.full_url = Some(full_url.to_owned());
         }
+    }
+
+    /// The `urn:` fullUrls of the entries that are not Patients, at the end of
+    /// the read. Only those a patient reference names are kept, so a reader
+    /// can pass borrowed strings and the common case (every reference points at
+    /// the Patient) costs no allocation.
+    pub(crate) fn other_entries<'a>(&mut self, urns: impl Iterator<Item = &'a str>) {
+        let unresolved: BTreeSet<&str> = self
+            .references
+            .iter()
+            .map(String::as_str)
+            .filter(|r| r.starts_with("urn:"))
+            .filter(|r| {
+                !self
+                    .patients
+                    .iter()
+                    .any(|p| p.full_url.as_deref() == Some(*r))
+            })
+            .collect();
+        if unresolved.is_empty() {
+            return;
+        }
+        let named: Vec<String> = urns
+            .filter(|u| unresolved.contains(u))
+            .map(str::to_owned)
+            .collect();
+        self.other_urns.extend(named);
     }
 
     pub(crate) fn reference(&mut self, reference: &str) {
@@ -202,13 +227,20 @@ impl FhirFacts {
                 .then(|| (vec![reference.to_owned()], Vec::new()));
         }
         if reference.starts_with("urn:") {
-            return match self.urn_full_urls.get(reference) {
-                Some(true) => Some((vec![reference.to_owned()], Vec::new())),
-                Some(false) => None,
-                // A subject the record does not contain is still someone: fail closed and
-                // count it as a patient of its own.
-                None => Some((vec![reference.to_owned()], vec![reference.to_owned()])),
-            };
+            let key = vec![reference.to_owned()];
+            if self
+                .patients
+                .iter()
+                .any(|p| p.full_url.as_deref() == Some(reference))
+            {
+                return Some((key, Vec::new()));
+            }
+            if self.other_urns.contains(reference) {
+                return None;
+            }
+            // A subject the record does not contain is still someone: fail closed and
+            // count it as a patient of its own.
+            return Some((key, vec![reference.to_owned()]));
         }
         let tail = patient_tail(reference)?;
         let id = tail.strip_prefix("Patient/").unwrap_or_default().to_owned();
@@ -242,12 +274,15 @@ pub(crate) fn genetics_profile(url: &str) -> bool {
 
 /// An HL7 genetics extension URL (R4 core and the genomics reporting IG).
 pub(crate) fn genetics_extension(url: &str) -> bool {
-    let last = url.rsplit('/').next().unwrap_or(url);
-    url.starts_with("http://hl7.org/fhir/")
-        && (last.starts_with("observation-genetics")
-            || last.starts_with("family-member-history-genetics")
-            || last.starts_with("DiagnosticReport-genetics")
-            || last.starts_with("hla-genotyping"))
+    // The prefix test first: it rules out most extension URLs without a search.
+    let Some(rest) = url.strip_prefix("http://hl7.org/fhir/") else {
+        return false;
+    };
+    let last = rest.rsplit('/').next().unwrap_or(rest);
+    last.starts_with("observation-genetics")
+        || last.starts_with("family-member-history-genetics")
+        || last.starts_with("DiagnosticReport-genetics")
+        || last.starts_with("hla-genotyping")
 }
 
 #[cfg(test)]

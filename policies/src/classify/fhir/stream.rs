@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{genetics_extension, genetics_profile, FhirFacts, PATIENT_REFERENCE_KEYS};
+use super::{genetics_extension, genetics_profile, FhirFacts};
 use crate::classify::table::Table;
 use crate::classify::{not_json, ClassifyError};
 use crate::Category;
@@ -21,6 +21,7 @@ pub(crate) fn read(table: &Table, bytes: &[u8]) -> Result<FhirFacts, ClassifyErr
         facts: FhirFacts::new(),
         keys: Vec::new(),
         duplicate_key: false,
+        other_urns: Vec::new(),
     };
     // One UTF-8 check of the whole document is much cheaper than serde_json's check of every
     // string it reads from a byte slice. Invalid UTF-8 goes through the slice reader, which
@@ -35,7 +36,9 @@ pub(crate) fn read(table: &Table, bytes: &[u8]) -> Result<FhirFacts, ClassifyErr
         }
         return Err(not_json(&e));
     }
-    Ok(scan.facts)
+    let mut facts = scan.facts;
+    facts.other_entries(scan.other_urns.iter().map(|u| u.as_ref()));
+    Ok(facts)
 }
 
 /// Runs the scan over one JSON document and checks nothing follows it.
@@ -61,6 +64,8 @@ struct Scan<'t, 'de> {
     keys: Vec<Cow<'de, str>>,
     /// Set (and the parse aborted) on a repeated key.
     duplicate_key: bool,
+    /// `urn:` fullUrls of non-Patient entries, borrowed where possible.
+    other_urns: Vec<Cow<'de, str>>,
 }
 
 impl Scan<'_, '_> {
@@ -119,9 +124,10 @@ enum Seen<'de> {
     Str(Cow<'de, str>),
     Array,
     Identifiers(Vec<(Option<String>, String)>),
-    Identifier(Option<Cow<'de, str>>, Cow<'de, str>),
+    /// (system, value); boxed so that the common variants stay small: every
+    /// JSON value returns a `Seen`.
+    Identifier(Box<(Option<Cow<'de, str>>, Cow<'de, str>)>),
     Resource {
-        is_patient: bool,
         patient: Option<usize>,
     },
     TextOnlyCode,
@@ -216,7 +222,8 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
                     role: Role::Identifier,
                     capture: false,
                 })? {
-                    if let Seen::Identifier(system, value) = seen {
+                    if let Seen::Identifier(pair) = seen {
+                        let (system, value) = *pair;
                         values.push((system.map(Cow::into_owned), value.into_owned()));
                     }
                 }
@@ -257,7 +264,7 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
         let mut reference = None;
         let mut reference_type = None;
         let mut reference_identifier = None;
-        let mut resource = None;
+        let mut entry_resource = None;
         let mut text_only_code = false;
         let mut has_coding = false;
         let mut has_text = false;
@@ -267,29 +274,31 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
                 scan.duplicate_key = true;
                 return Err(de::Error::custom("repeated object key"));
             }
-            let k = key.as_ref();
+            // One string match per key; everything after it matches on enums.
+            let k = KeyKind::of(key.as_ref());
+            let resource = role.is_resource();
             let (child, capture) = match (role, k) {
-                (r, "code") if r.is_resource() => (Role::ResourceCode, true),
-                (_, "system" | "code" | "url") => (Role::Other, true),
-                (r, "resourceType" | "id") if r.is_resource() => (Role::Other, true),
-                (r, "entry") if r.is_resource() => (Role::Entries, false),
-                (r, "contained") if r.is_resource() => (Role::Contained, false),
-                (r, "meta") if r.is_resource() => (Role::Meta, false),
+                (_, KeyKind::Other) => (Role::Other, false),
+                (_, KeyKind::Code) if resource => (Role::ResourceCode, true),
+                (_, KeyKind::System | KeyKind::Code | KeyKind::Url) => (Role::Other, true),
+                (_, KeyKind::ResourceType | KeyKind::Id) if resource => (Role::Other, true),
+                (_, KeyKind::Entry) if resource => (Role::Entries, false),
+                (_, KeyKind::Contained) if resource => (Role::Contained, false),
+                (_, KeyKind::Meta) if resource => (Role::Meta, false),
                 // Identifiers matter only for a Patient; skip collecting them
                 // when the resource type is already known to be another.
-                (r, "identifier")
-                    if r.is_resource()
-                        && resource_type.as_deref().is_none_or(|k| k == "Patient") =>
+                (_, KeyKind::Identifier)
+                    if resource && resource_type.as_deref().is_none_or(|k| k == "Patient") =>
                 {
                     (Role::Identifiers, false)
                 }
-                (Role::Entry, "resource") => (Role::Resource, false),
-                (Role::Entry, "fullUrl") => (Role::Other, true),
-                (Role::Meta, "profile") => (Role::Profiles, false),
-                (Role::Identifier | Role::RefIdentifier, "value") => (Role::Other, true),
-                (Role::PatientRef, "reference" | "type") => (Role::Other, true),
-                (Role::PatientRef, "identifier") => (Role::RefIdentifier, false),
-                (_, k) if PATIENT_REFERENCE_KEYS.contains(&k) => (Role::PatientRef, false),
+                (Role::Entry, KeyKind::Resource) => (Role::Resource, false),
+                (Role::Entry, KeyKind::FullUrl) => (Role::Other, true),
+                (Role::Meta, KeyKind::Profile) => (Role::Profiles, false),
+                (Role::Identifier | Role::RefIdentifier, KeyKind::Value) => (Role::Other, true),
+                (Role::PatientRef, KeyKind::Reference | KeyKind::Type) => (Role::Other, true),
+                (Role::PatientRef, KeyKind::Identifier) => (Role::RefIdentifier, false),
+                (_, KeyKind::PatientReference) => (Role::PatientRef, false),
                 _ => (Role::Other, false),
             };
             let seen = map.next_value_seed(Node {
@@ -298,31 +307,35 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
                 capture,
             })?;
             match (role, k) {
-                (r, "code") if r.is_resource() => match seen {
+                // The common case. A value read in the Other role without capture is never a
+                // heap-holding `Seen`; skipping its drop glue here is measurable on large records.
+                (_, KeyKind::Other) if matches!(seen, Seen::Other | Seen::Array) => {
+                    std::mem::forget(seen);
+                }
+                (_, KeyKind::Other) => {}
+                (_, KeyKind::Code) if resource => match seen {
                     Seen::TextOnlyCode => text_only_code = true,
                     seen => code = seen.into_str(),
                 },
-                (Role::ResourceCode, "coding") => {
-                    has_coding = true;
-                }
-                (Role::ResourceCode, "text") => has_text = true,
-                (_, "system") => system = seen.into_str(),
-                (_, "code") => code = seen.into_str(),
-                (_, "url") => url = seen.into_str(),
-                (r, "resourceType") if r.is_resource() => resource_type = seen.into_str(),
-                (r, "id") if r.is_resource() => id = seen.into_str(),
-                (r, "entry") if r.is_resource() => bad_entries = !matches!(seen, Seen::Array),
-                (r, "identifier") if r.is_resource() => {
+                (Role::ResourceCode, KeyKind::Coding) => has_coding = true,
+                (Role::ResourceCode, KeyKind::Text) => has_text = true,
+                (_, KeyKind::System) => system = seen.into_str(),
+                (_, KeyKind::Code) => code = seen.into_str(),
+                (_, KeyKind::Url) => url = seen.into_str(),
+                (_, KeyKind::ResourceType) if resource => resource_type = seen.into_str(),
+                (_, KeyKind::Id) if resource => id = seen.into_str(),
+                (_, KeyKind::Entry) if resource => bad_entries = !matches!(seen, Seen::Array),
+                (_, KeyKind::Identifier) if resource => {
                     if let Seen::Identifiers(values) = seen {
                         identifiers = values;
                     }
                 }
-                (Role::Entry, "resource") => resource = Some(seen),
-                (Role::Entry, "fullUrl") => full_url = seen.into_str(),
-                (Role::Identifier | Role::RefIdentifier, "value") => value = seen.into_str(),
-                (Role::PatientRef, "reference") => reference = seen.into_str(),
-                (Role::PatientRef, "type") => reference_type = seen.into_str(),
-                (Role::PatientRef, "identifier") => reference_identifier = Some(seen),
+                (Role::Entry, KeyKind::Resource) => entry_resource = Some(seen),
+                (Role::Entry, KeyKind::FullUrl) => full_url = seen.into_str(),
+                (Role::Identifier | Role::RefIdentifier, KeyKind::Value) => value = seen.into_str(),
+                (Role::PatientRef, KeyKind::Reference) => reference = seen.into_str(),
+                (Role::PatientRef, KeyKind::Type) => reference_type = seen.into_str(),
+                (Role::PatientRef, KeyKind::Identifier) => reference_identifier = Some(seen),
                 _ => {}
             }
             scan.keys.push(key);
@@ -354,34 +367,31 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
                         text_only_code,
                         role == Role::ContainedResource,
                     );
-                    return Ok(Seen::Resource {
-                        is_patient: kind == "Patient",
-                        patient,
-                    });
+                    return Ok(Seen::Resource { patient });
                 }
             }
             Role::Entry => {
                 if let Some(url) = full_url {
-                    let (is_patient, patient) = match resource {
+                    match entry_resource {
                         Some(Seen::Resource {
-                            is_patient,
-                            patient,
-                        }) => (is_patient, patient),
-                        _ => (false, None),
-                    };
-                    scan.facts.entry(&url, is_patient, patient);
+                            patient: Some(patient),
+                        }) => scan.facts.patient_entry(&url, patient),
+                        _ if url.starts_with("urn:") => scan.other_urns.push(url),
+                        _ => {}
+                    }
                 }
             }
             Role::Identifier | Role::RefIdentifier => {
                 if let Some(value) = value {
-                    return Ok(Seen::Identifier(system, value));
+                    return Ok(Seen::Identifier(Box::new((system, value))));
                 }
             }
             Role::ResourceCode if has_text && !has_coding => return Ok(Seen::TextOnlyCode),
             Role::PatientRef => {
                 if let Some(reference) = reference {
                     scan.facts.reference(&reference);
-                } else if let Some(Seen::Identifier(system, value)) = reference_identifier {
+                } else if let Some(Seen::Identifier(pair)) = reference_identifier {
+                    let (system, value) = *pair;
                     if reference_type.as_deref().is_none_or(|t| t == "Patient") {
                         scan.facts
                             .identifier_references
@@ -392,6 +402,64 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
             _ => {}
         }
         Ok(Seen::Other)
+    }
+}
+
+/// The object keys the reader acts on, recognised once per key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    System,
+    Code,
+    Url,
+    ResourceType,
+    Id,
+    Entry,
+    Contained,
+    Meta,
+    Identifier,
+    Resource,
+    FullUrl,
+    Profile,
+    Value,
+    Reference,
+    Type,
+    Coding,
+    Text,
+    /// `subject`, `patient`, `beneficiary`.
+    PatientReference,
+    Other,
+}
+
+impl KeyKind {
+    fn of(key: &str) -> KeyKind {
+        // By length, then as a fixed-size array: each comparison is one integer compare,
+        // where comparing `&str`s calls memcmp. Most keys of a record are none of these.
+        let b = key.as_bytes();
+        fn is<const N: usize>(b: &[u8], name: &[u8; N]) -> bool {
+            <&[u8; N]>::try_from(b).is_ok_and(|a| a == name)
+        }
+        match b.len() {
+            2 if is(b, b"id") => KeyKind::Id,
+            3 if is(b, b"url") => KeyKind::Url,
+            4 if is(b, b"code") => KeyKind::Code,
+            4 if is(b, b"meta") => KeyKind::Meta,
+            4 if is(b, b"type") => KeyKind::Type,
+            4 if is(b, b"text") => KeyKind::Text,
+            5 if is(b, b"entry") => KeyKind::Entry,
+            5 if is(b, b"value") => KeyKind::Value,
+            6 if is(b, b"system") => KeyKind::System,
+            6 if is(b, b"coding") => KeyKind::Coding,
+            7 if is(b, b"fullUrl") => KeyKind::FullUrl,
+            7 if is(b, b"profile") => KeyKind::Profile,
+            7 if is(b, b"subject") || is(b, b"patient") => KeyKind::PatientReference,
+            8 if is(b, b"resource") => KeyKind::Resource,
+            9 if is(b, b"contained") => KeyKind::Contained,
+            9 if is(b, b"reference") => KeyKind::Reference,
+            10 if is(b, b"identifier") => KeyKind::Identifier,
+            11 if is(b, b"beneficiary") => KeyKind::PatientReference,
+            12 if is(b, b"resourceType") => KeyKind::ResourceType,
+            _ => KeyKind::Other,
+        }
     }
 }
 
@@ -423,5 +491,36 @@ impl<'de> Visitor<'de> for Key {
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
         Ok(Cow::Owned(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::fhir::PATIENT_REFERENCE_KEYS;
+
+    #[test]
+    fn key_kinds_by_length_match_the_names() {
+        for key in PATIENT_REFERENCE_KEYS {
+            assert!(KeyKind::of(key) == KeyKind::PatientReference, "{key}");
+        }
+        for (key, kind) in [
+            ("id", KeyKind::Id),
+            ("url", KeyKind::Url),
+            ("code", KeyKind::Code),
+            ("text", KeyKind::Text),
+            ("value", KeyKind::Value),
+            ("coding", KeyKind::Coding),
+            ("profile", KeyKind::Profile),
+            ("resource", KeyKind::Resource),
+            ("reference", KeyKind::Reference),
+            ("identifier", KeyKind::Identifier),
+            ("resourceType", KeyKind::ResourceType),
+        ] {
+            assert!(KeyKind::of(key) == kind, "{key}");
+        }
+        for other in ["", "ID", "codes", "display", "subjects", "resourcetype"] {
+            assert!(KeyKind::of(other) == KeyKind::Other, "{other}");
+        }
     }
 }

@@ -16,14 +16,16 @@ pub(crate) fn read(table: &Table, bytes: &[u8]) -> Result<FhirFacts, ClassifyErr
     let mut facts = FhirFacts::new();
     // serde_json caps nesting at 128 levels, which bounds this walk's depth.
     codings(table, &doc, &mut facts);
+    let mut other_urns = Vec::new();
     if let Value::Object(map) = &doc {
         let kind = map.get("resourceType").and_then(Value::as_str);
         facts.root_type = kind.map(str::to_owned);
         let is_bundle = kind == Some("Bundle");
         facts.bad_entries = is_bundle && map.get("entry").is_some_and(|e| !e.is_array());
         // The document's own Bundle is not one of the record's resources.
-        resource(map, false, !is_bundle, &mut facts);
+        resource(map, false, !is_bundle, &mut facts, &mut other_urns);
     }
+    facts.other_entries(other_urns.into_iter());
     Ok(facts)
 }
 
@@ -82,8 +84,9 @@ fn patient_reference(reference: &Map<String, Value>, facts: &mut FhirFacts) {
     }
 }
 
-/// The entries of a Bundle (the document or a nested one).
-fn bundle(map: &Map<String, Value>, facts: &mut FhirFacts) {
+/// The entries of a Bundle (the document or a nested one). `urn:` fullUrls of
+/// entries that are not Patients go to `other_urns`.
+fn bundle<'v>(map: &'v Map<String, Value>, facts: &mut FhirFacts, other_urns: &mut Vec<&'v str>) {
     let Some(Value::Array(entries)) = map.get("entry") else {
         return;
     };
@@ -91,25 +94,29 @@ fn bundle(map: &Map<String, Value>, facts: &mut FhirFacts) {
         let Value::Object(entry) = entry else {
             continue;
         };
-        let (is_patient, patient) = match entry.get("resource") {
-            Some(Value::Object(r)) => resource(r, false, true, facts).unwrap_or_default(),
-            _ => (false, None),
+        let patient = match entry.get("resource") {
+            Some(Value::Object(r)) => resource(r, false, true, facts, other_urns).flatten(),
+            _ => None,
         };
         if let Some(Value::String(url)) = entry.get("fullUrl") {
-            facts.entry(url, is_patient, patient);
+            match patient {
+                Some(patient) => facts.patient_entry(url, patient),
+                None if url.starts_with("urn:") => other_urns.push(url),
+                None => {}
+            }
         }
     }
 }
 
 /// One resource; `None` if it has no resource type (or is not `register`ed,
-/// the document's own Bundle), else whether it is a Patient and its Patient
-/// record.
-fn resource(
-    map: &Map<String, Value>,
+/// the document's own Bundle), else its Patient record if it is a Patient.
+fn resource<'v>(
+    map: &'v Map<String, Value>,
     contained: bool,
     register: bool,
     facts: &mut FhirFacts,
-) -> Option<(bool, Option<usize>)> {
+    other_urns: &mut Vec<&'v str>,
+) -> Option<Option<usize>> {
     if let Some(Value::Array(profiles)) = map.get("meta").and_then(|m| m.get("profile")) {
         for profile in profiles.iter().filter_map(Value::as_str) {
             if genetics_profile(profile) {
@@ -120,12 +127,12 @@ fn resource(
     if let Some(Value::Array(items)) = map.get("contained") {
         for item in items {
             if let Value::Object(r) = item {
-                resource(r, true, true, facts);
+                resource(r, true, true, facts, other_urns);
             }
         }
     }
     // Any resource's `entry` is read as a Bundle's, as the streaming reader does.
-    bundle(map, facts);
+    bundle(map, facts, other_urns);
     let kind = map.get("resourceType").and_then(Value::as_str)?;
     if !register {
         return None;
@@ -150,5 +157,5 @@ fn resource(
     };
     let id = map.get("id").and_then(Value::as_str);
     let patient = facts.resource(kind, id, identifiers, text_only_code, contained);
-    Some((kind == "Patient", patient))
+    Some(patient)
 }
