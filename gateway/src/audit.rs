@@ -16,6 +16,7 @@ pub mod event {
     pub const REJECTED: &str = "rejected";
     pub const FAILED: &str = "failed";
     pub const CANCELLED: &str = "cancelled";
+    pub const REQUEUED: &str = "requeued";
     pub const FETCHED: &str = "fetched";
     pub const ACKED: &str = "acknowledged";
     pub const DECISION: &str = "policy-decision";

@@ -28,6 +28,12 @@ const MAX_DELIVERY_WORKERS: usize = 4096;
 /// Upper bound of `retention.envelope_hours` (a typo guard; the arithmetic stays in range).
 const MAX_RETENTION_HOURS: u64 = 10 * 366 * 24;
 
+/// Upper bound of `delivery.max_age_secs` (a year: a typo guard, the arithmetic stays in range).
+const MAX_DELIVERY_AGE_SECS: u64 = 366 * 24 * 3600;
+
+/// Upper bound of `delivery.danger_time_scale`: 3600 runs an hour of delivery timings in a second.
+const MAX_TIME_SCALE: u32 = 3600;
+
 /// The validated configuration of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -44,6 +50,7 @@ pub struct NodeConfig {
     pub delivery: DeliveryConfig,
     pub policy: PolicyConfig,
     pub retention: RetentionConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -105,13 +112,50 @@ pub struct FederationPaths {
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     pub workers: usize,
-    pub max_attempts: u32,
+    /// A hard cap on attempts per transfer; `None` (the default): bounded by age only, so an
+    /// outage fails nothing before `max_age_secs`.
+    pub max_attempts: Option<u32>,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
     pub max_age_secs: u64,
     pub connect_timeout_ms: u64,
     /// How outgoing envelopes are encrypted; receivers open every suite.
     pub envelope_suite: Suite,
+    /// Divides the backoff delays and the age bound (`delivery.danger_time_scale`), so tests
+    /// run days of outage timings in seconds with the shipped defaults. 1 in production.
+    pub danger_time_scale: u32,
+}
+
+impl DeliveryConfig {
+    /// The age after which an undelivered transfer fails, in (scaled) milliseconds.
+    pub fn max_age_ms(&self) -> u64 {
+        self.max_age_secs.saturating_mul(1000) / u64::from(self.danger_time_scale.max(1))
+    }
+
+    /// The first retry delay, in (scaled) milliseconds, at least 1.
+    pub fn initial_backoff(&self) -> u64 {
+        (self.initial_backoff_ms / u64::from(self.danger_time_scale.max(1))).max(1)
+    }
+
+    /// The longest retry delay, in (scaled) milliseconds, at least 1.
+    pub fn max_backoff(&self) -> u64 {
+        (self.max_backoff_ms / u64::from(self.danger_time_scale.max(1))).max(1)
+    }
+}
+
+/// How the node writes its log (to stderr).
+#[derive(Debug, Clone, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, span), for log shippers.
+    Json,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +200,8 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Deserialize)]
@@ -226,7 +272,8 @@ struct RawFederation {
 struct RawDelivery {
     #[serde(default = "defaults::workers")]
     workers: usize,
-    #[serde(default = "defaults::max_attempts")]
+    /// Absent or 0: no cap (bounded by age). Older configs that set it keep their cap.
+    #[serde(default)]
     max_attempts: u32,
     #[serde(default = "defaults::initial_backoff_ms")]
     initial_backoff_ms: u64,
@@ -238,20 +285,29 @@ struct RawDelivery {
     connect_timeout_ms: u64,
     #[serde(default = "defaults::envelope_suite")]
     envelope_suite: String,
+    #[serde(default = "defaults::time_scale")]
+    danger_time_scale: u32,
 }
 
 impl Default for RawDelivery {
     fn default() -> Self {
         RawDelivery {
             workers: defaults::workers(),
-            max_attempts: defaults::max_attempts(),
+            max_attempts: 0,
             initial_backoff_ms: defaults::initial_backoff_ms(),
             max_backoff_ms: defaults::max_backoff_ms(),
             max_age_secs: defaults::max_age_secs(),
             connect_timeout_ms: defaults::connect_timeout_ms(),
             envelope_suite: defaults::envelope_suite(),
+            danger_time_scale: defaults::time_scale(),
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,7 +346,7 @@ mod defaults {
     }
     /// Longer than `delivery.max_age_secs`, so a transfer delayed by an outage still lands.
     pub fn replay_window_secs() -> u64 {
-        2 * 24 * 3600
+        6 * 24 * 3600
     }
     pub fn request_timeout_secs() -> u64 {
         3600
@@ -304,20 +360,22 @@ mod defaults {
     pub fn workers() -> usize {
         32
     }
-    pub fn max_attempts() -> u32 {
-        12
-    }
     pub fn initial_backoff_ms() -> u64 {
         500
     }
     pub fn max_backoff_ms() -> u64 {
         60_000
     }
+    /// Five days: a rural clinic's link can be down over a long weekend, and a transfer must
+    /// still arrive when it returns (`peer.replay_window_secs` is longer on purpose).
     pub fn max_age_secs() -> u64 {
-        24 * 3600
+        5 * 24 * 3600
     }
     pub fn connect_timeout_ms() -> u64 {
         5_000
+    }
+    pub fn time_scale() -> u32 {
+        1
     }
     pub fn envelope_suite() -> String {
         super::Suite::default().name().to_owned()
@@ -428,9 +486,27 @@ impl NodeConfig {
                 names.join(", ")
             ));
         }
-        if raw.delivery.max_attempts == 0 {
-            problems.push("delivery.max_attempts: must be at least 1".to_owned());
+        if raw.delivery.max_age_secs == 0 || raw.delivery.max_age_secs > MAX_DELIVERY_AGE_SECS {
+            problems.push(format!(
+                "delivery.max_age_secs: must be between 1 and {MAX_DELIVERY_AGE_SECS} (a year)"
+            ));
         }
+        if raw.delivery.initial_backoff_ms == 0 {
+            problems.push("delivery.initial_backoff_ms: must be at least 1".to_owned());
+        }
+        if !(1..=MAX_TIME_SCALE).contains(&raw.delivery.danger_time_scale) {
+            problems.push(format!(
+                "delivery.danger_time_scale: must be between 1 and {MAX_TIME_SCALE} (1 outside tests)"
+            ));
+        }
+        let log_format = match raw.log.format.as_deref() {
+            None | Some("text") => Some(LogFormat::Text),
+            Some("json") => Some(LogFormat::Json),
+            Some(_) => {
+                problems.push("log.format: must be text or json".to_owned());
+                None
+            }
+        };
         if raw.delivery.initial_backoff_ms > raw.delivery.max_backoff_ms {
             problems.push(
                 "delivery.initial_backoff_ms: must not exceed delivery.max_backoff_ms".to_owned(),
@@ -491,12 +567,13 @@ impl NodeConfig {
             },
             delivery: DeliveryConfig {
                 workers: raw.delivery.workers,
-                max_attempts: raw.delivery.max_attempts,
+                max_attempts: (raw.delivery.max_attempts > 0).then_some(raw.delivery.max_attempts),
                 initial_backoff_ms: raw.delivery.initial_backoff_ms,
                 max_backoff_ms: raw.delivery.max_backoff_ms,
                 max_age_secs: raw.delivery.max_age_secs,
                 connect_timeout_ms: raw.delivery.connect_timeout_ms,
                 envelope_suite: envelope_suite.unwrap_or_default(),
+                danger_time_scale: raw.delivery.danger_time_scale,
             },
             policy: PolicyConfig {
                 dir: raw.policy.dir.as_deref().map(resolve),
@@ -504,6 +581,9 @@ impl NodeConfig {
             retention: RetentionConfig {
                 envelope_hours: raw.retention.envelope_hours,
                 sweep_interval_secs: raw.retention.sweep_interval_secs,
+            },
+            log: LogConfig {
+                format: log_format.unwrap_or_default(),
             },
         })
     }
@@ -604,7 +684,10 @@ mod tests {
             cfg.federation.directory,
             Path::new("/srv/node/../directory.json")
         );
-        assert_eq!(cfg.delivery.max_attempts, 12);
+        assert_eq!(cfg.delivery.max_attempts, None);
+        assert_eq!(cfg.delivery.max_age_secs, 5 * 24 * 3600);
+        assert_eq!(cfg.delivery.danger_time_scale, 1);
+        assert_eq!(cfg.log.format, LogFormat::Text);
         assert!(cfg.policy.dir.is_none());
         assert_eq!(cfg.store_cache_bytes, 1024 * 1024 * 1024);
     }
@@ -672,6 +755,42 @@ mod tests {
         if let Err(e) = NodeConfig::parse(text, Path::new("/etc/healthfed/node.toml")) {
             panic!("deploy/node.example.toml: {e}");
         }
+    }
+
+    #[test]
+    fn delivery_is_bounded_by_age_and_older_attempt_caps_still_load() {
+        let with = |body: &str| format!("{}\n[delivery]\n{body}\n", sample());
+        // A config written for the old defaults keeps its explicit cap.
+        let cfg = NodeConfig::parse(&with("max_attempts = 12"), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.delivery.max_attempts, Some(12));
+        let cfg = NodeConfig::parse(&with("max_attempts = 0"), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.delivery.max_attempts, None);
+        let cfg =
+            NodeConfig::parse(&with("danger_time_scale = 60"), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.delivery.max_age_ms(), 5 * 24 * 3600 * 1000 / 60);
+        assert_eq!(cfg.delivery.max_backoff(), 1000);
+        assert_eq!(cfg.delivery.initial_backoff(), 8);
+        for (bad, key) in [
+            ("danger_time_scale = 0", "delivery.danger_time_scale"),
+            ("danger_time_scale = 100000", "delivery.danger_time_scale"),
+            ("max_age_secs = 0", "delivery.max_age_secs"),
+            ("initial_backoff_ms = 0", "delivery.initial_backoff_ms"),
+        ] {
+            let err = NodeConfig::parse(&with(bad), Path::new("node.toml")).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        let with = |body: &str| format!("{}\n[log]\n{body}\n", sample());
+        let cfg = NodeConfig::parse(&with("format = \"json\""), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        let cfg = NodeConfig::parse(&with("format = \"text\""), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Text);
+        let err = NodeConfig::parse(&with("format = \"xml\""), Path::new("node.toml")).unwrap_err();
+        assert!(err.to_string().contains("log.format"), "{err}");
+        assert!(!err.to_string().contains("xml"), "{err}");
     }
 
     #[test]

@@ -1,19 +1,35 @@
 //! Thin binary: parse arguments, install tracing, build the runtime, run. All logic is in the
 //! library so tests drive it directly.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::sync::watch;
 
 use gateway::cli::{self, Cli, Command, Failure, EXIT_FAILURE, EXIT_USAGE};
-use gateway::config::NodeConfig;
+use gateway::config::{LogFormat, NodeConfig};
 use gateway::node;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let demo = matches!(cli.command, Command::Demo { .. });
-    init_tracing(if demo { "warn" } else { "info" });
+    // `run` logs in the format its config names, so its config is read before tracing starts
+    // (a bad config is reported on stderr as any usage error is).
+    let config = match &cli.command {
+        Command::Run(arg) => match NodeConfig::load(&arg.config) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                return cli::finish(Err(Failure {
+                    code: EXIT_USAGE,
+                    message: e.to_string(),
+                }))
+            }
+        },
+        _ => None,
+    };
+    let format = config.as_ref().map(|c| c.log.format).unwrap_or_default();
+    init_tracing(if demo { "warn" } else { "info" }, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,7 +42,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(arg) => run_node(&arg.config).await,
+            Command::Run(_) => match config {
+                Some(config) => run_node(config).await,
+                None => Err(Failure {
+                    code: EXIT_USAGE,
+                    message: "internal: run without a config".to_owned(),
+                }),
+            },
             Command::Demo { dir, once } => gateway::demo::run(dir, once).await,
             other => cli::run_command(other).await,
         }
@@ -34,21 +56,26 @@ fn main() -> ExitCode {
     cli::finish(result)
 }
 
-fn init_tracing(default: &str) {
+/// Logs go to stderr, as text or one JSON object per line (`[log] format`). Colour codes only
+/// on a terminal: in a file or a journal they are noise a log shipper has to strip.
+fn init_tracing(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
-async fn run_node(path: &std::path::Path) -> Result<(), Failure> {
+async fn run_node(config: NodeConfig) -> Result<(), Failure> {
     let usage = |e: &dyn std::fmt::Display| Failure {
         code: EXIT_USAGE,
         message: e.to_string(),
     };
-    let config = NodeConfig::load(path).map_err(|e| usage(&e))?;
     let (stop, rx) = watch::channel(false);
     let state = node::load_state(config, rx).map_err(|e| usage(&e))?;
     let (peer, local) = node::bind(&state.config).await.map_err(|e| usage(&e))?;

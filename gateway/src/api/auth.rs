@@ -8,24 +8,30 @@ use axum::response::Response;
 use super::error::error;
 use super::Shared;
 
-pub async fn require_token(State(state): State<Shared>, req: Request, next: Next) -> Response {
+/// The name (from the config) of the token a request was authorized with, for audit entries
+/// that record who acted. Never the token itself.
+#[derive(Clone)]
+pub struct TokenName(pub String);
+
+pub async fn require_token(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| gateway_envelope::sha256(t.trim().as_bytes()));
-    let ok = presented.is_some_and(|hash| {
+    let matched = presented.and_then(|hash| {
         state
             .config
             .local_api
             .token_hashes
             .iter()
-            .any(|t| ring_eq(&t.sha256, &hash))
+            .find(|t| ring_eq(&t.sha256, &hash))
     });
-    if !ok {
+    let Some(token) = matched else {
         return error(StatusCode::UNAUTHORIZED, "missing or unknown API token");
-    }
+    };
+    req.extensions_mut().insert(TokenName(token.name.clone()));
     next.run(req).await
 }
 

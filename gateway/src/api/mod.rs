@@ -71,6 +71,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/transfers", post(post_transfer).get(list_transfers))
         .route("/v1/transfers/{id}", get(get_transfer))
         .route("/v1/transfers/{id}/cancel", post(cancel_transfer))
+        .route("/v1/transfers/{id}/requeue", post(transfers::requeue))
         .route("/v1/inbox", get(list_inbox))
         .route("/v1/inbox/{id}", get(get_inbox))
         .route("/v1/inbox/{id}/payload", get(get_inbox_payload))

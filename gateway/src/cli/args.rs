@@ -46,6 +46,14 @@ pub enum Command {
         #[arg(long)]
         id: String,
     },
+    /// Put a failed transfer back in the queue (audited), e.g. after an outage longer than
+    /// delivery.max_age_secs or once a refusing peer's problem is fixed.
+    Requeue {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        id: String,
+    },
     /// Records received from other facilities.
     Inbox {
         #[command(flatten)]

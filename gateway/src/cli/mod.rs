@@ -32,7 +32,7 @@ use inbox::inbox;
 use policy::policy;
 use records::records;
 use requests::{list_requests, request};
-use transfers::{cancel, send, transfers};
+use transfers::{cancel, requeue, send, transfers};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
@@ -86,6 +86,7 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
         Command::Send(args) => send(args).await,
         Command::Transfers { config, id, json } => transfers(&config, id.as_deref(), json).await,
         Command::Cancel { config, id } => cancel(&config, &id).await,
+        Command::Requeue { config, id } => requeue(&config, &id).await,
         Command::Inbox { config, action } => inbox(&config, action).await,
         Command::Audit { action } => audit(action).await,
         Command::Consent { action } => consent(action).await,

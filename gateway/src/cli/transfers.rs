@@ -1,4 +1,5 @@
-//! `gateway send`, `gateway transfers` and `gateway cancel`: outbound transfers.
+//! `gateway send`, `gateway transfers`, `gateway cancel` and `gateway requeue`: outbound
+//! transfers.
 
 use axum::body::Body;
 use http::{Method, StatusCode};
@@ -103,6 +104,26 @@ pub async fn cancel(config: &ConfigArg, id: &str) -> Result<(), Failure> {
     )
     .await?;
     outln!("cancelled {id}")?;
+    Ok(())
+}
+
+/// `gateway requeue --id ID`: a failed transfer goes back to the queue; prints its new state.
+pub async fn requeue(config: &ConfigArg, id: &str) -> Result<(), Failure> {
+    let c = client(config).await?;
+    let body = ok_json(
+        &c,
+        Method::POST,
+        &format!("/v1/transfers/{id}/requeue"),
+        None,
+    )
+    .await?;
+    outln!(
+        "requeued {id}: {}",
+        body["state"].as_str().unwrap_or("queued")
+    )?;
+    if c.is_offline() {
+        eprintln!("note: the node is not running; the transfer will be delivered when it starts");
+    }
     Ok(())
 }
 

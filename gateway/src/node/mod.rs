@@ -81,6 +81,7 @@ pub fn load_state(
         delivery_permits,
         shutdown,
         waiters: OutcomeWaiters::default(),
+        circuits: Default::default(),
     }))
 }
 

@@ -1,6 +1,9 @@
-//! Delivering queued transfers: per-transfer retries with exponential backoff and jitter,
-//! bounded by attempts and age, then `failed`. A transfer is `delivered` only once the
-//! recipient's signed receipt has been verified and stored.
+//! Delivering queued transfers: retries with exponential backoff and jitter until the
+//! transfer's age passes `delivery.max_age_secs` (and `max_attempts`, if the operator set a
+//! cap), then `failed`. A peer that cannot be reached gets one probe delivery at a time (its
+//! circuit, `state::circuits`); the rest of its queue waits and drains, bounded by the worker
+//! permits, once the peer answers. A transfer is `delivered` only once the recipient's signed
+//! receipt has been verified and stored. A failed transfer can be requeued (`requeue`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +17,10 @@ use tokio_util::io::ReaderStream;
 use tracing::Instrument;
 
 use gateway_envelope::{SignedReceipt, TransferId};
-use gateway_store::{OutboxEntry, SpoolKind, TransferState};
+use gateway_store::{AuditFilter, OutboxEntry, RequeueRefusal, SpoolKind, TransferState};
 
 use crate::audit::{self, event};
+use crate::state::circuits::Admission;
 use crate::state::NodeState;
 use crate::trust::now_ms;
 use crate::trust::transport::Body;
@@ -94,6 +98,14 @@ fn backfill_audit_pair(state: &NodeState, e: &OutboxEntry) -> bool {
 pub async fn run_scheduler(state: Arc<NodeState>) {
     let permits = state.delivery_permits.clone();
     let mut shutdown = state.shutdown.clone();
+    let scale = state.config.delivery.danger_time_scale;
+    if scale > 1 {
+        tracing::warn!(
+            scale,
+            "delivery.danger_time_scale is set: backoff and the age bound run this many times \
+             faster than configured; for tests only"
+        );
+    }
     loop {
         if *shutdown.borrow() {
             break;
@@ -110,7 +122,12 @@ pub async fn run_scheduler(state: Arc<NodeState>) {
             if !state.mark_inflight(&id) {
                 continue;
             }
+            if !admitted(&state, &entry) {
+                state.clear_inflight(&id);
+                continue;
+            }
             let Ok(permit) = permits.clone().acquire_owned().await else {
+                state.circuits.released(&entry.recipient, entry.transfer_id);
                 state.clear_inflight(&id);
                 break;
             };
@@ -128,15 +145,91 @@ pub async fn run_scheduler(state: Arc<NodeState>) {
         .await;
 }
 
+/// Whether a due transfer may be sent now, as its peer's circuit says; if not, it is parked
+/// (its next attempt moved past the peer's next probe) without counting an attempt. An
+/// expired transfer always goes on: `deliver` fails it without sending anything.
+fn admitted(state: &NodeState, entry: &OutboxEntry) -> bool {
+    let now = now_ms();
+    if entry.state != TransferState::Queued || now >= expires_ms(state, entry) {
+        return true;
+    }
+    match state
+        .circuits
+        .admit(&entry.recipient, entry.transfer_id, now)
+    {
+        Admission::Send | Admission::Probe => true,
+        Admission::Wait { next_probe_ms } => {
+            park(state, entry, next_probe_ms, now);
+            false
+        }
+    }
+}
+
+/// Moves a waiting transfer's next attempt to one backoff step after its peer's next probe.
+/// The circuit releases it as soon as the peer answers; the bound only matters after a
+/// restart (circuits are in memory), when it comes due by itself.
+fn park(state: &NodeState, entry: &OutboxEntry, next_probe_ms: u64, now: u64) {
+    let until = next_probe_ms
+        .max(now)
+        .saturating_add(state.config.delivery.max_backoff());
+    let note = format!(
+        "peer {} unreachable; waiting for its probe delivery",
+        entry.recipient
+    );
+    let result = state.store.outbox_update(&entry.transfer_id, |e| {
+        if e.state == TransferState::Queued && e.next_attempt_ms < until {
+            e.next_attempt_ms = until;
+            e.last_error = Some(note.clone());
+        }
+    });
+    if let Err(e) = result {
+        tracing::error!(transfer = %TransferId(entry.transfer_id), error = %e, "cannot park a transfer");
+    }
+}
+
+/// When a transfer stops being retried: `max_age_secs` after it was created, or after it was
+/// last requeued by an operator (the audit log holds when; it is read only for a transfer
+/// that would otherwise have expired).
+fn expires_ms(state: &NodeState, entry: &OutboxEntry) -> u64 {
+    let max_age = state.config.delivery.max_age_ms();
+    let by_creation = entry.created_ms.saturating_add(max_age);
+    if now_ms() < by_creation {
+        return by_creation;
+    }
+    let filter = AuditFilter {
+        transfer_id: Some(entry.transfer_id),
+        ..AuditFilter::default()
+    };
+    let requeued = state.store.audit_list(&filter).ok().and_then(|entries| {
+        entries
+            .iter()
+            .filter(|e| e.record.event == event::REQUEUED)
+            .map(|e| e.record.time_ms)
+            .max()
+    });
+    requeued.map_or(by_creation, |at| {
+        at.saturating_add(max_age).max(by_creation)
+    })
+}
+
 enum Outcome {
     Delivered {
         receipt: Vec<u8>,
         duplicate: bool,
     },
-    /// Worth another attempt later (network, overload, peer restarting).
+    /// The peer answered with a status worth another attempt later (overload, restarting).
     Retry(String),
+    /// The peer could not be reached: connect, TLS, a lost connection, a timeout, or a
+    /// gateway/unavailable status (502, 503, 504). Opens the peer's circuit.
+    Unreachable(String),
     /// The peer refused the envelope; resending the same bytes cannot succeed.
     Refused(String),
+    /// A local problem stopped the attempt before the peer was asked; `retry` says whether
+    /// another attempt may succeed.
+    Local {
+        reason: String,
+        retry: bool,
+    },
 }
 
 async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
@@ -148,8 +241,7 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
     // The claim and its `sent` entry are one write; an expired transfer is claimed without
     // one and failed just below.
     // created_ms never changes (the store refuses it), so the snapshot can tell.
-    let expired = now.saturating_sub(entry.created_ms)
-        > state.config.delivery.max_age_secs.saturating_mul(1000);
+    let expired = now >= expires_ms(state, &entry);
     let mut claimed = false;
     let updated = state.store.outbox_update_audited(&entry.transfer_id, |e| {
         claimed = e.state == TransferState::Queued;
@@ -175,13 +267,23 @@ async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
         finish_failed(
             state,
             &entry,
-            "expired: not delivered within the maximum age".to_owned(),
+            format!(
+                "expired: not delivered within delivery.max_age_secs ({} s) after {} attempts{}",
+                state.config.delivery.max_age_secs,
+                entry.attempts.saturating_sub(1),
+                entry
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            ),
         )
         .await;
         return;
     }
     // The attempt is counted durably before any byte leaves: a transfer whose delivery keeps
-    // crashing the node still reaches max_attempts and fails instead of looping forever.
+    // crashing the node still reaches its age bound (or max_attempts) and fails instead of
+    // looping forever.
     if let Err(e) = state.store.commit().await {
         tracing::error!(transfer = %id, error = %e, "commit failed");
         return;
@@ -221,27 +323,72 @@ fn spawn_worker(
     let state = state.clone();
     let id = TransferId(entry.transfer_id);
     let span = tracing::info_span!("delivery", transfer = %id, peer = %entry.recipient);
+    let peer = entry.recipient.clone();
     tokio::spawn(async move {
         match start {
             Start::Queued => deliver(&state, entry).instrument(span).await,
             Start::Claimed { envelope } => {
-                deliver_claimed(&state, entry, envelope)
+                deliver_direct(&state, entry, envelope)
                     .instrument(span)
                     .await
             }
         }
+        // If this delivery was its peer's probe and ended without news of the peer, the
+        // next due transfer may probe instead.
+        state.circuits.released(&peer, id.0);
         state.clear_inflight(&id);
         drop(permit);
         state.wake.notify_one();
     });
 }
 
+/// A transfer claimed by its submission. The submission hands a transfer to a free worker
+/// only while its peer's circuit is closed; if the circuit opened in between, and another
+/// transfer probes the peer, this one goes back to the queue instead of sending.
+async fn deliver_direct(state: &Arc<NodeState>, entry: OutboxEntry, envelope: Option<Bytes>) {
+    let now = now_ms();
+    match state
+        .circuits
+        .admit(&entry.recipient, entry.transfer_id, now)
+    {
+        Admission::Send | Admission::Probe => deliver_claimed(state, entry, envelope).await,
+        Admission::Wait { next_probe_ms } => {
+            let reason = format!(
+                "not sent: peer {} unreachable; waiting for its probe delivery",
+                entry.recipient
+            );
+            let delay = next_probe_ms
+                .max(now)
+                .saturating_add(state.config.delivery.max_backoff())
+                - now;
+            schedule_retry(state, &entry, reason, delay).await;
+        }
+    }
+}
+
 /// One attempt on a claimed (`delivering`, attempt counted) transfer, and its outcome written.
 async fn deliver_claimed(state: &Arc<NodeState>, entry: OutboxEntry, envelope: Option<Bytes>) {
     let id = TransferId(entry.transfer_id);
-    let attempt = entry.attempts;
+    let cfg = &state.config.delivery;
 
-    match attempt_delivery(state, &entry, envelope).await {
+    let outcome = attempt_delivery(state, &entry, envelope).await;
+    if matches!(
+        outcome,
+        Outcome::Delivered { .. } | Outcome::Refused(_) | Outcome::Retry(_)
+    ) {
+        // The peer answered: it is reachable, and what waited for it may go.
+        if let Some(closed) = state.circuits.answered(&entry.recipient, now_ms()) {
+            tracing::info!(
+                peer = %entry.recipient,
+                down_for_ms = closed.down_for_ms,
+                waiting = closed.parked.len(),
+                circuit = "closed",
+                "peer reachable again; its queue drains"
+            );
+            release_parked(state, closed.parked).await;
+        }
+    }
+    match outcome {
         Outcome::Delivered { receipt, duplicate } => {
             let mut verified = base_record(&entry, event::RECEIPT_VERIFIED, "ok");
             verified.reason =
@@ -269,33 +416,125 @@ async fn deliver_claimed(state: &Arc<NodeState>, entry: OutboxEntry, envelope: O
             state.waiters.finish(entry.transfer_id, true);
             tracing::info!(transfer = %id, peer = %entry.recipient, "delivered");
         }
-        Outcome::Refused(reason) => finish_failed(state, &entry, reason).await,
-        Outcome::Retry(reason) => {
-            let cfg = &state.config.delivery;
-            if attempt >= cfg.max_attempts {
-                finish_failed(
-                    state,
-                    &entry,
-                    format!("gave up after {attempt} attempts: {reason}"),
-                )
-                .await;
-                return;
+        Outcome::Refused(reason)
+        | Outcome::Local {
+            reason,
+            retry: false,
+        } => finish_failed(state, &entry, reason).await,
+        Outcome::Retry(reason)
+        | Outcome::Local {
+            reason,
+            retry: true,
+        } => {
+            let delay = backoff_ms(entry.attempts, cfg.initial_backoff(), cfg.max_backoff());
+            schedule_retry(state, &entry, reason, delay).await;
+        }
+        Outcome::Unreachable(reason) => {
+            let now = now_ms();
+            let down =
+                state
+                    .circuits
+                    .unreachable(&entry.recipient, entry.transfer_id, now, |failures| {
+                        backoff_ms(failures, cfg.initial_backoff(), cfg.max_backoff())
+                    });
+            let next_probe_in_ms = down.next_probe_ms.saturating_sub(now);
+            if down.opened {
+                tracing::warn!(
+                    peer = %entry.recipient,
+                    transfer = %id,
+                    next_probe_in_ms,
+                    circuit = "open",
+                    "peer unreachable; one probe delivery at a time until it answers"
+                );
+            } else {
+                tracing::info!(
+                    peer = %entry.recipient,
+                    transfer = %id,
+                    failures = down.failures,
+                    next_probe_in_ms,
+                    circuit = "open",
+                    "peer still unreachable"
+                );
             }
-            let delay = backoff_ms(attempt, cfg.initial_backoff_ms, cfg.max_backoff_ms);
-            let mut rec = base_record(&entry, event::RETRY, "retry");
-            rec.reason = Some(format!("{reason}; next attempt in {delay} ms"));
-            let _ = state.store.outbox_update_audited(&entry.transfer_id, |e| {
-                if e.state == TransferState::Delivering {
-                    e.state = TransferState::Queued;
-                }
-                e.next_attempt_ms = now_ms() + delay;
-                e.last_error = Some(reason.clone());
-                e.updated_ms = now_ms();
-                vec![rec.clone()]
-            });
-            tracing::warn!(transfer = %id, peer = %entry.recipient, attempt, "delivery failed; will retry");
+            let reason = format!("{reason} (peer unreachable: circuit open)");
+            schedule_retry(state, &entry, reason, next_probe_in_ms.max(1)).await;
         }
     }
+}
+
+/// Puts a claimed transfer back in the queue, due in `delay` ms, with a `retry-scheduled`
+/// entry; or fails it if it has reached `max_attempts` (when set) or its age bound.
+async fn schedule_retry(state: &NodeState, entry: &OutboxEntry, reason: String, delay: u64) {
+    let attempt = entry.attempts;
+    let cfg = &state.config.delivery;
+    if cfg.max_attempts.is_some_and(|cap| attempt >= cap) {
+        finish_failed(
+            state,
+            entry,
+            format!("gave up after {attempt} attempts (delivery.max_attempts): {reason}"),
+        )
+        .await;
+        return;
+    }
+    let now = now_ms();
+    if now >= expires_ms(state, entry) {
+        finish_failed(
+            state,
+            entry,
+            format!(
+                "expired: not delivered within delivery.max_age_secs ({} s) after {attempt} \
+                 attempts: {reason}",
+                cfg.max_age_secs
+            ),
+        )
+        .await;
+        return;
+    }
+    let mut rec = base_record(entry, event::RETRY, "retry");
+    rec.reason = Some(format!("{reason}; next attempt in {delay} ms"));
+    let result = state.store.outbox_update_audited(&entry.transfer_id, |e| {
+        if e.state == TransferState::Delivering {
+            e.state = TransferState::Queued;
+        }
+        e.next_attempt_ms = now.saturating_add(delay);
+        e.last_error = Some(reason.clone());
+        e.updated_ms = now;
+        vec![rec.clone()]
+    });
+    if let Err(e) = result {
+        tracing::error!(transfer = %TransferId(entry.transfer_id), error = %e, "cannot schedule a retry");
+    }
+    tracing::info!(
+        transfer = %TransferId(entry.transfer_id),
+        peer = %entry.recipient,
+        attempt,
+        delay_ms = delay,
+        "delivery failed; will retry"
+    );
+}
+
+/// Makes the transfers that waited for a peer due now and wakes the scheduler, which sends
+/// them as worker permits free up (`delivery.workers` at most at once): no retry storm.
+async fn release_parked(state: &NodeState, parked: Vec<[u8; 16]>) {
+    if parked.is_empty() {
+        return;
+    }
+    let store = state.store.clone();
+    let released = tokio::task::spawn_blocking(move || {
+        let now = now_ms();
+        for id in parked {
+            let _ = store.outbox_update(&id, |e| {
+                if e.state == TransferState::Queued && e.next_attempt_ms > now {
+                    e.next_attempt_ms = now;
+                }
+            });
+        }
+    })
+    .await;
+    if let Err(e) = released {
+        tracing::error!(error = %e, "cannot release waiting transfers; they come due by themselves");
+    }
+    state.wake.notify_one();
 }
 
 async fn finish_failed(state: &NodeState, entry: &OutboxEntry, reason: String) {
@@ -343,23 +582,27 @@ async fn attempt_delivery(
     envelope: Option<Bytes>,
 ) -> Outcome {
     let trust = state.trust();
+    let local = |reason: &str| Outcome::Local {
+        reason: reason.to_owned(),
+        retry: false,
+    };
     let Some(peer) = trust.peer_by_str(&entry.recipient) else {
-        return Outcome::Refused("recipient is no longer in the federation directory".to_owned());
+        return local("recipient is no longer in the federation directory");
     };
     if !peer.active {
-        return Outcome::Refused(
-            "recipient is no longer active in the federation directory".to_owned(),
-        );
+        return local("recipient is no longer active in the federation directory");
     }
     let mut sender = match state.clients.sender(&peer).await {
         Ok(s) => s,
-        Err(e) => return Outcome::Retry(e.to_string()),
+        Err(e) => return Outcome::Unreachable(e.to_string()),
     };
     let path = state
         .store
         .spool_path(&entry.transfer_id, SpoolKind::Outbox);
-    let missing =
-        |e: std::io::Error| Outcome::Refused(format!("local system: sealed envelope missing: {e}"));
+    let missing = |e: std::io::Error| Outcome::Local {
+        reason: format!("local system: sealed envelope missing: {e}"),
+        retry: false,
+    };
     // A small envelope is read with one blocking call and sent as one body; streaming it
     // through tokio::fs would cost a blocking-pool round trip per 256 KiB read.
     let body: Body = if let Some(bytes) = envelope.filter(|b| b.len() as u64 == entry.envelope_len)
@@ -368,15 +611,18 @@ async fn attempt_delivery(
     } else if entry.envelope_len <= WHOLE_ENVELOPE_BYTES {
         match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
             Ok(Ok(bytes)) if bytes.len() as u64 != entry.envelope_len => {
-                return Outcome::Refused(
-                    "local system: sealed envelope is not the length recorded".to_owned(),
-                )
+                return local("local system: sealed envelope is not the length recorded")
             }
             Ok(Ok(bytes)) => BodyExt::boxed(
                 http_body_util::Full::new(Bytes::from(bytes)).map_err(|never| match never {}),
             ),
             Ok(Err(e)) => return missing(e),
-            Err(e) => return Outcome::Retry(format!("local system: {e}")),
+            Err(e) => {
+                return Outcome::Local {
+                    reason: format!("local system: {e}"),
+                    retry: true,
+                }
+            }
         }
     } else {
         let file = match tokio::fs::File::open(&path).await {
@@ -395,25 +641,25 @@ async fn attempt_delivery(
         .body(body)
     {
         Ok(r) => r,
-        Err(e) => return Outcome::Refused(format!("local system: {e}")),
+        Err(e) => return local(&format!("local system: {e}")),
     };
     if sender.ready().await.is_err() {
         state.clients.forget(&peer.id).await;
-        return Outcome::Retry(format!("peer {}: connection closed", peer.id));
+        return Outcome::Unreachable(format!("peer {}: connection closed", peer.id));
     }
     let timeout = Duration::from_secs(state.config.peer.request_timeout_secs);
     let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             state.clients.forget(&peer.id).await;
-            return Outcome::Retry(format!("peer {}: {e}", peer.id));
+            return Outcome::Unreachable(format!("peer {}: {e}", peer.id));
         }
-        Err(_) => return Outcome::Retry(format!("peer {}: timed out", peer.id)),
+        Err(_) => return Outcome::Unreachable(format!("peer {}: timed out", peer.id)),
     };
     let status = response.status();
     let body = match response.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Outcome::Retry(format!("peer {}: reading response: {e}", peer.id)),
+        Err(e) => return Outcome::Unreachable(format!("peer {}: reading response: {e}", peer.id)),
     };
     match status.as_u16() {
         200 | 409 => match verify_receipt(state, entry, &peer, &body) {
@@ -427,6 +673,12 @@ async fn attempt_delivery(
             ),
             Err(e) => Outcome::Refused(e),
         },
+        502..=504 => Outcome::Unreachable(format!(
+            "peer {}: {} {}",
+            peer.id,
+            status.as_u16(),
+            peer_reason(&body)
+        )),
         408 | 429 | 500..=599 => Outcome::Retry(format!(
             "peer {}: {} {}",
             peer.id,
@@ -511,5 +763,81 @@ pub async fn cancel(state: &NodeState, id: &TransferId) -> Result<OutboxEntry, S
     }
     state.store.commit().await.map_err(|e| e.to_string())?;
     state.waiters.finish(id.0, false);
+    Ok(entry)
+}
+
+/// Why a failed transfer was not requeued.
+#[derive(Debug, thiserror::Error)]
+pub enum RequeueError {
+    #[error("no transfer {0}")]
+    NotFound(TransferId),
+    #[error("only a failed transfer can be requeued; transfer {id} is {state}")]
+    NotFailed {
+        id: TransferId,
+        state: TransferState,
+    },
+    #[error(
+        "transfer {id}: its sealed envelope was removed by retention (at {removed_ms} ms since \
+         the epoch, retention.envelope_hours after it failed); submit the record again"
+    )]
+    EnvelopeRemoved { id: TransferId, removed_ms: u64 },
+    #[error(
+        "transfer {id}: its sealed envelope is missing from the spool; submit the record again"
+    )]
+    EnvelopeMissing { id: TransferId },
+    #[error("local system: {0}")]
+    Store(#[from] gateway_store::StoreError),
+}
+
+/// Puts a failed transfer back in the queue (an operator's decision, e.g. once a refusing
+/// peer's problem is fixed or after an outage longer than `max_age_secs`): due now, attempts
+/// restarted, its age bound counted from now. The state change and its `requeued` audit entry
+/// (naming `by`, the API token's name) are one transaction, committed before this returns.
+/// The same sealed envelope is sent again, so the recipient still sees one transfer id.
+pub async fn requeue(
+    state: &NodeState,
+    id: &TransferId,
+    by: &str,
+) -> Result<OutboxEntry, RequeueError> {
+    let Some(entry) = state.store.outbox_get(&id.0)? else {
+        return Err(RequeueError::NotFound(*id));
+    };
+    let refused = |refusal: RequeueRefusal| match refusal {
+        RequeueRefusal::NotFailed(state) => RequeueError::NotFailed { id: *id, state },
+        RequeueRefusal::EnvelopeRemoved { removed_ms } => RequeueError::EnvelopeRemoved {
+            id: *id,
+            removed_ms,
+        },
+    };
+    if entry.state != TransferState::Failed {
+        return Err(refused(RequeueRefusal::NotFailed(entry.state)));
+    }
+    let path = state.store.spool_path(&id.0, SpoolKind::Outbox);
+    let present = tokio::task::spawn_blocking(move || path.exists())
+        .await
+        .unwrap_or(false);
+    if !present {
+        return Err(
+            match state.store.envelope_removed_ms(SpoolKind::Outbox, &id.0)? {
+                Some(removed_ms) => RequeueError::EnvelopeRemoved {
+                    id: *id,
+                    removed_ms,
+                },
+                None => RequeueError::EnvelopeMissing { id: *id },
+            },
+        );
+    }
+    let previous = entry.last_error.clone().unwrap_or_default();
+    let (entry, _) = state
+        .store
+        .outbox_requeue_audited(&id.0, now_ms(), |e| {
+            let mut rec = base_record(e, event::REQUEUED, "queued");
+            rec.reason = Some(format!("requeued by {by}; it had failed: {previous}"));
+            vec![rec]
+        })?
+        .map_err(refused)?;
+    state.store.commit().await?;
+    tracing::info!(transfer = %id, peer = %entry.recipient, by, "failed transfer requeued");
+    state.wake.notify_one();
     Ok(entry)
 }

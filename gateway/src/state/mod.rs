@@ -17,9 +17,11 @@ use crate::trust::identity::NodeIdentity;
 use crate::trust::transport::PeerClients;
 use crate::trust::{Trust, TrustHandle};
 
+pub mod circuits;
 pub mod outcomes;
 pub mod policy;
 
+use circuits::PeerCircuits;
 use outcomes::OutcomeWaiters;
 use policy::PolicyHandle;
 
@@ -41,6 +43,8 @@ pub struct NodeState {
     pub shutdown: watch::Receiver<bool>,
     /// Callers waiting for outbound transfers' final outcomes (`wait=receipt`).
     pub waiters: OutcomeWaiters,
+    /// Which peers are unreachable and which transfer probes each (`send::delivery`).
+    pub circuits: PeerCircuits,
 }
 
 impl NodeState {
