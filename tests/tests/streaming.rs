@@ -502,3 +502,79 @@ async fn a_declared_digest_lets_a_large_upload_be_sealed_as_it_arrives() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(transfer_count(&a).await, 2);
 }
+
+/// An upload sealed while it arrives is still inspected first: its first bytes are read before
+/// the envelope header is signed, so FHIR under another label, or any JSON or XML (which could
+/// be a parsed format further in), is refused and nothing is queued; a PDF goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_upload_is_inspected_before_it_is_sealed() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    // Over the 8 MiB in-memory limit, so a declared digest streams it.
+    let padded = |head: &[u8], tail: &[u8]| -> Vec<u8> {
+        let mut body = head.to_vec();
+        body.resize(9 * 1024 * 1024, b' ');
+        body.extend_from_slice(tail);
+        body
+    };
+    let fhir = padded(
+        br#"{"resourceType":"Bundle","type":"collection","entry":[]"#,
+        b"}",
+    );
+    let json = padded(br#"{"note":"#, br#""x"}"#);
+    let xml = padded(b"<notes>", b"</notes>");
+    let pdf = padded(b"%PDF-1.7\n", b"\n%%EOF\n");
+    let declared = "&categories=general&clinician=dr-stream&clinician_role=physician";
+    let cases: [(&str, &Vec<u8>, Option<&str>); 4] = [
+        ("application%2Foctet-stream", &fhir, Some("declare fhir")),
+        (
+            "application%2Fjson",
+            &json,
+            Some("JSON content is classified whole"),
+        ),
+        (
+            "application%2Fxml",
+            &xml,
+            Some("XML content is classified whole"),
+        ),
+        ("pdf", &pdf, None),
+    ];
+    for (label, bytes, refusal) in cases {
+        let query = format!(
+            "to=clinic-b&patient=pat-stream-4&purpose=treatment&content_type={label}{declared}"
+        );
+        let digest = content_digest(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        let (status, body) = post_with_digest(
+            &a,
+            &query,
+            Body::from(bytes.clone()),
+            "application/octet-stream",
+            &digest,
+        )
+        .await;
+        match refusal {
+            Some(needle) => {
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{label}: {body}");
+                let error = body["error"].as_str().unwrap_or("");
+                assert!(error.contains(needle), "{label}: {error}");
+            }
+            None => {
+                assert_eq!(status, StatusCode::ACCEPTED, "{label}: {body}");
+                let id = body["transfer_id"].as_str().unwrap().to_owned();
+                a.wait_state(&id, "delivered", Duration::from_secs(60))
+                    .await;
+                let (_, fetched) = fetch_streamed(&b, &id).await;
+                assert_eq!(
+                    fetched.as_ref(),
+                    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()
+                );
+            }
+        }
+    }
+    assert_eq!(transfer_count(&a).await, 1);
+    assert!(upload_files(&a).is_empty(), "{:?}", upload_files(&a));
+}
