@@ -30,7 +30,8 @@ async fn a_json_node_logs_one_object_per_line_and_a_text_node_no_colour_codes() 
         .send("clinic-b", PATIENT, "treatment", "ccda", document, &[])
         .await
         .transfer_id();
-    a.wait_state(&id, "delivered", Duration::from_secs(30)).await;
+    a.wait_state(&id, "delivered", Duration::from_secs(30))
+        .await;
     a.stop();
     b.stop();
 
@@ -39,8 +40,8 @@ async fn a_json_node_logs_one_object_per_line_and_a_text_node_no_colour_codes() 
     assert!(lines.len() >= 3, "{log}");
     let mut events = Vec::new();
     for line in &lines {
-        let v: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         for key in ["timestamp", "level", "target", "fields"] {
             assert!(!v[key].is_null(), "no {key}: {line}");
         }
@@ -64,7 +65,10 @@ async fn a_json_node_logs_one_object_per_line_and_a_text_node_no_colour_codes() 
 
     let text = b.log_text();
     assert!(text.contains("node started"), "{text}");
-    assert!(!text.contains('\u{1b}'), "colour codes in a log file: {text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text}"
+    );
     assert!(!text.contains(PATIENT), "{text}");
     assert!(serde_json::from_str::<Value>(text.lines().next().unwrap()).is_err());
 }
