@@ -112,6 +112,8 @@ async fn a_thirty_minute_outage_with_the_shipped_defaults_fails_nothing_and_deli
     for t in a.transfers().await {
         if t["transfer_id"] != warm_up.as_str() {
             assert!(t["state"] == "queued" || t["state"] == "delivering", "{t}");
+            // The transfer view says why it waits.
+            assert_eq!(t["peer_circuit"]["state"], "open", "{t}");
         }
     }
 
@@ -124,6 +126,7 @@ async fn a_thirty_minute_outage_with_the_shipped_defaults_fails_nothing_and_deli
     }
     let drained_in = back_at.elapsed();
     eprintln!("queue drained {drained_in:?} after the receiver returned");
+    assert!(a.transfer(&ids[1]).await["peer_circuit"].is_null());
     assert!(
         a.log_text()
             .contains("peer reachable again; its queue drains"),

@@ -227,6 +227,20 @@ pub struct TransferView {
     pub updated_ms: u64,
     /// When retention removed the sealed envelope (the entry and receipt stay).
     pub envelope_removed_ms: Option<u64>,
+    /// For a transfer still pending whose recipient cannot be reached: the recipient's circuit
+    /// (one probe delivery at a time until it answers). Absent when the recipient is reachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_circuit: Option<CircuitJson>,
+}
+
+/// A recipient's open circuit, as `GET /v1/transfers/{id}` shows it (ids and times only).
+#[derive(Serialize)]
+pub struct CircuitJson {
+    pub state: &'static str,
+    pub down_since_ms: u64,
+    pub next_probe_ms: u64,
+    pub probing: bool,
+    pub waiting: usize,
 }
 
 impl From<&OutboxEntry> for TransferView {
@@ -250,6 +264,7 @@ impl From<&OutboxEntry> for TransferView {
             created_ms: e.created_ms,
             updated_ms: e.updated_ms,
             envelope_removed_ms: None,
+            peer_circuit: None,
         }
     }
 }
@@ -301,6 +316,15 @@ pub fn removed_ms(state: &NodeState, kind: SpoolKind, id: &[u8; 16]) -> Option<u
 fn transfer_view(state: &NodeState, e: &OutboxEntry) -> TransferView {
     let mut view = TransferView::from(e);
     view.envelope_removed_ms = removed_ms(state, SpoolKind::Outbox, &e.transfer_id);
+    if e.state.is_pending() {
+        view.peer_circuit = state.circuits.view(&e.recipient).map(|c| CircuitJson {
+            state: "open",
+            down_since_ms: c.down_since_ms,
+            next_probe_ms: c.next_probe_ms,
+            probing: c.probing,
+            waiting: c.parked,
+        });
+    }
     view
 }
 
