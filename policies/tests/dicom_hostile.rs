@@ -64,15 +64,26 @@ fn a_claimed_huge_element_is_refused_without_allocating_it() {
         None,
     );
     file.extend_from_slice(&meta);
-    // (0009,0010) private OB element claiming ~4 GiB, then nothing.
-    element(&mut file, 0x0009, 0x1010, b"OB", b"abcd", Some(0xFFFF_FFF0));
-    let before = peak_rss_kib();
-    let result = policies::classify::classify_content(&file);
-    let after = peak_rss_kib();
-    assert!(result.is_err(), "{result:?}");
-    assert!(
-        after - before < 256 * 1024,
-        "peak RSS grew by {} KiB",
-        after - before
-    );
+    // (0009,1010) a private OB element claiming ~4 GiB, then nothing.
+    let mut flat = file.clone();
+    element(&mut flat, 0x0009, 0x1010, b"OB", b"abcd", Some(0xFFFF_FFF0));
+    // (0008,1140) a sequence of honest length whose one item claims ~4 GiB.
+    let mut item = Vec::new();
+    item.extend_from_slice(&0xFFFEu16.to_le_bytes());
+    item.extend_from_slice(&0xE000u16.to_le_bytes());
+    item.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    item.extend_from_slice(b"abcd");
+    let mut nested = file.clone();
+    element(&mut nested, 0x0008, 0x1140, b"SQ", &item, None);
+    for (what, bytes) in [("flat", flat), ("nested", nested)] {
+        let before = peak_rss_kib();
+        let result = policies::classify::classify_content(&bytes);
+        let after = peak_rss_kib();
+        assert!(result.is_err(), "{what}: {result:?}");
+        assert!(
+            after - before < 64 * 1024,
+            "{what}: peak RSS grew by {} KiB",
+            after - before
+        );
+    }
 }
