@@ -23,8 +23,7 @@ use policies::Action;
 use crate::access::{decide, Question};
 use crate::audit::{self, event};
 use crate::record::{
-    break_glass_window_ok, check_received, ConsentBasis, Content, RecordError, RecordMetadata,
-    INSPECT_PREFIX_BYTES, MAX_PARSED_BYTES,
+    break_glass_window_ok, check_received, ConsentBasis, Kept, RecordError, RecordMetadata,
 };
 use crate::send::outbox::decision_reason;
 use crate::state::NodeState;
@@ -571,65 +570,6 @@ async fn next_chunk(
                     }
                 }
             }
-        }
-    }
-}
-
-/// The decrypted bytes the receive-side classification reads: the whole record for formats the
-/// gateway parses (JSON or XML, up to `MAX_PARSED_BYTES`), the first bytes of anything else.
-struct Kept {
-    bytes: Vec<u8>,
-    limit: usize,
-    /// Bytes were left out (past `limit`): only a prefix is at hand.
-    cut: bool,
-    /// The limit was chosen from the first bytes already.
-    decided: bool,
-}
-
-impl Kept {
-    fn for_record(meta: &RecordMetadata) -> Kept {
-        let parsed = crate::record::ContentType::parse(&meta.content_type)
-            .map(|c| c.parsed_whole())
-            .unwrap_or(false);
-        Kept {
-            bytes: Vec::new(),
-            limit: if parsed {
-                MAX_PARSED_BYTES
-            } else {
-                INSPECT_PREFIX_BYTES
-            },
-            cut: false,
-            decided: parsed,
-        }
-    }
-
-    fn push(&mut self, plain: &[u8]) {
-        if !self.decided && !plain.is_empty() {
-            // Whatever the label says, content that looks like JSON or XML is read whole: it
-            // may be a parsed format under another name.
-            let body = plain.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(plain);
-            if body
-                .iter()
-                .find(|b| !b.is_ascii_whitespace())
-                .is_some_and(|b| b"{[<".contains(b))
-            {
-                self.limit = MAX_PARSED_BYTES;
-            }
-            self.decided = true;
-        }
-        let room = self.limit.saturating_sub(self.bytes.len());
-        if plain.len() > room {
-            self.cut = true;
-        }
-        self.bytes
-            .extend_from_slice(plain.get(..room.min(plain.len())).unwrap_or_default());
-    }
-
-    fn content(&self) -> Content<'_> {
-        if self.cut {
-            Content::Prefix(&self.bytes)
-        } else {
-            Content::Whole(&self.bytes)
         }
     }
 }

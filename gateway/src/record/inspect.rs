@@ -241,6 +241,65 @@ fn normalize(mut categories: BTreeSet<Category>) -> BTreeSet<Category> {
     categories
 }
 
+/// The decrypted bytes the receive-side classification reads: the whole record for formats the
+/// gateway parses (JSON or XML, up to `MAX_PARSED_BYTES`), the first bytes of anything else.
+pub struct Kept {
+    bytes: Vec<u8>,
+    limit: usize,
+    /// Bytes were left out (past `limit`): only a prefix is at hand.
+    cut: bool,
+    /// The limit was chosen from the first bytes already.
+    decided: bool,
+}
+
+impl Kept {
+    pub fn for_record(meta: &RecordMetadata) -> Kept {
+        let parsed = ContentType::parse(&meta.content_type)
+            .map(|c| c.parsed_whole())
+            .unwrap_or(false);
+        Kept {
+            bytes: Vec::new(),
+            limit: if parsed {
+                MAX_PARSED_BYTES
+            } else {
+                INSPECT_PREFIX_BYTES
+            },
+            cut: false,
+            decided: parsed,
+        }
+    }
+
+    pub fn push(&mut self, plain: &[u8]) {
+        if !self.decided && !plain.is_empty() {
+            // Whatever the label says, content that looks like JSON or XML is read whole: it
+            // may be a parsed format under another name.
+            let body = plain.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(plain);
+            if body
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|b| b"{[<".contains(b))
+            {
+                self.limit = MAX_PARSED_BYTES;
+            }
+            self.decided = true;
+        }
+        let room = self.limit.saturating_sub(self.bytes.len());
+        if plain.len() > room {
+            self.cut = true;
+        }
+        self.bytes
+            .extend_from_slice(plain.get(..room.min(plain.len())).unwrap_or_default());
+    }
+
+    pub fn content(&self) -> Content<'_> {
+        if self.cut {
+            Content::Prefix(&self.bytes)
+        } else {
+            Content::Whole(&self.bytes)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

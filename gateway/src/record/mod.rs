@@ -16,7 +16,7 @@ use policies::{Category, Purpose};
 mod inspect;
 
 pub use inspect::{
-    check_received, inspect, Content, Declaration, Inspected, INSPECT_PREFIX_BYTES,
+    check_received, inspect, Content, Declaration, Inspected, Kept, INSPECT_PREFIX_BYTES,
     MAX_PARSED_BYTES,
 };
 

@@ -7,3 +7,4 @@
 
 pub mod delivery;
 pub mod outbox;
+mod seal;
