@@ -177,17 +177,11 @@ async fn forged_tampered_replayed_and_truncated_envelopes_are_refused_and_audite
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&text));
     assert_refusal_audited(&b, &id, "sender does not match the TLS identity").await;
 
-    // Stale: correctly signed, but created three days ago (outside the replay window).
+    // Stale: correctly signed, but created a week ago (outside the 6-day replay window).
     let id = TransferId::new_random().unwrap();
-    let three_days_ago = common::now_ms() - 3 * 24 * 3600 * 1000;
+    let a_week_ago = common::now_ms() - 7 * 24 * 3600 * 1000;
     let env = seal_at(
-        id,
-        "hosp-a",
-        "clinic-b",
-        &signer,
-        &to_b,
-        &payload,
-        three_days_ago,
+        id, "hosp-a", "clinic-b", &signer, &to_b, &payload, a_week_ago,
     );
     let (status, text) = post(env).await.unwrap();
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));

@@ -16,7 +16,24 @@ async fn every_bundle_is_delivered_byte_identical_with_a_verified_receipt() {
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
     let mut sent = Vec::new();
+    let mut several = 0;
     for (name, bytes) in bundles() {
+        // A bundle holding several patients' records is refused with their count: one patient
+        // per transfer (the two official examples of that kind).
+        let patients = policies::classify::classify_content(&bytes)
+            .unwrap()
+            .patient_count();
+        if patients > 1 {
+            let refused = a.send_bundle("clinic-b", &bytes).await;
+            assert_eq!(refused.status, http::StatusCode::BAD_REQUEST, "{name}");
+            let error = refused.body["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains(&format!("{patients} patients")),
+                "{name}: {error}"
+            );
+            several += 1;
+            continue;
+        }
         // Most Synthea bundles hold sensitive categories: record the patient's explicit consent
         // naming the recipient, as the default policies require (policy tests cover refusals).
         if let Some(patient) = patient_id(&bytes) {
@@ -25,7 +42,8 @@ async fn every_bundle_is_delivered_byte_identical_with_a_verified_receipt() {
         let submitted = a.send_bundle("clinic-b", &bytes).await;
         sent.push((name, bytes, submitted.transfer_id()));
     }
-    assert_eq!(sent.len(), bundles().len());
+    assert_eq!(several, 2, "the shared data has two multi-patient bundles");
+    assert_eq!(sent.len() + several, bundles().len());
     for (name, bytes, id) in &sent {
         let view = a.wait_state(id, "delivered", Duration::from_secs(60)).await;
         assert_eq!(view["receipt_held"], true, "{name}");
