@@ -216,16 +216,24 @@ async fn assert_nothing_received(node: &Node) {
     assert!(inbox.is_empty(), "{} received {inbox:?}", node.dir.id);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_label_delivers_a_sensitive_record_without_consent() {
+/// A hospital, a clinic and a payer, each running.
+fn hospital_clinic_payer() -> (Fed, Node, Node, Node) {
     let fed = Fed::new(&[
         ("hosp-a", FacilityKind::Hospital),
         ("clinic-b", FacilityKind::Clinic),
         ("payer-c", FacilityKind::Payer),
     ]);
-    let a = fed.start("hosp-a");
-    let b = fed.start("clinic-b");
-    let c = fed.start("payer-c");
+    let (a, b, c) = (
+        fed.start("hosp-a"),
+        fed.start("clinic-b"),
+        fed.start("payer-c"),
+    );
+    (fed, a, b, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_label_delivers_a_sensitive_record_without_consent() {
+    let (_fed, a, b, c) = hospital_clinic_payer();
 
     for record in sensitive_records() {
         for label in CONTENT_TYPES {
@@ -412,14 +420,7 @@ async fn one_patient_per_transfer_with_the_right_count_and_a_mismatch_named_as_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unclassified_content_needs_consent_or_a_clinicians_declaration() {
-    let fed = Fed::new(&[
-        ("hosp-a", FacilityKind::Hospital),
-        ("clinic-b", FacilityKind::Clinic),
-        ("payer-c", FacilityKind::Payer),
-    ]);
-    let a = fed.start("hosp-a");
-    let b = fed.start("clinic-b");
-    let _c = fed.start("payer-c");
+    let (_fed, a, b, _c) = hospital_clinic_payer();
 
     // A PDF the gateway cannot read: unclassified, so it needs consent naming the recipient.
     let refused = a

@@ -43,6 +43,21 @@ pub(crate) fn decode_entry(
     decode_sealed(keys, (WHAT, id), value)
 }
 
+/// The entry under `id` inside a transaction, opened; a missing one aborts it as not found.
+fn entry_in(
+    outbox: &sled::transaction::TransactionalTree,
+    keys: &Keys,
+    id: &[u8; 16],
+) -> Result<OutboxEntry, ConflictableTransactionError<StoreError>> {
+    let Some(old) = outbox.get(id)? else {
+        return Err(ConflictableTransactionError::Abort(StoreError::NotFound {
+            what: WHAT,
+            id: transfer_id_hex(id),
+        }));
+    };
+    decode_entry(keys, id, &old).map_err(ConflictableTransactionError::Abort)
+}
+
 impl Store {
     /// Inserts a new entry; refuses an id that already exists.
     pub fn outbox_insert(&self, entry: &OutboxEntry) -> Result<(), StoreError> {
@@ -182,14 +197,7 @@ impl Store {
             "update outbox entry",
             [&t.outbox, &t.outbox_due, &t.spool_retained],
             |[outbox, due, retained]| {
-                let Some(old) = outbox.get(id)? else {
-                    return abort(StoreError::NotFound {
-                        what: WHAT,
-                        id: transfer_id_hex(&id),
-                    });
-                };
-                let old: OutboxEntry = decode_entry(self.keys(), &id, &old)
-                    .map_err(ConflictableTransactionError::Abort)?;
+                let old = entry_in(outbox, self.keys(), &id)?;
                 let mut new = old.clone();
                 let records = match f.try_borrow_mut() {
                     Ok(mut f) => (*f)(&mut new),
@@ -246,14 +254,7 @@ impl Store {
             "requeue outbox entry",
             [&t.outbox, &t.outbox_due, &t.spool_removed],
             |[outbox, due, removed]| {
-                let Some(old) = outbox.get(id)? else {
-                    return abort(StoreError::NotFound {
-                        what: WHAT,
-                        id: transfer_id_hex(&id),
-                    });
-                };
-                let old: OutboxEntry = decode_entry(self.keys(), &id, &old)
-                    .map_err(ConflictableTransactionError::Abort)?;
+                let old = entry_in(outbox, self.keys(), &id)?;
                 if old.state != TransferState::Failed {
                     return Ok((Err(RequeueRefusal::NotFailed(old.state)), Vec::new()));
                 }
