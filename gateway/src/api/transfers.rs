@@ -16,7 +16,7 @@ use gateway_envelope::TransferId;
 use gateway_store::{OutboxEntry, SpoolKind};
 
 use crate::record::{ContentType, PatientRef};
-use crate::send::delivery;
+use crate::send::control;
 use crate::send::outbox::{submit, Accepted, Payload, SubmitError, SubmitRequest};
 use crate::state::NodeState;
 
@@ -301,7 +301,7 @@ pub async fn cancel_transfer(State(state): State<Shared>, Path(id): Path<String>
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no transfer {id}")),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    match delivery::cancel(&state, &id).await {
+    match control::cancel(&state, &id).await {
         Ok(e) => Json(transfer_view(&state, &e)).into_response(),
         Err(msg) => error(StatusCode::CONFLICT, msg),
     }
@@ -341,17 +341,17 @@ pub async fn requeue(
         Err(r) => return r.into_response(),
     };
     let by = token.map_or_else(|| "local-api".to_owned(), |t| t.0 .0);
-    match delivery::requeue(&state, &id, &by).await {
+    match control::requeue(&state, &id, &by).await {
         Ok(e) => Json(transfer_view(&state, &e)).into_response(),
-        Err(e @ delivery::RequeueError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e @ delivery::RequeueError::NotFailed { .. }) => {
+        Err(e @ control::RequeueError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ control::RequeueError::NotFailed { .. }) => {
             error(StatusCode::CONFLICT, e.to_string())
         }
         Err(
-            e @ (delivery::RequeueError::EnvelopeRemoved { .. }
-            | delivery::RequeueError::EnvelopeMissing { .. }),
+            e @ (control::RequeueError::EnvelopeRemoved { .. }
+            | control::RequeueError::EnvelopeMissing { .. }),
         ) => error(StatusCode::GONE, e.to_string()),
-        Err(e @ delivery::RequeueError::Store(_)) => {
+        Err(e @ control::RequeueError::Store(_)) => {
             tracing::error!(transfer = %id, error = %e, "requeue failed");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -109,7 +109,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     stop: watch::Sender<bool>,
 ) {
-    delivery::recover_after_restart(&state);
+    crate::send::recovery::recover_after_restart(&state);
     remove_leftover_uploads(&state.config.data_dir);
     let peer = tokio::spawn(peer_api::serve(state.clone(), peer_listener));
     let local = tokio::spawn(api::serve(state.clone(), local_listener));

@@ -9,91 +9,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::io::ReaderStream;
 use tracing::Instrument;
 
-use gateway_envelope::{SignedReceipt, TransferId};
-use gateway_store::{AuditFilter, OutboxEntry, RequeueRefusal, SpoolKind, TransferState};
+use gateway_envelope::TransferId;
+use gateway_store::{AuditFilter, OutboxEntry, TransferState};
 
 use crate::audit::{self, event};
 use crate::state::circuits::Admission;
 use crate::state::NodeState;
 use crate::trust::now_ms;
-use crate::trust::transport::Body;
+
+use super::attempt::attempt_delivery;
 
 pub const ENVELOPE_PATH: &str = "/v1/envelopes";
 
 /// Envelopes up to this size are read whole into memory to send; larger ones are streamed.
 /// Bounded memory: at most this much per delivery worker.
 pub const WHOLE_ENVELOPE_BYTES: u64 = 2 * 1024 * 1024;
-
-/// Store job: every outbox entry has its `submitted` (and, once delivered, `delivered`) audit
-/// entry. Checked once per store, not at every start: it costs an audit lookup per transfer.
-const AUDIT_PAIRS_JOB: &str = "outbox-audit-pairs";
-
-/// After a crash, transfers caught mid-delivery go back to the queue: the receiver's
-/// idempotence (same transfer id → same receipt) makes the resend safe.
-///
-/// A state change and its audit entries are one sled transaction (`outbox_*_audited`), so
-/// they are durable together. Stores written by versions before that could hold a transfer
-/// that was queued or delivered with no `submitted` or `delivered` entry (the two were
-/// separate writes); those entries are written now, marked as recorded at restart, on the
-/// first start of a store only.
-///
-/// Start-up reads only the pending transfers (through the due index), not the node's whole
-/// sending history; the one-time backfill reads the outbox one entry at a time.
-pub fn recover_after_restart(state: &NodeState) {
-    for e in state.store.outbox_pending_iter().flatten() {
-        if e.state == TransferState::Delivering {
-            let _ = state.store.outbox_update(&e.transfer_id, |e| {
-                e.state = TransferState::Queued;
-                e.next_attempt_ms = now_ms();
-            });
-        }
-    }
-    if state.store.job_done(AUDIT_PAIRS_JOB).unwrap_or(false) {
-        return;
-    }
-    let mut complete = true;
-    for e in state.store.outbox_iter() {
-        match e {
-            Ok(e) => complete &= backfill_audit_pair(state, &e),
-            Err(_) => complete = false,
-        }
-    }
-    if complete {
-        let _ = state.store.set_job_done(AUDIT_PAIRS_JOB);
-    }
-}
-
-/// Writes the missing `submitted`/`delivered` entries of one transfer; false if one could not
-/// be written (the job then runs again at the next start).
-fn backfill_audit_pair(state: &NodeState, e: &OutboxEntry) -> bool {
-    let mut ok = true;
-    if !audit::has_event(&state.store, e.transfer_id, event::SUBMITTED) {
-        let mut rec = base_record(e, event::SUBMITTED, "queued");
-        rec.reason = Some(
-            "recorded at restart: queued before the node stopped, without this entry".to_owned(),
-        );
-        ok &= audit::append(&state.store, rec).is_ok();
-    }
-    if e.state == TransferState::Delivered
-        && !audit::has_event(&state.store, e.transfer_id, event::DELIVERED)
-    {
-        let mut rec = base_record(e, event::DELIVERED, "delivered");
-        rec.reason = Some(
-            "recorded at restart: the receipt was stored before the node stopped, \
-             without this entry"
-                .to_owned(),
-        );
-        ok &= audit::append(&state.store, rec).is_ok();
-    }
-    ok
-}
 
 pub async fn run_scheduler(state: Arc<NodeState>) {
     let permits = state.delivery_permits.clone();
@@ -212,7 +145,7 @@ fn expires_ms(state: &NodeState, entry: &OutboxEntry) -> u64 {
     })
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Delivered {
         receipt: Vec<u8>,
         duplicate: bool,
@@ -574,270 +507,4 @@ fn backoff_ms(attempt: u32, initial: u64, max: u64) -> u64 {
         Err(_) => 0,
     };
     capped / 2 + jitter
-}
-
-async fn attempt_delivery(
-    state: &Arc<NodeState>,
-    entry: &OutboxEntry,
-    envelope: Option<Bytes>,
-) -> Outcome {
-    let trust = state.trust();
-    let local = |reason: &str| Outcome::Local {
-        reason: reason.to_owned(),
-        retry: false,
-    };
-    let Some(peer) = trust.peer_by_str(&entry.recipient) else {
-        return local("recipient is no longer in the federation directory");
-    };
-    if !peer.active {
-        return local("recipient is no longer active in the federation directory");
-    }
-    let mut sender = match state.clients.sender(&peer).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::Unreachable(e.to_string()),
-    };
-    let path = state
-        .store
-        .spool_path(&entry.transfer_id, SpoolKind::Outbox);
-    let missing = |e: std::io::Error| Outcome::Local {
-        reason: format!("local system: sealed envelope missing: {e}"),
-        retry: false,
-    };
-    // A small envelope is read with one blocking call and sent as one body; streaming it
-    // through tokio::fs would cost a blocking-pool round trip per 256 KiB read.
-    let body: Body = if let Some(bytes) = envelope.filter(|b| b.len() as u64 == entry.envelope_len)
-    {
-        BodyExt::boxed(http_body_util::Full::new(bytes).map_err(|never| match never {}))
-    } else if entry.envelope_len <= WHOLE_ENVELOPE_BYTES {
-        match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
-            Ok(Ok(bytes)) if bytes.len() as u64 != entry.envelope_len => {
-                return local("local system: sealed envelope is not the length recorded")
-            }
-            Ok(Ok(bytes)) => BodyExt::boxed(
-                http_body_util::Full::new(Bytes::from(bytes)).map_err(|never| match never {}),
-            ),
-            Ok(Err(e)) => return missing(e),
-            Err(e) => {
-                return Outcome::Local {
-                    reason: format!("local system: {e}"),
-                    retry: true,
-                }
-            }
-        }
-    } else {
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) => return missing(e),
-        };
-        let stream = ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
-        BodyExt::boxed(StreamBody::new(stream))
-    };
-    let request = match http::Request::post(format!("https://{}{ENVELOPE_PATH}", peer.id))
-        .header(http::header::CONTENT_LENGTH, entry.envelope_len)
-        .header(
-            http::header::CONTENT_TYPE,
-            "application/vnd.healthfed.envelope",
-        )
-        .body(body)
-    {
-        Ok(r) => r,
-        Err(e) => return local(&format!("local system: {e}")),
-    };
-    if sender.ready().await.is_err() {
-        state.clients.forget(&peer.id).await;
-        return Outcome::Unreachable(format!("peer {}: connection closed", peer.id));
-    }
-    let timeout = Duration::from_secs(state.config.peer.request_timeout_secs);
-    let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            state.clients.forget(&peer.id).await;
-            return Outcome::Unreachable(format!("peer {}: {e}", peer.id));
-        }
-        Err(_) => return Outcome::Unreachable(format!("peer {}: timed out", peer.id)),
-    };
-    let status = response.status();
-    let body = match response.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return Outcome::Unreachable(format!("peer {}: reading response: {e}", peer.id)),
-    };
-    match status.as_u16() {
-        200 | 409 => match verify_receipt(state, entry, &peer, &body) {
-            Ok(()) => Outcome::Delivered {
-                receipt: body.to_vec(),
-                duplicate: status.as_u16() == 409,
-            },
-            // A 409 without a valid receipt is a refusal (e.g. a different envelope reused the id).
-            Err(e) if status.as_u16() == 409 => Outcome::Refused(
-                format!("peer {} refused: {}", peer.id, peer_reason(&body)) + &format!(" ({e})"),
-            ),
-            Err(e) => Outcome::Refused(e),
-        },
-        502..=504 => Outcome::Unreachable(format!(
-            "peer {}: {} {}",
-            peer.id,
-            status.as_u16(),
-            peer_reason(&body)
-        )),
-        408 | 429 | 500..=599 => Outcome::Retry(format!(
-            "peer {}: {} {}",
-            peer.id,
-            status.as_u16(),
-            peer_reason(&body)
-        )),
-        _ => Outcome::Refused(format!(
-            "peer {} refused ({}): {}",
-            peer.id,
-            status.as_u16(),
-            peer_reason(&body)
-        )),
-    }
-}
-
-fn verify_receipt(
-    state: &NodeState,
-    entry: &OutboxEntry,
-    peer: &crate::trust::Peer,
-    body: &Bytes,
-) -> Result<(), String> {
-    let signed = SignedReceipt::from_bytes(body)
-        .map_err(|e| format!("peer {}: receipt unreadable: {e}", peer.id))?;
-    let receipt = signed
-        .verify(&peer.signing_keys)
-        .map_err(|e| format!("peer {}: receipt signature invalid: {e}", peer.id))?;
-    if receipt.transfer_id.0 != entry.transfer_id
-        || receipt.payload_digest != entry.payload_digest
-        || receipt.receiver != peer.id.as_str()
-        || receipt.sender != state.me().as_str()
-    {
-        return Err(format!(
-            "peer {}: receipt does not match the transfer",
-            peer.id
-        ));
-    }
-    Ok(())
-}
-
-/// A peer's refusal text, cut short and reduced to printable ASCII before it is stored.
-fn peer_reason(body: &[u8]) -> String {
-    let text: String = String::from_utf8_lossy(body)
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(200)
-        .collect();
-    if text.is_empty() {
-        "no reason given".to_owned()
-    } else {
-        text
-    }
-}
-
-/// Cancels a transfer that has not been delivered yet.
-pub async fn cancel(state: &NodeState, id: &TransferId) -> Result<OutboxEntry, String> {
-    if state
-        .inflight
-        .lock()
-        .map(|s| s.contains(&id.0))
-        .unwrap_or(true)
-    {
-        return Err("the transfer is being delivered right now; try again shortly".to_owned());
-    }
-    let mut refused = None;
-    let (entry, _) = state
-        .store
-        .outbox_update_audited(&id.0, |e| match e.state {
-            TransferState::Queued | TransferState::Failed => {
-                e.state = TransferState::Cancelled;
-                e.updated_ms = now_ms();
-                refused = None;
-                vec![base_record(e, event::CANCELLED, "cancelled")]
-            }
-            other => {
-                refused = Some(other);
-                Vec::new()
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    if let Some(state_now) = refused {
-        return Err(format!("a {state_now} transfer cannot be cancelled"));
-    }
-    state.store.commit().await.map_err(|e| e.to_string())?;
-    state.waiters.finish(id.0, false);
-    Ok(entry)
-}
-
-/// Why a failed transfer was not requeued.
-#[derive(Debug, thiserror::Error)]
-pub enum RequeueError {
-    #[error("no transfer {0}")]
-    NotFound(TransferId),
-    #[error("only a failed transfer can be requeued; transfer {id} is {state}")]
-    NotFailed {
-        id: TransferId,
-        state: TransferState,
-    },
-    #[error(
-        "transfer {id}: its sealed envelope was removed by retention (at {removed_ms} ms since \
-         the epoch, retention.envelope_hours after it failed); submit the record again"
-    )]
-    EnvelopeRemoved { id: TransferId, removed_ms: u64 },
-    #[error(
-        "transfer {id}: its sealed envelope is missing from the spool; submit the record again"
-    )]
-    EnvelopeMissing { id: TransferId },
-    #[error("local system: {0}")]
-    Store(#[from] gateway_store::StoreError),
-}
-
-/// Puts a failed transfer back in the queue (an operator's decision, e.g. once a refusing
-/// peer's problem is fixed or after an outage longer than `max_age_secs`): due now, attempts
-/// restarted, its age bound counted from now. The state change and its `requeued` audit entry
-/// (naming `by`, the API token's name) are one transaction, committed before this returns.
-/// The same sealed envelope is sent again, so the recipient still sees one transfer id.
-pub async fn requeue(
-    state: &NodeState,
-    id: &TransferId,
-    by: &str,
-) -> Result<OutboxEntry, RequeueError> {
-    let Some(entry) = state.store.outbox_get(&id.0)? else {
-        return Err(RequeueError::NotFound(*id));
-    };
-    let refused = |refusal: RequeueRefusal| match refusal {
-        RequeueRefusal::NotFailed(state) => RequeueError::NotFailed { id: *id, state },
-        RequeueRefusal::EnvelopeRemoved { removed_ms } => RequeueError::EnvelopeRemoved {
-            id: *id,
-            removed_ms,
-        },
-    };
-    if entry.state != TransferState::Failed {
-        return Err(refused(RequeueRefusal::NotFailed(entry.state)));
-    }
-    let path = state.store.spool_path(&id.0, SpoolKind::Outbox);
-    let present = tokio::task::spawn_blocking(move || path.exists())
-        .await
-        .unwrap_or(false);
-    if !present {
-        return Err(
-            match state.store.envelope_removed_ms(SpoolKind::Outbox, &id.0)? {
-                Some(removed_ms) => RequeueError::EnvelopeRemoved {
-                    id: *id,
-                    removed_ms,
-                },
-                None => RequeueError::EnvelopeMissing { id: *id },
-            },
-        );
-    }
-    let previous = entry.last_error.clone().unwrap_or_default();
-    let (entry, _) = state
-        .store
-        .outbox_requeue_audited(&id.0, now_ms(), |e| {
-            let mut rec = base_record(e, event::REQUEUED, "queued");
-            rec.reason = Some(format!("requeued by {by}; it had failed: {previous}"));
-            vec![rec]
-        })?
-        .map_err(refused)?;
-    state.store.commit().await?;
-    tracing::info!(transfer = %id, peer = %entry.recipient, by, "failed transfer requeued");
-    state.wake.notify_one();
-    Ok(entry)
 }

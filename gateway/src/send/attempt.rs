@@ -1,0 +1,176 @@
+//! One delivery attempt over the wire: the envelope sent (whole from memory, or streamed from
+//! the spool), the peer's answer classified, and its signed receipt verified against the
+//! recipient's directory key before anything is marked delivered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio_util::io::ReaderStream;
+
+use gateway_envelope::SignedReceipt;
+use gateway_store::{OutboxEntry, SpoolKind};
+
+use crate::state::NodeState;
+use crate::trust::transport::Body;
+
+use super::delivery::{Outcome, ENVELOPE_PATH, WHOLE_ENVELOPE_BYTES};
+
+pub(super) async fn attempt_delivery(
+    state: &Arc<NodeState>,
+    entry: &OutboxEntry,
+    envelope: Option<Bytes>,
+) -> Outcome {
+    let trust = state.trust();
+    let local = |reason: &str| Outcome::Local {
+        reason: reason.to_owned(),
+        retry: false,
+    };
+    let Some(peer) = trust.peer_by_str(&entry.recipient) else {
+        return local("recipient is no longer in the federation directory");
+    };
+    if !peer.active {
+        return local("recipient is no longer active in the federation directory");
+    }
+    let mut sender = match state.clients.sender(&peer).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Unreachable(e.to_string()),
+    };
+    let path = state
+        .store
+        .spool_path(&entry.transfer_id, SpoolKind::Outbox);
+    let missing = |e: std::io::Error| Outcome::Local {
+        reason: format!("local system: sealed envelope missing: {e}"),
+        retry: false,
+    };
+    // A small envelope is read with one blocking call and sent as one body; streaming it
+    // through tokio::fs would cost a blocking-pool round trip per 256 KiB read.
+    let body: Body = if let Some(bytes) = envelope.filter(|b| b.len() as u64 == entry.envelope_len)
+    {
+        BodyExt::boxed(http_body_util::Full::new(bytes).map_err(|never| match never {}))
+    } else if entry.envelope_len <= WHOLE_ENVELOPE_BYTES {
+        match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+            Ok(Ok(bytes)) if bytes.len() as u64 != entry.envelope_len => {
+                return local("local system: sealed envelope is not the length recorded")
+            }
+            Ok(Ok(bytes)) => BodyExt::boxed(
+                http_body_util::Full::new(Bytes::from(bytes)).map_err(|never| match never {}),
+            ),
+            Ok(Err(e)) => return missing(e),
+            Err(e) => {
+                return Outcome::Local {
+                    reason: format!("local system: {e}"),
+                    retry: true,
+                }
+            }
+        }
+    } else {
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => return missing(e),
+        };
+        let stream = ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
+        BodyExt::boxed(StreamBody::new(stream))
+    };
+    let request = match http::Request::post(format!("https://{}{ENVELOPE_PATH}", peer.id))
+        .header(http::header::CONTENT_LENGTH, entry.envelope_len)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/vnd.healthfed.envelope",
+        )
+        .body(body)
+    {
+        Ok(r) => r,
+        Err(e) => return local(&format!("local system: {e}")),
+    };
+    if sender.ready().await.is_err() {
+        state.clients.forget(&peer.id).await;
+        return Outcome::Unreachable(format!("peer {}: connection closed", peer.id));
+    }
+    let timeout = Duration::from_secs(state.config.peer.request_timeout_secs);
+    let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            state.clients.forget(&peer.id).await;
+            return Outcome::Unreachable(format!("peer {}: {e}", peer.id));
+        }
+        Err(_) => return Outcome::Unreachable(format!("peer {}: timed out", peer.id)),
+    };
+    let status = response.status();
+    let body = match response.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Outcome::Unreachable(format!("peer {}: reading response: {e}", peer.id)),
+    };
+    match status.as_u16() {
+        200 | 409 => match verify_receipt(state, entry, &peer, &body) {
+            Ok(()) => Outcome::Delivered {
+                receipt: body.to_vec(),
+                duplicate: status.as_u16() == 409,
+            },
+            // A 409 without a valid receipt is a refusal (e.g. a different envelope reused the id).
+            Err(e) if status.as_u16() == 409 => Outcome::Refused(
+                format!("peer {} refused: {}", peer.id, peer_reason(&body)) + &format!(" ({e})"),
+            ),
+            Err(e) => Outcome::Refused(e),
+        },
+        502..=504 => Outcome::Unreachable(format!(
+            "peer {}: {} {}",
+            peer.id,
+            status.as_u16(),
+            peer_reason(&body)
+        )),
+        408 | 429 | 500..=599 => Outcome::Retry(format!(
+            "peer {}: {} {}",
+            peer.id,
+            status.as_u16(),
+            peer_reason(&body)
+        )),
+        _ => Outcome::Refused(format!(
+            "peer {} refused ({}): {}",
+            peer.id,
+            status.as_u16(),
+            peer_reason(&body)
+        )),
+    }
+}
+
+fn verify_receipt(
+    state: &NodeState,
+    entry: &OutboxEntry,
+    peer: &crate::trust::Peer,
+    body: &Bytes,
+) -> Result<(), String> {
+    let signed = SignedReceipt::from_bytes(body)
+        .map_err(|e| format!("peer {}: receipt unreadable: {e}", peer.id))?;
+    let receipt = signed
+        .verify(&peer.signing_keys)
+        .map_err(|e| format!("peer {}: receipt signature invalid: {e}", peer.id))?;
+    if receipt.transfer_id.0 != entry.transfer_id
+        || receipt.payload_digest != entry.payload_digest
+        || receipt.receiver != peer.id.as_str()
+        || receipt.sender != state.me().as_str()
+    {
+        return Err(format!(
+            "peer {}: receipt does not match the transfer",
+            peer.id
+        ));
+    }
+    Ok(())
+}
+
+/// A peer's refusal text, cut short and reduced to printable ASCII before it is stored.
+fn peer_reason(body: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(body)
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(200)
+        .collect();
+    if text.is_empty() {
+        "no reason given".to_owned()
+    } else {
+        text
+    }
+}
