@@ -1,9 +1,11 @@
-//! The bearer-token check in front of every `/v1` route (constant-time hash comparison).
+//! The bearer-token check in front of every `/v1` route (constant-time hash comparison with
+//! `subtle`, not a hand-written loop the optimizer may shortcut).
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use subtle::ConstantTimeEq;
 
 use super::error::error;
 use super::Shared;
@@ -20,24 +22,20 @@ pub async fn require_token(State(state): State<Shared>, mut req: Request, next: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| gateway_envelope::sha256(t.trim().as_bytes()));
+    // Every configured hash is compared, in constant time, whichever matches: neither the
+    // time nor the order of the comparisons tells a caller how close a guess was.
     let matched = presented.and_then(|hash| {
-        state
-            .config
-            .local_api
-            .token_hashes
-            .iter()
-            .find(|t| ring_eq(&t.sha256, &hash))
+        let mut found = None;
+        for t in &state.config.local_api.token_hashes {
+            if bool::from(t.sha256.ct_eq(&hash)) && found.is_none() {
+                found = Some(t);
+            }
+        }
+        found
     });
     let Some(token) = matched else {
         return error(StatusCode::UNAUTHORIZED, "missing or unknown API token");
     };
     req.extensions_mut().insert(TokenName(token.name.clone()));
     next.run(req).await
-}
-
-fn ring_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
 }
