@@ -18,6 +18,8 @@ pub mod event {
     pub const CANCELLED: &str = "cancelled";
     pub const REQUEUED: &str = "requeued";
     pub const FETCHED: &str = "fetched";
+    pub const METADATA_READ: &str = "metadata-read";
+    pub const RECORD_STORED: &str = "record-stored";
     pub const ACKED: &str = "acknowledged";
     pub const DECISION: &str = "policy-decision";
     pub const CONSENT: &str = "consent-changed";

@@ -471,6 +471,17 @@ async fn unclassified_content_needs_consent_or_a_clinicians_declaration() {
     let id = sent.transfer_id();
     a.wait_state(&id, "delivered", DELIVERY).await;
     assert_eq!(b.fetch(&id).await, pdf_bytes());
+    // Reading the decrypted metadata and the payload are each audited, naming the token.
+    let (status, meta) = b.get(&format!("/v1/inbox/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{meta}");
+    for event in ["metadata-read", "fetched"] {
+        let reads = b.audit_events(event).await;
+        assert!(
+            reads.iter().any(|e| e["transfer_id"] == id.as_str()
+                && e["reason"].as_str().unwrap_or("").starts_with("read by ")),
+            "{event}: {reads:#?}"
+        );
+    }
     for node in [&a, &b] {
         let declared = node
             .audit_events("policy-decision")
@@ -652,6 +663,8 @@ async fn no_patient_identifier_or_name_is_readable_in_either_nodes_data_or_log()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
+    let stored = a.audit_events("record-stored").await;
+    assert_eq!(stored.len(), 1, "{stored:#?}");
     // The patient queries still answer (the identifiers are there, just not in clear).
     let (status, entries) = a.get(&format!("/v1/audit?patient={p_pdf}")).await;
     assert_eq!(status, StatusCode::OK);

@@ -15,6 +15,11 @@ use super::Shared;
 #[derive(Clone)]
 pub struct TokenName(pub String);
 
+/// Who a request acted as, for its audit entry: the token's name, or `local-api`.
+pub fn acting(token: Option<axum::Extension<TokenName>>) -> String {
+    token.map_or_else(|| "local-api".to_owned(), |t| t.0 .0)
+}
+
 pub async fn require_token(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()

@@ -17,6 +17,7 @@ use crate::receive::fetch::{open_received, FetchError};
 use crate::state::NodeState;
 use crate::trust::now_ms;
 
+use super::auth::{acting, TokenName};
 use super::error::{error, parse_id};
 use super::paging::{transfer_page, PageQuery};
 use super::transfers::removed_ms;
@@ -72,13 +73,55 @@ fn fetch_error(e: FetchError) -> Response {
     }
 }
 
-pub async fn get_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+/// Writes and commits the audit entry of a read before the read is answered: a read the log
+/// cannot record is not served.
+async fn audit_read(
+    state: &NodeState,
+    event: &str,
+    outcome: &str,
+    id: TransferId,
+    entry: &InboxEntry,
+    meta: &crate::record::RecordMetadata,
+    by: &str,
+) -> Result<(), Response> {
+    let mut rec = audit::record(event, outcome);
+    rec.transfer_id = Some(id.0);
+    rec.peer = Some(entry.sender.clone());
+    rec.patient_ref = Some(meta.patient.clone());
+    rec.purpose = Some(meta.purpose.clone());
+    rec.reason = Some(format!("read by {by}"));
+    let written = audit::append(&state.store, rec).map_err(|e| e.to_string());
+    let committed = match written {
+        Ok(()) => state.store.commit().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    committed.map_err(|e| {
+        tracing::error!(error = %e, "audit write failed; read refused");
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the audit log could not record this read; nothing was served",
+        )
+    })
+}
+
+pub async fn get_inbox(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    token: Option<axum::Extension<TokenName>>,
+) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
     match open_received(&state, id).await {
-        Ok((entry, meta, _rx)) => Json(json!({
+        Ok((entry, meta, _rx)) => {
+            let by = acting(token);
+            if let Err(refused) =
+                audit_read(&state, event::METADATA_READ, "read", id, &entry, &meta, &by).await
+            {
+                return refused;
+            }
+            Json(json!({
             "transfer_id": id.to_string(),
             "from": entry.sender,
             "received_ms": entry.received_ms,
@@ -92,26 +135,30 @@ pub async fn get_inbox(State(state): State<Shared>, Path(id): Path<String>) -> R
             "clinician_role": meta.clinician_role,
             "break_glass_reason": meta.break_glass_reason,
             "request_id": meta.request_id,
-        }))
-        .into_response(),
+            }))
+            .into_response()
+        }
         Err(e) => fetch_error(e),
     }
 }
 
-pub async fn get_inbox_payload(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+pub async fn get_inbox_payload(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    token: Option<axum::Extension<TokenName>>,
+) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
     match open_received(&state, id).await {
         Ok((entry, meta, rx)) => {
-            let mut rec = audit::record(event::FETCHED, "decrypted");
-            rec.transfer_id = Some(id.0);
-            rec.peer = Some(entry.sender.clone());
-            rec.patient_ref = Some(meta.patient.clone());
-            rec.purpose = Some(meta.purpose.clone());
-            let _ = audit::append(&state.store, rec);
-            let _ = state.store.commit().await;
+            let by = acting(token);
+            if let Err(refused) =
+                audit_read(&state, event::FETCHED, "decrypted", id, &entry, &meta, &by).await
+            {
+                return refused;
+            }
             let stream = tokio_stream_from(rx);
             Response::builder()
                 .status(StatusCode::OK)

@@ -26,6 +26,7 @@ pub async fn put_record(
     State(state): State<Shared>,
     Path(patient): Path<String>,
     Query(q): Query<RecordQuery>,
+    token: Option<axum::Extension<super::auth::TokenName>>,
     body: Bytes,
 ) -> Response {
     let patient_ref = match PatientRef::parse(&patient) {
@@ -55,7 +56,23 @@ pub async fn put_record(
     };
     match tokio::task::block_in_place(|| source.put(patient_ref.reveal(), &record)) {
         Ok(()) => {
-            let _ = state.store.commit().await;
+            // Audited with who stored it, and durable with the record before the answer.
+            let mut rec = crate::audit::record(crate::audit::event::RECORD_STORED, "stored");
+            rec.patient_ref = Some(patient_ref.reveal().to_owned());
+            rec.reason = Some(format!(
+                "{} held for pull requests, stored by {}",
+                record.content_type.mime(),
+                super::auth::acting(token)
+            ));
+            let audited = crate::audit::append(&state.store, rec).map_err(|e| e.to_string());
+            let committed = match audited {
+                Ok(()) => state.store.commit().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = committed {
+                tracing::error!(error = %e, "record stored but its audit entry failed");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "local system error");
+            }
             (StatusCode::CREATED, Json(json!({ "stored": true }))).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

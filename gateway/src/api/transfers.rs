@@ -340,7 +340,7 @@ pub async fn requeue(
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
-    let by = token.map_or_else(|| "local-api".to_owned(), |t| t.0 .0);
+    let by = super::auth::acting(token);
     match control::requeue(&state, &id, &by).await {
         Ok(e) => Json(transfer_view(&state, &e)).into_response(),
         Err(e @ control::RequeueError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
