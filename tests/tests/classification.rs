@@ -266,6 +266,14 @@ async fn no_label_delivers_a_sensitive_record_without_consent() {
                             error.contains("needs consent for") && error.contains(to),
                             "{what}: {error}"
                         );
+                    } else {
+                        // For payment no consent helps: the refusal says so, without
+                        // suggesting one.
+                        assert!(
+                            error.contains("never disclosed for payment (found: ")
+                                && !error.contains("needs consent"),
+                            "{what}: {error}"
+                        );
                     }
                 } else {
                     // A wrong label is refused as such, naming both the label and the content.

@@ -299,7 +299,8 @@ fn submit_blocking(
         (!decision.allowed).then(|| explain_denial(&decision, &categories, &consent, peer));
     let mut reason = decision_reason(&decision, "send", req.break_glass_reason.as_deref());
     if let Some(explained) = &denial {
-        reason.push_str(&format!("; {explained}"));
+        // The audit entry says what the caller is told.
+        reason = reason.replacen(&decision.reason, explained, 1);
     }
     if let Some(declaration) = &inspected.declaration {
         reason.push_str(&format!("; {}", declaration.audit_text()));
@@ -487,7 +488,13 @@ pub fn explain_denial(
         .map(|c| c.as_str())
         .collect();
     let ids = &decision.policy_ids;
-    if ids
+    if ids.iter().any(|id| id == "forbid-payment-sensitive") {
+        // No consent helps here: say what was found, not what to ask the patient for.
+        format!(
+            "sensitive data categories are never disclosed for payment (found: {})",
+            sensitive.join(", ")
+        )
+    } else if ids
         .iter()
         .any(|id| id == "forbid-sensitive-without-consent")
     {
