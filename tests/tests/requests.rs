@@ -305,3 +305,63 @@ async fn pull_request_for_a_record_not_held_or_an_unknown_holder_is_refused() {
     );
     assert!(b.fetch(view["transfer_id"].as_str().unwrap()).await == bundle);
 }
+
+/// The holder authorizes a request before it looks the patient up: a requester the policy
+/// refuses (here: research without the patient's research consent) gets the same answer for a
+/// patient whose record is held and for one that is not, so a refusal tells nothing about
+/// which patients the facility has records of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_does_not_say_whether_a_record_is_held() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let bundle = bundle_by_prefix("Clemente_Kreiger");
+    let held = patient_id(&bundle).unwrap();
+    let resp = a
+        .api()
+        .call(
+            Method::PUT,
+            &format!("/v1/records/{held}"),
+            axum::body::Body::from(bundle.clone()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    let ask = |patient: &str, purpose: &str| {
+        b.cli(&[
+            "request",
+            "--from",
+            "hosp-a",
+            "--patient",
+            patient,
+            "--purpose",
+            purpose,
+            "--clinician",
+            "dr-y",
+        ])
+    };
+    let (code_held, _, err_held) = ask(&held, "research");
+    let (code_absent, _, err_absent) = ask("never-seen-here", "research");
+    assert_eq!(code_held, 3, "{err_held}");
+    assert_eq!(code_absent, 3, "{err_absent}");
+    let reason = |err: &str| {
+        err.lines()
+            .find(|l| l.contains("denied"))
+            .unwrap_or_default()
+            .split_once("denied")
+            .map(|(_, r)| r.to_owned())
+            .unwrap_or_default()
+    };
+    assert!(!reason(&err_held).is_empty(), "{err_held}");
+    assert_eq!(reason(&err_held), reason(&err_absent));
+    assert!(!err_absent.contains("no record"), "{err_absent}");
+    // For a purpose the requester may use, the holder then says plainly that it has nothing.
+    let (code, _, err) = ask("never-seen-here", "treatment");
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no record for this patient"), "{err}");
+}

@@ -366,6 +366,60 @@ pub async fn incoming(
     rec.reason = Some(format!("request {}", wire.request_id));
     let _ = audit::append(&state.store, rec.clone());
 
+    let break_glass = wire.break_glass_reason.is_some();
+    if break_glass {
+        if let Err(why) = break_glass_window_ok(wire.break_glass_until_ms, now_ms()) {
+            refuse_audit(state, peer, Some(&rec), why).await;
+            return answer(StatusCode::FORBIDDEN, &denied(why));
+        }
+    }
+    // Authorized before the record source is consulted, for what the requester asked for: a
+    // requester the policy or the patient's consent refuses gets the same answer whether or
+    // not this facility holds anything about the patient (no existence oracle).
+    let asked = if declared.is_empty() {
+        BTreeSet::from([Category::General])
+    } else {
+        declared.clone()
+    };
+    let (first, _) = decide(
+        state,
+        &Question {
+            action: if break_glass {
+                Action::BreakGlass
+            } else {
+                Action::Request
+            },
+            counterparty: &requester,
+            patient: &wire.patient,
+            categories: &asked,
+            content_type: "unknown",
+            purpose,
+            clinician_role: wire.clinician_role.as_deref(),
+            break_glass,
+            asserted: None,
+        },
+    );
+    if !first.allowed {
+        let mut drec = rec.clone();
+        drec.event = event::DECISION.to_owned();
+        drec.outcome = "deny".to_owned();
+        drec.policy_ids = first.policy_ids.clone();
+        drec.reason = Some(format!(
+            "request {}: {} (decided before the record source was consulted)",
+            wire.request_id,
+            decision_reason(&first, "request", wire.break_glass_reason.as_deref())
+        ));
+        let _ = audit::append(&state.store, drec);
+        let _ = state.store.commit().await;
+        return answer(
+            StatusCode::FORBIDDEN,
+            &WireAnswer {
+                policy_ids: first.policy_ids,
+                ..denied(&first.reason)
+            },
+        );
+    }
+
     let source = StoreRecordSource::new(state.clone());
     let record = match tokio::task::block_in_place(|| source.fetch(&wire.patient)) {
         Ok(Some(r)) => r,
@@ -399,13 +453,6 @@ pub async fn incoming(
             return answer(StatusCode::CONFLICT, &denied(&reason));
         }
     };
-    let break_glass = wire.break_glass_reason.is_some();
-    if break_glass {
-        if let Err(why) = break_glass_window_ok(wire.break_glass_until_ms, now_ms()) {
-            refuse_audit(state, peer, Some(&rec), why).await;
-            return answer(StatusCode::FORBIDDEN, &denied(why));
-        }
-    }
     let (decision, _) = decide(
         state,
         &Question {
