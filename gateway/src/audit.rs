@@ -50,6 +50,13 @@ pub fn append(store: &Store, record: AuditRecord) -> Result<(), StoreError> {
     store.audit_append(record).map(|_| ())
 }
 
+/// Appends and commits: for an entry that must be durable before the caller answers (a read
+/// the log cannot record is not served).
+pub async fn append_durable(store: &Store, record: AuditRecord) -> Result<(), StoreError> {
+    append(store, record)?;
+    store.commit().await
+}
+
 /// Whether the audit log holds an entry of `event` for this transfer (used at recovery, to
 /// write an entry a crash lost exactly once). When the log cannot be read, answers yes: no
 /// entry is written twice on a guess.

@@ -73,73 +73,67 @@ fn fetch_error(e: FetchError) -> Response {
     }
 }
 
-/// Writes and commits the audit entry of a read before the read is answered: a read the log
-/// cannot record is not served.
-async fn audit_read(
-    state: &NodeState,
+/// A received record opened for a caller, with the audit entry of the read (`event`, naming
+/// the token) durable before anything is answered.
+async fn open_audited(
+    state: &Shared,
+    id: &str,
+    token: Option<axum::Extension<TokenName>>,
     event: &str,
     outcome: &str,
-    id: TransferId,
-    entry: &InboxEntry,
-    meta: &crate::record::RecordMetadata,
-    by: &str,
-) -> Result<(), Response> {
+) -> Result<(TransferId, Opened), Response> {
+    let id = parse_id(id).map_err(IntoResponse::into_response)?;
+    let (entry, meta, rx) = open_received(state, id).await.map_err(fetch_error)?;
     let mut rec = audit::record(event, outcome);
     rec.transfer_id = Some(id.0);
     rec.peer = Some(entry.sender.clone());
     rec.patient_ref = Some(meta.patient.clone());
     rec.purpose = Some(meta.purpose.clone());
-    rec.reason = Some(format!("read by {by}"));
-    let written = audit::append(&state.store, rec).map_err(|e| e.to_string());
-    let committed = match written {
-        Ok(()) => state.store.commit().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    };
-    committed.map_err(|e| {
-        tracing::error!(error = %e, "audit write failed; read refused");
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the audit log could not record this read; nothing was served",
-        )
-    })
+    rec.reason = Some(format!("read by {}", acting(token)));
+    audit::append_durable(&state.store, rec)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "audit write failed; read refused");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the audit log could not record this read; nothing was served",
+            )
+        })?;
+    Ok((id, (entry, meta, rx)))
 }
+
+type Opened = (
+    InboxEntry,
+    crate::record::RecordMetadata,
+    tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+);
 
 pub async fn get_inbox(
     State(state): State<Shared>,
     Path(id): Path<String>,
     token: Option<axum::Extension<TokenName>>,
 ) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r.into_response(),
-    };
-    match open_received(&state, id).await {
-        Ok((entry, meta, _rx)) => {
-            let by = acting(token);
-            if let Err(refused) =
-                audit_read(&state, event::METADATA_READ, "read", id, &entry, &meta, &by).await
-            {
-                return refused;
-            }
-            Json(json!({
-            "transfer_id": id.to_string(),
-            "from": entry.sender,
-            "received_ms": entry.received_ms,
-            "payload_bytes": entry.payload_len,
-            "acknowledged": entry.acked_ms.is_some(),
-            "content_type": meta.content_type,
-            "patient": meta.patient,
-            "purpose": meta.purpose,
-            "categories": meta.categories,
-            "clinician": meta.clinician,
-            "clinician_role": meta.clinician_role,
-            "break_glass_reason": meta.break_glass_reason,
-            "request_id": meta.request_id,
-            }))
-            .into_response()
-        }
-        Err(e) => fetch_error(e),
-    }
+    let (id, (entry, meta, _rx)) =
+        match open_audited(&state, &id, token, event::METADATA_READ, "read").await {
+            Ok(opened) => opened,
+            Err(refused) => return refused,
+        };
+    Json(json!({
+        "transfer_id": id.to_string(),
+        "from": entry.sender,
+        "received_ms": entry.received_ms,
+        "payload_bytes": entry.payload_len,
+        "acknowledged": entry.acked_ms.is_some(),
+        "content_type": meta.content_type,
+        "patient": meta.patient,
+        "purpose": meta.purpose,
+        "categories": meta.categories,
+        "clinician": meta.clinician,
+        "clinician_role": meta.clinician_role,
+        "break_glass_reason": meta.break_glass_reason,
+        "request_id": meta.request_id,
+    }))
+    .into_response()
 }
 
 pub async fn get_inbox_payload(
@@ -147,28 +141,17 @@ pub async fn get_inbox_payload(
     Path(id): Path<String>,
     token: Option<axum::Extension<TokenName>>,
 ) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r.into_response(),
-    };
-    match open_received(&state, id).await {
-        Ok((entry, meta, rx)) => {
-            let by = acting(token);
-            if let Err(refused) =
-                audit_read(&state, event::FETCHED, "decrypted", id, &entry, &meta, &by).await
-            {
-                return refused;
-            }
-            let stream = tokio_stream_from(rx);
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, meta.content_type)
-                .header(header::CONTENT_LENGTH, entry.payload_len)
-                .body(AxumBody::from_stream(stream))
-                .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
-        }
-        Err(e) => fetch_error(e),
-    }
+    let (_, (entry, meta, rx)) =
+        match open_audited(&state, &id, token, event::FETCHED, "decrypted").await {
+            Ok(opened) => opened,
+            Err(refused) => return refused,
+        };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, meta.content_type)
+        .header(header::CONTENT_LENGTH, entry.payload_len)
+        .body(AxumBody::from_stream(tokio_stream_from(rx)))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
 }
 
 fn tokio_stream_from(

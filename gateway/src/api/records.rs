@@ -64,12 +64,7 @@ pub async fn put_record(
                 record.content_type.mime(),
                 super::auth::acting(token)
             ));
-            let audited = crate::audit::append(&state.store, rec).map_err(|e| e.to_string());
-            let committed = match audited {
-                Ok(()) => state.store.commit().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = committed {
+            if let Err(e) = crate::audit::append_durable(&state.store, rec).await {
                 tracing::error!(error = %e, "record stored but its audit entry failed");
                 return error(StatusCode::INTERNAL_SERVER_ERROR, "local system error");
             }
