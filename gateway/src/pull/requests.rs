@@ -381,43 +381,21 @@ pub async fn incoming(
     } else {
         declared.clone()
     };
-    let (first, _) = decide(
+    let (first, first_rec) = decide_request(
         state,
-        &Question {
-            action: if break_glass {
-                Action::BreakGlass
-            } else {
-                Action::Request
-            },
-            counterparty: &requester,
-            patient: &wire.patient,
-            categories: &asked,
-            content_type: "unknown",
-            purpose,
-            clinician_role: wire.clinician_role.as_deref(),
-            break_glass,
-            asserted: None,
-        },
+        &requester,
+        &wire,
+        purpose,
+        &asked,
+        "unknown",
+        &rec,
+        " (decided before the record source was consulted)",
     );
     if !first.allowed {
-        let mut drec = rec.clone();
-        drec.event = event::DECISION.to_owned();
-        drec.outcome = "deny".to_owned();
-        drec.policy_ids = first.policy_ids.clone();
-        drec.reason = Some(format!(
-            "request {}: {} (decided before the record source was consulted)",
-            wire.request_id,
-            decision_reason(&first, "request", wire.break_glass_reason.as_deref())
-        ));
-        let _ = audit::append(&state.store, drec);
+        // Only a refusal at this step is an audit entry: a permit here decides nothing yet.
+        let _ = audit::append(&state.store, first_rec);
         let _ = state.store.commit().await;
-        return answer(
-            StatusCode::FORBIDDEN,
-            &WireAnswer {
-                policy_ids: first.policy_ids,
-                ..denied(&first.reason)
-            },
-        );
+        return refused_by(first);
     }
 
     let source = StoreRecordSource::new(state.clone());
@@ -453,43 +431,20 @@ pub async fn incoming(
             return answer(StatusCode::CONFLICT, &denied(&reason));
         }
     };
-    let (decision, _) = decide(
+    let (decision, decision_rec) = decide_request(
         state,
-        &Question {
-            action: if break_glass {
-                Action::BreakGlass
-            } else {
-                Action::Request
-            },
-            counterparty: &requester,
-            patient: &wire.patient,
-            categories: &categories,
-            content_type: record.content_type.mime(),
-            purpose,
-            clinician_role: wire.clinician_role.as_deref(),
-            break_glass,
-            asserted: None,
-        },
+        &requester,
+        &wire,
+        purpose,
+        &categories,
+        record.content_type.mime(),
+        &rec,
+        "",
     );
-    let mut drec = rec.clone();
-    drec.event = event::DECISION.to_owned();
-    drec.outcome = if decision.allowed { "permit" } else { "deny" }.to_owned();
-    drec.policy_ids = decision.policy_ids.clone();
-    drec.reason = Some(format!(
-        "request {}: {}",
-        wire.request_id,
-        decision_reason(&decision, "request", wire.break_glass_reason.as_deref())
-    ));
-    let _ = audit::append(&state.store, drec);
+    let _ = audit::append(&state.store, decision_rec);
     if !decision.allowed {
         let _ = state.store.commit().await;
-        return answer(
-            StatusCode::FORBIDDEN,
-            &WireAnswer {
-                policy_ids: decision.policy_ids,
-                ..denied(&decision.reason)
-            },
-        );
+        return refused_by(decision);
     }
     let submitted = submit(
         state,
@@ -533,6 +488,64 @@ pub async fn incoming(
             )
         }
     }
+}
+
+/// The holder's decision on answering `wire` with `categories` of a record, with its audit
+/// record (`note` says at which step it was taken) for the caller to write.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one decision, taken twice with different categories; a struct would be built once per call"
+)]
+fn decide_request(
+    state: &NodeState,
+    requester: &crate::trust::Peer,
+    wire: &WireRequest,
+    purpose: Purpose,
+    categories: &BTreeSet<Category>,
+    content_type: &str,
+    base: &gateway_store::AuditRecord,
+    note: &str,
+) -> (policies::Decision, gateway_store::AuditRecord) {
+    let break_glass = wire.break_glass_reason.is_some();
+    let (decision, _) = decide(
+        state,
+        &Question {
+            action: if break_glass {
+                Action::BreakGlass
+            } else {
+                Action::Request
+            },
+            counterparty: requester,
+            patient: &wire.patient,
+            categories,
+            content_type,
+            purpose,
+            clinician_role: wire.clinician_role.as_deref(),
+            break_glass,
+            asserted: None,
+        },
+    );
+    let mut rec = base.clone();
+    rec.event = event::DECISION.to_owned();
+    rec.outcome = if decision.allowed { "permit" } else { "deny" }.to_owned();
+    rec.policy_ids = decision.policy_ids.clone();
+    rec.reason = Some(format!(
+        "request {}: {}{note}",
+        wire.request_id,
+        decision_reason(&decision, "request", wire.break_glass_reason.as_deref())
+    ));
+    (decision, rec)
+}
+
+/// The answer to a request the policy refused: its reason and determining policies.
+fn refused_by(decision: policies::Decision) -> PeerResponse {
+    answer(
+        StatusCode::FORBIDDEN,
+        &WireAnswer {
+            policy_ids: decision.policy_ids,
+            ..denied(&decision.reason)
+        },
+    )
 }
 
 async fn refuse_audit(
