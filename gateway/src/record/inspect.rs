@@ -173,13 +173,13 @@ fn read(content_type: &ContentType, content: Content<'_>) -> Result<ContentFacts
     if let Content::Prefix(prefix) = content {
         // Only the first bytes are at hand: fine for formats read by their header, refused for
         // anything that might be a parsed format further in (JSON or XML).
-        if let Some(kind) = parsed_kind(prefix) {
+        if let Some(kind) = parsed_kind(found, prefix) {
             if prefix.len() >= MAX_PARSED_BYTES {
                 return Err(RecordError::TooLargeToClassify(MAX_PARSED_BYTES));
             }
             return Err(RecordError::NotStreamable(kind));
         }
-    } else if bytes.len() > MAX_PARSED_BYTES && parsed_kind(bytes).is_some() {
+    } else if bytes.len() > MAX_PARSED_BYTES && parsed_kind(found, bytes).is_some() {
         return Err(RecordError::TooLargeToClassify(MAX_PARSED_BYTES));
     }
     classify_content(bytes).map_err(|e| unreadable(&e))
@@ -187,8 +187,9 @@ fn read(content_type: &ContentType, content: Content<'_>) -> Result<ContentFacts
 
 /// JSON- or XML-looking content (after a byte-order mark and white space): it may be a format
 /// the gateway parses, so it is only ever classified whole.
-fn parsed_kind(bytes: &[u8]) -> Option<&'static str> {
-    if policies::classify::detect_format(bytes) == Format::Dicom {
+/// `found` is the format already detected: a DICOM preamble is arbitrary bytes, never JSON.
+fn parsed_kind(found: Format, bytes: &[u8]) -> Option<&'static str> {
+    if found == Format::Dicom {
         return None;
     }
     let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -204,9 +205,8 @@ fn check_patient(facts: &ContentFacts, declared: &str) -> Result<(), RecordError
         Ok(()) => Ok(()),
         Err(PatientProblem::Multiple(n)) => Err(RecordError::MultiplePatients(n)),
         Err(PatientProblem::Mismatch) => Err(RecordError::PatientMismatch),
-        // FHIR without any patient (a practitioner directory) has nobody to contradict; a
-        // DICOM object must carry its PatientID.
-        Err(PatientProblem::NoPatient) if facts.format == Format::FhirJson => Ok(()),
+        // A DICOM object must carry its PatientID; FHIR without any patient (a practitioner
+        // directory), PDF and the rest have nobody to contradict.
         Err(PatientProblem::NoPatient) if facts.format == Format::Dicom => {
             Err(RecordError::NoPatient)
         }
@@ -273,12 +273,8 @@ impl Kept {
         if !self.decided && !plain.is_empty() {
             // Whatever the label says, content that looks like JSON or XML is read whole: it
             // may be a parsed format under another name.
-            let body = plain.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(plain);
-            if body
-                .iter()
-                .find(|b| !b.is_ascii_whitespace())
-                .is_some_and(|b| b"{[<".contains(b))
-            {
+            let found = policies::classify::detect_format(plain);
+            if parsed_kind(found, plain).is_some() {
                 self.limit = MAX_PARSED_BYTES;
             }
             self.decided = true;

@@ -27,10 +27,6 @@ use crate::trust::Peer;
 
 use super::seal::seal_to_spool;
 
-/// FHIR and CDA records are read whole to classify them; larger ones are refused rather than
-/// skipped.
-pub const MAX_FHIR_BUNDLE_BYTES: u64 = MAX_PARSED_BYTES as u64;
-
 /// A record as the local system submits it.
 pub struct SubmitRequest {
     pub to: String,
@@ -113,8 +109,6 @@ pub enum SubmitError {
     SelfAddressed,
     #[error("{0}")]
     Record(#[from] RecordError),
-    #[error("FHIR and CDA records over {MAX_FHIR_BUNDLE_BYTES} bytes are refused")]
-    BundleTooLarge,
     /// The upload did not match what its headers declared (length or Content-Digest), or was
     /// cut off; nothing was queued.
     #[error("upload refused: {0}")]
@@ -407,12 +401,13 @@ fn check_payload(req: &SubmitRequest, payload: &mut Payload) -> Result<Inspected
     let content = match payload {
         Payload::Memory { bytes, .. } => Content::Whole(bytes),
         Payload::File { len, .. }
-            if req.content_type.parsed_whole() && *len > MAX_FHIR_BUNDLE_BYTES =>
+            if req.content_type.parsed_whole() && *len > MAX_PARSED_BYTES as u64 =>
         {
-            return Err(SubmitError::BundleTooLarge)
+            // The one limit on parsed records, refused as `inspect` would.
+            return Err(RecordError::TooLargeToClassify(MAX_PARSED_BYTES).into());
         }
         Payload::File { path, len, .. } => {
-            let whole = req.content_type.parsed_whole() || *len <= MAX_FHIR_BUNDLE_BYTES;
+            let whole = req.content_type.parsed_whole() || *len <= MAX_PARSED_BYTES as u64;
             read_back = read_file(
                 path,
                 if whole {
