@@ -680,6 +680,21 @@ impl Node {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
+    /// Stores a record for pull requests (`PUT /v1/records/{patient}`, as the CLI does); returns
+    /// the status.
+    pub async fn put_record(&self, patient: &str, bytes: &[u8]) -> StatusCode {
+        self.api()
+            .call(
+                Method::PUT,
+                &format!("/v1/records/{patient}"),
+                Body::from(bytes.to_vec()),
+                None,
+            )
+            .await
+            .unwrap()
+            .status()
+    }
+
     /// Audit entries of one event kind (e.g. "policy-decision").
     pub async fn audit_events(&self, event: &str) -> Vec<Value> {
         self.audit()

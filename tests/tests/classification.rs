@@ -430,40 +430,29 @@ async fn one_patient_per_transfer_with_the_right_count_and_a_mismatch_named_as_s
 async fn unclassified_content_needs_consent_or_a_clinicians_declaration() {
     let (_fed, a, b, _c) = hospital_clinic_payer();
 
+    // A PDF for pat-pdf-1, refused by policy (403); the refusal's text.
+    let refused = |to: &'static str,
+                   purpose: &'static str,
+                   extra: &'static [(&'static str, &'static str)]| {
+        let a = &a;
+        async move {
+            let sent = a
+                .send(to, "pat-pdf-1", purpose, "pdf", pdf_bytes(), extra)
+                .await;
+            assert_eq!(sent.status, StatusCode::FORBIDDEN, "{}", sent.body);
+            error_text(&sent.body)
+        }
+    };
     // A PDF the gateway cannot read: unclassified, so it needs consent naming the recipient.
-    let refused = a
-        .send(
-            "clinic-b",
-            "pat-pdf-1",
-            "treatment",
-            "pdf",
-            pdf_bytes(),
-            &[],
-        )
-        .await;
-    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
-    let error = error_text(&refused.body);
+    let error = refused("clinic-b", "treatment", &[]).await;
     assert!(
         error.contains("needs consent for unclassified naming clinic-b"),
         "{error}"
     );
     // Never for payment, whatever the consent.
-    let refused = a
-        .send("payer-c", "pat-pdf-1", "payment", "pdf", pdf_bytes(), &[])
-        .await;
-    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    refused("payer-c", "payment", &[]).await;
     // Categories named without a clinician and a role are no declaration.
-    let refused = a
-        .send(
-            "clinic-b",
-            "pat-pdf-1",
-            "treatment",
-            "pdf",
-            pdf_bytes(),
-            &[("categories", "general")],
-        )
-        .await;
-    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    refused("clinic-b", "treatment", &[("categories", "general")]).await;
 
     // A clinician's declaration: delivered, and both audit logs carry who declared what.
     let sent = a
@@ -660,17 +649,10 @@ async fn no_patient_identifier_or_name_is_readable_in_either_nodes_data_or_log()
         .post_json(&format!("/v1/inbox/{}/ack", ids[0]), serde_json::json!({}))
         .await;
     assert!(status.is_success(), "ack: {status}");
-    let resp = a
-        .api()
-        .call(
-            http::Method::PUT,
-            &format!("/v1/records/{p_clemente}"),
-            axum::body::Body::from(clemente.clone()),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(
+        a.put_record(&p_clemente, &clemente).await,
+        StatusCode::CREATED
+    );
     let stored = a.audit_events("record-stored").await;
     assert_eq!(stored.len(), 1, "{stored:#?}");
     // The patient queries still answer (the identifiers are there, just not in clear).

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use pki_tools::FacilityKind;
 use serde_json::Value;
 
@@ -225,29 +225,12 @@ async fn pull_request_for_a_record_not_held_or_an_unknown_holder_is_refused() {
     // The API route the CLI uses: PUT a record for one patient, ask for another.
     let bundle = bundle_by_prefix("Clemente_Kreiger");
     let patient = patient_id(&bundle).unwrap();
-    let resp = a
-        .api()
-        .call(
-            Method::PUT,
-            &format!("/v1/records/{patient}"),
-            axum::body::Body::from(bundle.clone()),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(a.put_record(&patient, &bundle).await, StatusCode::CREATED);
     // A record whose bundle is about somebody else is refused at PUT.
-    let resp = a
-        .api()
-        .call(
-            Method::PUT,
-            "/v1/records/someone-else",
-            axum::body::Body::from(bundle.clone()),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        a.put_record("someone-else", &bundle).await,
+        StatusCode::BAD_REQUEST
+    );
 
     let (code, out, err) = b.cli(&[
         "request",
@@ -320,17 +303,7 @@ async fn a_refused_request_does_not_say_whether_a_record_is_held() {
     let b = fed.start("clinic-b");
     let bundle = bundle_by_prefix("Clemente_Kreiger");
     let held = patient_id(&bundle).unwrap();
-    let resp = a
-        .api()
-        .call(
-            Method::PUT,
-            &format!("/v1/records/{held}"),
-            axum::body::Body::from(bundle.clone()),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(a.put_record(&held, &bundle).await, StatusCode::CREATED);
 
     let ask = |patient: &str, purpose: &str| {
         b.cli(&[
