@@ -281,23 +281,17 @@ fn build_into(
     tree(&new, "store_meta")?
         .insert(FORMAT_KEY, encode("store format", &FORMAT)?)
         .map_err(StoreError::sled("write store metadata"))?;
-    rewrite(
+    reseal::<OutboxEntry>(
         &tree(old, "outbox")?,
         &tree(&new, "outbox")?,
-        |key, value, batch| {
-            let entry: OutboxEntry = decode("outbox", value)?;
-            batch.insert(key, encode_sealed(keys, ("outbox", key), &entry)?);
-            Ok(())
-        },
+        "outbox",
+        keys,
     )?;
-    rewrite(
+    reseal::<Vec<u8>>(
         &tree(old, REQUESTS)?,
         &tree(&new, REQUESTS)?,
-        |key, value, batch| {
-            let bytes: Vec<u8> = decode("request", value)?;
-            batch.insert(key, encode_sealed(keys, (REQUESTS, key), &bytes)?);
-            Ok(())
-        },
+        REQUESTS,
+        keys,
     )?;
     rewrite(
         &tree(old, RECORDS)?,
@@ -347,6 +341,21 @@ fn utf8<'a>(what: &'static str, key: &'a [u8]) -> Result<&'a str, StoreError> {
 
 /// Writes `f`'s output for every item of `from` into `to`, a bounded batch at a time. The
 /// closure sees the key, the value and the batch to insert into.
+/// A tree whose values are sealed in place, under the same keys: each old value is decoded
+/// as `T` (so a corrupt one stops the migration) and stored sealed.
+fn reseal<T: serde::de::DeserializeOwned + serde::Serialize>(
+    from: &sled::Tree,
+    to: &sled::Tree,
+    name: &'static str,
+    keys: &Keys,
+) -> Result<(), StoreError> {
+    rewrite(from, to, |key, value, batch| {
+        let value: T = decode(name, value)?;
+        batch.insert(key, encode_sealed(keys, (name, key), &value)?);
+        Ok(())
+    })
+}
+
 fn rewrite(
     from: &sled::Tree,
     to: &sled::Tree,
