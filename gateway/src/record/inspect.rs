@@ -216,7 +216,7 @@ fn check_patient(facts: &ContentFacts, declared: &str) -> Result<(), RecordError
 
 /// Refusal text for content that claims a format and breaks it (never record content).
 fn unreadable(e: &ClassifyError) -> RecordError {
-    RecordError::Unreadable(e.to_string().replace("peer record", "record"))
+    RecordError::Unreadable(e.to_string())
 }
 
 /// How a detected format is named in a refusal.

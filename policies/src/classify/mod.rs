@@ -49,17 +49,17 @@ pub const MAX_FHIR_BYTES: usize = 64 * 1024 * 1024;
 /// Errors classifying a record. Never contains record content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClassifyError {
-    #[error("peer record is not JSON (line {line}, column {column})")]
+    #[error("record is not JSON (line {line}, column {column})")]
     NotJson { line: usize, column: usize },
-    #[error("peer record is not a FHIR R4 Bundle")]
+    #[error("record is not a FHIR R4 Bundle")]
     NotBundle,
     #[error("record is JSON but not a FHIR resource (no resourceType string)")]
     NotFhir,
-    #[error("peer record: Bundle.entry is not an array")]
+    #[error("record: Bundle.entry is not an array")]
     BadEntries,
     /// JSON parsers disagree on repeated properties (most keep the last), so a repeated
     /// `code` could hide a sensitive one from this check; FHIR forbids repeats anyway.
-    #[error("peer record repeats a JSON property within one object (FHIR forbids this)")]
+    #[error("record repeats a JSON property within one object (FHIR forbids this)")]
     RepeatedKey,
     #[error("record is larger than the {limit}-byte limit for parsed formats")]
     TooLarge { limit: usize },
