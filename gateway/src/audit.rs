@@ -27,6 +27,8 @@ pub mod event {
     pub const REQUEST_RECEIVED: &str = "request-received";
     pub const REQUEST_ANSWERED: &str = "request-answered";
     pub const ENVELOPE_REMOVED: &str = "envelope-removed";
+    /// A read of the audit log itself (a listing page or a chain verification), naming who.
+    pub const AUDIT_READ: &str = "audit-read";
 }
 
 pub fn record(event: &str, outcome: &str) -> AuditRecord {

@@ -75,16 +75,31 @@ async fn listings_are_paged_and_the_cli_reads_every_page() {
         CLI_PAGE,
         "log: {audit_len}"
     );
+    // Entries the verification counted, its own `audit-read` entry the last of them.
+    let verified: u64 = audit_len
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap();
+    // The link carries the listing's snapshot: the seq of this page's own `audit-read` entry.
     assert_eq!(
         link.as_deref(),
-        Some("</v1/audit?since=1000&limit=1000>; rel=\"next\"")
+        Some(
+            format!(
+                "</v1/audit?since=1000&until={}&limit=1000>; rel=\"next\"",
+                verified + 1
+            )
+            .as_str()
+        )
     );
     let patient = patient_id(&record).unwrap();
     let (_, link, page) = get_with_link(&a, &format!("/v1/audit?patient={patient}&limit=5")).await;
     let last_seq = page.as_array().unwrap().last().unwrap()["seq"].clone();
     assert_eq!(
         link.unwrap(),
-        format!("</v1/audit?patient={patient}&since={last_seq}&limit=5>; rel=\"next\""),
+        format!(
+            "</v1/audit?patient={patient}&since={last_seq}&until={}&limit=5>; rel=\"next\"",
+            verified + 2
+        ),
         "the next page keeps the filter"
     );
     for bad in [
@@ -113,13 +128,14 @@ async fn listings_are_paged_and_the_cli_reads_every_page() {
     );
     let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-    assert!(
-        audit_len.contains(&format!("{} entries", entries.len())),
-        "{audit_len}"
-    );
+    // What was verified, then one `audit-read` entry per listing since: the two pages above
+    // and this listing's first page (its later pages are cut at its snapshot).
+    assert_eq!(entries.len() as u64, verified + 3, "{audit_len}");
+    assert_eq!(entries.last().unwrap()["event"], "audit-read");
     let (code, text, err) = a.cli(&["audit", "list"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(text.lines().count(), entries.len());
+    // The JSON listing's second page and this listing's first were recorded since.
+    assert_eq!(text.lines().count(), entries.len() + 2);
 
     let (code, out, err) = a.cli(&["transfers", "--json"]);
     assert_eq!(code, 0, "{err}");

@@ -56,7 +56,7 @@ async fn policy_check_prints_decision_and_policies_and_exits_0_or_3_without_side
         )
         .await;
     assert_eq!(status, http::StatusCode::CREATED, "{body}");
-    let audit_before = a.audit().await;
+    let audit_before = a.audit_without_reads().await;
 
     // (args, expected exit code, expected decision, expected determining policies)
     let cases: Vec<(Vec<&str>, i32, &str, &str)> = vec![
@@ -272,7 +272,7 @@ async fn policy_check_prints_decision_and_policies_and_exits_0_or_3_without_side
     assert_eq!(code, 2, "clap usage error expected");
 
     // No side effects: the audit log is exactly as before, nothing was queued.
-    let audit_after = a.audit().await;
+    let audit_after = a.audit_without_reads().await;
     assert_eq!(
         audit_after.len(),
         audit_before.len(),

@@ -10,6 +10,9 @@ use serde_json::json;
 use gateway_envelope::TransferId;
 use gateway_store::{AuditEntry, AuditFilter};
 
+use crate::audit::event;
+
+use super::auth::{acting, TokenName};
 use super::error::{error, parse_id};
 use super::paging::{next_after, page_limit, paged};
 use super::Shared;
@@ -21,6 +24,10 @@ pub struct AuditQuery {
     transfer: Option<String>,
     break_glass: Option<bool>,
     since: Option<u64>,
+    /// The listing's snapshot: entries after this seq are left out, so a listing paged to
+    /// its end ends, although every page request is itself appended to the log. Set by the
+    /// first page (to the seq of its own `audit-read` entry) and carried in `Link: next`.
+    until: Option<u64>,
     limit: Option<usize>,
 }
 
@@ -62,7 +69,36 @@ impl From<&AuditEntry> for AuditView {
     }
 }
 
-pub async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>) -> Response {
+/// Records a read of the audit log (who, which filter) and makes it durable before anything
+/// is served. Returns the entry's seq.
+async fn record_read(
+    state: &Shared,
+    token: Option<axum::Extension<TokenName>>,
+    what: String,
+    patient: Option<String>,
+) -> Result<u64, Response> {
+    let mut rec = crate::audit::record(event::AUDIT_READ, "read");
+    rec.reason = Some(format!("{what} by {}", acting(token)));
+    rec.patient_ref = patient;
+    let appended = state.store.audit_append(rec);
+    let committed = match appended {
+        Ok(entry) => state.store.commit().await.map(|()| entry.seq),
+        Err(e) => Err(e),
+    };
+    committed.map_err(|e| {
+        tracing::error!(error = %e, "audit write failed; audit read refused");
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the audit log could not record this read; nothing was served",
+        )
+    })
+}
+
+pub async fn list_audit(
+    State(state): State<Shared>,
+    Query(q): Query<AuditQuery>,
+    token: Option<axum::Extension<TokenName>>,
+) -> Response {
     let transfer_id = match q.transfer.as_deref().map(parse_id).transpose() {
         Ok(t) => t.map(|t| t.0),
         Err(r) => return r.into_response(),
@@ -71,6 +107,24 @@ pub async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>
         Ok(l) => l,
         Err(r) => return r.into_response(),
     };
+    let mut what = "audit log listed".to_owned();
+    if let Some(t) = &q.transfer {
+        what.push_str(&format!(", transfer {t}"));
+    }
+    if q.patient.is_some() {
+        what.push_str(", by patient");
+    }
+    if q.break_glass == Some(true) {
+        what.push_str(", break-glass only");
+    }
+    if let Some(since) = q.since {
+        what.push_str(&format!(", after #{since}"));
+    }
+    let read_seq = match record_read(&state, token, what, q.patient.clone()).await {
+        Ok(seq) => seq,
+        Err(refused) => return refused,
+    };
+    let until = q.until.unwrap_or(read_seq);
     let filter = AuditFilter {
         patient: q.patient.clone(),
         transfer_id,
@@ -79,12 +133,19 @@ pub async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>
         limit: Some(limit),
     };
     match state.store.audit_list(&filter) {
-        Ok(entries) => {
-            let next = next_after(&entries, limit, |e| AuditQuery {
-                since: Some(e.seq),
-                limit: Some(limit),
-                ..q
-            });
+        Ok(mut entries) => {
+            let full = entries.len();
+            entries.retain(|e| e.seq <= until);
+            let next = if entries.len() < full {
+                None
+            } else {
+                next_after(&entries, limit, |e| AuditQuery {
+                    since: Some(e.seq),
+                    until: Some(until),
+                    limit: Some(limit),
+                    ..q
+                })
+            };
             paged(
                 "/v1/audit",
                 next,
@@ -95,7 +156,14 @@ pub async fn list_audit(State(state): State<Shared>, Query(q): Query<AuditQuery>
     }
 }
 
-pub async fn verify_audit(State(state): State<Shared>) -> Response {
+pub async fn verify_audit(
+    State(state): State<Shared>,
+    token: Option<axum::Extension<TokenName>>,
+) -> Response {
+    if let Err(refused) = record_read(&state, token, "audit chain verified".to_owned(), None).await
+    {
+        return refused;
+    }
     match tokio::task::block_in_place(|| state.store.audit_verify()) {
         Ok(n) => Json(json!({ "ok": true, "entries": n })).into_response(),
         Err(e) => (

@@ -18,6 +18,7 @@ use crate::record::PatientRef;
 use crate::state::NodeState;
 use crate::trust::now_unix;
 
+use super::auth::{acting, TokenName};
 use super::error::error;
 use super::Shared;
 
@@ -38,13 +39,14 @@ pub struct ConsentInput {
 
 pub async fn post_consent(
     State(state): State<Shared>,
+    token: Option<axum::Extension<TokenName>>,
     Json(input): Json<ConsentInput>,
 ) -> Response {
     let directive = match directive_from_input(&input) {
         Ok(d) => d,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    match store_directive(&state, &directive, "recorded").await {
+    match store_directive(&state, &directive, "recorded", &acting(token)).await {
         Ok(()) => (
             StatusCode::CREATED,
             Json(json!({ "directive_id": directive.id })),
@@ -109,21 +111,23 @@ fn directive_from_input(input: &ConsentInput) -> Result<ConsentDirective, String
     })
 }
 
+/// Stores the directive and its `consent-changed` audit entry in one transaction, durable
+/// before the caller answers.
 async fn store_directive(
     state: &NodeState,
     d: &ConsentDirective,
     what: &str,
+    by: &str,
 ) -> Result<(), String> {
     let bytes = serde_json::to_vec(d).map_err(|e| e.to_string())?;
-    state
-        .store
-        .consent_put(&d.patient, &d.id, &bytes)
-        .map_err(|e| e.to_string())?;
     let mut rec = audit::record(event::CONSENT, what);
     rec.patient_ref = Some(d.patient.clone());
     rec.clinician = Some(d.recorded_by.clone());
-    rec.reason = Some(format!("directive {}", d.id));
-    audit::append(&state.store, rec).map_err(|e| e.to_string())?;
+    rec.reason = Some(format!("directive {}, {what} by {by}", d.id));
+    state
+        .store
+        .consent_put_audited(&d.patient, &d.id, &bytes, vec![rec])
+        .map_err(|e| e.to_string())?;
     state.store.commit().await.map_err(|e| e.to_string())
 }
 
@@ -149,6 +153,7 @@ pub struct RevokeInput {
 pub async fn revoke_consent(
     State(state): State<Shared>,
     Path(id): Path<String>,
+    token: Option<axum::Extension<TokenName>>,
     body: Option<Json<RevokeInput>>,
 ) -> Response {
     let found = match state.store.consent_get(&id) {
@@ -175,13 +180,18 @@ pub async fn revoke_consent(
     {
         directive.recorded_by = by;
     }
-    match store_directive(&state, &directive, "revoked").await {
+    match store_directive(&state, &directive, "revoked", &acting(token)).await {
         Ok(()) => Json(json!({ "directive_id": id, "revoked": true })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
-pub async fn import_consent(State(state): State<Shared>, body: Bytes) -> Response {
+pub async fn import_consent(
+    State(state): State<Shared>,
+    token: Option<axum::Extension<TokenName>>,
+    body: Bytes,
+) -> Response {
+    let by = acting(token);
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "body is not JSON");
     };
@@ -189,7 +199,7 @@ pub async fn import_consent(State(state): State<Shared>, body: Bytes) -> Respons
         Ok(directives) => {
             let mut ids = Vec::new();
             for d in &directives {
-                if let Err(e) = store_directive(&state, d, "imported").await {
+                if let Err(e) = store_directive(&state, d, "imported", &by).await {
                     return error(StatusCode::INTERNAL_SERVER_ERROR, e);
                 }
                 ids.push(d.id.clone());

@@ -160,20 +160,36 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-pub async fn ack_inbox(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+pub async fn ack_inbox(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    token: Option<axum::Extension<TokenName>>,
+) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
-    match state.store.inbox_ack(&id.0, now_ms()) {
-        Ok(entry) => {
-            let mut rec = audit::record(event::ACKED, "acknowledged");
+    let by = acting(token);
+    // The acknowledgement and its audit entry are one transaction, durable before the answer.
+    let acked = state
+        .store
+        .inbox_ack_audited(&id.0, now_ms(), |entry, first| {
+            let outcome = if first {
+                "acknowledged"
+            } else {
+                "already-acknowledged"
+            };
+            let mut rec = audit::record(event::ACKED, outcome);
             rec.transfer_id = Some(id.0);
             rec.peer = Some(entry.sender.clone());
-            let _ = audit::append(&state.store, rec);
-            let _ = state.store.commit().await;
-            Json(inbox_view(&state, &entry)).into_response()
-        }
+            rec.reason = Some(format!("acknowledged by {by}"));
+            vec![rec]
+        });
+    match acked {
+        Ok((entry, _)) => match state.store.commit().await {
+            Ok(()) => Json(inbox_view(&state, &entry)).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
         Err(gateway_store::StoreError::NotFound { .. }) => {
             error(StatusCode::NOT_FOUND, format!("no received transfer {id}"))
         }

@@ -54,22 +54,23 @@ pub async fn put_record(
         content_type,
         payload: body,
     };
-    match tokio::task::block_in_place(|| source.put(patient_ref.reveal(), &record)) {
-        Ok(()) => {
-            // Audited with who stored it, and durable with the record before the answer.
-            let mut rec = crate::audit::record(crate::audit::event::RECORD_STORED, "stored");
-            rec.patient_ref = Some(patient_ref.reveal().to_owned());
-            rec.reason = Some(format!(
-                "{} held for pull requests, stored by {}",
-                record.content_type.mime(),
-                super::auth::acting(token)
-            ));
-            if let Err(e) = crate::audit::append_durable(&state.store, rec).await {
-                tracing::error!(error = %e, "record stored but its audit entry failed");
-                return error(StatusCode::INTERNAL_SERVER_ERROR, "local system error");
+    // Audited with who stored it, in the record's own transaction, durable before the answer.
+    let mut rec = crate::audit::record(crate::audit::event::RECORD_STORED, "stored");
+    rec.patient_ref = Some(patient_ref.reveal().to_owned());
+    rec.reason = Some(format!(
+        "{} held for pull requests, stored by {}",
+        record.content_type.mime(),
+        super::auth::acting(token)
+    ));
+    let stored = tokio::task::block_in_place(|| source.put(patient_ref.reveal(), &record, rec));
+    match stored {
+        Ok(()) => match state.store.commit().await {
+            Ok(()) => (StatusCode::CREATED, Json(json!({ "stored": true }))).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "record store commit failed");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "local system error")
             }
-            (StatusCode::CREATED, Json(json!({ "stored": true }))).into_response()
-        }
+        },
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

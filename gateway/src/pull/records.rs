@@ -14,6 +14,8 @@ use gateway_envelope::{
     open_all, seal_to_vec, Limits, SealParams, Suite, TransferId, DEFAULT_CHUNK_SIZE,
 };
 
+use gateway_store::AuditRecord;
+
 use crate::record::ContentType;
 use crate::state::NodeState;
 use crate::trust::now_ms;
@@ -25,7 +27,9 @@ pub struct SourceRecord {
 }
 
 pub trait RecordSource: Send + Sync {
-    fn put(&self, patient: &str, record: &SourceRecord) -> Result<(), String>;
+    /// Stores (or replaces) the patient's record, with the audit entry `audit` that records
+    /// the put: a source in the node's store writes both in one transaction.
+    fn put(&self, patient: &str, record: &SourceRecord, audit: AuditRecord) -> Result<(), String>;
     fn fetch(&self, patient: &str) -> Result<Option<SourceRecord>, String>;
 }
 
@@ -47,7 +51,7 @@ impl StoreRecordSource {
 }
 
 impl RecordSource for StoreRecordSource {
-    fn put(&self, patient: &str, record: &SourceRecord) -> Result<(), String> {
+    fn put(&self, patient: &str, record: &SourceRecord, audit: AuditRecord) -> Result<(), String> {
         let me = self.state.me().as_str();
         let params = SealParams {
             transfer_id: TransferId::new_random().map_err(|e| e.to_string())?,
@@ -76,7 +80,8 @@ impl RecordSource for StoreRecordSource {
         let bytes = postcard::to_allocvec(&stored).map_err(|e| e.to_string())?;
         self.state
             .store
-            .record_put(patient, &bytes)
+            .record_put_audited(patient, &bytes, vec![audit])
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 

@@ -11,12 +11,13 @@
 //!
 //! Directive and request ids are keys in clear: the gateway draws them at random.
 
-use sled::transaction::{ConflictableTransactionError, Transactional};
+use sled::transaction::ConflictableTransactionError;
 
 use crate::codec::{decode_sealed, encode_sealed};
 use crate::error::StoreError;
 use crate::protect::{Keys, PatientTag, TAG_LEN};
-use crate::{tx_err, Store};
+use crate::types::{AuditEntry, AuditRecord};
+use crate::Store;
 
 pub(crate) const CONSENTS: &str = "consents";
 pub(crate) const REQUESTS: &str = "requests";
@@ -31,12 +32,27 @@ impl Store {
         directive_id: &str,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
+        self.consent_put_audited(patient, directive_id, bytes, Vec::new())
+            .map(|_| ())
+    }
+
+    /// [`Store::consent_put`] that appends `records` to the audit log in the same transaction:
+    /// a consent change and its audit entry become durable together or not at all.
+    pub fn consent_put_audited(
+        &self,
+        patient: &str,
+        directive_id: &str,
+        bytes: &[u8],
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let keys = self.keys();
         let value = encode_sealed(keys, (CONSENTS, directive_id.as_bytes()), &(patient, bytes))?;
         let index_key = consent_index_key(&keys.tag(patient), directive_id);
         let t = self.trees();
-        (&t.consents, &t.consents_by_patient)
-            .transaction(|(consents, by_patient)| {
+        let ((), entries) = self.write_audited(
+            "store consent directive",
+            [&t.consents, &t.consents_by_patient],
+            |[consents, by_patient]| {
                 if let Some(old) = consents.get(directive_id)? {
                     let (old_patient, _): (String, Vec<u8>) =
                         decode_consent(keys, directive_id, &old)
@@ -48,9 +64,10 @@ impl Store {
                 }
                 consents.insert(directive_id.as_bytes(), value.as_slice())?;
                 by_patient.insert(index_key.as_slice(), &[][..])?;
-                Ok(())
-            })
-            .map_err(tx_err("store consent directive"))
+                Ok(((), records.clone()))
+            },
+        )?;
+        Ok(entries)
     }
 
     /// The directives filed for `patient`, as (directive id, bytes), ordered by directive id.
@@ -120,14 +137,26 @@ impl Store {
 
     /// Stores (or replaces) the EMR's record bundle for `patient`.
     pub fn record_put(&self, patient: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.record_put_audited(patient, bytes, Vec::new())
+            .map(|_| ())
+    }
+
+    /// [`Store::record_put`] with its audit `records` in the same transaction.
+    pub fn record_put_audited(
+        &self,
+        patient: &str,
+        bytes: &[u8],
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let keys = self.keys();
         let key = keys.tag(patient);
         let value = encode_sealed(keys, (RECORDS, &key), bytes)?;
-        self.trees()
-            .records
-            .insert(key, value)
-            .map_err(StoreError::sled("store record"))?;
-        Ok(())
+        let t = self.trees();
+        let ((), entries) = self.write_audited("store record", [&t.records], |[tree]| {
+            tree.insert(&key[..], value.as_slice())?;
+            Ok(((), records.clone()))
+        })?;
+        Ok(entries)
     }
 
     pub fn record_get(&self, patient: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -2,7 +2,7 @@
 //! (`received_ms_be || id`, for listing newest first). The envelope itself stays sealed in
 //! the inbox spool; the gateway decrypts it when the EMR fetches it.
 
-use sled::transaction::{abort, ConflictableTransactionError, Transactional};
+use sled::transaction::{abort, ConflictableTransactionError};
 
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
@@ -10,7 +10,7 @@ use crate::retention::index_settled;
 use crate::types::{
     transfer_id_hex, AuditEntry, AuditRecord, InboxEntry, InboxInsert, SpoolKind, TransferId,
 };
-use crate::{page_newest_first, time_key, tx_err, Store};
+use crate::{page_newest_first, time_key, Store};
 
 const WHAT: &str = "inbox";
 
@@ -86,16 +86,24 @@ impl Store {
     /// after the retention period. Idempotent: the first acknowledgement's time is kept.
     /// Returns the entry; `NotFound` if absent.
     pub fn inbox_ack(&self, id: &TransferId, at_ms: u64) -> Result<InboxEntry, StoreError> {
+        self.inbox_ack_audited(id, at_ms, |_, _| Vec::new())
+            .map(|(entry, _)| entry)
+    }
+
+    /// [`Store::inbox_ack`] that appends the audit records `audit(entry, first)` returns in the
+    /// same transaction (`first`: this call acknowledged it, rather than an earlier one).
+    pub fn inbox_ack_audited(
+        &self,
+        id: &TransferId,
+        at_ms: u64,
+        audit: impl Fn(&InboxEntry, bool) -> Vec<AuditRecord>,
+    ) -> Result<(InboxEntry, Vec<AuditEntry>), StoreError> {
         let id = *id;
         let t = self.trees();
-        [&t.inbox, &t.spool_retained]
-            .transaction(|views| {
-                let [inbox, retained] = views.as_slice() else {
-                    return abort(StoreError::Corrupt {
-                        what: WHAT,
-                        problem: "transaction views do not match its trees",
-                    });
-                };
+        self.write_audited(
+            "acknowledge inbox entry",
+            [&t.inbox, &t.spool_retained],
+            |[inbox, retained]| {
                 let Some(value) = inbox.get(id)? else {
                     return abort(StoreError::NotFound {
                         what: WHAT,
@@ -104,15 +112,17 @@ impl Store {
                 };
                 let mut entry: InboxEntry =
                     decode(WHAT, &value).map_err(ConflictableTransactionError::Abort)?;
-                if entry.acked_ms.is_none() {
+                let first = entry.acked_ms.is_none();
+                if first {
                     entry.acked_ms = Some(at_ms);
                     let value =
                         encode(WHAT, &entry).map_err(ConflictableTransactionError::Abort)?;
                     inbox.insert(&id[..], value)?;
                     index_settled(retained, at_ms, SpoolKind::Inbox, &id)?;
                 }
-                Ok(entry)
-            })
-            .map_err(tx_err("acknowledge inbox entry"))
+                let records = audit(&entry, first);
+                Ok((entry, records))
+            },
+        )
     }
 }
