@@ -14,7 +14,12 @@ use http::StatusCode;
 use pki_tools::FacilityKind;
 use serde_json::Value;
 
-use tests::{assert_eventually, bundle_by_prefix, bundle_categories, patient_id, Fed, Node};
+mod common;
+
+use tests::{
+    assert_eventually, bundle_by_prefix, bundle_categories, patient_id, raw_peer_post, Fed, Node,
+    RawIdentity,
+};
 
 fn requests_json(node: &Node) -> Vec<Value> {
     let (code, out, err) = node.cli(&["requests", "--json"]);
@@ -337,4 +342,85 @@ async fn a_refused_request_does_not_say_whether_a_record_is_held() {
     let (code, _, err) = ask("never-seen-here", "treatment");
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("no record for this patient"), "{err}");
+}
+
+/// A request as `gateway request` signs it (the gateway's private wire struct, field for field:
+/// postcard encodes fields in order, without names).
+#[derive(serde::Serialize)]
+struct WireRequest<'a> {
+    request_id: &'a str,
+    requester: &'a str,
+    holder: &'a str,
+    patient: &'a str,
+    purpose: &'a str,
+    categories: Vec<String>,
+    clinician: &'a str,
+    clinician_role: Option<String>,
+    break_glass_reason: Option<String>,
+    break_glass_until_ms: Option<u64>,
+    created_at_ms: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_or_stale_request_is_refused_and_audited() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let _a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let bundle = bundle_by_prefix("Chet_Thompson");
+    let patient = patient_id(&bundle).unwrap();
+    assert_eq!(b.put_record(&patient, &bundle).await, StatusCode::CREATED);
+    b.consent_for_treatment(&patient, "hosp-a").await;
+
+    // hosp-a's own keys and TLS identity: exactly what its node would send.
+    let a_dir = &fed.nodes["hosp-a"].dir;
+    let signer = common::signing_key(a_dir);
+    let ident = RawIdentity::from_node_dir(a_dir);
+    let ca = common::ca_pem(&fed);
+    let signed = |id: &str, created_at_ms: u64| {
+        let body = postcard::to_allocvec(&WireRequest {
+            request_id: id,
+            requester: "hosp-a",
+            holder: "clinic-b",
+            patient: &patient,
+            purpose: "treatment",
+            categories: Vec::new(),
+            clinician: "dr-x",
+            clinician_role: None,
+            break_glass_reason: None,
+            break_glass_until_ms: None,
+            created_at_ms,
+        })
+        .unwrap();
+        gateway_envelope::sign_message(&signer, "healthfed/record-request/1", &body)
+    };
+    let post = |body: Vec<u8>| raw_peer_post(b.dir.peer, &ca, &ident, "/v1/requests", body);
+
+    let fresh = signed("0123456789abcdef0123456789abcdef", common::now_ms());
+    let (status, text) = post(fresh.clone()).await.unwrap();
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&text));
+
+    // The same signed bytes again: a captured request replayed by anyone on the path or by
+    // the requester itself. Refused, and no second record is sent.
+    let (status, text) = post(fresh).await.unwrap();
+    let text = String::from_utf8_lossy(&text).into_owned();
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("already received"), "{text}");
+
+    // A request made an hour ago, never seen before: outside the window.
+    let hour_ago = common::now_ms() - 3600 * 1000;
+    let (status, text) = post(signed("fedcba9876543210fedcba9876543210", hour_ago))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&text).into_owned();
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("stale request"), "{text}");
+
+    let refused = audit_mentioning(&b, "request refused").await;
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(refused.iter().all(|e| e["peer"] == "hosp-a"));
+    let (_, sent) = b.get("/v1/transfers").await;
+    assert_eq!(sent.as_array().unwrap().len(), 1, "one answer only: {sent}");
 }

@@ -36,6 +36,13 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 static VIEW_UPDATE: Mutex<()> = Mutex::new(());
 /// A pull request not answered by a transfer within this time is shown as expired.
 const REQUEST_LIFETIME_MS: u64 = 24 * 3600 * 1000;
+/// How far a request's creation time may lie from the holder's clock, either way. A requester
+/// posts a request once, the moment it is made (it is never queued or retried), so anything
+/// older is a capture being replayed; ten minutes leaves room for clocks that drift between
+/// NTP corrections. Ids are remembered this long, and refused a second time.
+pub const REQUEST_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// The longest request id accepted (the node's own ids are 32 hex digits).
+const MAX_REQUEST_ID: usize = 64;
 
 /// The signed body of a request (postcard inside `sign_message`).
 #[derive(Serialize, Deserialize, Clone)]
@@ -197,7 +204,7 @@ pub async fn send(state: &Arc<NodeState>, req: NewRequest) -> Result<RequestView
     state.store.commit().await.map_err(|e| e.to_string())?;
 
     let body = postcard::to_allocvec(&wire).map_err(|e| e.to_string())?;
-    let signed = sign_message(&state.identity.signing, REQUEST_DOMAIN, &body);
+    let signed = sign_message(&state.identity().signing, REQUEST_DOMAIN, &body);
     let answer = post_request(state, &holder, signed).await;
     view.updated_ms = now_ms();
     let mut holder_policy_ids = Vec::new();
@@ -341,6 +348,10 @@ pub async fn incoming(
             StatusCode::FORBIDDEN,
             &denied("request not addressed to this facility"),
         );
+    }
+    if let Err(why) = accept_once(state, &wire) {
+        refuse_audit(state, peer, None, &format!("request refused: {why}")).await;
+        return answer(StatusCode::FORBIDDEN, &denied(&why));
     }
     let (Ok(patient), Ok(purpose)) = (
         PatientRef::parse(&wire.patient),
@@ -486,6 +497,43 @@ pub async fn incoming(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &denied("the holder could not queue the record; retry later"),
             )
+        }
+    }
+}
+
+/// Freshness and replay protection on the holding side: the request must have been made
+/// within [`REQUEST_WINDOW_MS`] of now, and its id is accepted once (remembered durably for the
+/// window, then forgotten: an older copy fails the time check instead).
+fn accept_once(state: &NodeState, wire: &WireRequest) -> Result<(), String> {
+    let now = now_ms();
+    if now.abs_diff(wire.created_at_ms) > REQUEST_WINDOW_MS {
+        return Err(format!(
+            "stale request: made {} s from this facility's clock, more than the {} s allowed \
+             (a replayed request, or a clock that is off: check NTP on both nodes)",
+            now.abs_diff(wire.created_at_ms) / 1000,
+            REQUEST_WINDOW_MS / 1000
+        ));
+    }
+    let id = &wire.request_id;
+    if id.is_empty()
+        || id.len() > MAX_REQUEST_ID
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err("malformed request id".to_owned());
+    }
+    // Sorted by creation time, so what the window no longer needs is one range to remove.
+    let key = |created_ms: u64, rest: &str| format!("seen:{created_ms:016x}:{rest}");
+    let forget_before = key(now.saturating_sub(REQUEST_WINDOW_MS), "");
+    if let Err(e) = state.store.request_remove_range("seen:", &forget_before) {
+        tracing::warn!(error = %e, "could not forget old request ids");
+    }
+    let seen = key(wire.created_at_ms, &format!("{}:{id}", wire.requester));
+    match state.store.request_put_new(&seen, &[]) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("request {id} was already received: a replay")),
+        Err(e) => {
+            tracing::error!(error = %e, "could not record a request id");
+            Err("the holder could not record this request; retry later".to_owned())
         }
     }
 }

@@ -111,6 +111,31 @@ impl Store {
         Ok(())
     }
 
+    /// Stores `bytes` under `id` only if nothing is stored there; returns whether it did. The
+    /// check and the write are one atomic step, so of two concurrent callers one wins.
+    pub fn request_put_new(&self, id: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+        let value = encode_sealed(self.keys(), (REQUESTS, id.as_bytes()), bytes)?;
+        let swapped = self
+            .trees()
+            .requests
+            .compare_and_swap(id, None::<&[u8]>, Some(value))
+            .map_err(StoreError::sled("store request"))?;
+        Ok(swapped.is_ok())
+    }
+
+    /// Removes the entries whose ids sort in `from..to`; returns how many.
+    pub fn request_remove_range(&self, from: &str, to: &str) -> Result<usize, StoreError> {
+        let tree = &self.trees().requests;
+        let mut removed = 0;
+        for item in tree.range(from.as_bytes()..to.as_bytes()) {
+            let (key, _) = item.map_err(StoreError::sled("list requests"))?;
+            tree.remove(key)
+                .map_err(StoreError::sled("remove request"))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     pub fn request_get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.trees()
             .requests
