@@ -8,11 +8,21 @@ use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::retention::index_settled;
 use crate::types::{
-    transfer_id_hex, AuditEntry, AuditRecord, InboxEntry, InboxInsert, SpoolKind, TransferId,
+    transfer_id_hex, AuditEntry, AuditRecord, InboxEntry, InboxEntryV1, InboxInsert, SpoolKind,
+    TransferId,
 };
 use crate::{page_newest_first, time_key, Store};
 
 const WHAT: &str = "inbox";
+
+/// Reads an inbox entry in the current layout or the one before `header_check`.
+pub(crate) fn decode_entry(bytes: &[u8]) -> Result<InboxEntry, StoreError> {
+    decode::<InboxEntry>(WHAT, bytes).or_else(|current| {
+        decode::<InboxEntryV1>(WHAT, bytes)
+            .map(InboxEntry::from)
+            .map_err(|_| current)
+    })
+}
 
 impl Store {
     /// Idempotent: if the id is present, returns `AlreadyPresent(existing)` and writes
@@ -38,7 +48,7 @@ impl Store {
             |[inbox, by_time]| {
                 if let Some(existing) = inbox.get(id)? {
                     let existing =
-                        decode(WHAT, &existing).map_err(ConflictableTransactionError::Abort)?;
+                        decode_entry(&existing).map_err(ConflictableTransactionError::Abort)?;
                     return Ok((InboxInsert::AlreadyPresent(existing), Vec::new()));
                 }
                 inbox.insert(&id[..], value.as_slice())?;
@@ -53,7 +63,7 @@ impl Store {
             .inbox
             .get(id)
             .map_err(StoreError::sled("read inbox entry"))?
-            .map(|v| decode(WHAT, &v))
+            .map(|v| decode_entry(&v))
             .transpose()
     }
 
@@ -78,7 +88,7 @@ impl Store {
             (WHAT, "list inbox"),
             (after, |e: &InboxEntry| e.received_ms),
             limit,
-            |_, value| decode(WHAT, value),
+            |_, value| decode_entry(value),
         )
     }
 
@@ -111,7 +121,7 @@ impl Store {
                     });
                 };
                 let mut entry: InboxEntry =
-                    decode(WHAT, &value).map_err(ConflictableTransactionError::Abort)?;
+                    decode_entry(&value).map_err(ConflictableTransactionError::Abort)?;
                 let first = entry.acked_ms.is_none();
                 if first {
                     entry.acked_ms = Some(at_ms);

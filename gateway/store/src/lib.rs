@@ -108,8 +108,8 @@ pub use crate::outbox::RequeueRefusal;
 pub use crate::retention::{Expired, RemovedEnvelope};
 pub use crate::spool::SpoolWriter;
 pub use crate::types::{
-    transfer_id_hex, AuditEntry, AuditFilter, AuditRecord, CommitStats, InboxEntry, InboxInsert,
-    OutboxEntry, SpoolKind, TransferId, TransferState, TransferSummary,
+    transfer_id_hex, AuditEntry, AuditFilter, AuditRecord, CommitStats, HeaderCheck, InboxEntry,
+    InboxInsert, OutboxEntry, SpoolKind, TransferId, TransferState, TransferSummary,
 };
 
 /// sled's page cache when none is configured (sled's own default).

@@ -18,7 +18,6 @@
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use crate::codec::decode;
 use crate::error::StoreError;
 use crate::protect::Keys;
 use crate::types::{AuditEntry, AuditRecord, InboxEntry, OutboxEntry, SpoolKind, TransferId};
@@ -270,7 +269,7 @@ impl Store {
         }
         for item in t.inbox.iter() {
             let (_, value) = item.map_err(StoreError::sled("index settled transfers"))?;
-            let entry: InboxEntry = decode("inbox", &value)?;
+            let entry: InboxEntry = crate::inbox::decode_entry(&value)?;
             if let Some(acked_ms) = entry.acked_ms {
                 add(
                     &mut batch,
@@ -318,7 +317,7 @@ fn describe(
             let Some(value) = inbox.get(id)? else {
                 return Err(abort(corrupt("acknowledged inbox entry is missing")));
             };
-            let entry: InboxEntry = decode("inbox", &value).map_err(abort)?;
+            let entry: InboxEntry = crate::inbox::decode_entry(&value).map_err(abort)?;
             RemovedEnvelope {
                 kind,
                 transfer_id: id,

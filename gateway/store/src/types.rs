@@ -134,6 +134,60 @@ pub struct InboxEntry {
     /// The signed receipt returned to the sender, re-sent when the sender retries.
     pub receipt: Vec<u8>,
     pub acked_ms: Option<u64>,
+    /// What verified the header at receipt; `None` in entries written before it was kept.
+    pub header_check: Option<HeaderCheck>,
+}
+
+/// The check a received header passed: the sender's signing key it verified under, and when.
+/// A fetch verifies the stored header under this key, so a record stays readable after the
+/// sender rotates its keys out of the directory.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderCheck {
+    /// The sender's Ed25519 public key.
+    pub signing_key: [u8; 32],
+    pub verified_ms: u64,
+}
+
+impl fmt::Debug for HeaderCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderCheck")
+            .field("signing_key", &Hex(&self.signing_key))
+            .field("verified_ms", &self.verified_ms)
+            .finish()
+    }
+}
+
+/// The layout of [`InboxEntry`] before `header_check` was added. postcard has no optional
+/// trailing fields, so an entry is read as the current layout first and then as this one;
+/// neither parses as the other (a trailing-bytes or end-of-input error).
+#[derive(Deserialize)]
+pub(crate) struct InboxEntryV1 {
+    transfer_id: TransferId,
+    sender: String,
+    received_ms: u64,
+    envelope_len: u64,
+    payload_len: u64,
+    payload_digest: [u8; 32],
+    header_digest: [u8; 32],
+    receipt: Vec<u8>,
+    acked_ms: Option<u64>,
+}
+
+impl From<InboxEntryV1> for InboxEntry {
+    fn from(old: InboxEntryV1) -> InboxEntry {
+        InboxEntry {
+            transfer_id: old.transfer_id,
+            sender: old.sender,
+            received_ms: old.received_ms,
+            envelope_len: old.envelope_len,
+            payload_len: old.payload_len,
+            payload_digest: old.payload_digest,
+            header_digest: old.header_digest,
+            receipt: old.receipt,
+            acked_ms: old.acked_ms,
+            header_check: None,
+        }
+    }
 }
 
 impl fmt::Debug for InboxEntry {
@@ -148,12 +202,17 @@ impl fmt::Debug for InboxEntry {
             .field("header_digest", &Hex(&self.header_digest))
             .field("receipt_len", &self.receipt.len())
             .field("acked_ms", &self.acked_ms)
+            .field("header_check", &self.header_check)
             .finish()
     }
 }
 
 /// The outcome of [`crate::Store::inbox_insert`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per insert call, returned and dropped at once"
+)]
 pub enum InboxInsert {
     /// The entry was new and is now stored (durable after the next commit).
     Inserted,

@@ -79,3 +79,52 @@ fn pages_walk_the_listing_in_order_without_gaps_or_repeats() {
         .expect_err("unknown cursor");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
 }
+
+/// An entry written before `header_check` existed (the layout of earlier releases) still
+/// reads, lists and acknowledges; a new entry keeps its check.
+#[test]
+fn entries_without_a_header_check_still_read() {
+    #[derive(serde::Serialize)]
+    struct Old {
+        transfer_id: [u8; 16],
+        sender: String,
+        received_ms: u64,
+        envelope_len: u64,
+        payload_len: u64,
+        payload_digest: [u8; 32],
+        header_digest: [u8; 32],
+        receipt: Vec<u8>,
+        acked_ms: Option<u64>,
+    }
+    let (_dir, store) = open();
+    let expected = inbox_entry(1, 100);
+    let old = Old {
+        transfer_id: expected.transfer_id,
+        sender: expected.sender.clone(),
+        received_ms: expected.received_ms,
+        envelope_len: expected.envelope_len,
+        payload_len: expected.payload_len,
+        payload_digest: expected.payload_digest,
+        header_digest: expected.header_digest,
+        receipt: expected.receipt.clone(),
+        acked_ms: None,
+    };
+    let value = crate::codec::encode("inbox", &old).expect("encode");
+    store
+        .trees()
+        .inbox
+        .insert(&expected.transfer_id[..], value)
+        .expect("insert");
+    assert_eq!(store.inbox_get(&tid(1)).expect("get"), Some(expected));
+    let acked = store.inbox_ack(&tid(1), 200).expect("ack");
+    assert_eq!(acked.acked_ms, Some(200));
+    assert_eq!(acked.header_check, None);
+
+    let mut new = inbox_entry(2, 300);
+    new.header_check = Some(crate::HeaderCheck {
+        signing_key: [7; 32],
+        verified_ms: 299,
+    });
+    store.inbox_insert(&new).expect("insert");
+    assert_eq!(store.inbox_get(&tid(2)).expect("get"), Some(new));
+}

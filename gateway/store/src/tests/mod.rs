@@ -71,6 +71,7 @@ fn inbox_entry(n: u32, received_ms: u64) -> InboxEntry {
         header_digest: [2; 32],
         receipt: vec![n as u8; 64],
         acked_ms: None,
+        header_check: None,
     }
 }
 
