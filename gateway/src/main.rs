@@ -110,8 +110,6 @@ async fn reload_on_sighup(state: std::sync::Arc<gateway::state::NodeState>) {
                 tracing::warn!(error = %e, "policy reload refused; the previous set stays active")
             }
         }
-        if let Err(e) = state.trust.reload_if_changed(&state.identity) {
-            tracing::warn!(error = %e, "trust reload refused");
-        }
+        state.reload_keys_and_trust().await;
     }
 }

@@ -23,7 +23,7 @@ use crate::send::delivery;
 use crate::state::outcomes::OutcomeWaiters;
 use crate::state::policy::PolicyHandle;
 use crate::state::NodeState;
-use crate::trust::identity::NodeIdentity;
+use crate::trust::identity::{IdentityHandle, NodeIdentity};
 use crate::trust::transport::PeerClients;
 use crate::trust::{Trust, TrustHandle};
 use crate::{api, retention};
@@ -54,8 +54,10 @@ pub fn load_state(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<NodeState>, StartError> {
     let config = Arc::new(config);
-    let identity = Arc::new(NodeIdentity::load(&config)?);
+    let identity = NodeIdentity::load(&config)?;
     let trust = TrustHandle::new(Trust::load(&config, &identity, None)?, config.clone());
+    warn_if_unlisted(&trust.current(), &identity, &config);
+    let identity = IdentityHandle::new(identity, config.clone());
     let policy = PolicyHandle::load(config.policy.dir.clone()).map_err(StartError::Policy)?;
     let store =
         Store::open_with_cache(&config.data_dir, config.store_cache_bytes).map_err(|source| {
@@ -153,8 +155,9 @@ fn remove_leftover_uploads(data_dir: &std::path::Path) {
     }
 }
 
-/// Picks up a new directory, CRL, certificate or policy set without a restart. A bad new
-/// version is refused and the current one stays in force.
+/// Picks up a new directory, CRL, key set (certificate, TLS key, signing and encryption keys)
+/// or policy set without a restart. A bad new version is refused and the current one stays in
+/// force. SIGHUP runs the same reload at once (`main`).
 async fn reload_loop(state: Arc<NodeState>) {
     let period = Duration::from_secs(state.config.federation.reload_interval_secs);
     let mut shutdown = state.shutdown.clone();
@@ -163,16 +166,22 @@ async fn reload_loop(state: Arc<NodeState>) {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
         }
-        match state.trust.reload_if_changed(&state.identity) {
-            Ok(true) => tracing::info!(
-                version = state.trust().directory.version,
-                "federation trust reloaded"
-            ),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "federation trust reload refused; keeping the current view")
-            }
-        }
+        state.reload_keys_and_trust().await;
         state.policy.reload_if_changed();
+    }
+}
+
+/// A node started with keys the directory does not list signs what its peers refuse: say so at
+/// start (it still starts, as before: the directory may be on its way).
+fn warn_if_unlisted(trust: &Trust, identity: &NodeIdentity, config: &NodeConfig) {
+    let Some(me) = trust.directory.facility(&config.facility_id) else {
+        return;
+    };
+    if !me.signing_keys.contains(&identity.verifying_key().0)
+        || !me.tls_cert_sha256.contains(&identity.tls_fingerprint())
+    {
+        tracing::warn!(
+            "this node's signing key or certificate is not listed in the federation directory: peers will refuse it until `pki publish` lists them"
+        );
     }
 }

@@ -64,15 +64,10 @@ impl RecordSource for StoreRecordSource {
             suite: Suite::default(),
             chunk_size: DEFAULT_CHUNK_SIZE,
         };
-        let own_key = self.state.identity.encryption.public_key();
-        let sealed = seal_to_vec(
-            &params,
-            &[],
-            &record.payload,
-            &own_key,
-            &self.state.identity.signing,
-        )
-        .map_err(|e| format!("sealing the record: {e}"))?;
+        let identity = self.state.identity();
+        let own_key = identity.encryption.public_key();
+        let sealed = seal_to_vec(&params, &[], &record.payload, &own_key, &identity.signing)
+            .map_err(|e| format!("sealing the record: {e}"))?;
         let stored = StoredRecord {
             content_type: record.content_type.mime().to_owned(),
             sealed,
@@ -96,11 +91,14 @@ impl RecordSource for StoreRecordSource {
         };
         let stored: StoredRecord =
             postcard::from_bytes(&bytes).map_err(|_| "stored record is unreadable".to_owned())?;
-        let own = self.state.identity.verifying_key();
+        // Verified under this node's current or an earlier signing key: a record stored
+        // before a key rotation still opens.
+        let identity = self.state.identity();
+        let own = identity.own_verifying_keys();
         let opened = open_all(
             &stored.sealed,
-            |_| vec![own],
-            &self.state.identity.decryption_keys(),
+            |_| own.clone(),
+            &identity.decryption_keys(),
             Limits {
                 max_header: 64 * 1024,
                 max_payload: u64::MAX,

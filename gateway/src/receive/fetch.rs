@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use gateway_envelope::{EnvelopeReader, Limits, Opener, TransferId};
+use gateway_envelope::{EnvelopeReader, Limits, Opener, TransferId, VerifyingKey};
 use gateway_store::{InboxEntry, SpoolKind};
 
 use crate::record::RecordMetadata;
@@ -55,9 +55,10 @@ pub async fn open_received(
     let (meta_tx, meta_rx) = tokio::sync::oneshot::channel();
     let (tx, rx) = mpsc::channel(8);
     let state2 = state.clone();
-    let sender = entry.sender.clone();
+    let keys = header_keys(state, &entry);
+    let header_digest = entry.header_digest;
     tokio::task::spawn_blocking(move || {
-        decrypt_stream(&state2, id, &sender, meta_tx, tx);
+        decrypt_stream(&state2, id, (&keys, header_digest), meta_tx, tx);
     });
     let metadata = meta_rx
         .await
@@ -65,10 +66,25 @@ pub async fn open_received(
     Ok((entry, metadata, rx))
 }
 
+/// The keys the stored header must verify under: the one that verified it at receipt, kept
+/// with the entry, so a record stays readable after its sender rotated that key out of the
+/// directory. Entries stored before that was kept are checked against the sender's keys in
+/// today's directory, as they always were.
+fn header_keys(state: &NodeState, entry: &InboxEntry) -> Vec<VerifyingKey> {
+    match &entry.header_check {
+        Some(check) => vec![VerifyingKey(check.signing_key)],
+        None => state
+            .trust()
+            .peer_by_str(&entry.sender)
+            .map(|p| p.signing_keys)
+            .unwrap_or_default(),
+    }
+}
+
 fn decrypt_stream(
     state: &NodeState,
     id: TransferId,
-    sender: &str,
+    (keys, header_digest): (&[VerifyingKey], [u8; 32]),
     meta_tx: tokio::sync::oneshot::Sender<Result<RecordMetadata, FetchError>>,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
@@ -87,14 +103,16 @@ fn decrypt_stream(
                 max_metadata: MAX_METADATA_BYTES,
             });
             let mut buf = vec![0u8; 64 * 1024];
-            let trust = state.trust();
-            let keys = trust
-                .peer_by_str(sender)
-                .map(|p| p.signing_keys)
-                .unwrap_or_default();
             let header = loop {
                 if let Some(h) = reader.header().map_err(|e| open_err(e.to_string()))? {
-                    break h.verify(&keys).map_err(|e| open_err(e.to_string()))?;
+                    // The header must be the one the entry was written for, as well as signed.
+                    if h.header_digest() != header_digest {
+                        return Err(open_err(
+                            "the stored envelope is not the one this entry was received as"
+                                .to_owned(),
+                        ));
+                    }
+                    break h.verify(keys).map_err(|e| open_err(e.to_string()))?;
                 }
                 let n = file
                     .read(&mut buf)
@@ -116,7 +134,8 @@ fn decrypt_stream(
                 }
                 reader.push(buf.get(..n).unwrap_or_default());
             };
-            let (opener, meta) = Opener::new(&header, &state.identity.decryption_keys(), &frame)
+            let identity = state.identity();
+            let (opener, meta) = Opener::new(&header, &identity.decryption_keys(), &frame)
                 .map_err(|e| open_err(e.to_string()))?;
             let meta = RecordMetadata::decode(&meta).map_err(|e| open_err(e.to_string()))?;
             Ok((file, reader, opener, meta))

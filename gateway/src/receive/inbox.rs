@@ -15,9 +15,9 @@ use hyper::body::Incoming;
 
 use gateway_envelope::{
     EnvelopeError, EnvelopeReader, Limits, Opener, Receipt, SignedReceipt, TransferId,
-    VerifiedHeader,
+    UnverifiedHeader, VerifiedHeader, VerifyingKey,
 };
-use gateway_store::{AuditRecord, InboxEntry, InboxInsert, SpoolKind};
+use gateway_store::{AuditRecord, HeaderCheck, InboxEntry, InboxInsert, SpoolKind};
 use policies::Action;
 
 use crate::access::{decide, Question};
@@ -27,8 +27,8 @@ use crate::record::{
 };
 use crate::send::outbox::decision_reason;
 use crate::state::NodeState;
-use crate::trust::now_ms;
 use crate::trust::transport::{text_response, PeerIdentity, PeerResponse};
+use crate::trust::{now_ms, Peer, Trust};
 
 /// An envelope dated this far in the future is refused (clock skew allowance).
 const MAX_FUTURE_SKEW_MS: u64 = 5 * 60 * 1000;
@@ -48,6 +48,8 @@ fn receipt_response(status: StatusCode, receipt: Vec<u8>) -> PeerResponse {
 struct Refusal {
     status: StatusCode,
     reason: String,
+    /// Seconds, for an answer the sender should retry (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -55,6 +57,16 @@ impl Refusal {
         Refusal {
             status,
             reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Not a refusal of the envelope: this node cannot take it yet (503, which the sender's
+    /// delivery retries).
+    fn retry_later(seconds: u64, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            retry_after: Some(seconds),
+            ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
         }
     }
 
@@ -221,7 +233,13 @@ async fn refuse(
         .audit_append_batch(decision.into_iter().chain([rec]));
     let _ = state.store.commit().await;
     tracing::warn!(peer = %peer.facility, status = refusal.status.as_u16(), "envelope refused");
-    text_response(refusal.status, &refusal.reason)
+    let mut response = text_response(refusal.status, &refusal.reason);
+    if let Some(seconds) = refusal.retry_after {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// Returns the received record and its signed receipt, or `Err(receipt)`-style duplicate
@@ -282,16 +300,11 @@ async fn receive_inner(
             "envelope refused: created outside the accepted time window",
         ));
     }
-    let trust = state.trust();
-    let Some(sender) = trust.peer(&peer.facility) else {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "envelope refused: sender not in the directory",
-        ));
+    let (sender, header, verified_key) = verify_header(state, peer, unverified)?;
+    let header_check = HeaderCheck {
+        signing_key: verified_key.0,
+        verified_ms: now_ms(),
     };
-    let header = unverified
-        .verify(&sender.signing_keys)
-        .map_err(|e| Refusal::new(StatusCode::FORBIDDEN, format!("envelope refused: {e}")))?;
 
     // 2. Replay: a transfer id is accepted once, ever (the inbox never forgets an id).
     let mut stored_before: Option<InboxEntry> = None;
@@ -338,9 +351,7 @@ async fn receive_inner(
         reader.push(&chunk);
         pending.push(chunk);
     };
-    let keys = state.identity.decryption_keys();
-    let (mut opener, metadata) =
-        Opener::new(&header, &keys, &metadata_frame).map_err(|e| Refusal::envelope(&e))?;
+    let (mut opener, metadata) = open_metadata(state, &header, &metadata_frame).await?;
     let metadata = RecordMetadata::decode(&metadata)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("envelope refused: {e}")))?;
     *meta_out = Some(metadata.clone());
@@ -504,7 +515,7 @@ async fn receive_inner(
             header_digest: header.header_digest(),
             received_at_ms: now_ms(),
         },
-        &state.identity.signing,
+        &state.identity().signing,
     )
     .to_bytes();
     let entry = InboxEntry {
@@ -517,6 +528,7 @@ async fn receive_inner(
         header_digest: header.header_digest(),
         receipt: receipt.clone(),
         acked_ms: None,
+        header_check: Some(header_check),
     };
     let received = received_record(peer, id, &metadata, decision.policy_ids.clone(), false);
     let records = decision_out.iter().cloned().chain([received]).collect();
@@ -540,6 +552,87 @@ async fn receive_inner(
         },
         receipt,
     )))
+}
+
+/// Verifies the header's signature under the sender's directory keys and returns which key
+/// verified it (kept with the inbox entry, so the record stays fetchable after the sender
+/// rotates). A signature no listed key verifies may be from a key a newer directory lists that
+/// this node has not loaded yet: the trust files are looked at once more before refusing.
+fn verify_header(
+    state: &NodeState,
+    peer: &PeerIdentity,
+    unverified: UnverifiedHeader,
+) -> Result<(Peer, VerifiedHeader, VerifyingKey), Refusal> {
+    let attempt = |trust: &Trust| -> Result<(Peer, VerifiedHeader, VerifyingKey), Refusal> {
+        let Some(sender) = trust.peer(&peer.facility) else {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "envelope refused: sender not in the directory",
+            ));
+        };
+        let mut last = None;
+        for key in &sender.signing_keys {
+            match unverified.clone().verify(std::slice::from_ref(key)) {
+                Ok(header) => return Ok((sender.clone(), header, *key)),
+                Err(e) => last = Some(e),
+            }
+        }
+        let why = last.map_or_else(
+            || "the sender has no signing key listed".to_owned(),
+            |e| e.to_string(),
+        );
+        Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("envelope refused: {why}"),
+        ))
+    };
+    match attempt(&state.trust()) {
+        Ok(found) => Ok(found),
+        Err(refusal) => match state.trust.reload_if_changed(&state.identity()) {
+            Ok(true) => {
+                tracing::info!(
+                    version = state.trust().directory.version,
+                    "federation trust reloaded (a header signature needed it)"
+                );
+                attempt(&state.trust())
+            }
+            _ => Err(refusal),
+        },
+    }
+}
+
+/// Opens the metadata frame with the keys this node holds. An envelope sealed to the key the
+/// directory lists for this node, which this node has not loaded yet (the operator rotated and
+/// published, the reload has not run), makes it read its key files at once; if the key is
+/// still not there, the sender is told to retry (503, `Retry-After`), because the envelope will
+/// open once the node has loaded its key. An envelope that none of the keys opens while the
+/// node holds its listed key is refused for good.
+async fn open_metadata(
+    state: &NodeState,
+    header: &VerifiedHeader,
+    frame: &[u8],
+) -> Result<(Opener, Vec<u8>), Refusal> {
+    let first = Opener::new(header, &state.identity().decryption_keys(), frame);
+    let error = match first {
+        Ok(opened) => return Ok(opened),
+        Err(e) => e,
+    };
+    // The directory (which key peers seal to) and the key files are read again first: either
+    // may have changed since the last reload.
+    state.reload_keys_and_trust().await;
+    let identity = state.identity();
+    if let Ok(opened) = Opener::new(header, &identity.decryption_keys(), frame) {
+        return Ok(opened);
+    }
+    let listed = state.trust().peer(state.me()).map(|me| me.encryption_key);
+    if listed.is_none_or(|k| identity.holds_encryption_key(&k)) {
+        return Err(Refusal::envelope(&error));
+    }
+    let retry_after = state.config.federation.reload_interval_secs;
+    Err(Refusal::retry_later(
+        retry_after,
+        "receiver has not loaded the encryption key the federation directory lists for it yet; retry later",
+    ))
 }
 
 async fn next_chunk(

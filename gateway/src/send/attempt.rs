@@ -105,16 +105,20 @@ pub(super) async fn attempt_delivery(
         Err(e) => return Outcome::Unreachable(format!("peer {}: reading response: {e}", peer.id)),
     };
     match status.as_u16() {
-        200 | 409 => match verify_receipt(state, entry, &peer, &body) {
+        200 | 409 => match verify_receipt_or_reload(state, entry, &peer, &body) {
             Ok(()) => Outcome::Delivered {
                 receipt: body.to_vec(),
                 duplicate: status.as_u16() == 409,
             },
+            // The receiver stored the record and signed with a key this node's directory does
+            // not list (it rotated; the new directory has not reached this node): the resend
+            // gets the same receipt back (409), which verifies once the directory arrives.
+            Err(ReceiptProblem::Signature(e)) => Outcome::Retry(e),
             // A 409 without a valid receipt is a refusal (e.g. a different envelope reused the id).
             Err(e) if status.as_u16() == 409 => Outcome::Refused(
                 format!("peer {} refused: {}", peer.id, peer_reason(&body)) + &format!(" ({e})"),
             ),
-            Err(e) => Outcome::Refused(e),
+            Err(e) => Outcome::Refused(e.to_string()),
         },
         502..=504 => Outcome::Unreachable(format!(
             "peer {}: {} {}",
@@ -137,26 +141,66 @@ pub(super) async fn attempt_delivery(
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+enum ReceiptProblem {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{0}")]
+    Signature(String),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// A receipt whose signature no directory key verifies may be signed with the receiver's new
+/// key from a directory this node has not loaded yet: the trust files are looked at once more.
+fn verify_receipt_or_reload(
+    state: &NodeState,
+    entry: &OutboxEntry,
+    peer: &crate::trust::Peer,
+    body: &Bytes,
+) -> Result<(), ReceiptProblem> {
+    match verify_receipt(state, entry, peer, body) {
+        Err(ReceiptProblem::Signature(e)) => {
+            if !matches!(state.trust.reload_if_changed(&state.identity()), Ok(true)) {
+                return Err(ReceiptProblem::Signature(e));
+            }
+            tracing::info!(
+                version = state.trust().directory.version,
+                "federation trust reloaded (a receipt signature needed it)"
+            );
+            match state.trust().peer(&peer.id) {
+                Some(fresh) => verify_receipt(state, entry, &fresh, body),
+                None => Err(ReceiptProblem::Signature(e)),
+            }
+        }
+        other => other,
+    }
+}
+
 fn verify_receipt(
     state: &NodeState,
     entry: &OutboxEntry,
     peer: &crate::trust::Peer,
     body: &Bytes,
-) -> Result<(), String> {
-    let signed = SignedReceipt::from_bytes(body)
-        .map_err(|e| format!("peer {}: receipt unreadable: {e}", peer.id))?;
-    let receipt = signed
-        .verify(&peer.signing_keys)
-        .map_err(|e| format!("peer {}: receipt signature invalid: {e}", peer.id))?;
+) -> Result<(), ReceiptProblem> {
+    let signed = SignedReceipt::from_bytes(body).map_err(|e| {
+        ReceiptProblem::Unreadable(format!("peer {}: receipt unreadable: {e}", peer.id))
+    })?;
+    let receipt = signed.verify(&peer.signing_keys).map_err(|e| {
+        ReceiptProblem::Signature(format!(
+            "peer {}: receipt signature does not verify under the receiver's keys in this node's directory (retried: a rotation may not have reached this node yet): {e}",
+            peer.id
+        ))
+    })?;
     if receipt.transfer_id.0 != entry.transfer_id
         || receipt.payload_digest != entry.payload_digest
         || receipt.receiver != peer.id.as_str()
         || receipt.sender != state.me().as_str()
     {
-        return Err(format!(
+        return Err(ReceiptProblem::Mismatch(format!(
             "peer {}: receipt does not match the transfer",
             peer.id
-        ));
+        )));
     }
     Ok(())
 }

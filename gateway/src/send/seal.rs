@@ -3,6 +3,7 @@
 //! size; the caller has inspected and authorized the record before anything here runs.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -32,7 +33,7 @@ pub(super) fn seal_to_spool(
     metadata: &[u8],
     payload: Payload,
 ) -> Result<Sealed, SubmitError> {
-    let identity: &NodeIdentity = &state.identity;
+    let identity: Arc<NodeIdentity> = state.identity();
     let mut payload = payload;
     let (payload_len, payload_digest) = (payload.len(), payload.digest());
     let params = SealParams {

@@ -77,6 +77,9 @@ pub struct Trust {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
     sources: Sources,
+    /// The certificate of the node identity the TLS configs were built with: a reload also
+    /// rebuilds them when the identity changed (`trust::identity`).
+    identity_cert: [u8; 32],
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -110,6 +113,7 @@ impl Trust {
             server: Arc::new(server),
             client: Arc::new(client),
             sources,
+            identity_cert: identity.tls_fingerprint(),
         })
     }
 
@@ -144,10 +148,13 @@ impl TrustHandle {
         }
     }
 
-    /// Reloads if any source file changed. Returns `Ok(true)` when a new view was installed.
+    /// Reloads if any source file or the node identity changed. Returns `Ok(true)` when a new
+    /// view was installed.
     pub fn reload_if_changed(&self, identity: &NodeIdentity) -> Result<bool, TrustError> {
         let current = self.current();
-        if Sources::read(&self.config) == current.sources {
+        if Sources::read(&self.config) == current.sources
+            && current.identity_cert == identity.tls_fingerprint()
+        {
             return Ok(false);
         }
         let fresh = Trust::load(&self.config, identity, Some(current.directory.version))?;

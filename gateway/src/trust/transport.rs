@@ -170,6 +170,12 @@ impl PeerClients {
         self.conns.lock().await.remove(peer);
     }
 
+    /// Drops every pooled connection (the node identity changed: new connections present the
+    /// new certificate; requests in flight on the old ones finish).
+    pub async fn forget_all(&self) {
+        self.conns.lock().await.clear();
+    }
+
     async fn connect(&self, peer: &Peer) -> Result<SendRequest<Body>, ConnectError> {
         let name = peer.id.to_string();
         let endpoint: Endpoint = peer
