@@ -620,22 +620,30 @@ pub struct ConfigTemplate<'a> {
 }
 
 impl ConfigTemplate<'_> {
-    pub fn render(&self) -> String {
-        format!(
+    /// The config text. Every value is written as a TOML string by the toml crate's own
+    /// serializer, so a path with quotes, backslashes or control characters reads back as the
+    /// same path; a path that is not UTF-8 cannot be written in TOML and is refused.
+    pub fn render(&self) -> Result<String, String> {
+        let path = |p: &Path| {
+            p.to_str()
+                .map(toml_string)
+                .ok_or_else(|| format!("{}: the path is not UTF-8", p.display()))
+        };
+        Ok(format!(
             r#"# healthfed gateway node configuration. See deploy/node.example.toml for every key.
 version = 1
 
 [node]
-facility_id = "{id}"
+facility_id = {id}
 data_dir = "data"
 
 [peer]
-listen = "{peer}"
+listen = {peer}
 
 [local_api]
-listen = "{local}"
+listen = {local}
 token_file = "api.token"
-tokens = [{{ name = "cli", sha256 = "{token}" }}]
+tokens = [{{ name = "cli", sha256 = {token} }}]
 
 [keys]
 ca_cert = "ca.crt"
@@ -645,17 +653,22 @@ signing_key = "signing.key"
 encryption_key = "encryption.key"
 
 [federation]
-directory = "{directory}"
-crl = "{crl}"
+directory = {directory}
+crl = {crl}
 "#,
-            id = self.facility_id,
-            peer = self.peer_listen,
-            local = self.local_listen,
-            token = self.token_sha256_hex,
-            directory = self.directory.display(),
-            crl = self.crl.display(),
-        )
+            id = toml_string(self.facility_id),
+            peer = toml_string(&self.peer_listen.to_string()),
+            local = toml_string(&self.local_listen.to_string()),
+            token = toml_string(self.token_sha256_hex),
+            directory = path(self.directory)?,
+            crl = path(self.crl)?,
+        ))
     }
+}
+
+/// `s` as a TOML string value, quoted and escaped by the toml crate.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
 }
 
 #[cfg(test)]
@@ -672,6 +685,34 @@ mod tests {
             crl: Path::new("../crl.pem"),
         }
         .render()
+        .unwrap()
+    }
+
+    #[test]
+    fn rendered_paths_with_quotes_backslashes_and_newlines_read_back_unchanged() {
+        let odd = [
+            r#"/srv/fed "main"/directory.json"#,
+            r"/srv/C:\federation\directory.json",
+            "/srv/it's here/directory.json",
+            "/srv/two\nlines\t/directory.json",
+            "/srv/'''/directory.json",
+        ];
+        for dir in odd {
+            let crl = format!("{dir}.crl");
+            let text = ConfigTemplate {
+                facility_id: "hosp-a",
+                peer_listen: "127.0.0.1:7443".parse().unwrap(),
+                local_listen: "127.0.0.1:7080".parse().unwrap(),
+                token_sha256_hex: &"ab".repeat(32),
+                directory: Path::new(dir),
+                crl: Path::new(&crl),
+            }
+            .render()
+            .unwrap();
+            let cfg = NodeConfig::parse(&text, Path::new("/srv/node/node.toml")).unwrap();
+            assert_eq!(cfg.federation.directory, Path::new(dir), "{text}");
+            assert_eq!(cfg.federation.crl, Path::new(&crl), "{text}");
+        }
     }
 
     #[test]

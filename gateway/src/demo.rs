@@ -211,7 +211,8 @@ async fn prepare(
                 .join("federation")
                 .join(pki_tools::layout::CRL),
         }
-        .render();
+        .render()
+        .map_err(|e| fail(&e))?;
         let path = node_dir.join("node.toml");
         pki_tools::files::write_atomic(&path, rendered.as_bytes(), false).map_err(|e| fail(&e))?;
         let config = NodeConfig::load(&path).map_err(|e| fail(&e))?;

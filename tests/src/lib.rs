@@ -242,7 +242,8 @@ impl Fed {
             directory: &fed.join("directory.json"),
             crl: &fed.join("crl.pem"),
         }
-        .render();
+        .render()
+        .unwrap();
         text.push_str(&self.extra_toml);
         std::fs::write(&nd.config_path, text).unwrap();
     }

@@ -83,7 +83,7 @@ pub fn create_federation(dir: &Path) -> Result<BenchFederation, BoxError> {
         let token = random_token()?;
         pki_tools::files::write_atomic(&node_dir.join("api.token"), token.as_bytes(), true)?;
         let token_sha256 = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        let rendered = node_toml(id, peer, local, &hex::encode(token_sha256.as_ref()));
+        let rendered = node_toml(id, peer, local, &hex::encode(token_sha256.as_ref()))?;
         let config = node_dir.join("node.toml");
         pki_tools::files::write_atomic(&config, rendered.as_bytes(), false)?;
         files.push(NodeFiles {
@@ -111,7 +111,12 @@ pub fn create_federation(dir: &Path) -> Result<BenchFederation, BoxError> {
 
 /// The node configuration, rendered by the same template `gateway demo` uses, so the
 /// benchmark runs nodes configured exactly as a demo node is.
-fn node_toml(id: &str, peer: SocketAddr, local: SocketAddr, token_sha256_hex: &str) -> String {
+fn node_toml(
+    id: &str,
+    peer: SocketAddr,
+    local: SocketAddr,
+    token_sha256_hex: &str,
+) -> Result<String, BoxError> {
     let federation = Path::new("..").join("federation");
     gateway::config::ConfigTemplate {
         facility_id: id,
@@ -122,6 +127,7 @@ fn node_toml(id: &str, peer: SocketAddr, local: SocketAddr, token_sha256_hex: &s
         crl: &federation.join(pki_tools::layout::CRL),
     }
     .render()
+    .map_err(BoxError::from)
 }
 
 fn random_token() -> Result<String, BoxError> {
