@@ -149,40 +149,64 @@ async fn route(
     }
 }
 
-/// Refused connections are audited, but anyone who can reach the port can cause them: past
-/// `REFUSALS_AUDITED_PER_MINUTE` in a minute, further ones are counted and summarised in one
-/// entry when the next minute starts, so a scanner cannot flood the log or the disk.
-const REFUSALS_AUDITED_PER_MINUTE: u64 = 120;
+/// Refused connections are audited, but anyone who can reach the port can cause them, so one
+/// by one only within a rate (`governor`'s GCRA: bursts of `REFUSALS_AUDITED_BURST`, refilled
+/// one a second, so at most 120 in any minute); the rest are counted and summarised in one
+/// entry at most once a minute, so a scanner can flood neither the log nor the disk.
+const REFUSALS_AUDITED_BURST: u32 = 60;
+const REFUSAL_SUMMARY_EVERY_MS: u64 = 60_000;
 
-static REFUSAL_WINDOW: std::sync::Mutex<(u64, u64, u64)> = std::sync::Mutex::new((0, 0, 0));
+type DirectLimiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    governor::clock::DefaultClock,
+>;
+
+/// Refusals not audited one by one since the last summary, and when that summary was written.
+struct RefusalAudit {
+    limiter: DirectLimiter,
+    suppressed: std::sync::atomic::AtomicU64,
+    last_summary_ms: std::sync::atomic::AtomicU64,
+}
+
+fn refusal_audit() -> &'static RefusalAudit {
+    static CELL: std::sync::OnceLock<RefusalAudit> = std::sync::OnceLock::new();
+    CELL.get_or_init(|| {
+        let burst =
+            std::num::NonZeroU32::new(REFUSALS_AUDITED_BURST).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::per_second(std::num::NonZeroU32::MIN).allow_burst(burst);
+        RefusalAudit {
+            limiter: governor::RateLimiter::direct(quota),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+            last_summary_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    })
+}
 
 async fn audit_refused_connection(state: &NodeState, claimed: Option<String>, reason: String) {
+    use std::sync::atomic::Ordering::Relaxed;
     tracing::warn!(reason = %reason, "peer connection refused");
-    let minute = crate::trust::now_ms() / 60_000;
-    let (audit_this, suppressed_before) = {
-        let mut w = match REFUSAL_WINDOW.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let (window, count, suppressed) = &mut *w;
-        let mut carried = 0;
-        if *window != minute {
-            carried = *suppressed;
-            *window = minute;
-            *count = 0;
-            *suppressed = 0;
-        }
-        *count += 1;
-        let audit_this = *count <= REFUSALS_AUDITED_PER_MINUTE;
-        if !audit_this {
-            *suppressed += 1;
-        }
-        (audit_this, carried)
+    let limits = refusal_audit();
+    let audit_this = limits.limiter.check().is_ok();
+    if !audit_this {
+        limits.suppressed.fetch_add(1, Relaxed);
+    }
+    let now = crate::trust::now_ms();
+    let last = limits.last_summary_ms.load(Relaxed);
+    let summary_due = now.saturating_sub(last) >= REFUSAL_SUMMARY_EVERY_MS
+        && limits
+            .last_summary_ms
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok();
+    let suppressed = if summary_due {
+        limits.suppressed.swap(0, Relaxed)
+    } else {
+        0
     };
-    if suppressed_before > 0 {
+    if suppressed > 0 {
         let mut rec = audit::record(event::REJECTED, "connection-refused");
         rec.reason = Some(format!(
-            "{suppressed_before} further refused connections in the previous minute were not audited one by one"
+            "{suppressed} further refused connections were not audited one by one (rate limit)"
         ));
         let _ = audit::append(&state.store, rec);
     }
