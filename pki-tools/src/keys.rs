@@ -3,13 +3,16 @@
 //! Ed25519 and X25519 private keys are stored as PKCS#8 v1 "PRIVATE KEY" PEM per RFC 8410, the
 //! form OpenSSL reads. ring generates PKCS#8 v2 (RFC 5958, with the public key) for Ed25519,
 //! which OpenSSL 3.0 refuses to load, so we re-frame ring's key as v1 when writing and back to
-//! ring's v2 when loading. The framing below is fixed-length ASN.1 (the same template matching ring does), not
-//! cryptography: all key generation and public-key derivation is done by ring and hpke.
+//! ring's v2 when loading. The PKCS#8 framing is read and written by the `pkcs8`/`der` crates;
+//! all key generation and public-key derivation is done by ring and hpke.
 
 use std::path::Path;
 
 use hpke::kem::{Kem as _, X25519HkdfSha256};
 use hpke::{Deserializable as _, Serializable as _};
+use pkcs8::der::asn1::{BitStringRef, OctetStringRef};
+use pkcs8::der::{Decode as _, Encode as _};
+use pkcs8::{AlgorithmIdentifierRef, ObjectIdentifier, PrivateKeyInfoRef};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING};
 use zeroize::Zeroizing;
@@ -17,19 +20,9 @@ use zeroize::Zeroizing;
 use crate::files;
 use crate::PkiError;
 
-/// RFC 8410 PKCS#8 v1 prefix for an Ed25519 private key; 32 seed bytes follow.
-const ED25519_V1_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
-/// ring's PKCS#8 v2 prefix for Ed25519: seed, then [`ED25519_V2_MIDDLE`], then the public key.
-const ED25519_V2_PREFIX: [u8; 16] = [
-    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
-const ED25519_V2_MIDDLE: [u8; 3] = [0x81, 0x21, 0x00];
-/// RFC 8410 PKCS#8 v1 prefix for an X25519 private key; 32 private-key bytes follow.
-const X25519_V1_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
-];
+/// RFC 8410 algorithm identifiers (no parameters).
+const ED25519_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+const X25519_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.110");
 
 /// Which kind of private key a PKCS#8 document holds (see [`classify_pkcs8`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +64,7 @@ pub fn load_ed25519_pkcs8(path: &Path) -> Result<Zeroizing<Vec<u8>>, PkiError> {
             ));
         }
     }
-    Ok(ed25519_v2_der(&seed, &public))
+    rfc8410_der(ED25519_OID, &seed, Some(&public)).ok_or(PkiError::Crypto("PKCS#8 encoding"))
 }
 
 /// Loads an X25519 private key file (raw 32-byte private key, as used by HPKE). Checks file
@@ -111,7 +104,8 @@ pub(crate) fn generate_signing_key() -> Result<SigningKeyMaterial, PkiError> {
     let mut public = [0u8; 32];
     public.copy_from_slice(pair.public_key().as_ref());
     Ok(SigningKeyMaterial {
-        pkcs8_v1: framed(&ED25519_V1_PREFIX, seed.as_ref()),
+        pkcs8_v1: rfc8410_der(ED25519_OID, &seed, None)
+            .ok_or(PkiError::Crypto("PKCS#8 encoding"))?,
         public,
     })
 }
@@ -129,7 +123,8 @@ pub(crate) fn generate_encryption_key() -> Result<EncryptionKeyMaterial, PkiErro
     let mut public = [0u8; 32];
     public.copy_from_slice(&pk.to_bytes());
     Ok(EncryptionKeyMaterial {
-        pkcs8_v1: framed(&X25519_V1_PREFIX, sk_bytes.as_ref()),
+        pkcs8_v1: rfc8410_der(X25519_OID, &sk_bytes, None)
+            .ok_or(PkiError::Crypto("PKCS#8 encoding"))?,
         public,
     })
 }
@@ -162,56 +157,65 @@ pub(crate) fn ecdsa_p256_public(der: &[u8]) -> Option<Vec<u8>> {
     Some(pair.public_key().as_ref().to_vec())
 }
 
+/// A 32-byte private key, and the public key a PKCS#8 v2 document carries with it.
+type Rfc8410Key = (Zeroizing<[u8; 32]>, Option<[u8; 32]>);
+
+/// The 32-byte private key of an RFC 8410 PKCS#8 document (v1, or v2 with the public key)
+/// for the algorithm `oid`, and the public key a v2 document carries.
+fn rfc8410_key(der: &[u8], oid: ObjectIdentifier) -> Option<Rfc8410Key> {
+    let info = PrivateKeyInfoRef::from_der(der).ok()?;
+    if info.algorithm.oid != oid || info.algorithm.parameters.is_some() {
+        return None;
+    }
+    // CurvePrivateKey ::= OCTET STRING, inside PrivateKeyInfo's privateKey OCTET STRING.
+    let inner = <&OctetStringRef>::from_der(info.private_key.as_bytes()).ok()?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(
+        inner
+            .as_bytes()
+            .get(..32)
+            .filter(|_| inner.as_bytes().len() == 32)?,
+    );
+    let public = match info.public_key {
+        Some(bits) => Some(<[u8; 32]>::try_from(bits.as_bytes()?).ok()?),
+        None => None,
+    };
+    Some((key, public))
+}
+
+/// An RFC 8410 PKCS#8 document: v1 without `public`, v2 (RFC 5958, as ring writes) with it.
+fn rfc8410_der(
+    oid: ObjectIdentifier,
+    private: &[u8; 32],
+    public: Option<&[u8; 32]>,
+) -> Option<Zeroizing<Vec<u8>>> {
+    let inner = Zeroizing::new(OctetStringRef::new(private).ok()?.to_der().ok()?);
+    let algorithm = AlgorithmIdentifierRef {
+        oid,
+        parameters: None,
+    };
+    let mut info = PrivateKeyInfoRef::new(algorithm, OctetStringRef::new(&inner).ok()?);
+    info.public_key = match public {
+        Some(p) => Some(BitStringRef::from_bytes(p).ok()?),
+        None => None,
+    };
+    info.to_der().ok().map(Zeroizing::new)
+}
+
 fn ed25519_seed(der: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
-    if let Some(rest) = der.strip_prefix(&ED25519_V1_PREFIX) {
-        return take32(rest, 0);
-    }
-    let rest = der.strip_prefix(&ED25519_V2_PREFIX)?;
-    if rest.len() != 32 + ED25519_V2_MIDDLE.len() + 32 {
-        return None;
-    }
-    if rest.get(32..32 + ED25519_V2_MIDDLE.len())? != ED25519_V2_MIDDLE {
-        return None;
-    }
-    let mut seed = Zeroizing::new([0u8; 32]);
-    seed.copy_from_slice(rest.get(..32)?);
-    Some(seed)
+    rfc8410_key(der, ED25519_OID).map(|(seed, _)| seed)
 }
 
 fn ed25519_v2_public(der: &[u8]) -> Option<[u8; 32]> {
-    let rest = der.strip_prefix(&ED25519_V2_PREFIX)?;
-    let mut public = [0u8; 32];
-    public.copy_from_slice(rest.get(32 + ED25519_V2_MIDDLE.len()..)?.get(..32)?);
-    Some(public)
+    rfc8410_key(der, ED25519_OID).and_then(|(_, public)| public)
 }
 
 fn x25519_private(der: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
-    take32(der.strip_prefix(&X25519_V1_PREFIX)?, 0)
-}
-
-/// Exactly 32 bytes after `offset`, nothing trailing.
-fn take32(rest: &[u8], offset: usize) -> Option<Zeroizing<[u8; 32]>> {
-    let body = rest.get(offset..)?;
-    if body.len() != 32 {
-        return None;
+    match rfc8410_key(der, X25519_OID)? {
+        (key, None) => Some(key),
+        // hpke derives the public key itself; a v2 document's copy is not checked, so refused.
+        (_, Some(_)) => None,
     }
-    let mut out = Zeroizing::new([0u8; 32]);
-    out.copy_from_slice(body);
-    Some(out)
-}
-
-fn framed(prefix: &[u8], body: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(prefix.len() + body.len()));
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(body);
-    out
-}
-
-fn ed25519_v2_der(seed: &[u8; 32], public: &[u8; 32]) -> Zeroizing<Vec<u8>> {
-    let mut out = framed(&ED25519_V2_PREFIX, seed);
-    out.extend_from_slice(&ED25519_V2_MIDDLE);
-    out.extend_from_slice(public);
-    out
 }
 
 #[cfg(test)]
@@ -226,6 +230,56 @@ mod tests {
     use ring::signature::{UnparsedPublicKey, ED25519};
 
     use super::*;
+
+    /// RFC 8410 §7 PKCS#8 v1 prefixes (the 32 key bytes follow), as OpenSSL writes them.
+    const ED25519_V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    const X25519_V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+
+    fn ed25519_v2_der(seed: &[u8; 32], public: &[u8; 32]) -> Zeroizing<Vec<u8>> {
+        rfc8410_der(ED25519_OID, seed, Some(public)).unwrap()
+    }
+
+    #[test]
+    fn rfc8410_example_private_key_decodes_and_reencodes_byte_for_byte() {
+        // RFC 8410 §10.3, the example Ed25519 private key.
+        let pem = "-----BEGIN PRIVATE KEY-----\n\
+                   MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n\
+                   -----END PRIVATE KEY-----\n";
+        let der = pem::parse(pem).unwrap().into_contents();
+        let seed = ed25519_seed(&der).unwrap();
+        assert_eq!(
+            hex::encode(seed.as_ref()),
+            "d4ee72dbf913584ad5b6d8f1f769f8ad3afe7c28cbf1d4fbe097a88f44755842"
+        );
+        assert_eq!(
+            rfc8410_der(ED25519_OID, &seed, None).unwrap().as_slice(),
+            der.as_slice()
+        );
+        // Not an X25519 key, whatever its length.
+        assert!(x25519_private(&der).is_none());
+    }
+
+    #[test]
+    fn ring_generated_v2_documents_are_read_and_rewritten_as_ring_wrote_them() {
+        let rng = SystemRandom::new();
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        let seed = ed25519_seed(doc.as_ref()).unwrap();
+        let public = ed25519_v2_public(doc.as_ref()).unwrap();
+        assert_eq!(public, pair.public_key().as_ref());
+        assert_eq!(ed25519_v2_der(&seed, &public).as_slice(), doc.as_ref());
+        // Trailing bytes or a truncated document are refused.
+        let mut longer = doc.as_ref().to_vec();
+        longer.push(0);
+        assert!(ed25519_seed(&longer).is_none());
+        assert!(ed25519_seed(&doc.as_ref()[..doc.as_ref().len() - 1]).is_none());
+    }
 
     fn write_key(dir: &Path, name: &str, der: &[u8]) -> std::path::PathBuf {
         let path = dir.join(name);
