@@ -19,7 +19,7 @@ mod policy;
 mod records;
 mod requests;
 mod transfers;
-mod upload;
+pub(crate) mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;

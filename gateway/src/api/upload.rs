@@ -27,35 +27,35 @@ pub const STREAM_CHANNEL_CHUNKS: usize = 8;
 /// A streamed upload is passed to the sealing task in pieces of about this size.
 const STREAM_BATCH_BYTES: usize = 256 * 1024;
 
-/// The SHA-256 an upload declares in `Content-Digest` (RFC 9530: `sha-256=:<base64>:`, one
-/// of possibly several comma-separated algorithms), if any. A header that is present but
-/// carries no well-formed sha-256 value is refused: the client asked for a check we could not
-/// do.
+/// The SHA-256 an upload declares in `Content-Digest` (RFC 9530: a structured-field dictionary,
+/// RFC 8941, parsed by `sfv`; `sha-256=:<base64>:` among possibly other algorithms), if any. A
+/// header that is present but carries no well-formed sha-256 byte sequence is refused: the
+/// client asked for a check we could not do.
 pub fn content_digest(headers: &axum::http::HeaderMap) -> Result<Option<[u8; 32]>, &'static str> {
-    use base64::Engine as _;
     let Some(value) = headers.get("content-digest") else {
         return Ok(None);
     };
-    let refused = || "Content-Digest must carry sha-256=:<base64 of the SHA-256>: (RFC 9530)";
-    let text = value.to_str().map_err(|_| refused())?;
-    let encoded = text
-        .split(',')
-        .map(str::trim)
-        .find_map(|item| {
-            let (algorithm, value) = item.split_once('=')?;
-            algorithm
-                .trim()
-                .eq_ignore_ascii_case("sha-256")
-                .then_some(value.trim())
-        })
-        .and_then(|v| v.strip_prefix(':')?.strip_suffix(':'))
-        .ok_or_else(refused)?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| refused())?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map(Some)
-        .map_err(|_| refused())
+    let refused = "Content-Digest must carry sha-256=:<base64 of the SHA-256>: (RFC 9530)";
+    let dictionary: sfv::Dictionary = sfv::Parser::new(value.as_bytes())
+        .parse()
+        .map_err(|_| refused)?;
+    match dictionary.get("sha-256") {
+        Some(sfv::ListEntry::Item(sfv::Item {
+            bare_item: sfv::BareItem::ByteSequence(bytes),
+            ..
+        })) => <[u8; 32]>::try_from(bytes.as_slice())
+            .map(Some)
+            .map_err(|_| refused),
+        _ => Err(refused),
+    }
+}
+
+/// The `Content-Digest` header value for a body with this SHA-256 (RFC 9530, serialized by
+/// `sfv`).
+pub fn content_digest_value(sha256: &[u8; 32]) -> String {
+    let mut dictionary = sfv::DictSerializer::new();
+    let _ = dictionary.bare_item(sfv::KeyRef::constant("sha-256"), sha256.as_slice());
+    dictionary.finish().unwrap_or_default()
 }
 
 /// Feeds a streamed upload to the task sealing it. If that task stops early (a policy denial,
@@ -205,5 +205,55 @@ async fn drain_stream(stream: &mut axum::body::BodyDataStream, limit: u64) {
         if seen > limit {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
+mod tests {
+    use super::*;
+
+    fn parsed(value: &str) -> Result<Option<[u8; 32]>, &'static str> {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("content-digest", value.parse().unwrap());
+        content_digest(&headers)
+    }
+
+    #[test]
+    fn content_digest_is_read_from_any_position_and_written_back_the_same() {
+        // RFC 9530 Appendix B.1: the SHA-256 and SHA-512 of `{"hello": "world"}`.
+        const SHA512: &str =
+            "WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu7BNNyealdVLvRwEmTHWXvJwew==";
+        let b64 = "X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=";
+        let sha = <[u8; 32]>::try_from(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(parsed(&format!("sha-256=:{b64}:")), Ok(Some(sha)));
+        assert_eq!(
+            parsed(&format!("sha-512=:{SHA512}:, sha-256=:{b64}:;p=1")),
+            Ok(Some(sha))
+        );
+        assert_eq!(content_digest_value(&sha), format!("sha-256=:{b64}:"));
+        assert_eq!(parsed(&content_digest_value(&sha)), Ok(Some(sha)));
+    }
+
+    #[test]
+    fn content_digest_without_a_well_formed_sha256_is_refused() {
+        for bad in [
+            "sha-256=abc",
+            "sha-256=:not base64!:",
+            "sha-256=:AAAA:",
+            "md5=:AAAA:",
+            "SHA-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
+            "sha-256=(:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:)",
+            "",
+        ] {
+            assert!(parsed(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(content_digest(&axum::http::HeaderMap::new()), Ok(None));
     }
 }

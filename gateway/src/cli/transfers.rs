@@ -143,13 +143,7 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
     };
     let file = tokio::fs::File::open(&args.file).await.map_err(file_err)?;
     let body = Body::from_stream(ReaderStream::with_capacity(file, 256 * 1024));
-    let content_digest = {
-        use base64::Engine as _;
-        format!(
-            "sha-256=:{}:",
-            base64::engine::general_purpose::STANDARD.encode(digest)
-        )
-    };
+    let content_digest = crate::api::upload::content_digest_value(&digest);
     let content_length = len.to_string();
     let q = query(&[
         ("to", Some(args.to)),
