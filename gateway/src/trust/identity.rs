@@ -20,7 +20,7 @@
 //! records, still open after any number of rotations and restarts. The keyring is never pruned
 //! by the node: a retired key may still be needed by a record held in the inbox.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -441,7 +441,8 @@ impl Keyring {
     }
 }
 
-/// SHA-256 over every key file's bytes (each length-prefixed), read without parsing.
+/// SHA-256 over every key file's mode and bytes (each length-prefixed), read without parsing:
+/// a key file made 0600 after a refusal is a changed set.
 fn files_digest(config: &NodeConfig) -> Result<[u8; 32], IdentityError> {
     let keys = &config.keys;
     let paths = [
@@ -454,6 +455,8 @@ fn files_digest(config: &NodeConfig) -> Result<[u8; 32], IdentityError> {
     let mut all = Zeroizing::new(Vec::new());
     for path in paths.into_iter().flatten() {
         let bytes = Zeroizing::new(read_file(path)?);
+        let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+        all.extend_from_slice(&mode.to_be_bytes());
         all.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
         all.extend_from_slice(&bytes);
     }
