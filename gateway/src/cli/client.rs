@@ -184,14 +184,28 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// The target of the `rel="next"` link in a `Link` header value (RFC 8288), as the node
-/// writes it: `<path?query>; rel="next"`.
+/// The target of the `next` link in a `Link` header value (RFC 8288): `<path?query>` with a
+/// `rel` parameter, quoted or not, whose space-separated relation types include `next`.
+/// Hand-written: the node writes one simple form, and no well-kept crate exists (`http-link`
+/// was last released in 2021; `parse_link_header` brings regex and lazy_static for this).
+/// Our targets never hold a comma (they are our own paths and query strings).
 pub fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|link| {
         let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
         params
             .split(';')
-            .any(|p| p.trim() == "rel=\"next\"")
+            .filter_map(|p| p.split_once('='))
+            .filter(|(name, _)| name.trim().eq_ignore_ascii_case("rel"))
+            .any(|(_, value)| {
+                let value = value.trim();
+                let value = value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value);
+                value
+                    .split_ascii_whitespace()
+                    .any(|rel| rel.eq_ignore_ascii_case("next"))
+            })
             .then(|| target.to_owned())
     })
 }
@@ -245,6 +259,12 @@ mod tests {
             Some("/b?x=1")
         );
         assert_eq!(next_link(r#"</a>; rel="prev""#), None);
+        assert_eq!(next_link("</a>; rel=next").as_deref(), Some("/a"));
+        assert_eq!(
+            next_link(r#"</a>; title="x"; REL="last next""#).as_deref(),
+            Some("/a")
+        );
+        assert_eq!(next_link(r#"</a>; rel="nextish""#), None);
         assert_eq!(next_link("garbage"), None);
     }
 }
