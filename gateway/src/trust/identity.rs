@@ -127,6 +127,14 @@ impl KeySet {
             key: keys.tls_key.display().to_string(),
             cert: keys.tls_cert.display().to_string(),
         })?;
+        // The files were read twice (for the digest, then parsed): they must not have changed
+        // in between, or the digest would name another set than the one loaded.
+        if self::files_digest(config)? != files_digest {
+            return Err(IdentityError::Key(
+                "key files changed while they were read; the next reload reads them again"
+                    .to_owned(),
+            ));
+        }
         Ok(KeySet {
             tls_cert,
             tls_key,
@@ -352,8 +360,12 @@ impl IdentityHandle {
         digest: Option<[u8; 32]>,
         e: IdentityError,
     ) -> Result<IdentityReload, IdentityError> {
+        // Remembered only when the files are still the ones refused (not moving under a
+        // `pki rotate`), so that a set caught mid-write is read again at the next reload.
         if let Some(digest) = digest {
-            memo.refused = Some(digest);
+            if files_digest(&self.config).ok() == Some(digest) {
+                memo.refused = Some(digest);
+            }
         }
         Err(e)
     }
