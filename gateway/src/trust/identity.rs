@@ -493,3 +493,6 @@ fn check_tls_pair(cert: &CertificateDer<'static>, key: &[u8]) -> Result<(), ()> 
         .keys_match()
         .map_err(|_| ())
 }
+
+#[cfg(test)]
+mod tests;
