@@ -27,6 +27,8 @@
 //! | `records` | `tag(patient)` | sealed record bundle |
 //! | `spool_retained`, `spool_removed`, `spool_unlink` | times, spool kind, transfer id | empty or a time |
 //! | `store_meta` | `format`, one-time job markers | small values |
+//! | `idempotency` | `tag(API token name, key)` | sealed key record: request digest, transfer id, time |
+//! | `idempotency_by_time` | `created_ms_be \|\| tag` | empty |
 //!
 //! # Patient identifiers at rest
 //! No patient reference is stored in clear (see the `protect` module): `tag(patient)` is
@@ -87,6 +89,7 @@ mod codec;
 mod collections;
 mod commit;
 mod error;
+mod idempotency;
 mod inbox;
 mod migrate;
 mod outbox;
@@ -103,6 +106,7 @@ use crate::commit::{sync_dir, Committer, SledFiles};
 
 pub use crate::audit::{AuditChainError, ChainProblem};
 pub use crate::error::StoreError;
+pub use crate::idempotency::{KeyClaim, KeyLookup, KeyRecord, KeyReservation};
 pub use crate::migrate::STORE_MIGRATED_EVENT;
 pub use crate::outbox::RequeueRefusal;
 pub use crate::retention::{Expired, RemovedEnvelope};
@@ -129,6 +133,8 @@ struct Inner {
     trees: Trees,
     keys: protect::Keys,
     audit_tail: Mutex<audit::Tail>,
+    /// Idempotency keys being processed now (see the `idempotency` module).
+    idempotency_held: idempotency::HeldKeys,
     // Joins its thread (which holds its own sled handle) on drop, so that once the last
     // clone is gone the directory can be reopened.
     committer: Committer,
@@ -154,6 +160,8 @@ struct Trees {
     spool_removed: sled::Tree,
     spool_unlink: sled::Tree,
     store_meta: sled::Tree,
+    idempotency: sled::Tree,
+    idempotency_by_time: sled::Tree,
 }
 
 impl Store {
@@ -210,6 +218,8 @@ impl Store {
             spool_removed: tree("spool_removed")?,
             spool_unlink: tree("spool_unlink")?,
             store_meta: tree("store_meta")?,
+            idempotency: tree("idempotency")?,
+            idempotency_by_time: tree("idempotency_by_time")?,
         };
         let tail = audit::Tail::load(&trees)?;
         // Makes the trees' creation durable before anything is acknowledged.
@@ -224,6 +234,7 @@ impl Store {
                 trees,
                 keys,
                 audit_tail: Mutex::new(tail),
+                idempotency_held: idempotency::HeldKeys::default(),
                 committer,
             }),
         };

@@ -58,6 +58,30 @@ fn entry_in(
     decode_entry(keys, id, &old).map_err(ConflictableTransactionError::Abort)
 }
 
+/// Writes a new entry (`value`: its encoding) and its index keys into the transactional
+/// `outbox`, `outbox_by_time`, `outbox_due` and `spool_retained`; aborts on an id that already
+/// exists. Shared by the plain insert and the one that also records an idempotency key.
+pub(crate) fn insert_in(
+    [outbox, by_time, due, retained]: [&sled::transaction::TransactionalTree; 4],
+    entry: &OutboxEntry,
+    value: &[u8],
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let id = entry.transfer_id;
+    if outbox.get(id)?.is_some() {
+        return abort(StoreError::DuplicateTransfer {
+            id: transfer_id_hex(&id),
+        });
+    }
+    outbox.insert(&id[..], value)?;
+    by_time.insert(&time_key(entry.created_ms, &id)[..], &[][..])?;
+    if entry.state.is_pending() {
+        due.insert(&time_key(entry.next_attempt_ms, &id)[..], &[][..])?;
+    } else {
+        index_settled(retained, entry.updated_ms, SpoolKind::Outbox, &id)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Inserts a new entry; refuses an id that already exists.
     pub fn outbox_insert(&self, entry: &OutboxEntry) -> Result<(), StoreError> {
@@ -72,7 +96,6 @@ impl Store {
         records: Vec<AuditRecord>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let value = encode_entry(self.keys(), entry)?;
-        let id = entry.transfer_id;
         let t = self.trees();
         let ((), entries) = self.write_audited(
             "insert outbox entry",
@@ -83,18 +106,7 @@ impl Store {
                 &t.spool_retained,
             ],
             |[outbox, by_time, due, retained]| {
-                if outbox.get(id)?.is_some() {
-                    return abort(StoreError::DuplicateTransfer {
-                        id: transfer_id_hex(&id),
-                    });
-                }
-                outbox.insert(&id[..], value.as_slice())?;
-                by_time.insert(&time_key(entry.created_ms, &id)[..], &[][..])?;
-                if entry.state.is_pending() {
-                    due.insert(&time_key(entry.next_attempt_ms, &id)[..], &[][..])?;
-                } else {
-                    index_settled(retained, entry.updated_ms, SpoolKind::Outbox, &id)?;
-                }
+                insert_in([outbox, by_time, due, retained], entry, &value)?;
                 Ok(((), records.clone()))
             },
         )?;

@@ -4,6 +4,7 @@ mod audit;
 mod audited;
 mod collections;
 mod commit;
+mod idempotency;
 mod inbox;
 mod migrate;
 mod outbox;
