@@ -91,6 +91,7 @@ mod commit;
 mod error;
 mod idempotency;
 mod inbox;
+pub mod merkle;
 mod migrate;
 mod outbox;
 mod protect;
