@@ -108,6 +108,25 @@ pub fn verify_directory(
     now_unix: i64,
     min_version: Option<u64>,
 ) -> Result<Directory, DirectoryError> {
+    verify_directory_file(file_bytes, ca_cert_der, now_unix, min_version).map(|v| v.directory)
+}
+
+/// A verified directory with the SHA-256 of its signed payload: two files of the same version
+/// are the same directory exactly when their digests are equal (the signature itself differs
+/// between two signings of the same payload, ECDSA being randomized).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedDirectory {
+    pub directory: Directory,
+    pub digest: [u8; 32],
+}
+
+/// [`verify_directory`], also returning the digest of the signed payload.
+pub fn verify_directory_file(
+    file_bytes: &[u8],
+    ca_cert_der: &[u8],
+    now_unix: i64,
+    min_version: Option<u64>,
+) -> Result<VerifiedDirectory, DirectoryError> {
     let ca = cert::parse(ca_cert_der).ok_or(DirectoryError::BadCaCertificate(
         "not a valid X.509 certificate",
     ))?;
@@ -120,7 +139,13 @@ pub fn verify_directory(
     let directory: Directory =
         serde_json::from_slice(&payload).map_err(|e| DirectoryError::BadPayload(e.to_string()))?;
     check(&directory, now_unix, min_version)?;
-    Ok(directory)
+    let digest = ring::digest::digest(&ring::digest::SHA256, &payload);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    Ok(VerifiedDirectory {
+        directory,
+        digest: out,
+    })
 }
 
 fn check(d: &Directory, now: i64, min_version: Option<u64>) -> Result<(), DirectoryError> {

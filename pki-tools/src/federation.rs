@@ -32,8 +32,8 @@ const CA_VALIDITY: time::Duration = time::Duration::days(7305);
 const TLS_VALIDITY: time::Duration = time::Duration::days(365);
 /// Certificates start slightly in the past so a peer whose clock lags still accepts them.
 const BACKDATE: time::Duration = time::Duration::minutes(5);
-/// CRL nextUpdate after thisUpdate.
-const CRL_VALIDITY: time::Duration = time::Duration::days(7);
+/// CRL nextUpdate after thisUpdate, unless `publish_with` is given another.
+pub const CRL_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
 /// Upper bound for a federation or facility name: X.520 ub-organization-name.
 const MAX_NAME_LEN: usize = 64;
 
@@ -46,6 +46,10 @@ pub struct Published {
     pub version: u64,
     /// The CRL number just published.
     pub crl_number: u64,
+    /// Unix seconds: the directory's `expires_at`.
+    pub directory_expires_at: i64,
+    /// Unix seconds: the CRL's nextUpdate.
+    pub crl_next_update: i64,
 }
 
 /// The `facility.json` file in a node directory.
@@ -557,24 +561,43 @@ impl Federation {
         commit_all(staged)
     }
 
-    /// Write the CRL and the signed directory, valid for `directory_validity`.
+    /// Write the CRL (nextUpdate 7 days on) and the signed directory, valid for
+    /// `directory_validity`.
     pub fn publish(&mut self, directory_validity: Duration) -> Result<Published, PkiError> {
-        let validity = time::Duration::try_from(directory_validity)
-            .map_err(|_| PkiError::InvalidValidity("directory validity is too long"))?;
-        if validity <= time::Duration::ZERO {
-            return Err(PkiError::InvalidValidity(
-                "directory validity must be positive",
-            ));
-        }
+        self.publish_with(directory_validity, CRL_VALIDITY)
+    }
+
+    /// Write the CRL, fresh for `crl_validity` (its nextUpdate), and the signed directory,
+    /// valid for `directory_validity`. Nodes refuse the directory once it expires and, after
+    /// their grace (`federation.crl_grace_secs`), the CRL once its nextUpdate has passed: publish
+    /// again well before either.
+    pub fn publish_with(
+        &mut self,
+        directory_validity: Duration,
+        crl_validity: Duration,
+    ) -> Result<Published, PkiError> {
         let now = OffsetDateTime::now_utc();
-        let expires = now
-            .checked_add(validity)
-            .ok_or(PkiError::InvalidValidity("directory validity is too long"))?;
+        let after = |validity: Duration, what: &'static str| {
+            let validity = time::Duration::try_from(validity)
+                .ok()
+                .filter(|v| *v > time::Duration::ZERO)
+                .ok_or(PkiError::InvalidValidity(what))?;
+            now.checked_add(validity)
+                .ok_or(PkiError::InvalidValidity(what))
+        };
+        let expires = after(
+            directory_validity,
+            "directory validity must be positive and not too long",
+        )?;
+        let crl_next_update = after(
+            crl_validity,
+            "CRL validity must be positive and not too long",
+        )?;
         let mut next = self.state.clone();
         next.directory_version += 1;
         next.crl_number += 1;
 
-        let crl_pem = self.build_crl(&next, now)?;
+        let crl_pem = self.build_crl(&next, now, crl_next_update)?;
         let directory = Directory {
             version: next.directory_version,
             federation: next.name.clone(),
@@ -596,6 +619,8 @@ impl Federation {
             directory_path,
             version: self.state.directory_version,
             crl_number: self.state.crl_number,
+            directory_expires_at: expires.unix_timestamp(),
+            crl_next_update: crl_next_update.unix_timestamp(),
         })
     }
 
@@ -792,7 +817,12 @@ impl Federation {
         Ok(Issuer::from_ca_cert_der(&ca, self.ca_key_pair()?)?)
     }
 
-    fn build_crl(&self, state: &State, now: OffsetDateTime) -> Result<String, PkiError> {
+    fn build_crl(
+        &self,
+        state: &State,
+        now: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiError> {
         let ca_path = self.dir.join(layout::CA_CERT);
         let ski = cert::parse(&self.ca_cert_der)
             .and_then(|c| cert::subject_key_id(&c))
@@ -831,7 +861,7 @@ impl Federation {
         }
         let params = CertificateRevocationListParams {
             this_update: now,
-            next_update: now + CRL_VALIDITY,
+            next_update,
             crl_number: SerialNumber::from(state.crl_number),
             issuing_distribution_point: None,
             revoked_certs,

@@ -3,7 +3,8 @@
 //! directory that every gateway node loads and verifies.
 //!
 //! The `pki` binary is a thin CLI over [`Federation`]; the gateway uses [`keys`],
-//! [`directory::verify_directory`], [`facility_id_from_cert`] and [`cert_fingerprint`].
+//! [`directory::verify_directory_file`], [`crl::verify_crl`], [`facility_id_from_cert`] and
+//! [`cert_fingerprint`].
 //!
 //! Layouts (file names are in [`layout`]):
 //! - federation directory: `ca.crt`, `ca.key` (0600), `federation.json`, and after publish
@@ -13,6 +14,7 @@
 //!   `signing-previous.key`, `encryption-previous.key`.
 
 mod cert;
+pub mod crl;
 pub mod directory;
 mod error;
 mod facility;
@@ -24,7 +26,7 @@ pub mod keys;
 pub use cert::{cert_fingerprint, facility_id_from_cert};
 pub use error::PkiError;
 pub use facility::{Endpoint, FacilityId, FacilityKind, FacilityStatus, FACILITY_URI_PREFIX};
-pub use federation::{FacilityFile, Federation, Published};
+pub use federation::{FacilityFile, Federation, Published, CRL_VALIDITY};
 pub use inspect::inspect;
 
 /// File names inside the federation and node directories.

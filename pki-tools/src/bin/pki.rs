@@ -83,6 +83,10 @@ enum Command {
         /// Directory validity in days.
         #[arg(long, default_value_t = 7)]
         valid_days: u32,
+        /// Days until the CRL's nextUpdate. Nodes stop accepting handshakes once it and their
+        /// grace (`federation.crl_grace_secs`, default 7 days) have passed.
+        #[arg(long, default_value_t = 7)]
+        crl_valid_days: u32,
     },
     /// Summarise a certificate, CRL, private key (public part only) or signed directory.
     Inspect {
@@ -156,12 +160,16 @@ fn run(command: Command) -> Result<String, PkiError> {
                 dir.display()
             ))
         }
-        Command::Publish { dir, valid_days } => {
+        Command::Publish {
+            dir,
+            valid_days,
+            crl_valid_days,
+        } => {
             let mut fed = Federation::open(&dir)?;
-            let validity = Duration::from_secs(u64::from(valid_days) * 86_400);
-            let published = fed.publish(validity)?;
+            let days = |d: u32| Duration::from_secs(u64::from(d) * 86_400);
+            let published = fed.publish_with(days(valid_days), days(crl_valid_days))?;
             Ok(format!(
-                "published directory version {} (valid {valid_days} days) to {} and CRL number {} to {}",
+                "published directory version {} (valid {valid_days} days) to {} and CRL number {} (next update in {crl_valid_days} days) to {}",
                 published.version,
                 published.directory_path.display(),
                 published.crl_number,

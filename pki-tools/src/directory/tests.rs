@@ -293,3 +293,19 @@ fn no_single_byte_mutation_yields_a_different_directory() {
         assert!(verify_directory(&bytes[..len], &ca.cert_der, NOW, None).is_err());
     }
 }
+
+#[test]
+fn the_digest_names_the_signed_content_not_the_signature() {
+    let ca = ca();
+    let d = directory(7);
+    let (first, second) = (signed(&d, &ca), signed(&d, &ca));
+    assert_ne!(first, second, "ECDSA signatures are randomized");
+    let a = verify_directory_file(&first, &ca.cert_der, NOW, None).unwrap();
+    let b = verify_directory_file(&second, &ca.cert_der, NOW, None).unwrap();
+    assert_eq!(a.digest, b.digest);
+    let mut other = d.clone();
+    other.facilities.pop();
+    let c = verify_directory_file(&signed(&other, &ca), &ca.cert_der, NOW, None).unwrap();
+    assert_eq!(c.directory.version, a.directory.version);
+    assert_ne!(c.digest, a.digest);
+}
