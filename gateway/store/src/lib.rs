@@ -21,12 +21,13 @@
 //! | `audit_by_transfer` | `transfer id \|\| seq_be` | empty |
 //! | `audit_break_glass` | `seq_be` | empty |
 //! | `audit_head` | `head` | `(last seq, hash)` |
+//! | `audit_tree` | `level \|\| index_be` | the RFC 9162 hash of a complete subtree of the audit log (see `merkle`) |
 //! | `consents` | directive id | sealed `(patient, directive bytes)` |
 //! | `consents_by_patient` | `tag(patient) \|\| directive id` | empty |
 //! | `requests` | request id | sealed request bytes |
 //! | `records` | `tag(patient)` | sealed record bundle |
 //! | `spool_retained`, `spool_removed`, `spool_unlink` | times, spool kind, transfer id | empty or a time |
-//! | `store_meta` | `format`, one-time job markers | small values |
+//! | `store_meta` | `format`, one-time job markers, the highest directory seen (`trust_seen`) | small values |
 //! | `idempotency` | `tag(API token name, key)` | sealed key record: request digest, transfer id, time |
 //! | `idempotency_by_time` | `created_ms_be \|\| tag` | empty |
 //!
@@ -97,6 +98,7 @@ mod outbox;
 mod protect;
 mod retention;
 mod spool;
+mod trust_seen;
 mod types;
 
 use std::fmt;
@@ -112,6 +114,7 @@ pub use crate::migrate::STORE_MIGRATED_EVENT;
 pub use crate::outbox::RequeueRefusal;
 pub use crate::retention::{Expired, RemovedEnvelope};
 pub use crate::spool::SpoolWriter;
+pub use crate::trust_seen::DirectorySeen;
 pub use crate::types::{
     transfer_id_hex, AuditEntry, AuditFilter, AuditRecord, CommitStats, HeaderCheck, InboxEntry,
     InboxInsert, OutboxEntry, SpoolKind, TransferId, TransferState, TransferSummary,
@@ -153,6 +156,7 @@ struct Trees {
     audit_by_transfer: sled::Tree,
     audit_break_glass: sled::Tree,
     audit_head: sled::Tree,
+    audit_tree: sled::Tree,
     consents: sled::Tree,
     consents_by_patient: sled::Tree,
     requests: sled::Tree,
@@ -211,6 +215,7 @@ impl Store {
             audit_by_transfer: tree("audit_by_transfer")?,
             audit_break_glass: tree("audit_break_glass")?,
             audit_head: tree("audit_head")?,
+            audit_tree: tree("audit_tree")?,
             consents: tree("consents")?,
             consents_by_patient: tree("consents_by_patient")?,
             requests: tree("requests")?,
