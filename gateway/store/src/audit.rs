@@ -26,6 +26,7 @@ use sled::transaction::{ConflictableTransactionError, Transactional};
 use crate::audited::Chained;
 use crate::codec::{decode, decode_body, VERSION};
 use crate::error::StoreError;
+use crate::merkle::{self, Frontier, Hash};
 use crate::protect::{aad, Keys, PatientTag, TAG_LEN};
 use crate::types::{AuditEntry, AuditFilter, AuditRecord, TransferId};
 use crate::{tx_err, Store, Trees};
@@ -45,6 +46,16 @@ pub(crate) const HEAD_KEY: &[u8] = b"head";
 pub(crate) struct Tail {
     pub(crate) last_seq: u64,
     pub(crate) hash: [u8; 32],
+    /// The Merkle tree's right edge over the `last_seq` entries (leaf `seq - 1` per entry).
+    pub(crate) frontier: Frontier,
+}
+
+/// The `audit_tree` key of a complete subtree: `level || index_be`.
+pub(crate) fn tree_key(level: u8, index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = level;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
 }
 
 /// How an entry sits in the `audit` tree: the chain links and the exact bytes hashed.
@@ -267,37 +278,108 @@ impl fmt::Display for ChainProblem {
 }
 
 impl Tail {
-    /// Reads the end of the chain from the head record (or, if there is none, the last entry).
+    /// Reads the end of the chain from the head record (or, if there is none, the last entry),
+    /// and the Merkle tree's right edge, building the tree first if the log predates it.
     pub(crate) fn load(trees: &Trees) -> Result<Tail, StoreError> {
-        if let Some(head) = trees
-            .audit_head
-            .get(HEAD_KEY)
-            .map_err(StoreError::sled("read audit head"))?
-        {
-            let (last_seq, hash) = decode::<(u64, [u8; 32])>("audit head", &head)?;
-            return Ok(Tail { last_seq, hash });
-        }
-        match trees
-            .audit
-            .last()
-            .map_err(StoreError::sled("read audit tail"))?
-        {
-            Some((key, value)) => {
-                let stored: StoredEntry<'_> = decode(WHAT, &value)?;
-                Ok(Tail {
-                    last_seq: seq_of_key(&key).ok_or(StoreError::Corrupt {
-                        what: WHAT,
-                        problem: "malformed key",
-                    })?,
-                    hash: stored.hash,
-                })
-            }
-            None => Ok(Tail {
-                last_seq: 0,
-                hash: [0; 32],
-            }),
-        }
+        let (last_seq, hash) = chain_end(trees)?;
+        let frontier =
+            match Frontier::of_size(last_seq, |level, index| stored_node(trees, level, index)) {
+                Ok(frontier) => frontier,
+                Err(StoreError::NotFound { .. }) => build_tree(trees, last_seq)?,
+                Err(e) => return Err(e),
+            };
+        Ok(Tail {
+            last_seq,
+            hash,
+            frontier,
+        })
     }
+}
+
+fn chain_end(trees: &Trees) -> Result<(u64, [u8; 32]), StoreError> {
+    if let Some(head) = trees
+        .audit_head
+        .get(HEAD_KEY)
+        .map_err(StoreError::sled("read audit head"))?
+    {
+        return decode::<(u64, [u8; 32])>("audit head", &head);
+    }
+    match trees
+        .audit
+        .last()
+        .map_err(StoreError::sled("read audit tail"))?
+    {
+        Some((key, value)) => {
+            let stored: StoredEntry<'_> = decode(WHAT, &value)?;
+            let seq = seq_of_key(&key).ok_or(StoreError::Corrupt {
+                what: WHAT,
+                problem: "malformed key",
+            })?;
+            Ok((seq, stored.hash))
+        }
+        None => Ok((0, [0; 32])),
+    }
+}
+
+/// A complete subtree's hash from `audit_tree`; `NotFound` if it was never written.
+fn stored_node(trees: &Trees, level: u8, index: u64) -> Result<Hash, StoreError> {
+    let value = trees
+        .audit_tree
+        .get(tree_key(level, index))
+        .map_err(StoreError::sled("read audit tree"))?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "audit tree node",
+            id: format!("{level}/{index}"),
+        })?;
+    <Hash>::try_from(value.as_ref()).map_err(|_| StoreError::Corrupt {
+        what: "audit tree",
+        problem: "a node is not 32 bytes",
+    })
+}
+
+/// Builds the Merkle tree over the first `size` entries of a log written before the tree
+/// existed (once, at open; the chain itself is not touched). Returns its right edge.
+fn build_tree(trees: &Trees, size: u64) -> Result<Frontier, StoreError> {
+    let mut frontier = Frontier::default();
+    let mut batch = sled::Batch::default();
+    let mut pending = 0usize;
+    let mut next = 1u64;
+    for item in trees.audit.range(1u64.to_be_bytes()..=size.to_be_bytes()) {
+        let (key, value) = item.map_err(StoreError::sled("read audit log"))?;
+        let (_, _, body) = split_stored(&value).ok_or(StoreError::Corrupt {
+            what: WHAT,
+            problem: "entry undecodable",
+        })?;
+        if seq_of_key(&key) != Some(next) {
+            return Err(StoreError::Corrupt {
+                what: WHAT,
+                problem: "an entry is missing; the Merkle tree cannot be built",
+            });
+        }
+        for (level, index, hash) in frontier.push(next - 1, merkle::leaf_hash(body)) {
+            batch.insert(&tree_key(level, index)[..], &hash[..]);
+            pending += 1;
+        }
+        if pending >= 10_000 {
+            trees
+                .audit_tree
+                .apply_batch(std::mem::take(&mut batch))
+                .map_err(StoreError::sled("write audit tree"))?;
+            pending = 0;
+        }
+        next += 1;
+    }
+    if next != size + 1 {
+        return Err(StoreError::Corrupt {
+            what: WHAT,
+            problem: "the log ends before its head; the Merkle tree cannot be built",
+        });
+    }
+    trees
+        .audit_tree
+        .apply_batch(batch)
+        .map_err(StoreError::sled("write audit tree"))?;
+    Ok(frontier)
 }
 
 impl Store {
@@ -331,11 +413,14 @@ impl Store {
             &t.audit_by_transfer,
             &t.audit_break_glass,
             &t.audit_head,
+            &t.audit_tree,
         )
-            .transaction(|(audit, by_patient, by_transfer, break_glass, head)| {
-                chained.write([audit, by_patient, by_transfer, break_glass, head])?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
+            .transaction(
+                |(audit, by_patient, by_transfer, break_glass, head, tree)| {
+                    chained.write([audit, by_patient, by_transfer, break_glass, head, tree])?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                },
+            )
             .map_err(tx_err("append audit entries"))?;
         Ok(chained.advance(&mut tail))
     }
@@ -440,6 +525,74 @@ impl Store {
             Ok(tail) => tail.last_seq,
             Err(poisoned) => poisoned.into_inner().last_seq,
         }
+    }
+
+    /// The Merkle tree head over the whole log (RFC 9162): `(size, root hash)`.
+    pub fn audit_tree_head(&self) -> Result<(u64, Hash), StoreError> {
+        let tail = self.lock_tail()?;
+        Ok((tail.last_seq, tail.frontier.root()))
+    }
+
+    /// The head of the tree of the log's first `size` entries, for any size it has reached.
+    pub fn audit_tree_root(&self, size: u64) -> Result<Hash, StoreError> {
+        self.within_log(size)?;
+        merkle::root(size, |level, index| stored_node(self.trees(), level, index))
+    }
+
+    /// The inclusion proof of entry `seq` in the tree of the first `size` entries: the entry's
+    /// leaf hash and the audit path (RFC 9162 §2.1.3), leaf index `seq - 1`.
+    pub fn audit_inclusion_proof(
+        &self,
+        seq: u64,
+        size: u64,
+    ) -> Result<(Hash, Vec<Hash>), StoreError> {
+        self.within_log(size)?;
+        let beyond = StoreError::BeyondLog {
+            size,
+            len: self.audit_len(),
+        };
+        let Some(index) = seq.checked_sub(1).filter(|i| *i < size) else {
+            return Err(beyond);
+        };
+        let value = self
+            .trees()
+            .audit
+            .get(seq.to_be_bytes())
+            .map_err(StoreError::sled("read audit entry"))?
+            .ok_or(beyond)?;
+        let (_, _, body) = split_stored(&value).ok_or(StoreError::Corrupt {
+            what: WHAT,
+            problem: "entry undecodable",
+        })?;
+        let path =
+            merkle::inclusion_proof(index, size, |level, i| stored_node(self.trees(), level, i))?
+                .unwrap_or_default();
+        Ok((merkle::leaf_hash(body), path))
+    }
+
+    /// The consistency proof between the trees of the first `first` and `second` entries
+    /// (RFC 9162 §2.1.4).
+    pub fn audit_consistency_proof(
+        &self,
+        first: u64,
+        second: u64,
+    ) -> Result<Vec<Hash>, StoreError> {
+        self.within_log(second)?;
+        merkle::consistency_proof(first, second, |level, i| {
+            stored_node(self.trees(), level, i)
+        })?
+        .ok_or(StoreError::BeyondLog {
+            size: first,
+            len: second,
+        })
+    }
+
+    fn within_log(&self, size: u64) -> Result<(), StoreError> {
+        let len = self.audit_len();
+        if size > len {
+            return Err(StoreError::BeyondLog { size, len });
+        }
+        Ok(())
     }
 
     /// Walks the whole log in order: recomputes every hash, checks the links, seq continuity,

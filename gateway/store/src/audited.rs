@@ -11,10 +11,12 @@ use sled::transaction::{
 };
 
 use crate::audit::{
-    chain_hash, patient_key, transfer_key, StoredEntry, StoredRecord, Tail, HEAD_KEY, WHAT,
+    chain_hash, patient_key, transfer_key, tree_key, StoredEntry, StoredRecord, Tail, HEAD_KEY,
+    WHAT,
 };
 use crate::codec::encode;
 use crate::error::StoreError;
+use crate::merkle::{self, Frontier, Hash};
 use crate::protect::{Keys, TAG_LEN};
 use crate::types::{AuditEntry, AuditRecord};
 use crate::{now_ms, tx_err, Store};
@@ -25,6 +27,8 @@ pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>
 /// One record, chained and encoded, with the index keys it implies.
 struct Row {
     seq_key: [u8; 8],
+    /// The Merkle tree nodes this entry completes, as `(audit_tree key, hash)`.
+    tree_nodes: Vec<([u8; 9], Hash)>,
     value: Vec<u8>,
     patient_key: Option<[u8; TAG_LEN + 8]>,
     transfer_key: Option<[u8; 24]>,
@@ -37,6 +41,7 @@ pub(crate) struct Chained {
     rows: Vec<Row>,
     entries: Vec<AuditEntry>,
     head: Option<(u64, [u8; 32])>,
+    frontier: Frontier,
 }
 
 impl Chained {
@@ -48,6 +53,7 @@ impl Chained {
         keys: &Keys,
     ) -> Result<Chained, StoreError> {
         let (mut seq, mut hash) = (tail.last_seq, tail.hash);
+        let mut frontier = tail.frontier.clone();
         let mut rows = Vec::new();
         let mut entries = Vec::new();
         let mut sealed = Vec::new();
@@ -61,6 +67,12 @@ impl Chained {
                 .map_err(|source| StoreError::Encode { what: WHAT, source })?;
             let prev_hash = hash;
             hash = chain_hash(&prev_hash, &body);
+            // Leaf `seq - 1` of the Merkle tree: the entry's canonical bytes, as chained.
+            let tree_nodes = frontier
+                .push(seq - 1, merkle::leaf_hash(&body))
+                .into_iter()
+                .map(|(level, index, hash)| (tree_key(level, index), hash))
+                .collect();
             let value = encode(
                 WHAT,
                 &StoredEntry {
@@ -71,6 +83,7 @@ impl Chained {
             )?;
             rows.push(Row {
                 seq_key: seq.to_be_bytes(),
+                tree_nodes,
                 value,
                 patient_key: tag.map(|tag| patient_key(&tag, seq)),
                 transfer_key: record.transfer_id.map(|id| transfer_key(&id, seq)),
@@ -88,6 +101,7 @@ impl Chained {
             rows,
             entries,
             head,
+            frontier,
         })
     }
 
@@ -97,10 +111,10 @@ impl Chained {
 
     /// Writes the rows, their index keys and the new head into the audit trees of a
     /// transaction: `audit`, `audit_by_patient`, `audit_by_transfer`, `audit_break_glass`,
-    /// `audit_head`, in that order.
+    /// `audit_head`, `audit_tree`, in that order.
     pub(crate) fn write(
         &self,
-        [audit, by_patient, by_transfer, break_glass, head]: [&TransactionalTree; 5],
+        [audit, by_patient, by_transfer, break_glass, head, tree]: [&TransactionalTree; 6],
     ) -> Result<(), UnabortableTransactionError> {
         let Some(new_head) = self.head else {
             return Ok(());
@@ -115,6 +129,9 @@ impl Chained {
             }
             if row.break_glass {
                 break_glass.insert(&row.seq_key[..], &[][..])?;
+            }
+            for (key, hash) in &row.tree_nodes {
+                tree.insert(&key[..], &hash[..])?;
             }
         }
         // Encoding a (u64, [u8; 32]) cannot fail; were it to, the transaction is refused.
@@ -133,6 +150,7 @@ impl Chained {
         if let Some((seq, hash)) = self.head {
             tail.last_seq = seq;
             tail.hash = hash;
+            tail.frontier = self.frontier;
         }
         self.entries
     }
@@ -158,12 +176,13 @@ impl Store {
             &t.audit_by_transfer,
             &t.audit_break_glass,
             &t.audit_head,
+            &t.audit_tree,
         ]);
         let (result, chained) = all
             .as_slice()
             .transaction(|views| {
-                // sled hands back one view per tree given, in order: N of ours, then 5.
-                let Some((own, [a, p, tr, bg, h])) = views.split_first_chunk::<N>() else {
+                // sled hands back one view per tree given, in order: N of ours, then 6.
+                let Some((own, [a, p, tr, bg, h, mt])) = views.split_first_chunk::<N>() else {
                     return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
                         what: WHAT,
                         problem: "transaction views do not match its trees",
@@ -172,7 +191,7 @@ impl Store {
                 let (result, records) = body(own)?;
                 let chained = Chained::new(&tail, records, self.keys())
                     .map_err(ConflictableTransactionError::Abort)?;
-                chained.write([a, p, tr, bg, h])?;
+                chained.write([a, p, tr, bg, h, mt])?;
                 Ok((result, chained))
             })
             .map_err(tx_err(context))?;

@@ -56,6 +56,9 @@ pub enum StoreError {
     /// An outbox update closure changed a field that identifies the entry.
     #[error("outbox update for transfer {id} changed immutable field {field}")]
     ImmutableField { id: String, field: &'static str },
+    /// A Merkle tree size or leaf past the end of the audit log.
+    #[error("the audit log has {len} entries: no tree of {size} or leaf beyond it")]
+    BeyondLog { size: u64, len: u64 },
     /// A key component contains a byte the key layout cannot represent.
     #[error("invalid {what}: {problem}")]
     InvalidKey {

@@ -21,6 +21,7 @@
 //! | `audit_by_transfer` | `transfer id \|\| seq_be` | empty |
 //! | `audit_break_glass` | `seq_be` | empty |
 //! | `audit_head` | `head` | `(last seq, hash)` |
+//! | `audit_tree` | `level \|\| index_be` | the RFC 9162 hash of a complete subtree of the audit log (see `merkle`) |
 //! | `consents` | directive id | sealed `(patient, directive bytes)` |
 //! | `consents_by_patient` | `tag(patient) \|\| directive id` | empty |
 //! | `requests` | request id | sealed request bytes |
@@ -155,6 +156,7 @@ struct Trees {
     audit_by_transfer: sled::Tree,
     audit_break_glass: sled::Tree,
     audit_head: sled::Tree,
+    audit_tree: sled::Tree,
     consents: sled::Tree,
     consents_by_patient: sled::Tree,
     requests: sled::Tree,
@@ -213,6 +215,7 @@ impl Store {
             audit_by_transfer: tree("audit_by_transfer")?,
             audit_break_glass: tree("audit_break_glass")?,
             audit_head: tree("audit_head")?,
+            audit_tree: tree("audit_tree")?,
             consents: tree("consents")?,
             consents_by_patient: tree("consents_by_patient")?,
             requests: tree("requests")?,

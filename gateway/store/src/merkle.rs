@@ -4,7 +4,7 @@
 //!
 //! The tree is read through the hashes of its complete, aligned subtrees: `node(level, index)`
 //! covers leaves `index << level .. (index + 1) << level`. A log that keeps those (a leaf adds
-//! at most one per level, [`completed_by`]) answers any head or proof in O(log n) reads. No
+//! at most one per level, [`Frontier::push`]) answers any head or proof in O(log n) reads. No
 //! crate fits this: the Rust Merkle crates keep the whole tree in memory, this one is stored.
 //! Checked against the RFC 6962 test vectors of transparency-dev/merkle (the tests below).
 
@@ -40,25 +40,55 @@ fn finish(ctx: Context) -> Hash {
     out
 }
 
-/// The subtree nodes that appending leaf number `index` (0-based) completes, lowest first:
-/// `(level, index at that level, hash)`, with the leaf itself at level 0. `node` reads the
-/// existing nodes (the left siblings, all complete already).
-pub fn completed_by<E>(
-    index: u64,
-    leaf: Hash,
-    node: impl Fn(u8, u64) -> Result<Hash, E>,
-) -> Result<Vec<(u8, u64, Hash)>, E> {
-    let mut out = vec![(0, index, leaf)];
-    let (mut level, mut at, mut hash) = (0u8, index, leaf);
-    // A node at `at` whose index is odd is a right child: its parent is complete now.
-    while at & 1 == 1 {
-        let left = node(level, at - 1)?;
-        hash = node_hash(&left, &hash);
-        level += 1;
-        at >>= 1;
-        out.push((level, at, hash));
+/// The right edge of a tree: the heads of its complete subtrees, largest first, one per set
+/// bit of its size. Enough to append a leaf (which nodes it completes) and to compute the
+/// head, without reading any stored node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frontier(Vec<(u8, Hash)>);
+
+impl Frontier {
+    /// The frontier of the tree of `size` leaves, read from its stored nodes.
+    pub fn of_size<E>(size: u64, node: impl Fn(u8, u64) -> Result<Hash, E>) -> Result<Self, E> {
+        let mut out = Vec::new();
+        let mut start = 0u64;
+        for level in (0..64u8).rev() {
+            if size & (1 << level) != 0 {
+                out.push((level, node(level, start >> level)?));
+                start += 1 << level;
+            }
+        }
+        Ok(Frontier(out))
     }
-    Ok(out)
+
+    /// Appends leaf number `index` (the tree's size before it): returns the nodes it completes,
+    /// lowest first, as `(level, index at that level, hash)`, the leaf itself at level 0.
+    pub fn push(&mut self, index: u64, leaf: Hash) -> Vec<(u8, u64, Hash)> {
+        let mut completed = vec![(0, index, leaf)];
+        let (mut level, mut hash) = (0u8, leaf);
+        while let Some(&(left_level, left)) = self.0.last() {
+            if left_level != level {
+                break;
+            }
+            self.0.pop();
+            level += 1;
+            hash = node_hash(&left, &hash);
+            completed.push((level, index >> level, hash));
+        }
+        self.0.push((level, hash));
+        completed
+    }
+
+    /// The tree head (RFC 9162 §2.1.1): the subtrees folded from the right.
+    pub fn root(&self) -> Hash {
+        let mut heads = self.0.iter().rev();
+        let Some(&(_, mut root)) = heads.next() else {
+            return empty_root();
+        };
+        for (_, left) in heads {
+            root = node_hash(left, &root);
+        }
+        root
+    }
 }
 
 /// The largest power of two smaller than `n` (`n > 1`).
@@ -411,20 +441,22 @@ mod tests {
     #[derive(Default)]
     struct Tree {
         nodes: HashMap<(u8, u64), Hash>,
+        frontier: Frontier,
         size: u64,
     }
 
     impl Tree {
         fn push(&mut self, data: &[u8]) {
-            let nodes = &self.nodes;
-            let new = completed_by(self.size, leaf_hash(data), |l, i| {
-                Ok::<_, Infallible>(nodes[&(l, i)])
-            })
-            .unwrap();
-            for (level, index, hash) in new {
+            for (level, index, hash) in self.frontier.push(self.size, leaf_hash(data)) {
                 self.nodes.insert((level, index), hash);
             }
             self.size += 1;
+            // The frontier agrees with the stored nodes at every size.
+            assert_eq!(
+                Frontier::of_size(self.size, self.node()).unwrap(),
+                self.frontier
+            );
+            assert_eq!(self.frontier.root(), self.root(self.size));
         }
 
         fn node(&self) -> impl Fn(u8, u64) -> Result<Hash, Infallible> + '_ {

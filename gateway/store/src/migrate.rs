@@ -50,6 +50,7 @@ use crate::codec::{decode, decode_body, encode, encode_sealed};
 use crate::collections::{CONSENTS, RECORDS, REQUESTS};
 use crate::commit::{sync_dir, SledFiles};
 use crate::error::StoreError;
+use crate::merkle::Frontier;
 use crate::protect::{IfMissing, Keys};
 use crate::spool::SpoolDirs;
 use crate::tx_err;
@@ -395,10 +396,12 @@ fn replay_audit(old: &sled::Db, new: &sled::Db, keys: &Keys) -> Result<u64, Stor
         tree(new, "audit_by_transfer")?,
         tree(new, "audit_break_glass")?,
         tree(new, "audit_head")?,
+        tree(new, "audit_tree")?,
     ];
     let mut tail = Tail {
         last_seq: 0,
         hash: [0; 32],
+        frontier: Frontier::default(),
     };
     let mut pending = Vec::new();
     let (mut expected, mut old_hash) = (1u64, [0u8; 32]);
@@ -466,15 +469,22 @@ fn replay_audit(old: &sled::Db, new: &sled::Db, keys: &Keys) -> Result<u64, Stor
 
 /// Appends `records` to the audit trees of the new database as the store's own append does.
 fn append(
-    [audit, by_patient, by_transfer, break_glass, head]: &[sled::Tree; 5],
+    [audit, by_patient, by_transfer, break_glass, head, merkle_tree]: &[sled::Tree; 6],
     tail: &mut Tail,
     keys: &Keys,
     records: Vec<AuditRecord>,
 ) -> Result<(), StoreError> {
     let chained = Chained::new(tail, records, keys)?;
-    (audit, by_patient, by_transfer, break_glass, head)
-        .transaction(|(a, p, t, g, h)| {
-            chained.write([a, p, t, g, h])?;
+    (
+        audit,
+        by_patient,
+        by_transfer,
+        break_glass,
+        head,
+        merkle_tree,
+    )
+        .transaction(|(a, p, t, g, h, m)| {
+            chained.write([a, p, t, g, h, m])?;
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         })
         .map_err(tx_err("write migrated audit log"))?;

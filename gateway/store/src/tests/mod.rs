@@ -1,6 +1,7 @@
 //! Tests against real sled databases in temporary directories.
 
 mod audit;
+mod audit_tree;
 mod audited;
 mod collections;
 mod commit;
