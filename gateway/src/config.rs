@@ -74,6 +74,8 @@ pub struct LocalApiConfig {
     pub token_file: PathBuf,
     pub max_body_bytes: u64,
     pub max_concurrent: usize,
+    /// How long an `Idempotency-Key` of a submission is remembered (seconds).
+    pub idempotency_window_secs: u64,
 }
 
 #[derive(Clone)]
@@ -238,6 +240,8 @@ struct RawLocalApi {
     max_body_bytes: u64,
     #[serde(default = "defaults::max_concurrent")]
     max_concurrent: usize,
+    #[serde(default = "defaults::idempotency_window_secs")]
+    idempotency_window_secs: u64,
 }
 
 #[derive(Deserialize)]
@@ -351,6 +355,11 @@ mod defaults {
     pub fn request_timeout_secs() -> u64 {
         3600
     }
+    /// A day: an EMR's retries of one submission (after a timeout, a crash, a night's outage
+    /// of its interface engine) come within hours; a key kept longer only costs space.
+    pub fn idempotency_window_secs() -> u64 {
+        24 * 3600
+    }
     pub fn local_listen() -> String {
         "127.0.0.1:7080".to_owned()
     }
@@ -459,6 +468,9 @@ impl NodeConfig {
         if token_hashes.is_empty() && raw.local_api.tokens.is_empty() {
             problems.push("local_api.tokens: at least one token is required".to_owned());
         }
+        if raw.local_api.idempotency_window_secs == 0 {
+            problems.push("local_api.idempotency_window_secs: must be at least 1".to_owned());
+        }
         for (name, value) in [
             ("peer.max_concurrent", raw.peer.max_concurrent),
             ("local_api.max_concurrent", raw.local_api.max_concurrent),
@@ -551,6 +563,7 @@ impl NodeConfig {
                 token_file: resolve(&raw.local_api.token_file),
                 max_body_bytes: raw.local_api.max_body_bytes,
                 max_concurrent: raw.local_api.max_concurrent,
+                idempotency_window_secs: raw.local_api.idempotency_window_secs,
             },
             keys: KeyPaths {
                 ca_cert: resolve(&raw.keys.ca_cert),

@@ -47,6 +47,11 @@ pub async fn run_sweeper(state: Arc<NodeState>) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "envelope retention sweep failed"),
         }
+        match sweep_idempotency_keys(&state).await {
+            Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "idempotency key sweep failed"),
+        }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
@@ -80,6 +85,27 @@ pub async fn sweep(state: &Arc<NodeState>) -> Result<Sweep, SweepError> {
         let store = state.store.clone();
         total.files_deleted += blocking(move || store.unlink_removed_envelopes()).await?;
         if expired.taken < BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// Removes the idempotency keys of submissions older than `local_api.idempotency_window_secs`.
+/// An expired key is never answered from even before it is removed (the lookup checks the
+/// window), so this only frees their space; removals lost in a crash are redone next time.
+pub async fn sweep_idempotency_keys(state: &Arc<NodeState>) -> Result<usize, SweepError> {
+    let window_ms = state
+        .config
+        .local_api
+        .idempotency_window_secs
+        .saturating_mul(1000);
+    let cutoff = now_ms().saturating_sub(window_ms);
+    let mut total = 0;
+    loop {
+        let store = state.store.clone();
+        let removed = blocking(move || store.idempotency_sweep(cutoff, BATCH)).await?;
+        total += removed;
+        if removed < BATCH {
             return Ok(total);
         }
     }

@@ -13,6 +13,7 @@ mod audit;
 mod auth;
 mod consents;
 mod error;
+pub(crate) mod idempotency;
 mod inbox;
 pub mod paging;
 mod policy;

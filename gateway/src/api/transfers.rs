@@ -17,10 +17,11 @@ use gateway_store::{OutboxEntry, SpoolKind};
 
 use crate::record::{ContentType, PatientRef};
 use crate::send::control;
-use crate::send::outbox::{submit, Accepted, Payload, SubmitError, SubmitRequest};
+use crate::send::outbox::{submit_keyed, Accepted, Payload, SubmitError, SubmitRequest};
 use crate::state::NodeState;
 
 use super::error::{error, parse_categories, parse_id, parse_purpose};
+use super::idempotency::{self, request_digest, Begin, IdempotencyKey};
 use super::paging::{transfer_page, PageQuery};
 use super::upload::{
     content_digest, drain, forward_upload, read_payload, IN_MEMORY_PAYLOAD, REFUSAL_DRAIN_BYTES,
@@ -86,9 +87,13 @@ fn validate_submit(q: SubmitQuery) -> Result<(SubmitRequest, bool), Response> {
 /// How long `wait=receipt` waits before answering 202 with the transfer still in progress.
 const WAIT_FOR_RECEIPT: Duration = Duration::from_secs(300);
 
+/// `POST /v1/transfers`. With an `Idempotency-Key` (see `api::idempotency`), a retry of an
+/// accepted submission answers with the transfer it created (`replayed: true` and the
+/// `Idempotent-Replayed` header) instead of making another.
 pub async fn post_transfer(
     State(state): State<Shared>,
     query: Result<Query<SubmitQuery>, QueryRejection>,
+    token: Option<axum::Extension<super::auth::TokenName>>,
     headers: axum::http::HeaderMap,
     body: AxumBody,
 ) -> Response {
@@ -105,13 +110,18 @@ pub async fn post_transfer(
             return refusal;
         }
     };
-    let declared = match content_digest(&headers) {
-        Ok(d) => d,
-        Err(problem) => {
+    let (declared, key) = match (
+        content_digest(&headers),
+        IdempotencyKey::from_headers(&headers),
+    ) {
+        (Ok(d), Ok(k)) => (d, k),
+        (Err(problem), _) | (_, Err(problem)) => {
             drain(body, REFUSAL_DRAIN_BYTES).await;
             return error(StatusCode::BAD_REQUEST, problem);
         }
     };
+    // Keys are per caller: two systems' keys never meet, and none can probe another's.
+    let scope = super::auth::acting(token);
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -124,12 +134,28 @@ pub async fn post_transfer(
             format!("body larger than {max} bytes"),
         );
     }
+    let mut reservation = None;
     let payload = match (declared, length) {
         // Length and digest known up front, content not parsed by the gateway, too big to
         // hold: sealed while it is uploaded.
         (Some(digest), Some(len))
             if !req.content_type.parsed_whole() && len > IN_MEMORY_PAYLOAD as u64 =>
         {
+            // The declared digest is checked against the bytes while they are sealed (a
+            // mismatch queues nothing), so the key is looked up before the upload is read.
+            if let Some(key) = &key {
+                match idempotency::begin(&state, &scope, key, request_digest(&req, &digest)) {
+                    Begin::Submit(r) => reservation = Some(r),
+                    Begin::Replay(id) => {
+                        drain(body, REFUSAL_DRAIN_BYTES).await;
+                        return answer_accepted(&state, id, None, wait, true).await;
+                    }
+                    Begin::Refused(answer) => {
+                        drain(body, REFUSAL_DRAIN_BYTES).await;
+                        return answer;
+                    }
+                }
+            }
             let (tx, chunks) = tokio::sync::mpsc::channel(STREAM_CHANNEL_CHUNKS);
             tokio::spawn(forward_upload(body, tx));
             Payload::Stream {
@@ -150,44 +176,21 @@ pub async fn post_transfer(
             Err(r) => return r.into_response(),
         },
     };
-    match submit(&state, req, payload).await {
-        Ok(Accepted { id, .. }) if wait => {
-            // Register first, then read the state: delivery writes the final state before it
-            // hands out the outcome, so one of the two sees it.
-            let outcome = state.waiters.register(id.0);
-            let settled = match state.store.outbox_get(&id.0) {
-                Ok(Some(e)) => match e.state {
-                    gateway_store::TransferState::Delivered => Some(true),
-                    gateway_store::TransferState::Failed
-                    | gateway_store::TransferState::Cancelled => Some(false),
-                    _ => None,
-                },
-                _ => None,
-            };
-            let outcome = match settled {
-                Some(delivered) => Some(delivered),
-                None => tokio::time::timeout(WAIT_FOR_RECEIPT, outcome)
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
-            };
-            state.waiters.forget(id.0);
-            let status = match outcome {
-                Some(true) => StatusCode::OK,
-                Some(false) => StatusCode::BAD_GATEWAY,
-                None => StatusCode::ACCEPTED,
-            };
-            let view = state.store.outbox_get(&id.0).ok().flatten();
-            (status, Json(json!({ "transfer_id": id.to_string(), "state": view.map(|v| v.state.to_string()) }))).into_response()
+    if let (Some(key), None) = (&key, &reservation) {
+        match idempotency::begin(&state, &scope, key, request_digest(&req, &payload.digest())) {
+            Begin::Submit(r) => reservation = Some(r),
+            // The payload (and a spilled upload's temp file) goes unused.
+            Begin::Replay(id) => return answer_accepted(&state, id, None, wait, true).await,
+            Begin::Refused(answer) => return answer,
         }
-        Ok(Accepted {
-            id,
-            state: entry_state,
-        }) => (
-            StatusCode::ACCEPTED,
-            Json(json!({ "transfer_id": id.to_string(), "state": entry_state.as_str() })),
-        )
-            .into_response(),
+    }
+    // The reservation is held until the transfer and its key are committed (or refused).
+    let submitted = submit_keyed(&state, req, payload, reservation.as_ref()).await;
+    drop(reservation);
+    match submitted {
+        Ok(Accepted { id, state: queued }) => {
+            answer_accepted(&state, id, Some(queued), wait, false).await
+        }
         Err(SubmitError::Denied { reason, policy_ids }) => (
             StatusCode::FORBIDDEN,
             Json(
@@ -204,6 +207,78 @@ pub async fn post_transfer(
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
+}
+
+/// The answer to an accepted submission (`queued`: the state it was written in, for a new
+/// one): 202 with its id and state; with `wait`, once it is delivered (200) or has failed
+/// (502), or 202 after [`WAIT_FOR_RECEIPT`]. A replay (`replayed`, the original transfer of an
+/// idempotency key) is answered the same way with its current state, marked as a replay.
+async fn answer_accepted(
+    state: &NodeState,
+    id: TransferId,
+    queued: Option<gateway_store::TransferState>,
+    wait: bool,
+    replayed: bool,
+) -> Response {
+    if replayed {
+        // The key's record was read from sled's memory; whoever wrote it has committed unless
+        // that commit failed, so this is normally free: the answer waits for it all the same.
+        if let Err(e) = state.store.commit().await {
+            tracing::error!(error = %e, "commit before an idempotent replay failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "local system error; retry the request",
+            );
+        }
+        tracing::info!(transfer = %id, "idempotent replay: answered with the original transfer");
+    }
+    let (status, current) = if wait {
+        // Register first, then read the state: delivery writes the final state before it
+        // hands out the outcome, so one of the two sees it.
+        let outcome = state.waiters.register(id.0);
+        let settled = match state.store.outbox_get(&id.0) {
+            Ok(Some(e)) => match e.state {
+                gateway_store::TransferState::Delivered => Some(true),
+                gateway_store::TransferState::Failed | gateway_store::TransferState::Cancelled => {
+                    Some(false)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let outcome = match settled {
+            Some(delivered) => Some(delivered),
+            None => tokio::time::timeout(WAIT_FOR_RECEIPT, outcome)
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        state.waiters.forget(id.0);
+        let status = match outcome {
+            Some(true) => StatusCode::OK,
+            Some(false) => StatusCode::BAD_GATEWAY,
+            None => StatusCode::ACCEPTED,
+        };
+        let view = state.store.outbox_get(&id.0).ok().flatten();
+        (status, view.map(|v| v.state.to_string()))
+    } else if let (Some(queued), false) = (queued, replayed) {
+        (StatusCode::ACCEPTED, Some(queued.as_str().to_owned()))
+    } else {
+        let view = state.store.outbox_get(&id.0).ok().flatten();
+        (StatusCode::ACCEPTED, view.map(|v| v.state.to_string()))
+    };
+    let mut body = json!({ "transfer_id": id.to_string(), "state": current });
+    if replayed {
+        body["replayed"] = json!(true);
+    }
+    let mut answer = (status, Json(body)).into_response();
+    if replayed {
+        answer.headers_mut().insert(
+            idempotency::REPLAYED_HEADER,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    answer
 }
 
 #[derive(Serialize)]

@@ -127,6 +127,11 @@ pub struct SendArgs {
     pub break_glass: bool,
     #[arg(long, requires = "break_glass")]
     pub reason: Option<String>,
+    /// Idempotency key (1-255 printable ASCII characters, opaque: no patient data): sending
+    /// again with the same key and file within the node's window answers with the first
+    /// transfer instead of making another; the same key with another file is refused.
+    #[arg(long)]
+    pub key: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -11,7 +11,7 @@ use super::client::collect_json;
 use super::args::{ConfigArg, SendArgs};
 use super::call::{api_failure, client, fail, ok_json, query};
 use super::output::{for_each_listed, print_json, print_listing_json};
-use super::{outln, Failure, EXIT_DENIED, EXIT_FAILURE};
+use super::{outln, Failure, EXIT_DENIED, EXIT_FAILURE, EXIT_USAGE};
 
 /// The NOTE column of `gateway transfers`: the receipt, or the last error; and whether
 /// retention removed the sealed envelope.
@@ -128,6 +128,12 @@ pub async fn requeue(config: &ConfigArg, id: &str) -> Result<(), Failure> {
 }
 
 pub async fn send(args: SendArgs) -> Result<(), Failure> {
+    let key = args
+        .key
+        .as_deref()
+        .map(crate::api::idempotency::header_value)
+        .transpose()
+        .map_err(|problem| Failure::new(EXIT_USAGE, format!("--key: {problem}")))?;
     let c = client(&args.config).await?;
     let file_err =
         |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("{}: {e}", args.file.display()));
@@ -161,16 +167,20 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
             if args.break_glass { args.reason } else { None },
         ),
     ]);
+    let mut headers = vec![
+        ("content-length", content_length.as_str()),
+        ("content-digest", content_digest.as_str()),
+    ];
+    if let Some(key) = &key {
+        headers.push((crate::api::idempotency::HEADER, key.as_str()));
+    }
     let resp = c
         .call_with_headers(
             Method::POST,
             &format!("/v1/transfers?{q}"),
             body,
             Some("application/octet-stream"),
-            &[
-                ("content-length", &content_length),
-                ("content-digest", &content_digest),
-            ],
+            &headers,
         )
         .await
         .map_err(fail)?;
@@ -188,6 +198,9 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
         return Err(api_failure(status, &body));
     }
     outln!("{}", body["transfer_id"].as_str().unwrap_or_default())?;
+    if body["replayed"].as_bool() == Some(true) {
+        eprintln!("note: a transfer with this key was already accepted; this is its id (nothing new was sent)");
+    }
     if c.is_offline() {
         eprintln!("note: the node is not running; the transfer is queued and will be delivered when it starts");
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use gateway_envelope::TransferId;
-use gateway_store::{OutboxEntry, TransferState, TransferSummary};
+use gateway_store::{KeyClaim, KeyReservation, OutboxEntry, TransferState, TransferSummary};
 use policies::{Action, Category, Purpose};
 
 use crate::access::{basis_of, decide, Question};
@@ -140,6 +140,19 @@ pub async fn submit(
     req: SubmitRequest,
     payload: Payload,
 ) -> Result<Accepted, SubmitError> {
+    submit_keyed(state, req, payload, None).await
+}
+
+/// [`submit`] that records the caller's idempotency key (reserved by the API) with the
+/// transfer, in the transaction that queues it. The caller keeps the reservation until this
+/// returns, i.e. until the transfer and its key are committed.
+pub async fn submit_keyed(
+    state: &Arc<NodeState>,
+    req: SubmitRequest,
+    payload: Payload,
+    key: Option<&KeyReservation>,
+) -> Result<Accepted, SubmitError> {
+    let key = key.map(KeyReservation::claim);
     let trust = state.trust();
     let peer = trust
         .peer_by_str(&req.to)
@@ -173,8 +186,15 @@ pub async fn submit(
         let claim = direct.is_some();
         tokio::task::spawn_blocking(move || {
             let mut wrote = false;
-            let outcome =
-                submit_blocking(&state, req, &peer, payload, transfer_id, claim, &mut wrote);
+            let outcome = submit_blocking(
+                &state,
+                req,
+                &peer,
+                payload,
+                transfer_id,
+                (claim, key),
+                &mut wrote,
+            );
             (wrote, outcome)
         })
         .await
@@ -220,15 +240,16 @@ struct Queued {
     envelope: Option<Bytes>,
 }
 
-/// Check, authorize, seal and queue (`claim`: as attempt 1 of a delivery starting now); sets
-/// `wrote` once anything reached the store.
+/// Check, authorize, seal and queue (`claim`: as attempt 1 of a delivery starting now; `key`:
+/// with the caller's idempotency key, in the same transaction); sets `wrote` once anything
+/// reached the store.
 fn submit_blocking(
     state: &NodeState,
     req: SubmitRequest,
     peer: &Peer,
     payload: Payload,
     transfer_id: TransferId,
-    claim: bool,
+    (claim, key): (bool, Option<KeyClaim>),
     wrote: &mut bool,
 ) -> Result<Queued, SubmitError> {
     let mut payload = payload;
@@ -382,10 +403,11 @@ fn submit_blocking(
         sent.reason = Some("attempt 1".to_owned());
         records.push(sent);
     }
-    state
-        .store
-        .outbox_insert_audited(&entry, records)
-        .map_err(SubmitError::local)?;
+    match &key {
+        Some(key) => state.store.outbox_insert_keyed(&entry, records, key),
+        None => state.store.outbox_insert_audited(&entry, records),
+    }
+    .map_err(SubmitError::local)?;
     *wrote = true;
     Ok(Queued {
         entry,
