@@ -51,6 +51,7 @@ pub struct NodeConfig {
     pub policy: PolicyConfig,
     pub retention: RetentionConfig,
     pub log: LogConfig,
+    pub ops: OpsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +110,8 @@ pub struct FederationPaths {
     pub crl: PathBuf,
     /// How often the node looks for a newer directory, CRL or policy set.
     pub reload_interval_secs: u64,
+    /// How long past its nextUpdate the CRL is still used (then handshakes fail closed).
+    pub crl_grace_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +146,16 @@ impl DeliveryConfig {
     pub fn max_backoff(&self) -> u64 {
         (self.max_backoff_ms / u64::from(self.danger_time_scale.max(1))).max(1)
     }
+}
+
+/// The ops listener (`gateway::ops`): health endpoints for monitoring and orchestrators.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// Loopback unless `allow_remote`; port 0 takes any free port (logged at start).
+    pub listen: SocketAddr,
+    /// The operator's explicit choice to serve the ops endpoints beyond loopback (a container
+    /// whose probes come from the kubelet, a monitoring host).
+    pub allow_remote: bool,
 }
 
 /// How the node writes its log (to stderr).
@@ -204,6 +217,8 @@ struct RawConfig {
     retention: RawRetention,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    ops: RawOps,
 }
 
 #[derive(Deserialize)]
@@ -269,6 +284,8 @@ struct RawFederation {
     crl: PathBuf,
     #[serde(default = "defaults::reload_interval_secs")]
     reload_interval_secs: u64,
+    #[serde(default = "defaults::crl_grace_secs")]
+    crl_grace_secs: u64,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +321,24 @@ impl Default for RawDelivery {
             connect_timeout_ms: defaults::connect_timeout_ms(),
             envelope_suite: defaults::envelope_suite(),
             danger_time_scale: defaults::time_scale(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    #[serde(default = "defaults::ops_listen")]
+    listen: String,
+    #[serde(default)]
+    allow_remote: bool,
+}
+
+impl Default for RawOps {
+    fn default() -> Self {
+        RawOps {
+            listen: defaults::ops_listen(),
+            allow_remote: false,
         }
     }
 }
@@ -363,8 +398,16 @@ mod defaults {
     pub fn local_listen() -> String {
         "127.0.0.1:7080".to_owned()
     }
+    /// The port Prometheus exporters of OpenTelemetry use; loopback only.
+    pub fn ops_listen() -> String {
+        "127.0.0.1:9464".to_owned()
+    }
     pub fn reload_interval_secs() -> u64 {
         10
+    }
+    /// 7 days: one `pki publish` cycle (see `deploy/node.example.toml`).
+    pub fn crl_grace_secs() -> u64 {
+        7 * 24 * 3600
     }
     pub fn workers() -> usize {
         32
@@ -448,6 +491,24 @@ impl NodeConfig {
                     "local_api.listen: must be a loopback address (the local API is never served to peers)"
                         .to_owned(),
                 );
+            }
+        }
+        let ops_listen = parse_addr("ops.listen", &raw.ops.listen, &mut problems);
+        if let Some(addr) = ops_listen {
+            if !addr.ip().is_loopback() && !raw.ops.allow_remote {
+                problems.push(
+                    "ops.listen: must be a loopback address unless ops.allow_remote = true (the health and metrics endpoints have no authentication)"
+                        .to_owned(),
+                );
+            }
+            let taken = [
+                ("peer.listen", peer_listen),
+                ("local_api.listen", local_listen),
+            ];
+            for (key, other) in taken {
+                if addr.port() != 0 && Some(addr) == other {
+                    problems.push(format!("ops.listen: must differ from {key}"));
+                }
             }
         }
         let mut token_hashes = Vec::new();
@@ -539,8 +600,8 @@ impl NodeConfig {
         if !problems.is_empty() {
             return Err(invalid(problems.join("; ")));
         }
-        let (Some(facility_id), Some(peer_listen), Some(local_listen)) =
-            (facility_id, peer_listen, local_listen)
+        let (Some(facility_id), Some(peer_listen), Some(local_listen), Some(ops_listen)) =
+            (facility_id, peer_listen, local_listen, ops_listen)
         else {
             return Err(invalid("incomplete configuration".to_owned()));
         };
@@ -577,6 +638,7 @@ impl NodeConfig {
                 directory: resolve(&raw.federation.directory),
                 crl: resolve(&raw.federation.crl),
                 reload_interval_secs: raw.federation.reload_interval_secs,
+                crl_grace_secs: raw.federation.crl_grace_secs,
             },
             delivery: DeliveryConfig {
                 workers: raw.delivery.workers,
@@ -597,6 +659,10 @@ impl NodeConfig {
             },
             log: LogConfig {
                 format: log_format.unwrap_or_default(),
+            },
+            ops: OpsConfig {
+                listen: ops_listen,
+                allow_remote: raw.ops.allow_remote,
             },
         })
     }
@@ -633,10 +699,18 @@ pub struct ConfigTemplate<'a> {
 }
 
 impl ConfigTemplate<'_> {
-    /// The config text. Every value is written as a TOML string by the toml crate's own
-    /// serializer, so a path with quotes, backslashes or control characters reads back as the
-    /// same path; a path that is not UTF-8 cannot be written in TOML and is refused.
+    /// The config text, with the ops listener on the local API's loopback address and any free
+    /// port (the node logs it): nodes rendered from this template share one host (the demo,
+    /// the benchmark, tests), so the shipped default port would be taken by the first.
     pub fn render(&self) -> Result<String, String> {
+        self.render_with_ops(SocketAddr::new(self.local_listen.ip(), 0))
+    }
+
+    /// The config text with the ops listener on `ops_listen`. Every value is written as a TOML
+    /// string by the toml crate's own serializer, so a path with quotes, backslashes or control
+    /// characters reads back as the same path; a path that is not UTF-8 cannot be written in
+    /// TOML and is refused.
+    pub fn render_with_ops(&self, ops_listen: SocketAddr) -> Result<String, String> {
         let path = |p: &Path| {
             p.to_str()
                 .map(toml_string)
@@ -668,6 +742,9 @@ encryption_key = "encryption.key"
 [federation]
 directory = {directory}
 crl = {crl}
+
+[ops]
+listen = {ops}
 "#,
             id = toml_string(self.facility_id),
             peer = toml_string(&self.peer_listen.to_string()),
@@ -675,6 +752,7 @@ crl = {crl}
             token = toml_string(self.token_sha256_hex),
             directory = path(self.directory)?,
             crl = path(self.crl)?,
+            ops = toml_string(&ops_listen.to_string()),
         ))
     }
 }
@@ -845,6 +923,44 @@ mod tests {
         let err = NodeConfig::parse(&with("format = \"xml\""), Path::new("node.toml")).unwrap_err();
         assert!(err.to_string().contains("log.format"), "{err}");
         assert!(!err.to_string().contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn ops_listener_is_loopback_unless_remote_is_allowed() {
+        let plain = sample().replace("\n[ops]\nlisten = \"127.0.0.1:0\"\n", "\n");
+        assert!(!plain.contains("[ops]"), "{plain}");
+        let cfg = NodeConfig::parse(&plain, Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.ops.listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(!cfg.ops.allow_remote);
+        let with = |body: &str| format!("{plain}\n[ops]\n{body}\n");
+        let err = NodeConfig::parse(&with("listen = \"0.0.0.0:9464\""), Path::new("node.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ops.listen: must be a loopback address unless ops.allow_remote = true"),
+            "{err}"
+        );
+        assert!(!err.contains("0.0.0.0"), "{err}");
+        let cfg = NodeConfig::parse(
+            &with("listen = \"0.0.0.0:9464\"\nallow_remote = true"),
+            Path::new("node.toml"),
+        )
+        .unwrap();
+        assert!(cfg.ops.allow_remote);
+        let cfg =
+            NodeConfig::parse(&with("listen = \"[::1]:9464\""), Path::new("node.toml")).unwrap();
+        assert!(cfg.ops.listen.ip().is_loopback());
+        for (bad, key) in [
+            (
+                "listen = \"127.0.0.1:7080\"",
+                "ops.listen: must differ from local_api.listen",
+            ),
+            ("listen = \"localhost:9464\"", "ops.listen: not an IP:port"),
+            ("metrics = true", "metrics"),
+        ] {
+            let err = NodeConfig::parse(&with(bad), Path::new("node.toml")).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -86,11 +86,15 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<(), Failure> {
         let (stop, rx) = watch::channel(false);
         let state =
             node::load_state(config.clone(), rx).map_err(|e| fail(&format!("{id}: {e}")))?;
+        let ops_l = node::bind_ops(&config)
+            .await
+            .map_err(|e| fail(&format!("{id}: {e}")))?;
         let mut stop_rx = stop.subscribe();
         let task = tokio::spawn(node::run(
             state.clone(),
             peer_l,
             local_l,
+            ops_l,
             async move {
                 let _ = stop_rx.changed().await;
             },

@@ -2,7 +2,8 @@
 //! imports only the ones below it.
 //!
 //! - surfaces: `api` (the facility's local JSON API, one file per resource), `cli` (the command
-//!   line and its HTTP client), `demo`; `node` loads, runs and drains a node.
+//!   line and its HTTP client), `demo`, `ops` (health endpoints for monitoring); `node` loads,
+//!   runs and drains a node.
 //! - flows: `receive` (peer listener, inbox) → `pull` (pull requests, record sources) → `send`
 //!   (outbox submit, delivery, receipts); `retention` (the envelope sweep).
 //! - shared: `access` (policy questions with consent context), `audit` (audit records),
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod node;
+pub mod ops;
 pub mod pull;
 pub mod receive;
 pub mod record;

@@ -79,9 +79,10 @@ async fn run_node(config: NodeConfig) -> Result<(), Failure> {
     let (stop, rx) = watch::channel(false);
     let state = node::load_state(config, rx).map_err(|e| usage(&e))?;
     let (peer, local) = node::bind(&state.config).await.map_err(|e| usage(&e))?;
+    let ops = node::bind_ops(&state.config).await.map_err(|e| usage(&e))?;
     let reload_state = state.clone();
     tokio::spawn(async move { reload_on_sighup(reload_state).await });
-    node::run(state, peer, local, shutdown_signal(), stop).await;
+    node::run(state, peer, local, ops, shutdown_signal(), stop).await;
     Ok(())
 }
 

@@ -132,6 +132,12 @@ fn free_addr(ip: Ipv4Addr) -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// A free port on `addr`'s IP (an IPv4 loopback address in these tests).
+fn free_addr_near(addr: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind((addr.ip(), 0)).unwrap();
+    l.local_addr().unwrap()
+}
+
 /// One facility's directory and addresses.
 #[derive(Clone)]
 pub struct NodeDir {
@@ -140,6 +146,8 @@ pub struct NodeDir {
     pub config_path: PathBuf,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The ops listener (`/livez`, `/readyz`), on the local API's loopback address.
+    pub ops: SocketAddr,
 }
 
 /// A test federation: CA, facilities, published directory and CRL, one node.toml each.
@@ -215,6 +223,7 @@ impl Fed {
             config_path: node_dir.join("node.toml"),
             peer,
             local,
+            ops: free_addr_near(local),
         };
         self.nodes.insert(id.to_owned(), nd.clone());
         nd
@@ -242,7 +251,7 @@ impl Fed {
             directory: &fed.join("directory.json"),
             crl: &fed.join("crl.pem"),
         }
-        .render()
+        .render_with_ops(nd.ops)
         .unwrap();
         text.push_str(&self.extra_toml);
         std::fs::write(&nd.config_path, text).unwrap();

@@ -26,7 +26,7 @@ use crate::state::NodeState;
 use crate::trust::identity::{IdentityHandle, NodeIdentity};
 use crate::trust::transport::PeerClients;
 use crate::trust::{Trust, TrustHandle};
-use crate::{api, retention};
+use crate::{api, ops, retention};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -103,11 +103,22 @@ pub async fn bind(config: &NodeConfig) -> Result<(TcpListener, TcpListener), Sta
     ))
 }
 
+/// Binds the ops listener (`ops.listen`: health endpoints), refusing to start when it is taken.
+pub async fn bind_ops(config: &NodeConfig) -> Result<TcpListener, StartError> {
+    crate::ops::bind(config)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.ops.listen.to_string(),
+            source,
+        })
+}
+
 /// Runs the node on already-bound listeners until `shutdown` resolves, then drains.
 pub async fn run(
     state: Arc<NodeState>,
     peer_listener: TcpListener,
     local_listener: TcpListener,
+    ops_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     stop: watch::Sender<bool>,
 ) {
@@ -118,6 +129,11 @@ pub async fn run(
     let scheduler = tokio::spawn(delivery::run_scheduler(state.clone()));
     let reload = tokio::spawn(reload_loop(state.clone()));
     let sweeper = tokio::spawn(retention::run_sweeper(state.clone()));
+    let ops_task = tokio::spawn(ops::serve(
+        state.clone(),
+        ops_listener,
+        ops::watch(&peer, &local),
+    ));
     tracing::info!(
         facility = %state.me(),
         envelope_suite = state.config.delivery.envelope_suite.name(),
@@ -139,6 +155,7 @@ pub async fn run(
     reload.abort();
     // A sweep stopped midway is finished by the next start's sweep.
     sweeper.abort();
+    ops_task.abort();
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "final commit failed");
     }

@@ -1,0 +1,150 @@
+//! The ops listener (`[ops] listen`): a real `gateway run` answers `/livez` and `/readyz` on
+//! its own loopback address; readiness is lost, with its reason, when the federation directory
+//! in force expires; the node refuses to start when the ops address is taken; `gateway check`
+//! refuses a non-loopback ops address unless `allow_remote = true`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use pki_tools::FacilityKind;
+use serde_json::Value;
+use tests::{gateway_cli, Fed};
+
+/// One HTTP/1.1 GET on a fresh connection: (status, body). Bounded by socket timeouts.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    (status, body.to_owned())
+}
+
+#[test]
+fn a_running_node_is_live_and_ready_on_its_ops_address() {
+    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital)]);
+    let node = fed.start("hosp-a");
+    let ops = node.dir.ops;
+    assert!(ops.ip().is_loopback());
+
+    assert_eq!(
+        get(ops, "/livez"),
+        (200, "ok".to_owned()),
+        "{}",
+        node.log_text()
+    );
+    let (status, body) = get(ops, "/readyz");
+    assert_eq!((status, body.as_str()), (200, "ok"), "{}", node.log_text());
+    // Only the ops endpoints are served there (the local API's routes are not).
+    assert_eq!(get(ops, "/v1/transfers").0, 404);
+    assert!(
+        node.log_text().contains("ops listener started"),
+        "{}",
+        node.log_text()
+    );
+}
+
+/// The directory is published with a 4-second validity (the harness's is a week) so that the
+/// one in force expires while the node runs: the node keeps using it (a reload refuses an
+/// expired directory, and no newer one arrives), but it is no longer ready, and says why.
+#[test]
+fn readiness_is_lost_with_its_reason_when_the_directory_in_force_expires() {
+    let mut fed = Fed::new(&[("hosp-a", FacilityKind::Hospital)]);
+    let validity = Duration::from_secs(4);
+    let published_at = Instant::now();
+    fed.pki.publish(validity).unwrap();
+    let node = fed.start("hosp-a");
+    let ops = node.dir.ops;
+    assert_eq!(
+        get(ops, "/readyz"),
+        (200, "ok".to_owned()),
+        "{}",
+        node.log_text()
+    );
+
+    // Past the expiry (whole seconds in the directory, so one more second of margin).
+    let expired_at = published_at + validity + Duration::from_secs(1);
+    std::thread::sleep(expired_at.saturating_duration_since(Instant::now()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = get(ops, "/readyz");
+        if status != 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "not ready", "{v}");
+    assert_eq!(
+        v["reasons"],
+        serde_json::json!(["federation directory expired"]),
+        "{v}"
+    );
+    // The process is still up: liveness is not readiness.
+    assert_eq!(get(ops, "/livez").0, 200);
+}
+
+#[test]
+fn a_node_whose_ops_address_is_taken_refuses_to_start() {
+    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital)]);
+    let squatter = TcpListener::bind(fed.nodes["hosp-a"].ops).unwrap();
+    let mut node = fed.spawn("hosp-a");
+    let code = node.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(64), "{}", node.log_text());
+    let log = node.log_text();
+    assert!(
+        log.contains(&format!("bind {}", fed.nodes["hosp-a"].ops)),
+        "{log}"
+    );
+    drop(squatter);
+}
+
+#[test]
+fn check_refuses_a_non_loopback_ops_address_unless_remote_is_allowed() {
+    let fed = Fed::new(&[("hosp-a", FacilityKind::Hospital)]);
+    let path = &fed.nodes["hosp-a"].config_path;
+    let config = path.display().to_string();
+    let original = std::fs::read_to_string(path).unwrap();
+    let ops_line = format!("[ops]\nlisten = \"{}\"\n", fed.nodes["hosp-a"].ops);
+    assert!(original.contains(&ops_line), "config template changed");
+
+    let (code, out, _) = gateway_cli(&["check", "--config", &config]);
+    assert_eq!(code, 0, "{out}");
+
+    // Every address, not only the unspecified one: a routable address is refused as well.
+    for addr in ["0.0.0.0:9464", "192.0.2.10:9464", "[::]:9464"] {
+        let remote = original.replace(&ops_line, &format!("[ops]\nlisten = \"{addr}\"\n"));
+        std::fs::write(path, &remote).unwrap();
+        let (code, out, err) = gateway_cli(&["check", "--config", &config]);
+        assert_eq!(code, 64, "{addr}: {out}{err}");
+        assert!(
+            err.contains("ops.listen: must be a loopback address unless ops.allow_remote = true"),
+            "{addr}: {err}"
+        );
+        assert!(!err.contains(addr), "the value is not echoed: {err}");
+    }
+
+    let allowed = original.replace(
+        &ops_line,
+        "[ops]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n",
+    );
+    std::fs::write(path, allowed).unwrap();
+    let (code, out, err) = gateway_cli(&["check", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+}
