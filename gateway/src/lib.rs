@@ -18,6 +18,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod evidence;
 pub mod node;
 pub mod ops;
 pub mod pull;

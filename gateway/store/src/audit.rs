@@ -587,7 +587,7 @@ impl Store {
         })
     }
 
-    fn within_log(&self, size: u64) -> Result<(), StoreError> {
+    pub(crate) fn within_log(&self, size: u64) -> Result<(), StoreError> {
         let len = self.audit_len();
         if size > len {
             return Err(StoreError::BeyondLog { size, len });

@@ -22,6 +22,7 @@
 //! | `audit_break_glass` | `seq_be` | empty |
 //! | `audit_head` | `head` | `(last seq, hash)` |
 //! | `audit_tree` | `level \|\| index_be` | the RFC 9162 hash of a complete subtree of the audit log (see `merkle`) |
+//! | `audit_checkpoints` | `size_be` | a signed checkpoint of the tree (C2SP tlog-checkpoint note) |
 //! | `consents` | directive id | sealed `(patient, directive bytes)` |
 //! | `consents_by_patient` | `tag(patient) \|\| directive id` | empty |
 //! | `requests` | request id | sealed request bytes |
@@ -86,6 +87,7 @@
 
 mod audit;
 mod audited;
+mod checkpoints;
 mod codec;
 mod collections;
 mod commit;
@@ -157,6 +159,7 @@ struct Trees {
     audit_break_glass: sled::Tree,
     audit_head: sled::Tree,
     audit_tree: sled::Tree,
+    audit_checkpoints: sled::Tree,
     consents: sled::Tree,
     consents_by_patient: sled::Tree,
     requests: sled::Tree,
@@ -216,6 +219,7 @@ impl Store {
             audit_break_glass: tree("audit_break_glass")?,
             audit_head: tree("audit_head")?,
             audit_tree: tree("audit_tree")?,
+            audit_checkpoints: tree("audit_checkpoints")?,
             consents: tree("consents")?,
             consents_by_patient: tree("consents_by_patient")?,
             requests: tree("requests")?,
