@@ -110,6 +110,12 @@ pub async fn post_transfer(
             return refusal;
         }
     };
+    // Nothing is accepted for sending on a stale trust view (expired directory, CRL past its
+    // grace): the caller keeps the record and retries once fresh files are loaded.
+    if let Err(stale) = state.trust.usable() {
+        drain(body, REFUSAL_DRAIN_BYTES).await;
+        return error(StatusCode::SERVICE_UNAVAILABLE, stale.to_string());
+    }
     let (declared, key) = match (
         content_digest(&headers),
         IdempotencyKey::from_headers(&headers),

@@ -28,6 +28,8 @@ use crate::trust::transport::PeerClients;
 use crate::trust::{Trust, TrustHandle};
 use crate::{api, ops, retention};
 
+mod trust_watch;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -55,10 +57,8 @@ pub fn load_state(
 ) -> Result<Arc<NodeState>, StartError> {
     let config = Arc::new(config);
     let identity = NodeIdentity::load(&config)?;
-    let trust = TrustHandle::new(Trust::load(&config, &identity, None)?, config.clone());
-    warn_if_unlisted(&trust.current(), &identity, &config);
-    let identity = IdentityHandle::new(identity, config.clone());
-    let policy = PolicyHandle::load(config.policy.dir.clone()).map_err(StartError::Policy)?;
+    // The store first: it holds the highest directory this node has accepted, and an older one
+    // (or one of that version with other content) refuses the start.
     let store =
         Store::open_with_cache(&config.data_dir, config.store_cache_bytes).map_err(|source| {
             StartError::Store {
@@ -66,6 +66,10 @@ pub fn load_state(
                 source,
             }
         })?;
+    let trust = TrustHandle::open(config.clone(), &identity, store.clone())?;
+    warn_if_unlisted(&trust.current(), &identity, &config);
+    let identity = IdentityHandle::new(identity, config.clone());
+    let policy = PolicyHandle::load(config.policy.dir.clone()).map_err(StartError::Policy)?;
     let clients = PeerClients::new(
         trust.clone(),
         Duration::from_millis(config.delivery.connect_timeout_ms),
@@ -129,6 +133,7 @@ pub async fn run(
     let scheduler = tokio::spawn(delivery::run_scheduler(state.clone()));
     let reload = tokio::spawn(reload_loop(state.clone()));
     let sweeper = tokio::spawn(retention::run_sweeper(state.clone()));
+    let trust_watch = tokio::spawn(trust_watch::run(state.clone()));
     let ops_task = tokio::spawn(ops::serve(
         state.clone(),
         ops_listener,
@@ -155,6 +160,7 @@ pub async fn run(
     reload.abort();
     // A sweep stopped midway is finished by the next start's sweep.
     sweeper.abort();
+    trust_watch.abort();
     ops_task.abort();
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "final commit failed");

@@ -129,6 +129,14 @@ async fn route(
     peer: &PeerIdentity,
     req: Request<Incoming>,
 ) -> PeerResponse {
+    // This node judges peers on a current view only: while its directory is expired or its CRL
+    // stale it answers 503 (the sender keeps the transfer and retries) until fresh files load.
+    if let Err(stale) = state.trust.usable() {
+        return text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("receiver cannot accept now: {stale}"),
+        );
+    }
     // The connection was identified at its handshake; the peer may have been revoked since.
     if let Err(rejection) = still_trusted(peer, &state.trust()) {
         audit_refused_connection(

@@ -50,6 +50,16 @@ pub async fn run_scheduler(state: Arc<NodeState>) {
                 Vec::new()
             }
         };
+        // An expired directory or a stale CRL holds every transfer queued (no attempt counted,
+        // no circuit opened, the reason kept with it) until fresh files are loaded; the next
+        // pass after that sends them.
+        let due = match state.trust.usable() {
+            Ok(()) => due,
+            Err(stale) => {
+                hold_for_fresh_trust(&state, &due, &stale);
+                Vec::new()
+            }
+        };
         for entry in due {
             let id = TransferId(entry.transfer_id);
             if !state.mark_inflight(&id) {
@@ -94,6 +104,25 @@ fn admitted(state: &NodeState, entry: &OutboxEntry) -> bool {
         Admission::Wait { next_probe_ms } => {
             park(state, entry, next_probe_ms, now);
             false
+        }
+    }
+}
+
+/// Notes on each due transfer why it waits (shown as its `last_error`), writing only when the
+/// note changes; the transfers stay queued and due.
+fn hold_for_fresh_trust(state: &NodeState, due: &[OutboxEntry], stale: &crate::trust::Stale) {
+    let note = format!("waiting: {stale}");
+    for entry in due {
+        if entry.state != TransferState::Queued || entry.last_error.as_deref() == Some(&note) {
+            continue;
+        }
+        let result = state.store.outbox_update(&entry.transfer_id, |e| {
+            if e.state == TransferState::Queued {
+                e.last_error = Some(note.clone());
+            }
+        });
+        if let Err(e) = result {
+            tracing::error!(transfer = %TransferId(entry.transfer_id), error = %e, "cannot note why a transfer waits");
         }
     }
 }

@@ -4,11 +4,16 @@
 //!
 //! Invariant: a peer is who its certificate and the signed directory say it is, never a header;
 //! only this layer and the peer listener (`receive::peer_api`, accepting with the server config
-//! built here) touch rustls. It sits at the bottom: it imports only `config` and the lower
-//! crates (`pki-tools`, `gateway-envelope`).
+//! built here) touch rustls. A view in use is checked for freshness on every use (`freshness`:
+//! directory expiry, CRL nextUpdate plus grace), and a directory older than the highest one
+//! accepted is never taken (that one is kept in the store). It sits at the bottom: it imports
+//! only `config` and the lower crates (`pki-tools`, `gateway-envelope`, and `gateway-store` for
+//! that one record).
 
 pub mod directory;
+pub mod freshness;
 pub mod identity;
 pub mod transport;
 
 pub use directory::{now_ms, now_unix, read_single_cert, Peer, Trust, TrustError, TrustHandle};
+pub use freshness::Stale;

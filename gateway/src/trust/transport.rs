@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 
 use pki_tools::{cert_fingerprint, facility_id_from_cert, Endpoint, FacilityId};
 
-use super::{Peer, Trust, TrustHandle};
+use super::{Peer, Stale, Trust, TrustHandle};
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -129,6 +129,9 @@ pub enum ConnectError {
     },
     #[error("peer {peer}: http/2 handshake: {source}")]
     Http { peer: String, source: hyper::Error },
+    /// This node's own trust view is stale: nothing is sent until fresh files are loaded.
+    #[error("peer {peer}: not contacted: {source}")]
+    Stale { peer: String, source: Stale },
 }
 
 /// One HTTP/2 connection per peer, shared by all concurrent transfers to it and re-established
@@ -149,7 +152,13 @@ impl PeerClients {
         }
     }
 
+    /// A connection to `peer`, pooled or new. Refused while this node's directory is expired or
+    /// its CRL stale, pooled connections included: what is sent is decided on a current view.
     pub async fn sender(&self, peer: &Peer) -> Result<SendRequest<Body>, ConnectError> {
+        self.trust.usable().map_err(|source| ConnectError::Stale {
+            peer: peer.id.to_string(),
+            source,
+        })?;
         let mut conns = self.conns.lock().await;
         if let Some(existing) = conns.get(&peer.id) {
             if !existing.is_closed() {
