@@ -235,9 +235,13 @@ async fn a_retry_after_the_sender_is_killed_gets_the_original_transfer() {
         };
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         a.kill9();
-        let _ = inflight.await;
+        let answered = inflight.await.unwrap();
         a = fed.start("hosp-a");
         let retry = submit(&a, &[&key], &record, "treatment").await;
+        // A caller that did get its 202 before the kill must get the same transfer now.
+        if matches!(answered, Ok(StatusCode::ACCEPTED)) {
+            assert!(retry.replayed, "key {key}: {retry:?}");
+        }
         expected.insert(retry.id());
         assert_eq!(ids(&a.transfers().await), expected, "key {key}: {retry:?}");
     }
@@ -371,4 +375,72 @@ async fn a_malformed_key_is_400_and_queues_nothing() {
     assert!(a.transfers().await.is_empty());
     // 255 characters is the limit, not past it.
     submit(&a, &[&longest], &record, "treatment").await.id();
+}
+
+/// A large upload that declares its length and digest is sealed as it arrives; its key is
+/// looked up from the declared digest before any of it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_upload_with_a_key_is_sent_once() {
+    use base64::Engine as _;
+    let fed = Fed::with_extra(&SPECS, "");
+    let a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    // Over the 8 MiB the node holds in memory, so it is streamed into the sealer.
+    let upload: Vec<u8> = (0..9 * 1024 * 1024 + 7u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let digest_of = |bytes: &[u8]| {
+        format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD
+                .encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+        )
+    };
+    let post = |bytes: Vec<u8>, digest: String, key: &'static str| {
+        let api = a.api();
+        async move {
+            let len = bytes.len().to_string();
+            let resp = api
+                .call_with_headers(
+                    Method::POST,
+                    "/v1/transfers?to=clinic-b&patient=pat-idem-stream&purpose=treatment&content_type=application%2Foctet-stream&categories=general&clinician=dr-x&clinician_role=physician",
+                    Body::from(bytes),
+                    Some("application/octet-stream"),
+                    &[
+                        ("content-length", len.as_str()),
+                        ("content-digest", digest.as_str()),
+                        ("idempotency-key", key),
+                    ],
+                )
+                .await
+                .unwrap();
+            let replayed = resp.headers().contains_key("idempotent-replayed");
+            let (status, body) = collect_json(resp).await.unwrap();
+            Answer {
+                status,
+                body,
+                replayed,
+            }
+        }
+    };
+
+    // Bytes that do not match their declared digest are refused, and the key is not used up.
+    let refused = post(upload.clone(), digest_of(b"other"), "scan-1").await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    assert!(a.transfers().await.is_empty());
+
+    let first = post(upload.clone(), digest_of(&upload), "scan-1").await;
+    assert!(!first.replayed, "{first:?}");
+    let id = first.id();
+    let again = post(upload.clone(), digest_of(&upload), "scan-1").await;
+    assert_eq!((again.id(), again.replayed), (id.clone(), true));
+    // Another upload under the key: 409, before its body is used.
+    let mut changed = upload.clone();
+    changed[0] ^= 1;
+    let conflict = post(changed.clone(), digest_of(&changed), "scan-1").await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT, "{conflict:?}");
+
+    a.wait_state(&id, "delivered", DELIVERED).await;
+    assert_eq!(ids(&a.transfers().await), BTreeSet::from([id.clone()]));
+    assert_eq!(ids(&b.inbox().await), BTreeSet::from([id]));
 }
