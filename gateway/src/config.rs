@@ -52,6 +52,16 @@ pub struct NodeConfig {
     pub retention: RetentionConfig,
     pub log: LogConfig,
     pub ops: OpsConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit log's signed checkpoints (see `gateway::evidence`).
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// A checkpoint of the log's Merkle tree is signed this often, when the log has grown
+    /// (`audit.checkpoint_interval_secs`, 60 s to a day; default 5 minutes: what a facility
+    /// could rewrite unseen is at most that window).
+    pub checkpoint_interval_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +229,23 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     ops: RawOps,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "defaults::checkpoint_interval_secs")]
+    checkpoint_interval_secs: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            checkpoint_interval_secs: defaults::checkpoint_interval_secs(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -374,6 +401,9 @@ impl Default for RawRetention {
 }
 
 mod defaults {
+    pub fn checkpoint_interval_secs() -> u64 {
+        300
+    }
     pub fn store_cache_mib() -> u64 {
         1024
     }
@@ -470,6 +500,10 @@ impl NodeConfig {
         };
 
         let mut problems = Vec::new();
+        if !(60..=86_400).contains(&raw.audit.checkpoint_interval_secs) {
+            problems
+                .push("audit.checkpoint_interval_secs: must be between 60 and 86400".to_owned());
+        }
         if raw.version != CONFIG_VERSION {
             problems.push(format!(
                 "version: unsupported version {} (this gateway reads version {CONFIG_VERSION})",
@@ -659,6 +693,9 @@ impl NodeConfig {
             },
             log: LogConfig {
                 format: log_format.unwrap_or_default(),
+            },
+            audit: AuditConfig {
+                checkpoint_interval_secs: raw.audit.checkpoint_interval_secs,
             },
             ops: OpsConfig {
                 listen: ops_listen,

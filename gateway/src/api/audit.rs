@@ -173,3 +173,132 @@ pub async fn verify_audit(
             .into_response(),
     }
 }
+
+// ---- the Merkle tree and its signed checkpoints (hashes only: no read of patient data) ------
+
+fn b64(hash: &[u8; 32]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(hash)
+}
+
+fn tree_error(e: gateway_store::StoreError) -> Response {
+    match e {
+        gateway_store::StoreError::BeyondLog { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeQuery {
+    size: Option<u64>,
+}
+
+/// `GET /v1/audit/tree[?size=N]`: the RFC 9162 tree head of the log (or of its first N
+/// entries).
+pub async fn tree_head(State(state): State<Shared>, Query(q): Query<TreeQuery>) -> Response {
+    let head = match q.size {
+        None => state.store.audit_tree_head(),
+        Some(size) => state.store.audit_tree_root(size).map(|root| (size, root)),
+    };
+    match head {
+        Ok((size, root)) => Json(json!({ "size": size, "root_hash": b64(&root) })).into_response(),
+        Err(e) => tree_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    seq: u64,
+    size: Option<u64>,
+}
+
+/// `GET /v1/audit/tree/inclusion?seq=S[&size=N]`: the audit path of entry S (leaf S - 1) in
+/// the tree of N entries (default: the whole log).
+pub async fn inclusion(State(state): State<Shared>, Query(q): Query<InclusionQuery>) -> Response {
+    let size = q.size.unwrap_or_else(|| state.store.audit_len());
+    let proof = state
+        .store
+        .audit_inclusion_proof(q.seq, size)
+        .and_then(|(leaf, path)| Ok((leaf, path, state.store.audit_tree_root(size)?)));
+    match proof {
+        Ok((leaf, path, root)) => Json(json!({
+            "seq": q.seq,
+            "leaf_index": q.seq - 1,
+            "tree_size": size,
+            "leaf_hash": b64(&leaf),
+            "path": path.iter().map(b64).collect::<Vec<_>>(),
+            "root_hash": b64(&root),
+        }))
+        .into_response(),
+        Err(e) => tree_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    first: u64,
+    second: Option<u64>,
+}
+
+/// `GET /v1/audit/tree/consistency?first=M[&second=N]`: the proof that the tree of M entries
+/// is a prefix of the tree of N (default: the whole log).
+pub async fn consistency(
+    State(state): State<Shared>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Response {
+    let second = q.second.unwrap_or_else(|| state.store.audit_len());
+    match state.store.audit_consistency_proof(q.first, second) {
+        Ok(proof) => Json(json!({
+            "first": q.first,
+            "second": second,
+            "proof": proof.iter().map(b64).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => tree_error(e),
+    }
+}
+
+fn note_response(note: Vec<u8>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        note,
+    )
+        .into_response()
+}
+
+/// `GET /v1/audit/checkpoint[?size=N]`: the latest signed checkpoint (or the one of size N),
+/// as the C2SP signed note itself.
+pub async fn get_checkpoint(State(state): State<Shared>, Query(q): Query<TreeQuery>) -> Response {
+    let found = match q.size {
+        Some(size) => state.store.checkpoint_get(size),
+        None => state
+            .store
+            .checkpoint_latest()
+            .map(|latest| latest.map(|(_, note)| note)),
+    };
+    match found {
+        Ok(Some(note)) => note_response(note),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no checkpoint of that size"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /v1/audit/checkpoint`: signs a checkpoint now (if the log grew since the last one)
+/// and returns the latest.
+pub async fn make_checkpoint(State(state): State<Shared>) -> Response {
+    if let Err(e) = tokio::task::block_in_place(|| crate::evidence::checkpoint_if_grown(&state)) {
+        tracing::error!(error = %e, "audit checkpoint not made");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    match state.store.checkpoint_latest() {
+        Ok(Some((_, note))) => note_response(note),
+        Ok(None) => error(StatusCode::NOT_FOUND, "the audit log is empty"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

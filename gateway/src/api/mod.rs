@@ -79,6 +79,13 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/inbox/{id}/ack", post(ack_inbox))
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/audit/tree", get(audit::tree_head))
+        .route("/v1/audit/tree/inclusion", get(audit::inclusion))
+        .route("/v1/audit/tree/consistency", get(audit::consistency))
+        .route(
+            "/v1/audit/checkpoint",
+            get(audit::get_checkpoint).post(audit::make_checkpoint),
+        )
         .route("/v1/consents", post(post_consent).get(list_consents))
         .route("/v1/consents/import", post(import_consent))
         .route("/v1/consents/{id}/revoke", post(revoke_consent))

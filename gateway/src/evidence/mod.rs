@@ -3,3 +3,36 @@
 //! anyone with the directory can check what the log held at a size.
 
 pub mod checkpoint;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::state::NodeState;
+
+/// Signs a checkpoint of the audit log at start and every `audit.checkpoint_interval_secs`,
+/// whenever the log has grown since the last one, until shutdown.
+pub async fn run_checkpointer(state: Arc<NodeState>) {
+    let period = Duration::from_secs(state.config.audit.checkpoint_interval_secs);
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        if let Err(e) = checkpoint_if_grown(&state) {
+            tracing::error!(error = %e, alert = "checkpoint_failed", "audit checkpoint not made");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Makes a checkpoint if the log holds entries the latest one does not cover; returns its size.
+pub fn checkpoint_if_grown(state: &NodeState) -> Result<Option<u64>, checkpoint::CheckpointError> {
+    let covered = state.store.checkpoint_latest()?.map_or(0, |(size, _)| size);
+    if state.store.audit_len() <= covered {
+        return Ok(None);
+    }
+    let origin = checkpoint::origin(state.me().as_str());
+    let (size, _) = checkpoint::make(&state.store, &origin, &state.identity().signing)?;
+    tracing::info!(size, "audit checkpoint signed");
+    Ok(Some(size))
+}

@@ -133,6 +133,7 @@ pub async fn run(
     let scheduler = tokio::spawn(delivery::run_scheduler(state.clone()));
     let reload = tokio::spawn(reload_loop(state.clone()));
     let sweeper = tokio::spawn(retention::run_sweeper(state.clone()));
+    let checkpointer = tokio::spawn(crate::evidence::run_checkpointer(state.clone()));
     let trust_watch = tokio::spawn(trust_watch::run(state.clone()));
     let ops_task = tokio::spawn(ops::serve(
         state.clone(),
@@ -160,6 +161,7 @@ pub async fn run(
     reload.abort();
     // A sweep stopped midway is finished by the next start's sweep.
     sweeper.abort();
+    checkpointer.abort();
     trust_watch.abort();
     ops_task.abort();
     if let Err(e) = state.store.commit().await {
