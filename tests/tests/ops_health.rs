@@ -78,16 +78,7 @@ fn readiness_is_lost_with_its_reason_when_the_directory_in_force_expires() {
     );
 
     // Past the expiry (whole seconds in the directory, so one more second of margin).
-    let expired_at = published_at + validity + Duration::from_secs(1);
-    std::thread::sleep(expired_at.saturating_duration_since(Instant::now()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (status, body) = loop {
-        let (status, body) = get(ops, "/readyz");
-        if status != 200 || Instant::now() > deadline {
-            break (status, body);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (status, body) = wait_unready(ops, published_at + validity + Duration::from_secs(1));
     assert_eq!(status, 503, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "not ready", "{v}");
@@ -98,6 +89,57 @@ fn readiness_is_lost_with_its_reason_when_the_directory_in_force_expires() {
     );
     // The process is still up: liveness is not readiness.
     assert_eq!(get(ops, "/livez").0, 200);
+}
+
+/// The CRL is published with a 4-second validity and the node given no grace past its
+/// nextUpdate (`federation.crl_grace_secs = 0`; the shipped grace is 7 days), so that it goes
+/// stale while the node runs; the directory stays valid, so the CRL is the one reason.
+#[test]
+fn readiness_is_lost_with_its_reason_when_the_crl_goes_stale() {
+    let mut fed = Fed::new(&[("hosp-a", FacilityKind::Hospital)]);
+    let validity = Duration::from_secs(4);
+    let published_at = Instant::now();
+    fed.pki
+        .publish_with(Duration::from_secs(7 * 24 * 3600), validity)
+        .unwrap();
+    let path = &fed.nodes["hosp-a"].config_path;
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains("[federation]\n"), "config template changed");
+    std::fs::write(
+        path,
+        text.replace("[federation]\n", "[federation]\ncrl_grace_secs = 0\n"),
+    )
+    .unwrap();
+    let node = fed.start("hosp-a");
+    let ops = node.dir.ops;
+    assert_eq!(
+        get(ops, "/readyz"),
+        (200, "ok".to_owned()),
+        "{}",
+        node.log_text()
+    );
+
+    let (status, body) = wait_unready(ops, published_at + validity + Duration::from_secs(1));
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["reasons"],
+        serde_json::json!(["federation CRL stale (past nextUpdate plus grace)"]),
+        "{v}"
+    );
+}
+
+/// Sleeps until `after`, then polls `/readyz` (≤ 10 s) until it is not 200.
+fn wait_unready(ops: SocketAddr, after: Instant) -> (u16, String) {
+    std::thread::sleep(after.saturating_duration_since(Instant::now()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(ops, "/readyz");
+        if status != 200 || Instant::now() > deadline {
+            return (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Readiness: whether the node can do its work now. Ready means: not shutting down, its peer
-//! listener and local API still serving, its trust view in force (the loaded federation
-//! directory has not expired and lists this facility as active), and its store making writes
-//! durable. Each failed check is one fixed, short reason; the details are in the node's log.
+//! listener and local API still serving, its trust view usable (`trust::freshness`, the checks
+//! the send and receive paths make: the directory in force has not expired, the CRL is within
+//! nextUpdate plus grace) and listing this facility as active, and its store making writes
+//! durable. Each failed check is one fixed, short reason; the details (dates, versions) are in
+//! the node's log (`node::trust_watch`, `alert=…`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use pki_tools::FacilityStatus;
 
 use crate::ops::WatchedTask;
 use crate::state::NodeState;
-use crate::trust::now_unix;
+use crate::trust::{freshness, now_unix};
 
 /// How long the store check waits for a durable commit before calling the store unready. A
 /// commit shares the group flush of the node's own writes, so it normally takes milliseconds.
@@ -60,14 +62,18 @@ impl Readiness {
         }
     }
 
-    /// The node refuses a directory that has expired at load and at reload, but the one in force
-    /// keeps being used until a newer one arrives: past its `expires_at` the federation operator
-    /// has not published in time, and peers that reloaded since refuse this node's view too.
+    /// A view past its directory's expiry or its CRL's grace stays loaded until fresh files
+    /// arrive, but the node then refuses new sends and receives (`Trust::usable`): it is up and
+    /// not ready. Both checks are made, so both reasons show when both apply.
     fn trust_problems(&self, now: i64) -> Vec<String> {
         let trust = self.state.trust();
         let mut out = Vec::new();
-        if trust.directory.expires_at <= now {
+        let (version, expires_at) = (trust.directory.version, trust.directory.expires_at);
+        if freshness::check_directory(version, expires_at, now).is_err() {
             out.push("federation directory expired".to_owned());
+        }
+        if trust.crl.check(now).is_err() {
+            out.push("federation CRL stale (past nextUpdate plus grace)".to_owned());
         }
         let active = trust
             .directory
