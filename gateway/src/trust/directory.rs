@@ -420,3 +420,10 @@ pub fn now_ms() -> u64 {
     let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
     u64::try_from(nanos / 1_000_000).unwrap_or(0)
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in tests a panic on an unexpected error is the failure report"
+)]
+mod tests;
