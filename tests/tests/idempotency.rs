@@ -444,3 +444,63 @@ async fn a_streamed_upload_with_a_key_is_sent_once() {
     assert_eq!(ids(&a.transfers().await), BTreeSet::from([id.clone()]));
     assert_eq!(ids(&b.inbox().await), BTreeSet::from([id]));
 }
+
+/// A client that gives up on its request (a timeout in the EMR's interface engine) and retries
+/// with the same key while the first submission is still being processed: the first one runs
+/// to its end, the retry is told to wait (409) or gets its transfer, never a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_client_gave_up_gets_the_first_transfer() {
+    let fed = Fed::with_extra(&SPECS, "");
+    let a = fed.start("hosp-a");
+    let _b = fed.start("clinic-b");
+    // A large record, so that its inspection outlasts the client's patience; its sensitive
+    // categories need the patient's consent to go anywhere.
+    let record = bundle_by_prefix("Fletcher_Hyatt");
+    a.consent_for_treatment(&patient_id(&record).unwrap(), "clinic-b")
+        .await;
+    // Sent by hand on a socket that is then closed (the CLI's client would keep its connection
+    // open until the answer).
+    let patient = patient_id(&record).unwrap();
+    let token = std::fs::read_to_string(a.dir.dir.join("api.token")).unwrap();
+    let mut head = format!(
+        "POST /v1/transfers?to=clinic-b&patient={patient}&purpose=treatment&content_type=fhir HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nidempotency-key: impatient\r\n\r\n",
+        a.dir.local,
+        token.trim(),
+        record.len()
+    )
+    .into_bytes();
+    head.extend_from_slice(&record);
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut socket = tokio::net::TcpStream::connect(a.dir.local).await.unwrap();
+        socket.write_all(&head).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Dropped: the connection closes before the answer.
+    }
+    // Asked at once, while the first is still being inspected: it is still being processed
+    // (were it given up with its request, this would make another transfer under the key).
+    let probe = submit(
+        &a,
+        &["impatient"],
+        &bundle("Bundle-micro.json"),
+        "treatment",
+    )
+    .await;
+    assert_eq!(probe.status, StatusCode::CONFLICT, "{probe:?}");
+    let mut answers = Vec::new();
+    let id = loop {
+        let retry = submit(&a, &["impatient"], &record, "treatment").await;
+        if retry.status != StatusCode::CONFLICT {
+            break retry.id();
+        }
+        answers.push(retry.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Whatever the retries met, one transfer exists, and it is the key's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ids(&a.transfers().await),
+        BTreeSet::from([id]),
+        "{answers:?}"
+    );
+}

@@ -190,9 +190,23 @@ pub async fn post_transfer(
             Begin::Refused(answer) => return answer,
         }
     }
-    // The reservation is held until the transfer and its key are committed (or refused).
-    let submitted = submit_keyed(&state, req, payload, reservation.as_ref()).await;
-    drop(reservation);
+    // The submission runs as its own task, to the end, even if this request is dropped (its
+    // client gave up, the request timed out): a submission stopped half-way would leave its
+    // key released while its transfer may still be written, so the client's retry could make
+    // a second one. The key's reservation is released by that task, once the transfer and
+    // the key are committed (or the submission refused).
+    let task = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let submitted = submit_keyed(&state, req, payload, reservation.as_ref()).await;
+            drop(reservation);
+            submitted
+        })
+    };
+    let submitted = match task.await {
+        Ok(submitted) => submitted,
+        Err(e) => Err(SubmitError::Local(format!("submission task stopped: {e}"))),
+    };
     match submitted {
         Ok(Accepted { id, state: queued }) => {
             answer_accepted(&state, id, Some(queued), wait, false).await
