@@ -106,6 +106,9 @@ pub async fn sweep_idempotency_keys(state: &Arc<NodeState>) -> Result<usize, Swe
         let removed = blocking(move || store.idempotency_sweep(cutoff, BATCH)).await?;
         total += removed;
         if removed < BATCH {
+            if total > 0 {
+                state.store.commit().await?;
+            }
             return Ok(total);
         }
     }

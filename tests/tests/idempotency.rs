@@ -317,7 +317,7 @@ async fn after_the_window_the_same_key_makes_a_new_transfer() {
         ),
     )
     .unwrap();
-    let a = fed.start("hosp-a");
+    let mut a = fed.start("hosp-a");
     let _b = fed.start("clinic-b");
     let record = bundle("Bundle-micro.json");
 
@@ -338,7 +338,26 @@ async fn after_the_window_the_same_key_makes_a_new_transfer() {
     // The key now names the new transfer, for its own window.
     let replay = submit(&a, &["daily-batch"], &record, "treatment").await;
     assert_eq!((replay.id(), replay.replayed), (second.clone(), true));
-    assert_eq!(ids(&a.transfers().await), BTreeSet::from([first, second]));
+    let transfers = BTreeSet::from([first, second]);
+    assert_eq!(ids(&a.transfers().await), transfers);
+
+    // Expired keys are removed by the retention sweep (at start and every
+    // retention.sweep_interval_secs); the transfers stay.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    a.stop();
+    let mut a = fed.start("hosp-a");
+    tests::assert_eventually!(
+        Duration::from_secs(20),
+        a.log_text().contains("expired idempotency keys removed"),
+        "no sweep: {}",
+        a.log_text()
+    );
+    a.stop();
+    let store = gateway_store::Store::open(&a.dir.dir.join("data")).unwrap();
+    assert_eq!(store.idempotency_len(), 0);
+    drop(store);
+    let a = fed.start("hosp-a");
+    assert_eq!(ids(&a.transfers().await), transfers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
