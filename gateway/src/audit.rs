@@ -29,6 +29,9 @@ pub mod event {
     pub const ENVELOPE_REMOVED: &str = "envelope-removed";
     /// A read of the audit log itself (a listing page or a chain verification), naming who.
     pub const AUDIT_READ: &str = "audit-read";
+    /// A peer's audit checkpoint refused as witness: not an append-only extension of the one
+    /// held (kept as evidence).
+    pub const WITNESS_CONFLICT: &str = "witness-conflict";
 }
 
 pub fn record(event: &str, outcome: &str) -> AuditRecord {

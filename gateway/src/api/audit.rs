@@ -272,33 +272,71 @@ fn note_response(note: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// A kept checkpoint with the cosignatures its witnesses gave it appended: more signature
+/// lines of the same signed note (C2SP tlog-cosignature).
+fn with_cosignatures(state: &Shared, size: u64, mut note: Vec<u8>) -> Response {
+    match state.store.cosignatures(size) {
+        Ok(lines) => {
+            for line in lines {
+                note.extend_from_slice(&line);
+            }
+            note_response(note)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// `GET /v1/audit/checkpoint[?size=N]`: the latest signed checkpoint (or the one of size N),
-/// as the C2SP signed note itself.
+/// as the C2SP signed note itself, with its witnesses' cosignatures.
 pub async fn get_checkpoint(State(state): State<Shared>, Query(q): Query<TreeQuery>) -> Response {
     let found = match q.size {
-        Some(size) => state.store.checkpoint_get(size),
-        None => state
+        Some(size) => state
             .store
-            .checkpoint_latest()
-            .map(|latest| latest.map(|(_, note)| note)),
+            .checkpoint_get(size)
+            .map(|note| note.map(|n| (size, n))),
+        None => state.store.checkpoint_latest(),
     };
     match found {
-        Ok(Some(note)) => note_response(note),
+        Ok(Some((size, note))) => with_cosignatures(&state, size, note),
         Ok(None) => error(StatusCode::NOT_FOUND, "no checkpoint of that size"),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-/// `POST /v1/audit/checkpoint`: signs a checkpoint now (if the log grew since the last one)
-/// and returns the latest.
+/// `POST /v1/audit/checkpoint`: signs a checkpoint now (if the log grew since the last one),
+/// submits it to the witnesses, and returns the latest with the cosignatures received.
 pub async fn make_checkpoint(State(state): State<Shared>) -> Response {
     if let Err(e) = tokio::task::block_in_place(|| crate::evidence::checkpoint_if_grown(&state)) {
         tracing::error!(error = %e, "audit checkpoint not made");
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
+    crate::evidence::witness::submit_all(&state).await;
     match state.store.checkpoint_latest() {
-        Ok(Some((_, note))) => note_response(note),
+        Ok(Some((size, note))) => with_cosignatures(&state, size, note),
         Ok(None) => error(StatusCode::NOT_FOUND, "the audit log is empty"),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// `GET /v1/witness`: the other facilities' logs this node witnesses (latest size and root),
+/// and the checkpoints it refused as contradicting them.
+pub async fn witnessed(State(state): State<Shared>) -> Response {
+    let logs = match state.store.witnessed_all() {
+        Ok(logs) => logs,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let conflicts = match state.store.witness_conflicts() {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    Json(json!({
+        "logs": logs.iter().map(|(origin, w)| json!({
+            "origin": origin, "size": w.size, "root_hash": b64(&w.root),
+        })).collect::<Vec<_>>(),
+        "conflicts": conflicts.iter().map(|c| json!({
+            "time_ms": c.time_ms, "origin": c.origin, "reason": c.reason,
+            "note": String::from_utf8_lossy(&c.note),
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response()
 }

@@ -86,6 +86,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
             "/v1/audit/checkpoint",
             get(audit::get_checkpoint).post(audit::make_checkpoint),
         )
+        .route("/v1/witness", get(audit::witnessed))
         .route("/v1/consents", post(post_consent).get(list_consents))
         .route("/v1/consents/import", post(import_consent))
         .route("/v1/consents/{id}/revoke", post(revoke_consent))

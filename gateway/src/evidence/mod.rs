@@ -3,6 +3,7 @@
 //! anyone with the directory can check what the log held at a size.
 
 pub mod checkpoint;
+pub mod witness;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use crate::state::NodeState;
 
 /// Signs a checkpoint of the audit log at start and every `audit.checkpoint_interval_secs`,
-/// whenever the log has grown since the last one, until shutdown.
+/// whenever the log has grown since the last one, and submits it to the witnesses, until
+/// shutdown.
 pub async fn run_checkpointer(state: Arc<NodeState>) {
     let period = Duration::from_secs(state.config.audit.checkpoint_interval_secs);
     let mut shutdown = state.shutdown.clone();
@@ -18,6 +20,8 @@ pub async fn run_checkpointer(state: Arc<NodeState>) {
         if let Err(e) = checkpoint_if_grown(&state) {
             tracing::error!(error = %e, alert = "checkpoint_failed", "audit checkpoint not made");
         }
+        // Also for witnesses still behind from an earlier round (down, or unreachable then).
+        witness::submit_all(&state).await;
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,

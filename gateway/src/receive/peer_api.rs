@@ -153,6 +153,9 @@ async fn route(
     match (req.method().as_str(), req.uri().path()) {
         ("POST", ENVELOPE_PATH) => inbox::receive(state, peer, req).await,
         ("POST", REQUEST_PATH) => crate::pull::requests::incoming(state, peer, req).await,
+        ("POST", crate::evidence::witness::WITNESS_PATH) => {
+            crate::evidence::witness::incoming(state, peer, req).await
+        }
         _ => text_response(StatusCode::NOT_FOUND, "no such peer route"),
     }
 }

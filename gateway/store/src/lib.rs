@@ -23,6 +23,8 @@
 //! | `audit_head` | `head` | `(last seq, hash)` |
 //! | `audit_tree` | `level \|\| index_be` | the RFC 9162 hash of a complete subtree of the audit log (see `merkle`) |
 //! | `audit_checkpoints` | `size_be` | a signed checkpoint of the tree (C2SP tlog-checkpoint note) |
+//! | `audit_cosignatures`, `witness_cosigned` | `size_be \|\| witness`, witness id | cosignatures of our checkpoints, each witness's progress (see `witness`) |
+//! | `witness_logs`, `witness_conflicts` | origin, `time_ms_be \|\| origin` | other logs' latest checkpoints witnessed, and those refused (evidence) |
 //! | `consents` | directive id | sealed `(patient, directive bytes)` |
 //! | `consents_by_patient` | `tag(patient) \|\| directive id` | empty |
 //! | `requests` | request id | sealed request bytes |
@@ -102,6 +104,7 @@ mod retention;
 mod spool;
 mod trust_seen;
 mod types;
+mod witness;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -117,6 +120,7 @@ pub use crate::outbox::RequeueRefusal;
 pub use crate::retention::{Expired, RemovedEnvelope};
 pub use crate::spool::SpoolWriter;
 pub use crate::trust_seen::DirectorySeen;
+pub use crate::witness::{Conflict, Witnessed};
 pub use crate::types::{
     transfer_id_hex, AuditEntry, AuditFilter, AuditRecord, CommitStats, HeaderCheck, InboxEntry,
     InboxInsert, OutboxEntry, SpoolKind, TransferId, TransferState, TransferSummary,
@@ -160,6 +164,10 @@ struct Trees {
     audit_head: sled::Tree,
     audit_tree: sled::Tree,
     audit_checkpoints: sled::Tree,
+    audit_cosignatures: sled::Tree,
+    witness_cosigned: sled::Tree,
+    witness_logs: sled::Tree,
+    witness_conflicts: sled::Tree,
     consents: sled::Tree,
     consents_by_patient: sled::Tree,
     requests: sled::Tree,
@@ -220,6 +228,10 @@ impl Store {
             audit_head: tree("audit_head")?,
             audit_tree: tree("audit_tree")?,
             audit_checkpoints: tree("audit_checkpoints")?,
+            audit_cosignatures: tree("audit_cosignatures")?,
+            witness_cosigned: tree("witness_cosigned")?,
+            witness_logs: tree("witness_logs")?,
+            witness_conflicts: tree("witness_conflicts")?,
             consents: tree("consents")?,
             consents_by_patient: tree("consents_by_patient")?,
             requests: tree("requests")?,
