@@ -120,11 +120,11 @@ pub use crate::outbox::RequeueRefusal;
 pub use crate::retention::{Expired, RemovedEnvelope};
 pub use crate::spool::SpoolWriter;
 pub use crate::trust_seen::DirectorySeen;
-pub use crate::witness::{Conflict, Witnessed};
 pub use crate::types::{
     transfer_id_hex, AuditEntry, AuditFilter, AuditRecord, CommitStats, HeaderCheck, InboxEntry,
     InboxInsert, OutboxEntry, SpoolKind, TransferId, TransferState, TransferSummary,
 };
+pub use crate::witness::{Conflict, Witnessed};
 
 /// sled's page cache when none is configured (sled's own default).
 pub const DEFAULT_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
