@@ -713,6 +713,19 @@ impl Node {
             .status()
     }
 
+    /// `POST /v1/audit/checkpoint`: the latest signed checkpoint of the audit log, as the
+    /// C2SP note with its cosignatures.
+    pub async fn checkpoint_now(&self) -> String {
+        let response = self
+            .api()
+            .call(Method::POST, "/v1/audit/checkpoint", Body::empty(), None)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     /// Audit entries of one event kind (e.g. "policy-decision").
     pub async fn audit_events(&self, event: &str) -> Vec<Value> {
         self.audit()

@@ -13,8 +13,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use http::{Method, StatusCode};
-use http_body_util::BodyExt;
+use http::StatusCode;
 use pki_tools::FacilityKind;
 use serde_json::Value;
 
@@ -28,23 +27,6 @@ fn hash(v: &Value) -> Hash {
         .unwrap()
         .try_into()
         .unwrap()
-}
-
-/// `POST /v1/audit/checkpoint`: the signed note, as text.
-async fn checkpoint_now(node: &Node) -> String {
-    let response = node
-        .api()
-        .call(
-            Method::POST,
-            "/v1/audit/checkpoint",
-            Default::default(),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 async fn send_some(a: &Node, record: &[u8], n: usize) {
@@ -72,7 +54,7 @@ async fn checkpoints_open_with_the_directory_key_and_every_entry_is_proven_in_th
     let key = common::signing_key(&fed.nodes["hosp-a"].dir).verifying_key();
     let origin = checkpoint::origin("hosp-a");
 
-    let first_note = checkpoint_now(&a).await;
+    let first_note = a.checkpoint_now().await;
     assert!(
         first_note.starts_with("healthfed/hosp-a/audit\n"),
         "{first_note}"
@@ -117,7 +99,7 @@ async fn checkpoints_open_with_the_directory_key_and_every_entry_is_proven_in_th
         assert!(std::time::Instant::now() < deadline, "{}", a.log_text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let second_note = checkpoint_now(&a).await;
+    let second_note = a.checkpoint_now().await;
     let (second_size, second_root) =
         checkpoint::open(second_note.as_bytes(), &origin, &[key]).unwrap();
     assert!(second_size > first_size, "{second_size} after {first_size}");

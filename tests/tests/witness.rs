@@ -13,8 +13,6 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use pki_tools::FacilityKind;
 
 use gateway::evidence::{checkpoint, witness};
@@ -28,22 +26,6 @@ async fn post(
     ident: &RawIdentity,
 ) -> Result<(u16, Vec<u8>), String> {
     raw_peer_post(node.dir.peer, ca, ident, "/v1/witness", body).await
-}
-
-async fn checkpoint_now(node: &Node) -> String {
-    let response = node
-        .api()
-        .call(
-            Method::POST,
-            "/v1/audit/checkpoint",
-            Default::default(),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 /// The checkpoint text of a note (before the blank line) and its signature lines.
@@ -87,7 +69,7 @@ async fn members_cosign_each_others_checkpoints_and_refuse_a_rewritten_history()
     let origin = checkpoint::origin("hosp-a");
 
     // One checkpoint, cosigned by both other members.
-    let note = checkpoint_now(&a).await;
+    let note = a.checkpoint_now().await;
     let (size, root) = checkpoint::open(
         note.as_bytes(),
         &origin,
@@ -172,12 +154,12 @@ async fn members_cosign_each_others_checkpoints_and_refuse_a_rewritten_history()
     let id = a.send_bundle("clinic-b", &record).await.transfer_id();
     a.wait_state(&id, "delivered", Duration::from_secs(30))
         .await;
-    let while_down = checkpoint_now(&a).await;
+    let while_down = a.checkpoint_now().await;
     let (grown, _) = split_note(&while_down);
     assert!(while_down.contains(&witness::witness_name("clinic-b")));
     assert!(!while_down.contains(&witness::witness_name("clinic-c")));
     let _c = fed.start("clinic-c");
-    let caught_up = checkpoint_now(&a).await;
+    let caught_up = a.checkpoint_now().await;
     let (same, lines) = split_note(&caught_up);
     assert_eq!(same, grown, "no new checkpoint was needed");
     let name = witness::witness_name("clinic-c");

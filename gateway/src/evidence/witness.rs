@@ -27,7 +27,7 @@ use crate::audit::{self, event};
 use crate::evidence::checkpoint;
 use crate::state::NodeState;
 use crate::trust::now_unix;
-use crate::trust::transport::{text_response, Body, PeerIdentity, PeerResponse};
+use crate::trust::transport::{text_response, PeerIdentity, PeerResponse};
 
 pub const WITNESS_PATH: &str = "/v1/witness";
 /// How many peers witness this node's log (the first active members by id).
@@ -380,29 +380,16 @@ async fn post(
     peer: &crate::trust::Peer,
     body: Vec<u8>,
 ) -> Result<(StatusCode, Bytes), String> {
-    let mut sender = state
+    state
         .clients
-        .sender(peer)
+        .post(
+            peer,
+            WITNESS_PATH,
+            body,
+            Duration::from_secs(30),
+            MAX_REQUEST_BYTES,
+        )
         .await
-        .map_err(|e| e.to_string())?;
-    let body: Body = Full::new(Bytes::from(body))
-        .map_err(|never| match never {})
-        .boxed();
-    let request = Request::post(format!("https://{}{WITNESS_PATH}", peer.id))
-        .body(body)
-        .map_err(|e| e.to_string())?;
-    sender.ready().await.map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let bytes = Limited::new(response.into_body(), MAX_REQUEST_BYTES)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, bytes))
 }
 
 #[cfg(test)]

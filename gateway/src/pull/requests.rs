@@ -25,8 +25,8 @@ use crate::record::{break_glass_window_ok, inspect, Content, PatientRef, BREAK_G
 use crate::send::outbox::{decision_reason, submit, Accepted, Payload, SubmitRequest};
 use crate::state::NodeState;
 use crate::trust::now_ms;
+use crate::trust::transport::PeerIdentity;
 use crate::trust::transport::{text_response, PeerResponse};
-use crate::trust::transport::{Body, PeerIdentity};
 
 pub const REQUEST_PATH: &str = "/v1/requests";
 const REQUEST_DOMAIN: &str = "healthfed/record-request/1";
@@ -262,28 +262,16 @@ async fn post_request(
     holder: &crate::trust::Peer,
     signed: Vec<u8>,
 ) -> Result<(StatusCode, WireAnswer), String> {
-    let mut sender = state
+    let (status, bytes) = state
         .clients
-        .sender(holder)
-        .await
-        .map_err(|e| e.to_string())?;
-    let body: Body = Full::new(Bytes::from(signed))
-        .map_err(|never| match never {})
-        .boxed();
-    let request = Request::post(format!("https://{}{REQUEST_PATH}", holder.id))
-        .body(body)
-        .map_err(|e| e.to_string())?;
-    sender.ready().await.map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
-        .await
-        .map_err(|_| format!("peer {}: timed out", holder.id))?
-        .map_err(|e| format!("peer {}: {e}", holder.id))?;
-    let status = response.status();
-    let bytes = Limited::new(response.into_body(), MAX_REQUEST_BYTES)
-        .collect()
-        .await
-        .map_err(|e| format!("peer {}: {e}", holder.id))?
-        .to_bytes();
+        .post(
+            holder,
+            REQUEST_PATH,
+            signed,
+            Duration::from_secs(60),
+            MAX_REQUEST_BYTES,
+        )
+        .await?;
     let answer: WireAnswer = serde_json::from_slice(&bytes).unwrap_or(WireAnswer {
         status: "error".to_owned(),
         reason: Some(format!("peer {} answered {}", holder.id, status.as_u16())),

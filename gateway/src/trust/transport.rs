@@ -152,6 +152,39 @@ impl PeerClients {
         }
     }
 
+    /// POSTs `body` to `path` on `peer` and reads the answer (at most `limit` bytes) within
+    /// `timeout`: the one-shot peer calls (pull requests, witness submissions). Errors name
+    /// the peer, never the body.
+    pub async fn post(
+        &self,
+        peer: &Peer,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), String> {
+        use http_body_util::{BodyExt, Limited};
+        let mut sender = self.sender(peer).await.map_err(|e| e.to_string())?;
+        let body: Body = Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed();
+        let request = http::Request::post(format!("https://{}{path}", peer.id))
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(timeout, sender.send_request(request))
+            .await
+            .map_err(|_| format!("peer {}: timed out", peer.id))?
+            .map_err(|e| format!("peer {}: {e}", peer.id))?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| format!("peer {}: {e}", peer.id))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
     /// A connection to `peer`, pooled or new. Refused while this node's directory is expired or
     /// its CRL stale, pooled connections included: what is sent is decided on a current view.
     pub async fn sender(&self, peer: &Peer) -> Result<SendRequest<Body>, ConnectError> {
