@@ -11,6 +11,12 @@
 //! that one record).
 
 pub mod directory;
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test fixture: a failed unwrap is a failed test"
+)]
+mod fixture;
 pub mod freshness;
 pub mod identity;
 pub mod transport;

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use pki_tools::{FacilityKind, Federation};
+use pki_tools::Federation;
 
 use super::*;
-use crate::config::ConfigTemplate;
 
 struct Setup {
     tmp: tempfile::TempDir,
@@ -16,38 +15,12 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let fed_dir = tmp.path().join("fed");
-    let mut fed = Federation::init(&fed_dir, "Test", false).unwrap();
-    let node = tmp.path().join("hosp-a");
-    let endpoint = "https://127.0.0.1:7443".parse().unwrap();
-    fed.add_facility(
-        &"hosp-a".parse().unwrap(),
-        "A",
-        &endpoint,
-        FacilityKind::Hospital,
-        &node,
-    )
-    .unwrap();
-    fed.publish(Duration::from_secs(86_400)).unwrap();
-    let text = ConfigTemplate {
-        facility_id: "hosp-a",
-        peer_listen: "127.0.0.1:7443".parse().unwrap(),
-        local_listen: "127.0.0.1:7080".parse().unwrap(),
-        token_sha256_hex: &"ab".repeat(32),
-        directory: &fed_dir.join("directory.json"),
-        crl: &fed_dir.join("crl.pem"),
-    }
-    .render()
-    .unwrap();
-    let path = node.join("node.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Arc::new(NodeConfig::load(&path).unwrap());
-    let identity = NodeIdentity::load(&config).unwrap();
+    let f = crate::trust::fixture::one_facility();
+    let identity = NodeIdentity::load(&f.config).unwrap();
     Setup {
-        tmp,
-        fed,
-        config,
+        tmp: f.tmp,
+        fed: f.fed,
+        config: f.config,
         identity,
     }
 }

@@ -3,50 +3,10 @@
 use std::path::Path;
 
 use pki_tools::directory::{verify_directory, Directory};
-use pki_tools::{FacilityId, FacilityKind, Federation};
 
 use super::*;
-use crate::config::ConfigTemplate;
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    fed: Federation,
-    id: FacilityId,
-    node: PathBuf,
-    config: Arc<NodeConfig>,
-}
-
-fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let fed_dir = tmp.path().join("fed");
-    let mut fed = Federation::init(&fed_dir, "Test", false).unwrap();
-    let id: FacilityId = "hosp-a".parse().unwrap();
-    let node = tmp.path().join("hosp-a");
-    let endpoint = "https://127.0.0.1:7443".parse().unwrap();
-    fed.add_facility(&id, "A", &endpoint, FacilityKind::Hospital, &node)
-        .unwrap();
-    fed.publish(std::time::Duration::from_secs(86_400)).unwrap();
-    let text = ConfigTemplate {
-        facility_id: "hosp-a",
-        peer_listen: "127.0.0.1:7443".parse().unwrap(),
-        local_listen: "127.0.0.1:7080".parse().unwrap(),
-        token_sha256_hex: &"ab".repeat(32),
-        directory: &fed_dir.join("directory.json"),
-        crl: &fed_dir.join("crl.pem"),
-    }
-    .render()
-    .unwrap();
-    let path = node.join("node.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Arc::new(NodeConfig::load(&path).unwrap());
-    Setup {
-        _tmp: tmp,
-        fed,
-        id,
-        node,
-        config,
-    }
-}
+use crate::trust::fixture::{one_facility as setup, OneFacility as Setup};
 
 fn directory(s: &Setup) -> Directory {
     let bytes = std::fs::read(&s.config.federation.directory).unwrap();
