@@ -56,10 +56,11 @@ pub fn append(store: &Store, record: AuditRecord) -> Result<(), StoreError> {
 }
 
 /// Appends and commits: for an entry that must be durable before the caller answers (a read
-/// the log cannot record is not served).
-pub async fn append_durable(store: &Store, record: AuditRecord) -> Result<(), StoreError> {
-    append(store, record)?;
-    store.commit().await
+/// the log cannot record is not served). Returns the entry's seq.
+pub async fn append_durable(store: &Store, record: AuditRecord) -> Result<u64, StoreError> {
+    let seq = store.audit_append(record)?.seq;
+    store.commit().await?;
+    Ok(seq)
 }
 
 /// Whether the audit log holds an entry of `event` for this transfer (used at recovery, to

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use gateway_envelope::TransferId;
-use gateway_store::{AuditEntry, AuditFilter};
+use gateway_store::{AuditEntry, AuditFilter, AuditRecord};
 
 use crate::audit::event;
 
@@ -69,8 +69,21 @@ impl From<&AuditEntry> for AuditView {
     }
 }
 
-/// Records a read of the audit log (who, which filter) and makes it durable before anything
-/// is served. Returns the entry's seq.
+/// Makes the audit entry of a read durable before anything is served; a read the log cannot
+/// record is refused. Returns the entry's seq.
+pub(super) async fn record_read_durably(state: &Shared, rec: AuditRecord) -> Result<u64, Response> {
+    crate::audit::append_durable(&state.store, rec)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "audit write failed; read refused");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the audit log could not record this read; nothing was served",
+            )
+        })
+}
+
+/// Records a read of the audit log itself (who, which filter).
 async fn record_read(
     state: &Shared,
     token: Option<axum::Extension<TokenName>>,
@@ -80,18 +93,7 @@ async fn record_read(
     let mut rec = crate::audit::record(event::AUDIT_READ, "read");
     rec.reason = Some(format!("{what} by {}", acting(token)));
     rec.patient_ref = patient;
-    let appended = state.store.audit_append(rec);
-    let committed = match appended {
-        Ok(entry) => state.store.commit().await.map(|()| entry.seq),
-        Err(e) => Err(e),
-    };
-    committed.map_err(|e| {
-        tracing::error!(error = %e, "audit write failed; audit read refused");
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the audit log could not record this read; nothing was served",
-        )
-    })
+    record_read_durably(state, rec).await
 }
 
 pub async fn list_audit(

@@ -90,15 +90,7 @@ async fn open_audited(
     rec.patient_ref = Some(meta.patient.clone());
     rec.purpose = Some(meta.purpose.clone());
     rec.reason = Some(format!("read by {}", acting(token)));
-    audit::append_durable(&state.store, rec)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "audit write failed; read refused");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the audit log could not record this read; nothing was served",
-            )
-        })?;
+    super::audit::record_read_durably(state, rec).await?;
     Ok((id, (entry, meta, rx)))
 }
 

@@ -35,8 +35,6 @@ pub const MAX_WITNESSES: usize = 4;
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Key type of a C2SP tlog-cosignature/v1 key.
 const ALG_COSIGNATURE_V1: u8 = 0x04;
-/// Serializes a witness's compare-and-advance per origin (one witness state tree).
-static ADVANCE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -184,7 +182,6 @@ pub async fn incoming(
     let Some(text) = note_text(request.note) else {
         return text_response(StatusCode::BAD_REQUEST, "malformed checkpoint note");
     };
-    let _guard = ADVANCE.lock().await;
     let held = match state.store.witnessed(&origin) {
         Ok(h) => h,
         Err(e) => {
@@ -198,12 +195,7 @@ pub async fn incoming(
             (h.size, h.root)
         });
     if request.old != held_size {
-        let mut resp = text_response(StatusCode::CONFLICT, &format!("{held_size}\n"));
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/x.tlog.size"),
-        );
-        return resp;
+        return size_conflict(held_size);
     }
     if size < held_size {
         let reason = format!("a smaller tree ({size}) than the {held_size} entries witnessed");
@@ -227,7 +219,12 @@ pub async fn incoming(
     };
     match state.store.witness_advance(&origin, held.as_ref(), &next) {
         Ok(true) => {}
-        Ok(false) => return text_response(StatusCode::CONFLICT, &format!("{held_size}\n")),
+        // Another submission advanced it first (the store's compare-and-swap): say what is
+        // held now.
+        Ok(false) => {
+            let now_held = state.store.witnessed(&origin).ok().flatten();
+            return size_conflict(now_held.map_or(0, |w| w.size));
+        }
         Err(e) => {
             tracing::error!(error = %e, "witness state not stored");
             return text_response(StatusCode::SERVICE_UNAVAILABLE, "witness state not stored");
@@ -244,6 +241,16 @@ pub async fn incoming(
     tracing::debug!(origin = %origin, size, "checkpoint cosigned");
     let mut resp = text_response(StatusCode::OK, "");
     *resp.body_mut() = Full::new(Bytes::from(line));
+    resp
+}
+
+/// 409 with the size this witness holds (C2SP tlog-witness): the log retries from it.
+fn size_conflict(held_size: u64) -> PeerResponse {
+    let mut resp = text_response(StatusCode::CONFLICT, &format!("{held_size}\n"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/x.tlog.size"),
+    );
     resp
 }
 
@@ -299,28 +306,29 @@ pub async fn submit_all(state: &Arc<NodeState>) {
     };
     for peer in witnesses(state) {
         let id = peer.id.to_string();
-        match state.store.cosigned_size(&id) {
+        let done = match state.store.cosigned_size(&id) {
             Ok(done) if done >= size => continue,
-            Ok(_) => {}
+            Ok(done) => done,
             Err(e) => {
                 tracing::warn!(error = %e, witness = %id, "witness progress unreadable");
                 continue;
             }
-        }
-        if let Err(e) = submit(state, &peer, size, &note).await {
+        };
+        if let Err(e) = submit(state, &peer, done, size, &note).await {
             tracing::warn!(witness = %id, size, error = %e, "checkpoint not cosigned yet");
         }
     }
 }
 
+/// Submits our checkpoint of `size` to `peer`, from `old`, the size it last cosigned.
 async fn submit(
     state: &NodeState,
     peer: &crate::trust::Peer,
+    mut old: u64,
     size: u64,
     note: &[u8],
 ) -> Result<(), String> {
     let id = peer.id.to_string();
-    let mut old = state.store.cosigned_size(&id).map_err(|e| e.to_string())?;
     // At most two rounds: a 409 tells the size the witness holds (a witness that lost its
     // state, or a progress record this node lost).
     for _ in 0..2 {
