@@ -547,19 +547,19 @@ impl Store {
         size: u64,
     ) -> Result<(Hash, Vec<Hash>), StoreError> {
         self.within_log(size)?;
-        let beyond = StoreError::BeyondLog {
+        let beyond = || StoreError::BeyondLog {
             size,
             len: self.audit_len(),
         };
         let Some(index) = seq.checked_sub(1).filter(|i| *i < size) else {
-            return Err(beyond);
+            return Err(beyond());
         };
         let value = self
             .trees()
             .audit
             .get(seq.to_be_bytes())
             .map_err(StoreError::sled("read audit entry"))?
-            .ok_or(beyond)?;
+            .ok_or_else(beyond)?;
         let (_, _, body) = split_stored(&value).ok_or(StoreError::Corrupt {
             what: WHAT,
             problem: "entry undecodable",
