@@ -52,8 +52,10 @@
 //! * Limits: `header_len` ≤ 64 KiB (and ≤ [`Limits::max_header`]); `chunk_size` ≤ 4 MiB; a
 //!   frame's ciphertext ≤ `chunk_size + 16`. All are checked before allocating.
 //!
-//! Receipts (`b"healthfed/receipt/1\0"`) and generic messages (`b"healthfed/message/1\0"`,
-//! with the caller's domain inside the signed bytes) use their own signature domains.
+//! Receipts (`b"healthfed/receipt/1\0"`; wire version 1, or 2 with the receiver's policy
+//! decision and consent basis digest, see [`Receipt`]) and generic messages
+//! (`b"healthfed/message/1\0"`, with the caller's domain inside the signed bytes) use their
+//! own signature domains.
 //!
 //! # Receiving
 //!
@@ -80,7 +82,7 @@ pub use keys::{
 pub use open::{
     open_all, EnvelopeReader, Limits, Opened, Opener, UnverifiedHeader, VerifiedHeader,
 };
-pub use receipt::{sign_message, verify_message, Receipt, SignedReceipt};
+pub use receipt::{sign_message, verify_message, Receipt, ReceiverDecision, SignedReceipt};
 pub use seal::{seal_to_vec, SealParams, Sealer, DEFAULT_CHUNK_SIZE};
 pub use suite::Suite;
 pub use wire::{MAGIC, MAX_CHUNK_SIZE, MAX_HEADER_LEN, MAX_NAME_LEN, TAG_LEN, VERSION};

@@ -16,13 +16,19 @@ use crate::wire::{self, Sig64};
 const RECEIPT_SIG_DOMAIN: &[u8] = b"healthfed/receipt/1\0";
 /// Signature domain of generic messages; the caller's domain is inside the signed body.
 const MESSAGE_SIG_DOMAIN: &[u8] = b"healthfed/message/1\0";
-/// Wire version of receipts and messages.
+/// Wire version of messages and of receipts without a receiver's decision.
 const VERSION: u16 = 1;
+/// Wire version of receipts that bind the receiver's policy decision and consent basis.
+const RECEIPT_VERSION_2: u16 = 2;
 /// Longest domain accepted by [`verify_message`].
 const MAX_DOMAIN_LEN: usize = 255;
 
-/// Receipts: the receiver signs (transfer id, payload digest, receive time) and the sender
-/// verifies.
+/// Receipts: the receiver signs (transfer id, payload digest, receive time and, from version
+/// 2, the policy decision it took) and the sender verifies.
+///
+/// Wire: `receipt_bytes` is postcard of `ReceiptWire` (version 1: no decision) or
+/// `ReceiptWireV2` (version 2: the same fields, then outcome, policy ids, purpose and the
+/// consent basis digest). The leading version decides; both verify.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
     pub transfer_id: TransferId,
@@ -34,6 +40,22 @@ pub struct Receipt {
     /// SHA-256 of the envelope's signed header bytes.
     pub header_digest: [u8; 32],
     pub received_at_ms: u64,
+    /// The receiver's decision to accept it (version 2); `None` in version 1 receipts.
+    pub decision: Option<ReceiverDecision>,
+}
+
+/// What the receiver decided when it accepted the transfer, as it signs it in the receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiverDecision {
+    /// `permit` (a receipt is only given for an accepted transfer).
+    pub outcome: String,
+    /// The policies that determined the decision.
+    pub policy_ids: Vec<String>,
+    /// The purpose of use the decision was taken for.
+    pub purpose: String,
+    /// SHA-256 of the consent basis the receiver evaluated (its own directives merged with the
+    /// sender's asserted basis); the gateway defines the encoding (`gateway::evidence`).
+    pub consent_basis_digest: [u8; 32],
 }
 
 /// A receipt and the receiver's signature over its encoding.
@@ -52,6 +74,21 @@ struct ReceiptWire {
     payload_digest: [u8; 32],
     header_digest: [u8; 32],
     received_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReceiptWireV2 {
+    version: u16,
+    transfer_id: [u8; 16],
+    sender: String,
+    receiver: String,
+    payload_digest: [u8; 32],
+    header_digest: [u8; 32],
+    received_at_ms: u64,
+    outcome: String,
+    policy_ids: Vec<String>,
+    purpose: String,
+    consent_basis_digest: [u8; 32],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -76,17 +113,32 @@ struct SignedMessageWire {
 }
 
 impl SignedReceipt {
-    /// Signs a receipt.
+    /// Signs a receipt: version 2 when it carries the receiver's decision, else version 1.
     pub fn sign(receipt: &Receipt, signer: &SigningKey) -> SignedReceipt {
-        let receipt_bytes = encode_infallible(&ReceiptWire {
-            version: VERSION,
-            transfer_id: receipt.transfer_id.0,
-            sender: receipt.sender.clone(),
-            receiver: receipt.receiver.clone(),
-            payload_digest: receipt.payload_digest,
-            header_digest: receipt.header_digest,
-            received_at_ms: receipt.received_at_ms,
-        });
+        let receipt_bytes = match &receipt.decision {
+            None => encode_infallible(&ReceiptWire {
+                version: VERSION,
+                transfer_id: receipt.transfer_id.0,
+                sender: receipt.sender.clone(),
+                receiver: receipt.receiver.clone(),
+                payload_digest: receipt.payload_digest,
+                header_digest: receipt.header_digest,
+                received_at_ms: receipt.received_at_ms,
+            }),
+            Some(d) => encode_infallible(&ReceiptWireV2 {
+                version: RECEIPT_VERSION_2,
+                transfer_id: receipt.transfer_id.0,
+                sender: receipt.sender.clone(),
+                receiver: receipt.receiver.clone(),
+                payload_digest: receipt.payload_digest,
+                header_digest: receipt.header_digest,
+                received_at_ms: receipt.received_at_ms,
+                outcome: d.outcome.clone(),
+                policy_ids: d.policy_ids.clone(),
+                purpose: d.purpose.clone(),
+                consent_basis_digest: d.consent_basis_digest,
+            }),
+        };
         let signature = signer.sign(RECEIPT_SIG_DOMAIN, &receipt_bytes);
         SignedReceipt {
             receipt_bytes,
@@ -119,19 +171,43 @@ impl SignedReceipt {
             &self.receipt_bytes,
             &self.signature,
         )?;
-        let version = wire::leading_version(&self.receipt_bytes)?;
-        if version != VERSION {
-            return Err(EnvelopeError::UnsupportedVersion(version));
+        match wire::leading_version(&self.receipt_bytes)? {
+            VERSION => {
+                let r: ReceiptWire = wire::decode(&self.receipt_bytes, "receipt")?;
+                Ok(Receipt {
+                    transfer_id: TransferId(r.transfer_id),
+                    sender: r.sender,
+                    receiver: r.receiver,
+                    payload_digest: r.payload_digest,
+                    header_digest: r.header_digest,
+                    received_at_ms: r.received_at_ms,
+                    decision: None,
+                })
+            }
+            RECEIPT_VERSION_2 => {
+                let r: ReceiptWireV2 = wire::decode(&self.receipt_bytes, "receipt")?;
+                Ok(Receipt {
+                    transfer_id: TransferId(r.transfer_id),
+                    sender: r.sender,
+                    receiver: r.receiver,
+                    payload_digest: r.payload_digest,
+                    header_digest: r.header_digest,
+                    received_at_ms: r.received_at_ms,
+                    decision: Some(ReceiverDecision {
+                        outcome: r.outcome,
+                        policy_ids: r.policy_ids,
+                        purpose: r.purpose,
+                        consent_basis_digest: r.consent_basis_digest,
+                    }),
+                })
+            }
+            other => Err(EnvelopeError::UnsupportedVersion(other)),
         }
-        let receipt: ReceiptWire = wire::decode(&self.receipt_bytes, "receipt")?;
-        Ok(Receipt {
-            transfer_id: TransferId(receipt.transfer_id),
-            sender: receipt.sender,
-            receiver: receipt.receiver,
-            payload_digest: receipt.payload_digest,
-            header_digest: receipt.header_digest,
-            received_at_ms: receipt.received_at_ms,
-        })
+    }
+
+    /// The receipt's wire version (1 or 2), read without verifying anything.
+    pub fn version(&self) -> Result<u16, EnvelopeError> {
+        wire::leading_version(&self.receipt_bytes)
     }
 }
 

@@ -9,8 +9,8 @@ mod common;
 
 use common::Node;
 use gateway_envelope::{
-    sign_message, verify_message, EnvelopeError, Receipt, SignedReceipt, SigningKey, TransferId,
-    VerifyingKey,
+    sign_message, verify_message, EnvelopeError, Receipt, ReceiverDecision, SignedReceipt,
+    SigningKey, TransferId, VerifyingKey,
 };
 
 /// PKCS#8 v1 prefix for an Ed25519 seed (RFC 8410): SEQUENCE { version 0, AlgorithmIdentifier
@@ -94,7 +94,69 @@ fn receipt() -> Receipt {
         payload_digest: [1; 32],
         header_digest: [2; 32],
         received_at_ms: 1_764_000_000_123,
+        decision: None,
     }
+}
+
+fn receipt_v2() -> Receipt {
+    Receipt {
+        decision: Some(ReceiverDecision {
+            outcome: "permit".into(),
+            policy_ids: vec!["treatment-permit".into(), "consent-permit".into()],
+            purpose: "treatment".into(),
+            consent_basis_digest: [3; 32],
+        }),
+        ..receipt()
+    }
+}
+
+/// A version 1 receipt as the gateway signed it before receipts carried the decision: the
+/// bytes the code of that time produced for `receipt()` with the RFC 8032 TEST 1 key
+/// (Ed25519 is deterministic).
+const RECEIPT_V1: &str = "7d010707070707070707070707070707070712666163696c6974792d612e6578616d706c6512666163696c6974792d622e6578616d706c6501010101010101010101010101010101010101010101010101010101010101010202020202020202020202020202020202020202020202020202020202020202fbd0dfb4ab33eef0ee7d2a7a552832b3fa0119aa5d9158973f6c79df62d7b288c00983eb92bfe886be4732b5d96ae944736c93f3503d1504461835224bd43cb442a33c801a09";
+
+fn rfc8032_test1_key() -> SigningKey {
+    let (seed, ..) = RFC8032[0];
+    SigningKey::from_pkcs8(&hex::decode(format!("{PKCS8_V1_PREFIX}{seed}")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_version_1_receipt_still_verifies_and_is_still_written_without_a_decision() {
+    let key = rfc8032_test1_key();
+    let old = SignedReceipt::from_bytes(&hex::decode(RECEIPT_V1).unwrap()).unwrap();
+    assert_eq!(old.version().unwrap(), 1);
+    assert_eq!(old.verify(&[key.verifying_key()]).unwrap(), receipt());
+    // A receipt without a decision is still written in version 1, byte for byte.
+    assert_eq!(
+        hex::encode(SignedReceipt::sign(&receipt(), &key).to_bytes()),
+        RECEIPT_V1
+    );
+}
+
+#[test]
+fn a_version_2_receipt_binds_the_decision_and_each_field_is_signed() {
+    let receiver = Node::new();
+    let signed = SignedReceipt::sign(&receipt_v2(), &receiver.signing);
+    assert_eq!(signed.version().unwrap(), 2);
+    let bytes = signed.to_bytes();
+    let parsed = SignedReceipt::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        parsed.verify(&[receiver.verifying()]).unwrap(),
+        receipt_v2()
+    );
+    for index in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[index] ^= 0x01;
+        let result =
+            SignedReceipt::from_bytes(&bad).and_then(|r| r.verify(&[receiver.verifying()]));
+        assert!(result.is_err(), "flip at {index} accepted");
+    }
+    // The version 1 form of the same receipt is another signed text: a decision cannot be
+    // stripped from a version 2 receipt without the receiver's key.
+    assert_ne!(
+        SignedReceipt::sign(&receipt(), &receiver.signing).to_bytes(),
+        bytes
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! anyone with the directory can check what the log held at a size.
 
 pub mod checkpoint;
+pub mod decision;
 pub mod witness;
 
 use std::sync::Arc;

@@ -20,8 +20,9 @@ use gateway_envelope::{
 use gateway_store::{AuditRecord, HeaderCheck, InboxEntry, InboxInsert, SpoolKind};
 use policies::Action;
 
-use crate::access::{decide, Question};
+use crate::access::{basis_of, decide, Question};
 use crate::audit::{self, event};
+use crate::evidence::decision::receiver_decision;
 use crate::record::{
     break_glass_window_ok, check_received, ConsentBasis, Kept, RecordError, RecordMetadata,
 };
@@ -367,7 +368,7 @@ async fn receive_inner(
             Refusal::new(StatusCode::FORBIDDEN, format!("envelope refused: {why}"))
         })?;
     }
-    let (decision, _) = decide(
+    let (decision, consent) = decide(
         state,
         &Question {
             // Inbound break-glass is a receive with the flag set: the engine's BreakGlass action
@@ -514,6 +515,12 @@ async fn receive_inner(
             payload_digest: header.payload_digest(),
             header_digest: header.header_digest(),
             received_at_ms: now_ms(),
+            // Version 2: the receipt binds the decision taken above and the consent it saw.
+            decision: Some(receiver_decision(
+                &decision,
+                &metadata.purpose,
+                &basis_of(&consent),
+            )),
         },
         &state.identity().signing,
     )
