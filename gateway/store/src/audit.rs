@@ -536,7 +536,7 @@ impl Store {
     /// The head of the tree of the log's first `size` entries, for any size it has reached.
     pub fn audit_tree_root(&self, size: u64) -> Result<Hash, StoreError> {
         self.within_log(size)?;
-        merkle::root(size, |level, index| stored_node(self.trees(), level, index))
+        merkle::root(size, |level, index| stored_node(&self.trees(), level, index))
     }
 
     /// The inclusion proof of entry `seq` in the tree of the first `size` entries: the entry's
@@ -565,7 +565,7 @@ impl Store {
             problem: "entry undecodable",
         })?;
         let path =
-            merkle::inclusion_proof(index, size, |level, i| stored_node(self.trees(), level, i))?
+            merkle::inclusion_proof(index, size, |level, i| stored_node(&self.trees(), level, i))?
                 .unwrap_or_default();
         Ok((merkle::leaf_hash(body), path))
     }
@@ -579,7 +579,7 @@ impl Store {
     ) -> Result<Vec<Hash>, StoreError> {
         self.within_log(second)?;
         merkle::consistency_proof(first, second, |level, i| {
-            stored_node(self.trees(), level, i)
+            stored_node(&self.trees(), level, i)
         })?
         .ok_or(StoreError::BeyondLog {
             size: first,
@@ -611,7 +611,8 @@ impl Store {
         parts: u64,
         min_segment: u64,
     ) -> Result<u64, AuditChainError> {
-        let t = self.trees();
+        let gate = self.trees();
+        let t: &Trees = &gate;
         let head_fault = |problem| AuditChainError { seq: 0, problem };
         let head = t
             .audit_head
@@ -725,7 +726,7 @@ impl Store {
             };
             let Ok(entry) = entry else { continue };
             for (index, tree, key) in expected_keys(self.keys(), seq, &entry.record) {
-                if !matches!(tree(t).contains_key(&key), Ok(true)) {
+                if !matches!(tree(&t).contains_key(&key), Ok(true)) {
                     note(&mut worst, seq, ChainProblem::IndexMismatch { index });
                 }
             }
@@ -735,7 +736,7 @@ impl Store {
         }
         // Index keys that no entry implies.
         for (index, tree) in INDEXES {
-            for item in tree(t).iter() {
+            for item in tree(&t).iter() {
                 let Ok((key, _)) = item else { continue };
                 let Some(seq) = key
                     .len()
@@ -778,7 +779,7 @@ impl Store {
                 // A panic mid-append may have left the in-memory tail behind what was
                 // written; the head record is the truth.
                 let mut tail = poisoned.into_inner();
-                *tail = Tail::load(self.trees())?;
+                *tail = Tail::load(&self.trees())?;
                 self.inner.audit_tail.clear_poison();
                 Ok(tail)
             }

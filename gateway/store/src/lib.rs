@@ -101,6 +101,7 @@ mod migrate;
 mod outbox;
 mod protect;
 mod retention;
+pub mod snapshot;
 mod spool;
 mod trust_seen;
 mod types;
@@ -118,6 +119,7 @@ pub use crate::idempotency::{KeyClaim, KeyLookup, KeyRecord, KeyReservation};
 pub use crate::migrate::STORE_MIGRATED_EVENT;
 pub use crate::outbox::RequeueRefusal;
 pub use crate::retention::{Expired, RemovedEnvelope};
+pub use crate::snapshot::{Snapshot, SnapshotError};
 pub use crate::spool::SpoolWriter;
 pub use crate::trust_seen::DirectorySeen;
 pub use crate::types::{
@@ -148,6 +150,23 @@ struct Inner {
     // Joins its thread (which holds its own sled handle) on drop, so that once the last
     // clone is gone the directory can be reopened.
     committer: Committer,
+    /// Held shared by every store operation, exclusively by a snapshot (see `snapshot`).
+    gate: parking_lot::RwLock<()>,
+    /// For the snapshot's list of trees.
+    db: sled::Db,
+}
+
+/// The trees, borrowed for one store operation, with the snapshot gate held.
+pub(crate) struct TreesRef<'a> {
+    trees: &'a Trees,
+    _gate: parking_lot::RwLockReadGuard<'a, ()>,
+}
+
+impl std::ops::Deref for TreesRef<'_> {
+    type Target = Trees;
+    fn deref(&self) -> &Trees {
+        self.trees
+    }
 }
 
 /// One sled tree per collection and per index.
@@ -245,7 +264,7 @@ impl Store {
         };
         let tail = audit::Tail::load(&trees)?;
         // Makes the trees' creation durable before anything is acknowledged.
-        let files = SledFiles::open(db, &sled_dir, Arc::clone(&spool_dirs))?;
+        let files = SledFiles::open(db.clone(), &sled_dir, Arc::clone(&spool_dirs))?;
         sync_dir(dir)?;
         let committer = Committer::start(files)?;
         let store = Store {
@@ -258,6 +277,8 @@ impl Store {
                 audit_tail: Mutex::new(tail),
                 idempotency_held: idempotency::HeldKeys::default(),
                 committer,
+                gate: parking_lot::RwLock::new(()),
+                db,
             }),
         };
         store.index_settled_once()?;
@@ -322,8 +343,13 @@ impl Store {
         spool::remove(&self.inner.spool_dir, id, kind)
     }
 
-    fn trees(&self) -> &Trees {
-        &self.inner.trees
+    /// Re-entrant (`read_recursive`): a nested call, or one made while another store lock is
+    /// held, never waits behind a snapshot that is itself waiting for the gate.
+    fn trees(&self) -> TreesRef<'_> {
+        TreesRef {
+            trees: &self.inner.trees,
+            _gate: self.inner.gate.read_recursive(),
+        }
     }
 
     fn keys(&self) -> &protect::Keys {
