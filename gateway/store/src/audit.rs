@@ -2,7 +2,8 @@
 //! (`HMAC(index key, patient_ref) || seq_be`, 40 bytes), `audit_by_transfer`
 //! (`transfer_id || seq_be`), `audit_break_glass` (`seq_be`) and `audit_head` (the last seq
 //! and hash). An append writes all of them in one transaction, under a mutex so the chain is
-//! linear. There is no delete.
+//! linear. The only delete is the archive's (`archive.rs`): entries up to a floor move to a
+//! signed archive file; the chain then starts after the floor (`FLOOR_KEY`).
 //!
 //! An entry is stored as `0x01 || postcard(StoredEntry { prev_hash, hash, body })` where
 //! `body = postcard((seq, StoredRecord))`: the [`AuditRecord`]'s fields in order, except that
@@ -41,6 +42,22 @@ const HASH_DOMAIN: &[u8] = b"healthfed/audit/2";
 const PATIENT_FIELD: &str = "audit.patient_ref";
 
 pub(crate) const HEAD_KEY: &[u8] = b"head";
+
+/// `audit_head` key of the archive floor: `(seq, hash)` of the last entry archived (and
+/// removed); the live chain starts at `seq + 1`, linked to `hash`. Absent: nothing archived.
+pub(crate) const FLOOR_KEY: &[u8] = b"floor";
+
+/// The archive floor: `(0, zeros)` when nothing was archived.
+pub(crate) fn floor(trees: &Trees) -> Result<(u64, [u8; 32]), StoreError> {
+    match trees
+        .audit_head
+        .get(FLOOR_KEY)
+        .map_err(StoreError::sled("read audit floor"))?
+    {
+        Some(v) => decode::<(u64, [u8; 32])>("audit floor", &v),
+        None => Ok((0, [0; 32])),
+    }
+}
 
 /// The end of the chain, guarded by the append mutex.
 pub(crate) struct Tail {
@@ -322,7 +339,7 @@ fn chain_end(trees: &Trees) -> Result<(u64, [u8; 32]), StoreError> {
 }
 
 /// A complete subtree's hash from `audit_tree`; `NotFound` if it was never written.
-fn stored_node(trees: &Trees, level: u8, index: u64) -> Result<Hash, StoreError> {
+pub(crate) fn stored_node(trees: &Trees, level: u8, index: u64) -> Result<Hash, StoreError> {
     let value = trees
         .audit_tree
         .get(tree_key(level, index))
@@ -622,11 +639,18 @@ impl Store {
             .transpose()
             .map_err(|_| head_fault(ChainProblem::HeadMismatch))?;
         let bound = head.map_or(u64::MAX, |(seq, _)| seq);
+        let floor = floor(t).map_err(|e| head_fault(ChainProblem::Storage(e.to_string())))?;
         let state = RandomState::new();
         // Without a head there is no bound to split at; that log fails verification anyway.
-        let starts = match head {
-            Some((head_seq, _)) => segment_starts(head_seq, parts, min_segment),
-            None => vec![1],
+        // The live chain starts after the archive floor.
+        let starts: Vec<u64> = match head {
+            Some((head_seq, _)) => {
+                segment_starts(head_seq.saturating_sub(floor.0), parts, min_segment)
+                    .into_iter()
+                    .map(|s| s + floor.0)
+                    .collect()
+            }
+            None => vec![floor.0 + 1],
         };
         // The chain is walked as contiguous seq ranges, one per thread, and stitched in order;
         // the index trees are scanned on their own threads meanwhile (their digests are
@@ -636,7 +660,7 @@ impl Store {
             let scans = INDEXES.map(|(_, tree)| {
                 let tree = tree(t);
                 let state = &state;
-                scope.spawn(move || IndexDigest::of_tree(state, tree, bound))
+                scope.spawn(move || IndexDigest::of_tree(state, tree, floor.0, bound))
             });
             let segments: Vec<_> = starts
                 .iter()
@@ -654,7 +678,7 @@ impl Store {
                 walk.join()
                     .unwrap_or_else(|_| Segment::failed(start, "chain walk thread panicked"))
             });
-            let walk = stitch(segments, bound);
+            let walk = stitch(segments, floor, bound);
             let digests = scans.map(|scan| scan.join());
             (walk, digests)
         });
@@ -699,7 +723,7 @@ impl Store {
                 }
             };
             if from_index != from_entry {
-                return Err(self.locate_index_fault(count));
+                return Err(self.locate_index_fault(floor.0, count));
             }
         }
         Ok(count)
@@ -707,7 +731,7 @@ impl Store {
 
     /// The slow path after the index digests disagreed: finds the smallest seq whose index
     /// keys are missing, or that a stray index key points at.
-    fn locate_index_fault(&self, count: u64) -> AuditChainError {
+    fn locate_index_fault(&self, floor: u64, count: u64) -> AuditChainError {
         let t = self.trees();
         let mut worst: Option<AuditChainError> = None;
         let note = |worst: &mut Option<AuditChainError>, seq: u64, problem: ChainProblem| {
@@ -716,7 +740,7 @@ impl Store {
             }
         };
         // Keys each entry implies but that are absent.
-        for seq in 1..=count {
+        for seq in floor + 1..=count {
             let Ok(Some(entry)) = t
                 .audit
                 .get(seq.to_be_bytes())
@@ -747,7 +771,7 @@ impl Store {
                     note(&mut worst, 0, ChainProblem::IndexMismatch { index });
                     continue;
                 };
-                if seq > count {
+                if seq > count || seq <= floor {
                     continue;
                 }
                 let implied = t
@@ -851,7 +875,12 @@ impl IndexDigest {
 
     /// The digest of an index tree's keys for entries up to `bound`; keys of entries appended
     /// after the verification started are not judged.
-    fn of_tree(state: &RandomState, tree: &sled::Tree, bound: u64) -> Result<Self, sled::Error> {
+    fn of_tree(
+        state: &RandomState,
+        tree: &sled::Tree,
+        floor: u64,
+        bound: u64,
+    ) -> Result<Self, sled::Error> {
         let mut digest = IndexDigest::default();
         for item in tree.iter() {
             let (key, _) = item?;
@@ -860,7 +889,8 @@ impl IndexDigest {
                 .checked_sub(8)
                 .and_then(|at| key.get(at..))
                 .and_then(seq_of_key);
-            if seq.is_some_and(|s| s > bound) {
+            // Keys of archived entries a removal has not reached yet are not judged either.
+            if seq.is_some_and(|s| s > bound || s <= floor) {
                 continue;
             }
             digest.add(state, &key);
@@ -1062,10 +1092,11 @@ fn walk_range(
 /// the fault is the one the sequential walk would have found there.
 fn stitch(
     segments: impl IntoIterator<Item = Segment>,
+    floor: (u64, [u8; 32]),
     bound: u64,
 ) -> Result<(u64, [u8; 32], [IndexDigest; 3]), AuditChainError> {
-    let mut expected = 1u64;
-    let mut prev = [0u8; 32];
+    let mut expected = floor.0 + 1;
+    let mut prev = floor.1;
     let mut digests = [IndexDigest::default(); 3];
     for segment in segments {
         let fail = |problem| AuditChainError {

@@ -87,6 +87,7 @@
 //! entries (`seq_be`) serve [`Store::audit_list`] by prefix scan. The migration from format 1
 //! recomputes the chain and says so in a `store-migrated` entry ([`STORE_MIGRATED_EVENT`]).
 
+mod archive;
 mod audit;
 mod audited;
 mod checkpoints;
@@ -113,6 +114,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::commit::{sync_dir, Committer, SledFiles};
 
+pub use crate::archive::{
+    check_stored_entry, entry_leaf_hash, entry_view, EntryProblem, EntryView,
+};
 pub use crate::audit::{AuditChainError, ChainProblem};
 pub use crate::error::StoreError;
 pub use crate::idempotency::{KeyClaim, KeyLookup, KeyRecord, KeyReservation};

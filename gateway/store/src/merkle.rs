@@ -60,6 +60,19 @@ impl Frontier {
         Ok(Frontier(out))
     }
 
+    /// The heads of the complete subtrees, largest first: `(level, hash)`.
+    pub fn heads(&self) -> &[(u8, Hash)] {
+        &self.0
+    }
+
+    /// The frontier of a tree of `size` leaves from its heads (as [`Frontier::heads`] gave
+    /// them), or `None` when they are not one head per set bit of `size`, largest first.
+    pub fn from_heads(size: u64, heads: Vec<(u8, Hash)>) -> Option<Self> {
+        let levels: Vec<u8> = (0..64u8).rev().filter(|l| size & (1 << l) != 0).collect();
+        let given: Vec<u8> = heads.iter().map(|(l, _)| *l).collect();
+        (levels == given).then_some(Frontier(heads))
+    }
+
     /// Appends leaf number `index` (the tree's size before it): returns the nodes it completes,
     /// lowest first, as `(level, index at that level, hash)`, the leaf itself at level 0.
     pub fn push(&mut self, index: u64, leaf: Hash) -> Vec<(u8, u64, Hash)> {

@@ -1,5 +1,6 @@
 //! Tests against real sled databases in temporary directories.
 
+mod archive;
 mod audit;
 mod audit_tree;
 mod audited;
