@@ -62,6 +62,30 @@ pub struct AuditConfig {
     /// (`audit.checkpoint_interval_secs`, 60 s to a day; default 5 minutes: what a facility
     /// could rewrite unseen is at most that window).
     pub checkpoint_interval_secs: u64,
+    /// Streaming of every audit entry to a SIEM (`[audit.syslog]`; none when absent).
+    pub syslog: Option<SyslogConfig>,
+}
+
+/// `[audit.syslog]`: RFC 5424 messages to a collector over TCP with octet counting (RFC 6587)
+/// or TLS (RFC 5425). See docs/audit-export.md.
+#[derive(Debug, Clone)]
+pub struct SyslogConfig {
+    /// `host:port` of the collector; the host is also the TLS server name.
+    pub host: String,
+    pub port: u16,
+    pub transport: SyslogTransport,
+    /// The CA that signs the collector's certificate (required for tls).
+    pub ca_file: Option<PathBuf>,
+    /// RFC 5424 APP-NAME (1 to 48 printable ASCII characters).
+    pub app_name: String,
+    /// RFC 5424 facility code (0 to 23).
+    pub facility: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogTransport {
+    Tcp,
+    Tls,
 }
 
 #[derive(Debug, Clone)]
@@ -238,14 +262,29 @@ struct RawConfig {
 struct RawAudit {
     #[serde(default = "defaults::checkpoint_interval_secs")]
     checkpoint_interval_secs: u64,
+    syslog: Option<RawSyslog>,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
         RawAudit {
             checkpoint_interval_secs: defaults::checkpoint_interval_secs(),
+            syslog: None,
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyslog {
+    address: String,
+    #[serde(default = "defaults::syslog_transport")]
+    transport: String,
+    ca_file: Option<PathBuf>,
+    #[serde(default = "defaults::syslog_app_name")]
+    app_name: String,
+    #[serde(default = "defaults::syslog_facility")]
+    facility: String,
 }
 
 #[derive(Deserialize)]
@@ -404,6 +443,16 @@ mod defaults {
     pub fn checkpoint_interval_secs() -> u64 {
         300
     }
+    pub fn syslog_transport() -> String {
+        "tls".to_owned()
+    }
+    pub fn syslog_app_name() -> String {
+        "healthfed-gateway".to_owned()
+    }
+    /// RFC 5424 facility 13, "log audit".
+    pub fn syslog_facility() -> String {
+        "audit".to_owned()
+    }
     pub fn store_cache_mib() -> u64 {
         1024
     }
@@ -504,6 +553,11 @@ impl NodeConfig {
             problems
                 .push("audit.checkpoint_interval_secs: must be between 60 and 86400".to_owned());
         }
+        let syslog = raw
+            .audit
+            .syslog
+            .as_ref()
+            .and_then(|s| parse_syslog(s, &resolve, &mut problems));
         if raw.version != CONFIG_VERSION {
             problems.push(format!(
                 "version: unsupported version {} (this gateway reads version {CONFIG_VERSION})",
@@ -696,6 +750,7 @@ impl NodeConfig {
             },
             audit: AuditConfig {
                 checkpoint_interval_secs: raw.audit.checkpoint_interval_secs,
+                syslog,
             },
             ops: OpsConfig {
                 listen: ops_listen,
@@ -703,6 +758,71 @@ impl NodeConfig {
             },
         })
     }
+}
+
+/// RFC 5424 facility names (section 6.2.1), by code.
+const SYSLOG_FACILITIES: [&str; 24] = [
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+
+/// `[audit.syslog]`, every problem collected; values are never echoed.
+fn parse_syslog(
+    raw: &RawSyslog,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> Option<SyslogConfig> {
+    let before = problems.len();
+    let hostport = raw
+        .address
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse::<u16>().ok()?)))
+        .filter(|(host, port)| !host.is_empty() && *port != 0);
+    if hostport.is_none() {
+        problems.push("audit.syslog.address: must be host:port".to_owned());
+    }
+    let transport = match raw.transport.as_str() {
+        "tcp" => Some(SyslogTransport::Tcp),
+        "tls" => Some(SyslogTransport::Tls),
+        _ => {
+            problems.push("audit.syslog.transport: must be tcp or tls".to_owned());
+            None
+        }
+    };
+    if transport == Some(SyslogTransport::Tls) && raw.ca_file.is_none() {
+        problems.push("audit.syslog.ca_file: required when transport = \"tls\"".to_owned());
+    }
+    let app_ok = (1..=48).contains(&raw.app_name.len())
+        && raw.app_name.bytes().all(|b| (33..=126).contains(&b));
+    if !app_ok {
+        problems.push(
+            "audit.syslog.app_name: must be 1 to 48 printable ASCII characters without spaces"
+                .to_owned(),
+        );
+    }
+    let facility = SYSLOG_FACILITIES
+        .iter()
+        .position(|f| *f == raw.facility)
+        .and_then(|i| u8::try_from(i).ok());
+    if facility.is_none() {
+        problems.push(format!(
+            "audit.syslog.facility: must be one of {}",
+            SYSLOG_FACILITIES.join(", ")
+        ));
+    }
+    if problems.len() > before {
+        return None;
+    }
+    let ((host, port), transport, facility) = (hostport?, transport?, facility?);
+    Some(SyslogConfig {
+        host: host.to_owned(),
+        port,
+        transport,
+        ca_file: raw.ca_file.as_deref().map(resolve),
+        app_name: raw.app_name.clone(),
+        facility,
+    })
 }
 
 fn parse_addr(key: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
@@ -994,6 +1114,56 @@ mod tests {
             ),
             ("listen = \"localhost:9464\"", "ops.listen: not an IP:port"),
             ("metrics = true", "metrics"),
+        ] {
+            let err = NodeConfig::parse(&with(bad), Path::new("node.toml")).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn audit_syslog_section_is_optional_and_checked() {
+        let cfg = NodeConfig::parse(&sample(), Path::new("/srv/node/node.toml")).unwrap();
+        assert!(cfg.audit.syslog.is_none());
+        let with = |body: &str| format!("{}\n[audit.syslog]\n{body}\n", sample());
+        let cfg = NodeConfig::parse(
+            &with("address = \"siem.example.org:6514\"\nca_file = \"siem-ca.pem\""),
+            Path::new("/srv/node/node.toml"),
+        )
+        .unwrap();
+        let s = cfg.audit.syslog.unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("siem.example.org", 6514));
+        assert_eq!(s.transport, SyslogTransport::Tls);
+        assert_eq!(
+            s.ca_file.as_deref(),
+            Some(Path::new("/srv/node/siem-ca.pem"))
+        );
+        assert_eq!((s.app_name.as_str(), s.facility), ("healthfed-gateway", 13));
+        let cfg = NodeConfig::parse(
+            &with("address = \"[::1]:514\"\ntransport = \"tcp\"\nfacility = \"local4\""),
+            Path::new("node.toml"),
+        )
+        .unwrap();
+        let s = cfg.audit.syslog.unwrap();
+        assert_eq!((s.host.as_str(), s.port, s.facility), ("::1", 514, 20));
+        for (bad, key) in [
+            (
+                "address = \"siem\"\ntransport = \"tcp\"",
+                "audit.syslog.address",
+            ),
+            (
+                "address = \"a:1\"\ntransport = \"udp\"",
+                "audit.syslog.transport",
+            ),
+            ("address = \"a:1\"", "audit.syslog.ca_file"),
+            (
+                "address = \"a:1\"\ntransport = \"tcp\"\nfacility = \"x\"",
+                "audit.syslog.facility",
+            ),
+            (
+                "address = \"a:1\"\ntransport = \"tcp\"\napp_name = \"a b\"",
+                "audit.syslog.app_name",
+            ),
+            ("address = \"a:1\"\ntransport = \"tcp\"\nport = 1", "port"),
         ] {
             let err = NodeConfig::parse(&with(bad), Path::new("node.toml")).unwrap_err();
             assert!(err.to_string().contains(key), "{bad}: {err}");

@@ -2,7 +2,8 @@
 //! imports only the ones below it.
 //!
 //! - surfaces: `api` (the facility's local JSON API, one file per resource), `cli` (the command
-//!   line and its HTTP client), `demo`, `ops` (health endpoints for monitoring); `node` loads,
+//!   line and its HTTP client), `demo`, `ops` (health endpoints for monitoring), `export`
+//!   (FHIR/CSV audit exports, the syslog stream to a SIEM); `node` loads,
 //!   runs and drains a node.
 //! - flows: `receive` (peer listener, inbox) → `pull` (pull requests, record sources) → `send`
 //!   (outbox submit, delivery, receipts); `retention` (the envelope sweep).
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod evidence;
+pub mod export;
 pub mod node;
 pub mod ops;
 pub mod pull;

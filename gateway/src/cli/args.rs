@@ -167,6 +167,76 @@ pub enum AuditAction {
         #[arg(long)]
         break_glass: bool,
     },
+    /// Write the audit log, or the entries the filters keep, to a file as FHIR R4 AuditEvent
+    /// (IHE BALP; NDJSON, or one Bundle with --bundle), JSON lines or CSV
+    /// (docs/audit-export.md).
+    Export(AuditExportArgs),
+}
+
+#[derive(Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Archive files of this log (`gateway audit archive`), oldest first, verified with the
+    /// live log as one history.
+    #[arg(long, num_args = 1..)]
+    pub archive: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum EvidenceAction {
+    /// Write the evidence file of one transfer (header, receipt, audit entries with proofs,
+    /// the cosigned checkpoint, the directory).
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        transfer: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an evidence file with only the federation's CA certificate; print what it
+    /// proves in plain words.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        ca: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct AuditExportArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long, value_parser = ["fhir", "jsonl", "csv"])]
+    pub format: String,
+    /// With --format fhir: one Bundle (type collection) instead of one resource per line.
+    #[arg(long)]
+    pub bundle: bool,
+    /// The file to write (mode 0600: it names patients); replaced only once complete.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub patient: Option<String>,
+    #[arg(long)]
+    pub transfer: Option<String>,
+    #[arg(long)]
+    pub break_glass: bool,
+    /// Only entries about this peer facility.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Only entries of this event (repeatable), e.g. received, policy-decision.
+    #[arg(long = "event")]
+    pub events: Vec<String>,
+    /// Only entries with this outcome, e.g. deny, refused.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Only entries at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only entries at or before this time (RFC 3339).
+    #[arg(long)]
+    pub to: Option<String>,
 }
 
 #[derive(Args)]

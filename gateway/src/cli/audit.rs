@@ -47,6 +47,7 @@ pub async fn audit(action: AuditAction) -> Result<(), Failure> {
             }
             for_each_listed(&c, "/v1/audit", &filter, no_header, print_audit_row).await
         }
+        AuditAction::Export(args) => super::export::export(args).await,
     }
 }
 

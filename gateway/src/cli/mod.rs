@@ -12,6 +12,7 @@ mod audit;
 mod call;
 pub mod client;
 mod consents;
+mod export;
 mod inbox;
 mod output;
 mod policy;

@@ -135,6 +135,16 @@ pub async fn run(
     let sweeper = tokio::spawn(retention::run_sweeper(state.clone()));
     let checkpointer = tokio::spawn(crate::evidence::run_checkpointer(state.clone()));
     let trust_watch = tokio::spawn(trust_watch::run(state.clone()));
+    // The audit stream to a SIEM runs apart from every flow: a collector that is down blocks
+    // nothing (see export::syslog).
+    let syslog = state.config.audit.syslog.clone().map(|cfg| {
+        tokio::spawn(crate::export::syslog::run(
+            state.store.clone(),
+            state.me().to_string(),
+            cfg,
+            state.shutdown.clone(),
+        ))
+    });
     let ops_task = tokio::spawn(ops::serve(
         state.clone(),
         ops_listener,
@@ -163,6 +173,10 @@ pub async fn run(
     sweeper.abort();
     checkpointer.abort();
     trust_watch.abort();
+    if let Some(syslog) = syslog {
+        // Entries it had not sent yet go at the next start, from its cursor.
+        syslog.abort();
+    }
     ops_task.abort();
     if let Err(e) = state.store.commit().await {
         tracing::error!(error = %e, "final commit failed");

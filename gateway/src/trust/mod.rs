@@ -1,6 +1,6 @@
 //! The trust layer: this node's own identity and keys, the verified view of the federation
 //! (CA, CRL, signed directory) with the rustls configs built from it, peer identification from a
-//! certificate, and pooled outbound mTLS connections.
+//! certificate, and pooled outbound mTLS connections; TLS to the audit collector (`collector`).
 //!
 //! Invariant: a peer is who its certificate and the signed directory say it is, never a header;
 //! only this layer and the peer listener (`receive::peer_api`, accepting with the server config
@@ -10,6 +10,7 @@
 //! only `config` and the lower crates (`pki-tools`, `gateway-envelope`, and `gateway-store` for
 //! that one record).
 
+pub mod collector;
 pub mod directory;
 #[cfg(test)]
 #[allow(

@@ -30,7 +30,7 @@
 //! | `requests` | request id | sealed request bytes |
 //! | `records` | `tag(patient)` | sealed record bundle |
 //! | `spool_retained`, `spool_removed`, `spool_unlink` | times, spool kind, transfer id | empty or a time |
-//! | `store_meta` | `format`, one-time job markers, the highest directory seen (`trust_seen`) | small values |
+//! | `store_meta` | `format`, one-time job markers, the highest directory seen (`trust_seen`), audit consumers' cursors (`audit-cursor:<name>`) | small values |
 //! | `idempotency` | `tag(API token name, key)` | sealed key record: request digest, transfer id, time |
 //! | `idempotency_by_time` | `created_ms_be \|\| tag` | empty |
 //!
@@ -308,6 +308,42 @@ impl Store {
             .map_err(StoreError::sled("write store metadata"))
     }
 
+    /// The position of the consumer `name` of the audit log (e.g. the syslog stream): the last
+    /// seq it has handed on, 0 when it has none yet.
+    pub fn audit_cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let t = self.trees();
+        match t
+            .store_meta
+            .get(cursor_key(name))
+            .map_err(StoreError::sled("read store metadata"))?
+        {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    what: "store metadata",
+                    problem: "an audit cursor is not 8 bytes",
+                }),
+            None => Ok(0),
+        }
+    }
+
+    /// Moves the consumer `name` to `seq` (durable at the next commit; a cursor lost in a crash
+    /// only makes the consumer hand on some entries again).
+    pub fn set_audit_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        let t = self.trees();
+        t.store_meta
+            .insert(cursor_key(name), &seq.to_be_bytes()[..])
+            .map(|_| ())
+            .map_err(StoreError::sled("write store metadata"))
+    }
+
+    /// A stable pseudonym of a patient reference for this store: the keyed hash its patient
+    /// index uses, in hex. It names the same patient the same way in every entry without
+    /// revealing the reference (for consumers outside the node, e.g. a SIEM).
+    pub fn patient_pseudonym(&self, patient_ref: &str) -> String {
+        hex::encode(self.keys().tag(patient_ref))
+    }
+
     /// Makes every write that completed before this call durable (see the crate docs).
     /// Concurrent callers share one flush.
     pub async fn commit(&self) -> Result<(), StoreError> {
@@ -388,6 +424,11 @@ pub(crate) fn tx_err(
             StoreError::Sled { context, source }
         }
     }
+}
+
+/// `store_meta` key of an audit consumer's cursor.
+fn cursor_key(name: &str) -> Vec<u8> {
+    [b"audit-cursor:".as_slice(), name.as_bytes()].concat()
 }
 
 /// `store_meta` key of a node job, apart from the store's own keys.
