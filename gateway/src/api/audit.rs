@@ -167,7 +167,23 @@ pub async fn verify_audit(
         return refused;
     }
     match tokio::task::block_in_place(|| state.store.audit_verify()) {
-        Ok(n) => Json(json!({ "ok": true, "entries": n })).into_response(),
+        // The chain holds; then the tree, the checkpoints and the witnesses' cosignatures.
+        Ok(n) => match tokio::task::block_in_place(|| crate::evidence::verify::check_log(&state)) {
+            Ok(check) => Json(json!({
+                "ok": true,
+                "entries": n,
+                "archived_through": check.floor_seq,
+                "archived_hash": b64(&check.floor_hash),
+                "checkpoint_size": check.checkpoint_size,
+                "witnesses": check.witnesses,
+            }))
+            .into_response(),
+            Err(e) => (
+                StatusCode::CONFLICT,
+                Json(json!({ "ok": false, "error": e })),
+            )
+                .into_response(),
+        },
         Err(e) => (
             StatusCode::CONFLICT,
             Json(json!({ "ok": false, "error": e.to_string() })),
@@ -341,4 +357,36 @@ pub async fn witnessed(State(state): State<Shared>) -> Response {
         })).collect::<Vec<_>>(),
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveRequest {
+    /// Entries written before this time (unix ms) are archived.
+    before_ms: u64,
+}
+
+/// `POST /v1/audit/archive {"before_ms"}`: archives the live entries written before then into
+/// a signed archive (kept in the node's archive directory), removes them from the store, and
+/// returns the archive file.
+pub async fn archive(State(state): State<Shared>, Json(req): Json<ArchiveRequest>) -> Response {
+    use crate::evidence::archive::{archive_before, ArchiveError};
+    match archive_before(&state, req.before_ms).await {
+        Ok(done) => (
+            [
+                (axum::http::header::CONTENT_TYPE, "application/json".to_owned()),
+                (
+                    axum::http::HeaderName::from_static("x-archive-range"),
+                    format!("{}-{}", done.first_seq, done.last_seq),
+                ),
+            ],
+            done.bytes,
+        )
+            .into_response(),
+        Err(e @ ArchiveError::Nothing) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "audit archive not made");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod audit;
 mod auth;
 mod consents;
 mod error;
+mod evidence;
 pub(crate) mod idempotency;
 mod inbox;
 pub mod paging;
@@ -87,6 +88,11 @@ pub fn router(state: Arc<NodeState>) -> Router {
             get(audit::get_checkpoint).post(audit::make_checkpoint),
         )
         .route("/v1/witness", get(audit::witnessed))
+        .route("/v1/audit/archive", post(audit::archive))
+        .route(
+            "/v1/evidence/transfers/{id}",
+            get(evidence::transfer_evidence),
+        )
         .route("/v1/consents", post(post_consent).get(list_consents))
         .route("/v1/consents/import", post(import_consent))
         .route("/v1/consents/{id}/revoke", post(revoke_consent))

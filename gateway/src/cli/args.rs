@@ -66,6 +66,12 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Disclosure evidence: export a transfer's evidence file, verify one offline
+    /// (docs/evidence.md).
+    Evidence {
+        #[command(subcommand)]
+        action: EvidenceAction,
+    },
     /// Patient consent directives.
     Consent {
         #[command(subcommand)]
@@ -150,10 +156,74 @@ pub enum InboxAction {
     },
 }
 
+#[derive(Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Archive files of this log (`gateway audit archive`), oldest first, verified with the
+    /// live log as one history.
+    #[arg(long, num_args = 1..)]
+    pub archive: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum EvidenceAction {
+    /// Write the evidence file of one transfer (header, receipt, audit entries with proofs,
+    /// the cosigned checkpoint, the directory).
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        transfer: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an evidence file with only the federation's CA certificate; print what it
+    /// proves in plain words.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        ca: PathBuf,
+    },
+}
+
 #[derive(Subcommand)]
 pub enum AuditAction {
-    /// Exit 0 only if the whole chain verifies; otherwise name the first bad entry.
-    Verify(ConfigArg),
+    /// Exit 0 only if the whole chain, the tree and the witnesses' cosignatures verify (with
+    /// --archive: archives and live log together); otherwise name what broke.
+    Verify(AuditVerifyArgs),
+    /// Move the entries written before DATE into a signed archive file and out of the live
+    /// store (docs/evidence.md, Archives).
+    Archive {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// RFC 3339 date or time, e.g. 2026-01-01 or 2026-01-01T00:00:00Z.
+        #[arg(long)]
+        before: String,
+        /// The archive file to write (0600; replaced only once complete).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The signed checkpoint of the audit log (made now if the log grew), with cosignatures.
+    Checkpoint(ConfigArg),
+    /// The inclusion proof of entry SEQ in the tree of SIZE entries (default: the whole log).
+    Proof {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        seq: u64,
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// The consistency proof from the tree of FIRST entries to the tree of SECOND.
+    Consistency {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        first: u64,
+        #[arg(long)]
+        second: Option<u64>,
+    },
     List {
         #[command(flatten)]
         config: ConfigArg,

@@ -12,6 +12,7 @@ mod audit;
 mod call;
 pub mod client;
 mod consents;
+mod evidence;
 mod export;
 mod inbox;
 mod output;
@@ -29,6 +30,7 @@ use args::ConfigArg;
 use audit::audit;
 use call::load_config;
 use consents::consent;
+use evidence::evidence;
 use inbox::inbox;
 use policy::policy;
 use records::records;
@@ -90,6 +92,7 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
         Command::Requeue { config, id } => requeue(&config, &id).await,
         Command::Inbox { config, action } => inbox(&config, action).await,
         Command::Audit { action } => audit(action).await,
+        Command::Evidence { action } => evidence(action).await,
         Command::Consent { action } => consent(action).await,
         Command::Request(args) => request(args).await,
         Command::Requests { config, json } => list_requests(&config, json).await,

@@ -2,8 +2,12 @@
 //! C2SP checkpoints with the node's signing key (the key the signed directory lists), so that
 //! anyone with the directory can check what the log held at a size.
 
+pub mod archive;
+pub mod bundle;
 pub mod checkpoint;
 pub mod decision;
+pub mod export;
+pub mod verify;
 pub mod witness;
 
 use std::sync::Arc;

@@ -214,6 +214,53 @@ impl Store {
         Ok(frontier.heads().to_vec())
     }
 
+    /// The tree recomputed from the live entries' bodies (on the stored right edge at the
+    /// floor), independently of the stored nodes: `(size, root, roots at the asked sizes)`.
+    /// A tree that disagrees with its entries shows here; a checkpoint of a history that
+    /// was changed does not match the roots.
+    pub fn audit_tree_recompute(
+        &self,
+        sizes: &std::collections::BTreeSet<u64>,
+    ) -> Result<(u64, Hash, std::collections::BTreeMap<u64, Hash>), StoreError> {
+        let (floor_seq, _) = self.audit_floor()?;
+        let len = self.audit_len();
+        let mut frontier = Frontier::from_heads(floor_seq, self.audit_frontier(floor_seq)?).ok_or(
+            StoreError::Corrupt {
+                what: "audit tree",
+                problem: "the right edge at the floor is malformed",
+            },
+        )?;
+        let mut roots = std::collections::BTreeMap::new();
+        let t = self.trees();
+        let mut expected = floor_seq + 1;
+        for item in t.audit.range(expected.to_be_bytes()..) {
+            if expected > len {
+                break;
+            }
+            let (key, value) = item.map_err(StoreError::sled("read audit log"))?;
+            let seq = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes);
+            let body = split_stored(&value).map(|(_, _, body)| body);
+            let (Ok(seq), Some(body)) = (seq, body) else {
+                return Err(StoreError::Corrupt {
+                    what: WHAT,
+                    problem: "entry undecodable",
+                });
+            };
+            if seq != expected {
+                return Err(StoreError::Corrupt {
+                    what: WHAT,
+                    problem: "an entry is missing",
+                });
+            }
+            frontier.push(seq - 1, merkle::leaf_hash(body));
+            if sizes.contains(&seq) {
+                roots.insert(seq, frontier.root());
+            }
+            expected += 1;
+        }
+        Ok((expected - 1, frontier.root(), roots))
+    }
+
     /// Removes the live entries up to `through` (and their index keys) from the store and
     /// moves the floor there. Call only once they are in a durable archive. The floor moves
     /// first, so a crash mid-removal leaves entries below the floor that verification and

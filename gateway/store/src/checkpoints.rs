@@ -28,6 +28,16 @@ impl Store {
             .transpose()
     }
 
+    /// The sizes of every checkpoint kept, ascending.
+    pub fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees().audit_checkpoints.iter() {
+            let (key, _) = item.map_err(StoreError::sled("read checkpoint"))?;
+            out.push(size_of_key(&key)?);
+        }
+        Ok(out)
+    }
+
     /// The checkpoint of the tree of exactly `size` entries, if one was made.
     pub fn checkpoint_get(&self, size: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self

@@ -1,0 +1,148 @@
+//! What `audit verify` checks beyond the hash chain: the Merkle tree recomputed from the
+//! entries, every kept checkpoint against that tree (opened with this facility's directory
+//! keys), and every cosignature a witness gave against the checkpoint it is kept with. A
+//! history rewritten offline with every hash recomputed and the checkpoint re-signed passes
+//! the chain, but not the witnesses: the refusal names the witness whose cosignature no
+//! longer matches.
+
+use std::collections::BTreeSet;
+
+use gateway_store::merkle::Hash;
+
+use crate::evidence::{checkpoint, witness};
+use crate::state::NodeState;
+
+/// What the log check found, for the API's answer.
+#[derive(Clone, Debug, Default)]
+pub struct LogCheck {
+    /// The archive floor: entries up to it are in archives.
+    pub floor_seq: u64,
+    pub floor_hash: Hash,
+    /// The latest checkpoint's size, and the witnesses whose cosignature of it verified.
+    pub checkpoint_size: Option<u64>,
+    pub witnesses: Vec<String>,
+}
+
+/// Checks the tree, the checkpoints and their cosignatures; `Err` names what broke.
+pub fn check_log(state: &NodeState) -> Result<LogCheck, String> {
+    let store = &state.store;
+    let local = |e: gateway_store::StoreError| format!("local system: {e}");
+    let (floor_seq, floor_hash) = store.audit_floor().map_err(local)?;
+    let sizes: BTreeSet<u64> = store
+        .checkpoint_sizes()
+        .map_err(local)?
+        .into_iter()
+        .collect();
+    let (size, root, roots) = store.audit_tree_recompute(&sizes).map_err(local)?;
+    let (head_size, head_root) = store.audit_tree_head().map_err(local)?;
+    if size < head_size || root != head_root {
+        return Err(format!(
+            "the audit tree does not match its entries (head of {head_size} entries)"
+        ));
+    }
+    let me = state.me().to_string();
+    let keys = state
+        .trust()
+        .peer(state.me())
+        .map(|p| p.signing_keys)
+        .unwrap_or_default();
+    let origin = checkpoint::origin(&me);
+    let trust = state.trust();
+    let mut latest = None;
+    for cp_size in &sizes {
+        let Some(note) = store.checkpoint_get(*cp_size).map_err(local)? else {
+            continue;
+        };
+        let (opened_size, cp_root) = match checkpoint::open(&note, &origin, &keys) {
+            Ok(opened) => opened,
+            // Signed with a key the directory no longer lists (rotated out): nothing to check
+            // it with. A rewrite is signed with a current key, so it is opened and judged.
+            Err(_) if !signed_with_listed_key(&note, &origin, &keys) => continue,
+            Err(e) => return Err(format!("checkpoint of size {cp_size}: {e}")),
+        };
+        // Below the floor the entries are archived: the stored tree answers for them (the
+        // archive's own verification recomputes it).
+        let expected = match roots.get(cp_size) {
+            Some(r) => *r,
+            None => store.audit_tree_root(*cp_size).map_err(local)?,
+        };
+        if opened_size != *cp_size || cp_root != expected {
+            return Err(format!(
+                "checkpoint of size {cp_size} does not match the log's entries"
+            ));
+        }
+        let text = note_text(&note).ok_or("a kept checkpoint is malformed")?;
+        let mut cosigned = Vec::new();
+        for line in store.cosignatures(*cp_size).map_err(local)? {
+            let line = String::from_utf8_lossy(&line).into_owned();
+            let id = line
+                .strip_prefix("\u{2014} healthfed/")
+                .and_then(|r| r.split_once("/witness "))
+                .map(|(id, _)| id.to_owned())
+                .unwrap_or_else(|| "an unknown witness".to_owned());
+            let name = witness::witness_name(&id);
+            let witness_keys = trust
+                .peer_by_str(&id)
+                .map(|p| p.signing_keys)
+                .unwrap_or_default();
+            let results: Vec<_> = witness_keys
+                .iter()
+                .map(|k| witness::verify_cosignature(&line, &name, k, text))
+                .collect();
+            if results
+                .iter()
+                .all(|r| r.as_ref().err().map(String::as_str) == Some(KEY_ID_MISMATCH))
+                && !results.is_empty()
+            {
+                // The witness's key was rotated out of the directory since it cosigned.
+                continue;
+            }
+            if !results.iter().any(Result::is_ok) {
+                return Err(format!(
+                    "the cosignature of witness {id} no longer matches the checkpoint of \
+                     size {cp_size}: the log was changed after {id} witnessed it"
+                ));
+            }
+            cosigned.push(id);
+        }
+        latest = Some((*cp_size, cosigned));
+    }
+    let (checkpoint_size, witnesses) = match latest {
+        Some((s, w)) => (Some(s), w),
+        None => (None, Vec::new()),
+    };
+    Ok(LogCheck {
+        floor_seq,
+        floor_hash,
+        checkpoint_size,
+        witnesses,
+    })
+}
+
+/// What `witness::verify_cosignature` says of a cosignature made with another key.
+const KEY_ID_MISMATCH: &str = "cosignature key id does not match";
+
+/// Whether one of the note's signature lines for `origin` carries the key id of one of `keys`.
+fn signed_with_listed_key(
+    note: &[u8],
+    origin: &str,
+    keys: &[gateway_envelope::VerifyingKey],
+) -> bool {
+    use base64::Engine as _;
+    let ids: Vec<[u8; 4]> = keys
+        .iter()
+        .map(|k| checkpoint::key_id(origin, k).to_be_bytes())
+        .collect();
+    let prefix = format!("\u{2014} {origin} ");
+    String::from_utf8_lossy(note)
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|sig| base64::engine::general_purpose::STANDARD.decode(sig).ok())
+        .any(|blob| blob.get(..4).is_some_and(|id| ids.iter().any(|k| k == id)))
+}
+
+/// The checkpoint text of a signed note: everything before the blank line.
+fn note_text(note: &[u8]) -> Option<&[u8]> {
+    let end = note.windows(2).position(|w| w == b"\n\n")?;
+    note.get(..=end)
+}
