@@ -29,6 +29,12 @@ pub struct Question<'a> {
 /// consent state it used (a sender passes it on in the envelope). A store failure is a Deny
 /// (fail closed).
 pub fn decide(state: &NodeState, q: &Question<'_>) -> (Decision, ConsentState) {
+    let answer = decide_uncounted(state, q);
+    state.metrics.decision(q.action, &answer.0);
+    answer
+}
+
+fn decide_uncounted(state: &NodeState, q: &Question<'_>) -> (Decision, ConsentState) {
     let directives = match consent_directives(state, q.patient) {
         Ok(d) => d,
         Err(e) => {

@@ -166,7 +166,11 @@ pub async fn verify_audit(
     {
         return refused;
     }
-    match tokio::task::block_in_place(|| state.store.audit_verify()) {
+    let verified = tokio::task::block_in_place(|| state.store.audit_verify());
+    state
+        .metrics
+        .audit_verified(verified.is_ok(), crate::trust::now_unix());
+    match verified {
         // The chain holds; then the tree, the checkpoints and the witnesses' cosignatures.
         Ok(n) => match tokio::task::block_in_place(|| crate::evidence::verify::check_log(&state)) {
             Ok(check) => Json(json!({

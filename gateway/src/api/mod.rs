@@ -20,6 +20,7 @@ pub mod paging;
 mod policy;
 mod records;
 mod requests;
+mod status;
 mod transfers;
 pub(crate) mod upload;
 
@@ -100,6 +101,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/records/{patient}", put(put_record))
         .route("/v1/policy/check", post(policy_check))
         .route("/v1/policy/reload", post(policy_reload))
+        .route("/v1/status", get(status::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // Buffered bodies (JSON, records, consent imports); transfers stream and are bounded
         // by local_api.max_body_bytes in read_payload.

@@ -86,6 +86,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The node at a glance: identity, certificate and trust-file deadlines, peers reachable,
+    /// queue per peer, latest delivery errors.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// The records this node holds for pull requests (filled by the EMR).
     Records {
         #[command(subcommand)]

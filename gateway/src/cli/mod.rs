@@ -19,6 +19,7 @@ mod output;
 mod policy;
 mod records;
 mod requests;
+mod status;
 mod transfers;
 
 pub use args::{Cli, Command};
@@ -96,6 +97,7 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
         Command::Consent { action } => consent(action).await,
         Command::Request(args) => request(args).await,
         Command::Requests { config, json } => list_requests(&config, json).await,
+        Command::Status { config, json } => status::status(&config, json).await,
         Command::Records { action } => records(action).await,
         Command::Policy { action } => policy(action).await,
     }

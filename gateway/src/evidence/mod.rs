@@ -42,6 +42,7 @@ pub fn checkpoint_if_grown(state: &NodeState) -> Result<Option<u64>, checkpoint:
     }
     let origin = checkpoint::origin(state.me().as_str());
     let (size, _) = checkpoint::make(&state.store, &origin, &state.identity().signing)?;
+    state.metrics.checkpoint_signed(crate::trust::now_unix());
     tracing::info!(size, "audit checkpoint signed");
     Ok(Some(size))
 }

@@ -283,7 +283,7 @@ async fn conflict(
 }
 
 /// The witnesses of this node's log: the first active members by id, this node excepted.
-fn witnesses(state: &NodeState) -> Vec<crate::trust::Peer> {
+pub fn witnesses(state: &NodeState) -> Vec<crate::trust::Peer> {
     let trust = state.trust();
     let mut peers: Vec<_> = trust
         .directory

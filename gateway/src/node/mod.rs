@@ -88,6 +88,7 @@ pub fn load_state(
         shutdown,
         waiters: OutcomeWaiters::default(),
         circuits: Default::default(),
+        metrics: Default::default(),
     }))
 }
 

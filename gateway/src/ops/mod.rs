@@ -1,19 +1,24 @@
 //! The ops listener: what the facility's monitoring and orchestrator ask a node, on its own
-//! address (`[ops] listen`, loopback by default): `/livez` (the process serves requests) and
-//! `/readyz` (the node can do its work, see `health`). `/metrics` (the Prometheus text format)
-//! is planned on this same listener and not built yet: it answers 404 until then.
+//! address (`[ops] listen`, loopback by default): `/livez` (the process serves requests),
+//! `/readyz` (the node can do its work, see `health`) and `/metrics` (the Prometheus text
+//! format, see `metrics`); `audit_check` verifies the audit chain periodically for the
+//! `healthfed_audit_verify_ok` gauge.
 //!
-//! Invariant: answers carry facts about the node only (ready or not, and fixed reasons), never
-//! patient data, transfer ids, config values or file contents; there is no authentication, so
-//! the config refuses a non-loopback address unless the operator sets `ops.allow_remote`.
-//! Every request is bounded in time and concurrency. It reads `NodeState` and changes nothing.
+//! Invariant: answers carry facts about the node only (ready or not, fixed reasons, counts,
+//! times and facility ids), never patient data, transfer ids, config values or file contents;
+//! there is no authentication, so the config refuses a non-loopback address unless the
+//! operator sets `ops.allow_remote`. Every request is bounded in time and concurrency. It reads
+//! `NodeState` and changes nothing.
 
+mod audit_check;
 mod health;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
+use axum::extract::FromRef;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -24,6 +29,20 @@ use tower::{BoxError, ServiceBuilder};
 use crate::state::NodeState;
 
 pub use health::{NotReady, Readiness};
+pub use metrics::Metrics;
+
+/// What the ops routes share.
+#[derive(Clone)]
+pub struct Ops {
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+}
+
+impl FromRef<Ops> for Readiness {
+    fn from_ref(ops: &Ops) -> Readiness {
+        ops.readiness.clone()
+    }
+}
 
 /// Probes in flight at once; more are shed with 503 (a probe is a few reads and a commit).
 const MAX_CONCURRENT: usize = 16;
@@ -49,20 +68,24 @@ pub async fn bind(config: &crate::config::NodeConfig) -> std::io::Result<TcpList
 /// it, and `/livez` still answers.
 pub async fn serve(state: Arc<NodeState>, listener: TcpListener, watched: Vec<WatchedTask>) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "ops listener started (/livez, /readyz)");
+        tracing::info!(%addr, "ops listener started (/livez, /readyz, /metrics)");
     }
-    let router = router(Readiness::new(state, watched));
+    tokio::spawn(audit_check::run(state.clone()));
+    let ops = Ops {
+        metrics: Arc::new(Metrics::new(state.clone())),
+        readiness: Readiness::new(state, watched),
+    };
+    let router = router(ops);
     if let Err(e) = axum::serve(listener, router).await {
         tracing::error!(error = %e, "ops listener stopped");
     }
 }
 
-pub fn router(readiness: Readiness) -> Router {
+pub fn router(ops: Ops) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(health::readyz))
-        // `/metrics` goes here, rendered from the flows' own counters by a `metrics` module of
-        // this folder (prometheus-client); not built yet.
+        .route("/metrics", get(metrics::metrics))
         //
         // Outermost first: overload and timeouts become HTTP errors; shed instead of queueing
         // past the concurrency limit; bound every probe in time.
@@ -73,7 +96,7 @@ pub fn router(readiness: Readiness) -> Router {
                 .concurrency_limit(MAX_CONCURRENT)
                 .timeout(REQUEST_TIMEOUT),
         )
-        .with_state(readiness)
+        .with_state(ops)
 }
 
 async fn overloaded(err: BoxError) -> (StatusCode, &'static str) {

@@ -27,6 +27,7 @@ use crate::record::{
     break_glass_window_ok, check_received, ConsentBasis, Kept, RecordError, RecordMetadata,
 };
 use crate::send::outbox::decision_reason;
+use crate::state::metrics::Direction;
 use crate::state::NodeState;
 use crate::trust::transport::{text_response, PeerIdentity, PeerResponse};
 use crate::trust::{now_ms, Peer, Trust};
@@ -73,6 +74,17 @@ impl Refusal {
 
     fn envelope(e: &EnvelopeError) -> Refusal {
         Refusal::new(StatusCode::BAD_REQUEST, format!("envelope refused: {e}"))
+    }
+
+    /// The `reason` label of `healthfed_refusals_total`, from the status the sender gets.
+    fn class(&self) -> &'static str {
+        match self.status {
+            StatusCode::BAD_REQUEST => "envelope",
+            StatusCode::FORBIDDEN => "policy_or_content",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "other",
+        }
     }
 }
 
@@ -136,6 +148,7 @@ pub async fn receive(
                 .store
                 .audit_append_batch(decision.into_iter().chain([rec]));
             let _ = state.store.commit().await;
+            state.metrics.transfer(Direction::Inbound, "duplicate");
             receipt_response(StatusCode::CONFLICT, duplicate_receipt)
         }
         Err(refusal) => refuse(state, peer, transfer, meta.as_ref(), decision, refusal).await,
@@ -177,6 +190,7 @@ async fn accepted(
         );
     }
     tracing::info!(transfer = %received.header.transfer_id(), peer = %peer.facility, "received");
+    state.metrics.transfer(Direction::Inbound, "received");
     receipt_response(StatusCode::OK, receipt)
 }
 
@@ -233,6 +247,7 @@ async fn refuse(
         .store
         .audit_append_batch(decision.into_iter().chain([rec]));
     let _ = state.store.commit().await;
+    state.metrics.refusal(Direction::Inbound, refusal.class());
     tracing::warn!(peer = %peer.facility, status = refusal.status.as_u16(), "envelope refused");
     let mut response = text_response(refusal.status, &refusal.reason);
     if let Some(seconds) = refusal.retry_after {

@@ -41,6 +41,9 @@ pub async fn cancel(state: &NodeState, id: &TransferId) -> Result<OutboxEntry, S
     }
     state.store.commit().await.map_err(|e| e.to_string())?;
     state.waiters.finish(id.0, false);
+    state
+        .metrics
+        .transfer(crate::state::metrics::Direction::Outbound, "cancelled");
     Ok(entry)
 }
 

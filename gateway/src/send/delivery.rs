@@ -17,6 +17,7 @@ use gateway_store::{AuditFilter, OutboxEntry, TransferState};
 
 use crate::audit::{self, event};
 use crate::state::circuits::Admission;
+use crate::state::metrics::Direction;
 use crate::state::NodeState;
 use crate::trust::now_ms;
 
@@ -194,6 +195,19 @@ pub(super) enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The `outcome` label of `healthfed_delivery_attempts_total`.
+    fn class(&self) -> &'static str {
+        match self {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Retry(_) => "retry",
+            Outcome::Unreachable(_) => "unreachable",
+            Outcome::Refused(_) => "refused",
+            Outcome::Local { .. } => "local_error",
+        }
+    }
+}
+
 async fn deliver(state: &Arc<NodeState>, entry: OutboxEntry) {
     let id = TransferId(entry.transfer_id);
     let now = now_ms();
@@ -334,6 +348,7 @@ async fn deliver_claimed(state: &Arc<NodeState>, entry: OutboxEntry, envelope: O
     let cfg = &state.config.delivery;
 
     let outcome = attempt_delivery(state, &entry, envelope).await;
+    state.metrics.attempt(&entry.recipient, outcome.class());
     if matches!(
         outcome,
         Outcome::Delivered { .. } | Outcome::Refused(_) | Outcome::Retry(_)
@@ -376,6 +391,9 @@ async fn deliver_claimed(state: &Arc<NodeState>, entry: OutboxEntry, envelope: O
                 tracing::error!(transfer = %id, error = %e, "commit failed");
             }
             state.waiters.finish(entry.transfer_id, true);
+            state
+                .metrics
+                .delivered(now_ms().saturating_sub(entry.created_ms));
             tracing::info!(transfer = %id, peer = %entry.recipient, "delivered");
         }
         Outcome::Refused(reason)
@@ -466,6 +484,7 @@ async fn schedule_retry(state: &NodeState, entry: &OutboxEntry, reason: String, 
     if let Err(e) = result {
         tracing::error!(transfer = %TransferId(entry.transfer_id), error = %e, "cannot schedule a retry");
     }
+    state.metrics.retry(&entry.recipient);
     tracing::info!(
         transfer = %TransferId(entry.transfer_id),
         peer = %entry.recipient,
@@ -512,6 +531,7 @@ async fn finish_failed(state: &NodeState, entry: &OutboxEntry, reason: String) {
         tracing::error!(error = %e, "commit failed");
     }
     state.waiters.finish(entry.transfer_id, false);
+    state.metrics.transfer(Direction::Outbound, "failed");
     tracing::warn!(transfer = %TransferId(entry.transfer_id), peer = %entry.recipient, "transfer failed");
 }
 

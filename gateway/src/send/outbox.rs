@@ -21,6 +21,7 @@ use crate::record::{
     RecordMetadata, BREAK_GLASS_WINDOW_MS, INSPECT_PREFIX_BYTES, MAX_PARSED_BYTES,
     METADATA_VERSION,
 };
+use crate::state::metrics::Direction;
 use crate::state::NodeState;
 use crate::trust::now_ms;
 use crate::trust::Peer;
@@ -126,6 +127,19 @@ impl SubmitError {
     pub(super) fn local(e: impl std::fmt::Display) -> SubmitError {
         SubmitError::Local(e.to_string())
     }
+
+    /// The `reason` label of `healthfed_refusals_total`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            SubmitError::UnknownRecipient(_)
+            | SubmitError::InactiveRecipient(_)
+            | SubmitError::SelfAddressed => "recipient",
+            SubmitError::Record(_) => "content",
+            SubmitError::Upload(_) => "upload",
+            SubmitError::Denied { .. } => "policy",
+            SubmitError::Local(_) => "local_error",
+        }
+    }
 }
 
 /// A submission the node accepted: durably queued, or already claimed by a delivery worker.
@@ -147,6 +161,20 @@ pub async fn submit(
 /// transfer, in the transaction that queues it. The caller keeps the reservation until this
 /// returns, i.e. until the transfer and its key are committed.
 pub async fn submit_keyed(
+    state: &Arc<NodeState>,
+    req: SubmitRequest,
+    payload: Payload,
+    key: Option<&KeyReservation>,
+) -> Result<Accepted, SubmitError> {
+    let result = submit_inner(state, req, payload, key).await;
+    match &result {
+        Ok(_) => state.metrics.transfer(Direction::Outbound, "submitted"),
+        Err(e) => state.metrics.refusal(Direction::Outbound, e.class()),
+    }
+    result
+}
+
+async fn submit_inner(
     state: &Arc<NodeState>,
     req: SubmitRequest,
     payload: Payload,

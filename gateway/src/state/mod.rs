@@ -19,7 +19,9 @@ use crate::trust::transport::PeerClients;
 use crate::trust::{Trust, TrustHandle};
 
 pub mod circuits;
+pub mod metrics;
 pub mod outcomes;
+pub mod overview;
 pub mod policy;
 
 use circuits::PeerCircuits;
@@ -47,6 +49,8 @@ pub struct NodeState {
     pub waiters: OutcomeWaiters,
     /// Which peers are unreachable and which transfer probes each (`send::delivery`).
     pub circuits: PeerCircuits,
+    /// Event counters for `/metrics` (`ops::metrics` serves them).
+    pub metrics: metrics::Recorder,
 }
 
 /// What `NodeState::reload_keys_and_trust` changed.

@@ -5,12 +5,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use policies::PolicyEngine;
+
+use crate::state::metrics::ResultLabels;
 
 pub struct PolicyHandle {
     engine: RwLock<PolicyEngine>,
     dir: Option<PathBuf>,
     stamp: Mutex<Option<SystemTime>>,
+    /// Reloads by result, for `/metrics`: every reload (SIGHUP, API, file change) ends here.
+    pub reloads: Family<ResultLabels, Counter>,
 }
 
 impl PolicyHandle {
@@ -21,6 +28,7 @@ impl PolicyHandle {
             engine: RwLock::new(engine),
             dir,
             stamp: Mutex::new(stamp),
+            reloads: Family::default(),
         })
     }
 
@@ -33,7 +41,10 @@ impl PolicyHandle {
 
     /// Reloads now (SIGHUP). On error the current set stays active and the error says why.
     pub fn reload_now(&self) -> Result<(), String> {
-        let fresh = load_engine(self.dir.as_deref())?;
+        let loaded = load_engine(self.dir.as_deref());
+        let result = if loaded.is_ok() { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        let fresh = loaded?;
         match self.engine.write() {
             Ok(mut e) => *e = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
