@@ -27,6 +27,10 @@ pub mod event {
     pub const REQUEST_RECEIVED: &str = "request-received";
     pub const REQUEST_ANSWERED: &str = "request-answered";
     pub const ENVELOPE_REMOVED: &str = "envelope-removed";
+    /// A backup of the store was taken (`POST /v1/backup`; with or without keys, by whom).
+    pub const BACKUP_TAKEN: &str = "backup-taken";
+    /// The store was restored from a backup (the first entry after the backup's size).
+    pub const STORE_RESTORED: &str = "store-restored";
     /// A read of the audit log itself (a listing page or a chain verification), naming who.
     pub const AUDIT_READ: &str = "audit-read";
     /// A peer's audit checkpoint refused as witness: not an append-only extension of the one

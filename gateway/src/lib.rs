@@ -16,6 +16,7 @@
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -10,6 +10,7 @@
 //! the store.
 
 mod audit;
+mod backup;
 mod auth;
 mod consents;
 mod error;
@@ -101,6 +102,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/records/{patient}", put(put_record))
         .route("/v1/policy/check", post(policy_check))
         .route("/v1/policy/reload", post(policy_reload))
+        .route("/v1/backup", post(backup::post_backup))
         .route("/v1/status", get(status::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // Buffered bodies (JSON, records, consent imports); transfers stream and are bounded

@@ -54,6 +54,13 @@ pub enum Command {
         #[arg(long)]
         id: String,
     },
+    /// Write a consistent backup of the node's store (online: a running node takes it) to
+    /// FILE, encrypted to a passphrase (age); keys only with --include-keys
+    /// (docs/operations.md, Backup and restore).
+    Backup(BackupArgs),
+    /// Restore a backup into the config's data_dir, which must be empty or absent; the node
+    /// must be stopped. Checks every entry and verifies the audit log.
+    Restore(RestoreArgs),
     /// Records received from other facilities.
     Inbox {
         #[command(flatten)]
@@ -146,6 +153,41 @@ pub struct SendArgs {
     /// transfer instead of making another; the same key with another file is refused.
     #[arg(long)]
     pub key: Option<String>,
+    /// Wait for the outcome: print "delivered" (receipt verified, exit 0) or "failed" with
+    /// the reason (exit 1). Needs a running node.
+    #[arg(long)]
+    pub wait: bool,
+    /// No progress bar (it is shown only when stderr is a terminal).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The backup file to write (0600; replaced only once complete).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A private (0600) file whose first line is the passphrase (at least 12 characters).
+    #[arg(long)]
+    pub passphrase_file: PathBuf,
+    /// Also the store's patient index key and the keyring of encryption keys: the backup
+    /// then restores on its own; without them, keep those files in a separate key backup.
+    #[arg(long)]
+    pub include_keys: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The backup file (`gateway backup --out`).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The file holding the backup's passphrase (0600).
+    #[arg(long)]
+    pub passphrase_file: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -158,6 +200,9 @@ pub enum InboxAction {
         id: String,
         #[arg(long)]
         out: PathBuf,
+        /// No progress bar (it is shown only when stderr is a terminal).
+        #[arg(long, short)]
+        quiet: bool,
     },
     Ack {
         id: String,

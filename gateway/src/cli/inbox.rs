@@ -12,6 +12,7 @@ use super::client::collect_json;
 use super::args::{ConfigArg, InboxAction};
 use super::call::{api_failure, client, fail, ok_json};
 use super::output::{for_each_listed, print_listing_json};
+use super::progress;
 use super::{outln, Failure, EXIT_FAILURE};
 
 pub async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failure> {
@@ -45,7 +46,7 @@ pub async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failur
             })
             .await
         }
-        InboxAction::Get { id, out } => {
+        InboxAction::Get { id, out, quiet } => {
             let resp = c
                 .call(
                     Method::GET,
@@ -59,7 +60,15 @@ pub async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failur
                 let (status, body) = collect_json(resp).await.map_err(fail)?;
                 return Err(api_failure(status, &body));
             }
-            write_stream_to(resp.into_body(), &out).await?;
+            let total = resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let bar = progress::bytes(total, "receiving", quiet);
+            let written = write_stream_to(resp.into_body(), &out, &bar).await;
+            bar.finish_and_clear();
+            written?;
             outln!("wrote {}", out.display())?;
             Ok(())
         }
@@ -73,7 +82,11 @@ pub async fn inbox(config: &ConfigArg, action: InboxAction) -> Result<(), Failur
 
 /// Streams a response body to a 0600 temp file beside `out`, then renames it into place, so a
 /// failed decryption leaves nothing behind.
-async fn write_stream_to(body: Body, out: &Path) -> Result<(), Failure> {
+async fn write_stream_to(
+    body: Body,
+    out: &Path,
+    bar: &indicatif::ProgressBar,
+) -> Result<(), Failure> {
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -94,7 +107,10 @@ async fn write_stream_to(body: Body, out: &Path) -> Result<(), Failure> {
     let mut stream = body.into_data_stream();
     loop {
         match stream.try_next().await {
-            Ok(Some(chunk)) => file.write_all(&chunk).await.map_err(io)?,
+            Ok(Some(chunk)) => {
+                file.write_all(&chunk).await.map_err(io)?;
+                bar.inc(chunk.len() as u64);
+            }
             Ok(None) => break,
             Err(e) => {
                 drop(file);

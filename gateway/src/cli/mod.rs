@@ -9,6 +9,7 @@
 
 pub mod args;
 mod audit;
+mod backup;
 mod call;
 pub mod client;
 mod consents;
@@ -17,6 +18,7 @@ mod export;
 mod inbox;
 mod output;
 mod policy;
+mod progress;
 mod records;
 mod requests;
 mod status;
@@ -91,6 +93,8 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
         Command::Transfers { config, id, json } => transfers(&config, id.as_deref(), json).await,
         Command::Cancel { config, id } => cancel(&config, &id).await,
         Command::Requeue { config, id } => requeue(&config, &id).await,
+        Command::Backup(args) => backup::backup(args).await,
+        Command::Restore(args) => backup::restore(args).await,
         Command::Inbox { config, action } => inbox(&config, action).await,
         Command::Audit { action } => audit(action).await,
         Command::Evidence { action } => evidence(action).await,

@@ -2,6 +2,7 @@
 //! transfers.
 
 use axum::body::Body;
+use futures_util::TryStreamExt as _;
 use http::{Method, StatusCode};
 use serde_json::Value;
 use tokio_util::io::ReaderStream;
@@ -11,6 +12,7 @@ use super::client::collect_json;
 use super::args::{ConfigArg, SendArgs};
 use super::call::{api_failure, client, fail, ok_json, query};
 use super::output::{for_each_listed, print_json, print_listing_json};
+use super::progress;
 use super::{outln, Failure, EXIT_DENIED, EXIT_FAILURE, EXIT_USAGE};
 
 /// The NOTE column of `gateway transfers`: the receipt, or the last error; and whether
@@ -135,6 +137,12 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
         .transpose()
         .map_err(|problem| Failure::new(EXIT_USAGE, format!("--key: {problem}")))?;
     let c = client(&args.config).await?;
+    if args.wait && c.is_offline() {
+        return Err(Failure::new(
+            EXIT_USAGE,
+            "--wait needs a running node: nothing is delivered while it is stopped",
+        ));
+    }
     let file_err =
         |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("{}: {e}", args.file.display()));
     // Length and SHA-256 go with the upload (Content-Length, Content-Digest): the node refuses
@@ -148,7 +156,11 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
             .map_err(file_err)?
     };
     let file = tokio::fs::File::open(&args.file).await.map_err(file_err)?;
-    let body = Body::from_stream(ReaderStream::with_capacity(file, 256 * 1024));
+    let bar = progress::bytes(Some(len), "sending", args.quiet);
+    let counted = bar.clone();
+    let stream = ReaderStream::with_capacity(file, 256 * 1024)
+        .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
+    let body = Body::from_stream(stream);
     let content_digest = crate::api::upload::content_digest_value(&digest);
     let content_length = len.to_string();
     let q = query(&[
@@ -166,6 +178,7 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
             "break_glass_reason",
             if args.break_glass { args.reason } else { None },
         ),
+        ("wait", args.wait.then(|| "receipt".to_owned())),
     ]);
     let mut headers = vec![
         ("content-length", content_length.as_str()),
@@ -174,17 +187,19 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
     if let Some(key) = &key {
         headers.push((crate::api::idempotency::HEADER, key.as_str()));
     }
+    let path = format!("/v1/transfers?{q}");
     let resp = c
         .call_with_headers(
             Method::POST,
-            &format!("/v1/transfers?{q}"),
+            &path,
             body,
             Some("application/octet-stream"),
             &headers,
         )
         .await
-        .map_err(fail)?;
-    let (status, body) = collect_json(resp).await.map_err(fail)?;
+        .map_err(fail);
+    bar.finish_and_clear();
+    let (status, body) = collect_json(resp?).await.map_err(fail)?;
     if status == StatusCode::FORBIDDEN {
         return Err(Failure::new(
             EXIT_DENIED,
@@ -194,15 +209,68 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
                 .to_owned(),
         ));
     }
-    if !status.is_success() {
+    // With --wait a failed transfer is answered 502 with its id; anything else is an error.
+    let failed = args.wait && status == StatusCode::BAD_GATEWAY && body["transfer_id"].is_string();
+    if !status.is_success() && !failed {
         return Err(api_failure(status, &body));
     }
-    outln!("{}", body["transfer_id"].as_str().unwrap_or_default())?;
+    let id = body["transfer_id"].as_str().unwrap_or_default().to_owned();
+    outln!("{id}")?;
     if body["replayed"].as_bool() == Some(true) {
         eprintln!("note: a transfer with this key was already accepted; this is its id (nothing new was sent)");
     }
     if c.is_offline() {
         eprintln!("note: the node is not running; the transfer is queued and will be delivered when it starts");
     }
-    Ok(())
+    if !args.wait {
+        return Ok(());
+    }
+    let view = if status == StatusCode::ACCEPTED {
+        // The node answers after WAIT_FOR_RECEIPT with the transfer still pending: keep
+        // asking until it settles.
+        let waiting = progress::spinner("waiting for the receipt", args.quiet);
+        let settled = poll_until_settled(&c, &id).await;
+        waiting.finish_and_clear();
+        settled?
+    } else {
+        ok_json(&c, Method::GET, &format!("/v1/transfers/{id}"), None).await?
+    };
+    report_outcome(&id, &view)
+}
+
+/// Polls a transfer until it is delivered, failed or cancelled.
+async fn poll_until_settled(c: &super::client::ApiClient, id: &str) -> Result<Value, Failure> {
+    loop {
+        let view = ok_json(c, Method::GET, &format!("/v1/transfers/{id}"), None).await?;
+        if matches!(
+            view["state"].as_str(),
+            Some("delivered" | "failed" | "cancelled")
+        ) {
+            return Ok(view);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// `send --wait`'s last line: delivered with its receipt (exit 0), or failed with the reason
+/// (exit 1).
+fn report_outcome(id: &str, view: &Value) -> Result<(), Failure> {
+    let state = view["state"].as_str().unwrap_or("unknown");
+    if state == "delivered" && view["receipt_held"].as_bool() == Some(true) {
+        outln!("delivered: receipt verified")?;
+        return Ok(());
+    }
+    let reason = view["last_error"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .unwrap_or(if state == "cancelled" {
+            "cancelled"
+        } else {
+            "no reason recorded"
+        });
+    outln!("{state}: {reason}")?;
+    Err(Failure::new(
+        EXIT_FAILURE,
+        format!("transfer {id} was not delivered ({state}): {reason}"),
+    ))
 }
