@@ -36,8 +36,17 @@ pub async fn audit(action: AuditAction) -> Result<(), Failure> {
         }
         AuditAction::Proof { config, seq, size } => {
             let c = client(&config).await?;
-            let q = query(&[("seq", Some(seq.to_string())), ("size", size.map(|s| s.to_string()))]);
-            let v = ok_json(&c, Method::GET, &format!("/v1/audit/tree/inclusion?{q}"), None).await?;
+            let q = query(&[
+                ("seq", Some(seq.to_string())),
+                ("size", size.map(|s| s.to_string())),
+            ]);
+            let v = ok_json(
+                &c,
+                Method::GET,
+                &format!("/v1/audit/tree/inclusion?{q}"),
+                None,
+            )
+            .await?;
             outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
         }
         AuditAction::Consistency {
@@ -50,8 +59,13 @@ pub async fn audit(action: AuditAction) -> Result<(), Failure> {
                 ("first", Some(first.to_string())),
                 ("second", second.map(|s| s.to_string())),
             ]);
-            let v = ok_json(&c, Method::GET, &format!("/v1/audit/tree/consistency?{q}"), None)
-                .await?;
+            let v = ok_json(
+                &c,
+                Method::GET,
+                &format!("/v1/audit/tree/consistency?{q}"),
+                None,
+            )
+            .await?;
             outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
         }
         AuditAction::List {
@@ -134,7 +148,8 @@ async fn raw_body(resp: http::Response<Body>) -> Result<(StatusCode, Vec<u8>), F
 /// `audit verify [--archive FILE…]`: the live log through the API; archives offline (with the
 /// config's CA certificate), then that they and the live log are one history.
 async fn verify(args: AuditVerifyArgs) -> Result<(), Failure> {
-    let broken = |why: String| Failure::new(EXIT_FAILURE, format!("audit log does NOT verify: {why}"));
+    let broken =
+        |why: String| Failure::new(EXIT_FAILURE, format!("audit log does NOT verify: {why}"));
     let archived = if args.archive.is_empty() {
         None
     } else {
@@ -142,7 +157,10 @@ async fn verify(args: AuditVerifyArgs) -> Result<(), Failure> {
         let ca = super::evidence::read_ca(&config.keys.ca_cert)?;
         let mut files = Vec::new();
         for path in &args.archive {
-            files.push(super::evidence::read_bounded(path, archive::MAX_FILE_BYTES)?);
+            files.push(super::evidence::read_bounded(
+                path,
+                archive::MAX_FILE_BYTES,
+            )?);
         }
         let end = archive::verify_chain(&files, &ca, crate::trust::now_unix())
             .map_err(|r| broken(r.to_string()))?;
@@ -178,7 +196,13 @@ async fn verify(args: AuditVerifyArgs) -> Result<(), Failure> {
                 end.last_seq
             )));
         }
-        let head = ok_json(&c, Method::GET, &format!("/v1/audit/tree?size={floor}"), None).await?;
+        let head = ok_json(
+            &c,
+            Method::GET,
+            &format!("/v1/audit/tree?size={floor}"),
+            None,
+        )
+        .await?;
         let root = gateway_store::merkle::Frontier::from_heads(floor, end.frontier.clone())
             .map(|f| b64.encode(f.root()));
         if root.as_deref() != head["root_hash"].as_str() {
@@ -200,7 +224,11 @@ async fn verify(args: AuditVerifyArgs) -> Result<(), Failure> {
         if floor > 0 {
             format!(
                 " ({floor} archived{})",
-                if archived.is_some() { ", verified with the live log" } else { "; pass --archive to verify them" }
+                if archived.is_some() {
+                    ", verified with the live log"
+                } else {
+                    "; pass --archive to verify them"
+                }
             )
         } else {
             String::new()

@@ -95,6 +95,8 @@ pub struct ArchiveEnd {
     pub first_seq: u64,
     /// The chain hash the first entry links to (zeros for a history from seq 1).
     pub first_prev: Hash,
+    /// The tree's right edge before the first entry.
+    pub first_frontier: Vec<(u8, Hash)>,
     pub last_seq: u64,
     pub last_hash: Hash,
     pub frontier: Vec<(u8, Hash)>,
@@ -134,7 +136,7 @@ pub fn verify_chain(
                     return Err(refuse(part, "is of another log"));
                 }
                 if one.first_seq != before.last_seq + 1
-                    || one.frontier != before.frontier
+                    || one.first_frontier != before.frontier
                     || one.first_prev != before.last_hash
                 {
                     return Err(refuse(
@@ -150,6 +152,7 @@ pub fn verify_chain(
                 ArchiveEnd {
                     first_seq: before.first_seq,
                     first_prev: before.first_prev,
+                    first_frontier: before.first_frontier,
                     archives,
                     ..one
                 }
@@ -257,6 +260,7 @@ fn verify_one(file: &[u8], ca_der: &[u8], now_unix: i64) -> Result<ArchiveEnd, R
         log: parsed.log,
         first_seq: first,
         first_prev: prev0,
+        first_frontier: heads,
         last_seq: parsed.last_seq,
         last_hash: prev,
         frontier: frontier.heads().to_vec(),

@@ -16,8 +16,8 @@ use std::time::Duration;
 use crate::state::NodeState;
 
 /// Signs a checkpoint of the audit log at start and every `audit.checkpoint_interval_secs`,
-/// whenever the log has grown since the last one, and submits it to the witnesses, until
-/// shutdown.
+/// whenever the log has grown since the last one, and submits it to the witnesses; with
+/// `audit.keep_days`, archives the entries older than that; until shutdown.
 pub async fn run_checkpointer(state: Arc<NodeState>) {
     let period = Duration::from_secs(state.config.audit.checkpoint_interval_secs);
     let mut shutdown = state.shutdown.clone();
@@ -27,9 +27,28 @@ pub async fn run_checkpointer(state: Arc<NodeState>) {
         }
         // Also for witnesses still behind from an earlier round (down, or unreachable then).
         witness::submit_all(&state).await;
+        if let Some(days) = state.config.audit.keep_days {
+            retain(&state, days).await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// `audit.keep_days`: archives the entries older than that, through the one archive path.
+async fn retain(state: &Arc<NodeState>, days: u64) {
+    let cutoff = crate::trust::now_ms().saturating_sub(days.saturating_mul(86_400_000));
+    match archive::archive_before(state, cutoff).await {
+        Ok(done) => tracing::info!(
+            first = done.first_seq,
+            last = done.last_seq,
+            "audit retention: entries archived"
+        ),
+        Err(archive::ArchiveError::Nothing) => {}
+        Err(e) => {
+            tracing::error!(error = %e, alert = "audit_archive_failed", "audit retention: archive not made")
         }
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! Log side (`submit_all`): after each checkpoint, and at every checkpointer round for a
 //! witness still behind (a node that was down catches up), the node submits to its witnesses:
-//! the active members of the directory, by id, at most `MAX_WITNESSES`.
+//! the active members of the directory (or those `audit.witnesses` names), by id, at most
+//! `audit.max_witnesses`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +31,6 @@ use crate::trust::now_unix;
 use crate::trust::transport::{text_response, PeerIdentity, PeerResponse};
 
 pub const WITNESS_PATH: &str = "/v1/witness";
-/// How many peers witness this node's log (the first active members by id).
-pub const MAX_WITNESSES: usize = 4;
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Key type of a C2SP tlog-cosignature/v1 key.
 const ALG_COSIGNATURE_V1: u8 = 0x04;
@@ -282,19 +281,22 @@ async fn conflict(
     )
 }
 
-/// The witnesses of this node's log: the first active members by id, this node excepted.
+/// The witnesses of this node's log: the active members `audit.witnesses` names (all of
+/// them when it names none), by id, this node excepted, at most `audit.max_witnesses`.
 pub fn witnesses(state: &NodeState) -> Vec<crate::trust::Peer> {
     let trust = state.trust();
+    let chosen = &state.config.audit.witnesses;
     let mut peers: Vec<_> = trust
         .directory
         .facilities
         .iter()
         .filter(|f| f.id != *state.me())
+        .filter(|f| chosen.is_empty() || chosen.iter().any(|c| c == f.id.as_str()))
         .filter_map(|f| trust.peer(&f.id))
         .filter(|p| p.active)
         .collect();
     peers.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-    peers.truncate(MAX_WITNESSES);
+    peers.truncate(state.config.audit.max_witnesses);
     peers
 }
 
