@@ -36,6 +36,13 @@ pub mod event {
     /// A peer's audit checkpoint refused as witness: not an append-only extension of the one
     /// held (kept as evidence).
     pub const WITNESS_CONFLICT: &str = "witness-conflict";
+    /// A local API request refused because its token lacks the route's role.
+    pub const ACCESS_REFUSED: &str = "access-refused";
+    /// An officer's review of a break-glass entry (the note in `reason`).
+    pub const BREAK_GLASS_REVIEWED: &str = "break-glass-reviewed";
+    /// A sign-in to the officers' console (outcome `ok` or `refused`) or a sign-out.
+    pub const CONSOLE_SIGN_IN: &str = "console-sign-in";
+    pub const CONSOLE_SIGN_OUT: &str = "console-sign-out";
 }
 
 pub fn record(event: &str, outcome: &str) -> AuditRecord {

@@ -16,6 +16,11 @@ use serde::Deserialize;
 use gateway_envelope::Suite;
 use pki_tools::FacilityId;
 
+mod console;
+mod roles;
+pub use console::ConsoleConfig;
+pub use roles::{Role, Roles, UnknownRole};
+
 pub const CONFIG_VERSION: u32 = 1;
 
 /// Bounds of `node.store_cache_mib`: below 64 MiB sled thrashes; the top is a typo guard.
@@ -53,6 +58,7 @@ pub struct NodeConfig {
     pub log: LogConfig,
     pub ops: OpsConfig,
     pub audit: AuditConfig,
+    pub console: ConsoleConfig,
 }
 
 /// The audit log's signed checkpoints (see `gateway::evidence`).
@@ -62,13 +68,6 @@ pub struct AuditConfig {
     /// (`audit.checkpoint_interval_secs`, 60 s to a day; default 5 minutes: what a facility
     /// could rewrite unseen is at most that window).
     pub checkpoint_interval_secs: u64,
-    /// Entries older than this many days are moved to signed archives in
-    /// `<data_dir>/audit-archives` (`audit.keep_days`; default: none, keep all).
-    pub keep_days: Option<u64>,
-    /// The members that witness this node's log (`audit.witnesses`; empty, the default: every
-    /// active member), the first `audit.max_witnesses` (default 4) of them by id.
-    pub witnesses: Vec<String>,
-    pub max_witnesses: usize,
     /// Streaming of every audit entry to a SIEM (`[audit.syslog]`; none when absent).
     pub syslog: Option<SyslogConfig>,
 }
@@ -124,6 +123,11 @@ pub struct LocalApiConfig {
 pub struct TokenHash {
     pub name: String,
     pub sha256: [u8; 32],
+    /// What the token may do (`roles`); every route names the role it needs.
+    pub roles: Roles,
+    /// The config gave no `roles`: the token has [`Roles::LEGACY_DEFAULT`], and the node warns
+    /// at start that this default is deprecated.
+    pub roles_defaulted: bool,
 }
 
 impl fmt::Debug for TokenHash {
@@ -262,6 +266,8 @@ struct RawConfig {
     ops: RawOps,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    console: console::RawConsole,
 }
 
 #[derive(Deserialize)]
@@ -269,11 +275,6 @@ struct RawConfig {
 struct RawAudit {
     #[serde(default = "defaults::checkpoint_interval_secs")]
     checkpoint_interval_secs: u64,
-    keep_days: Option<u64>,
-    #[serde(default)]
-    witnesses: Vec<String>,
-    #[serde(default = "defaults::max_witnesses")]
-    max_witnesses: usize,
     syslog: Option<RawSyslog>,
 }
 
@@ -281,9 +282,6 @@ impl Default for RawAudit {
     fn default() -> Self {
         RawAudit {
             checkpoint_interval_secs: defaults::checkpoint_interval_secs(),
-            keep_days: None,
-            witnesses: Vec::new(),
-            max_witnesses: defaults::max_witnesses(),
             syslog: None,
         }
     }
@@ -345,6 +343,7 @@ struct RawLocalApi {
 struct RawToken {
     name: String,
     sha256: String,
+    roles: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -454,13 +453,27 @@ impl Default for RawRetention {
     }
 }
 
+/// A token's `roles`: each one known, at least one; none given is the legacy default.
+fn token_roles(i: usize, token: &RawToken, problems: &mut Vec<String>) -> (Roles, bool) {
+    let Some(names) = &token.roles else {
+        return (Roles::LEGACY_DEFAULT, true);
+    };
+    let mut roles = Vec::new();
+    for name in names {
+        match name.parse::<Role>() {
+            Ok(role) => roles.push(role),
+            Err(e) => problems.push(format!("local_api.tokens[{i}].roles: {e}")),
+        }
+    }
+    if names.is_empty() {
+        problems.push(format!("local_api.tokens[{i}].roles: name at least one role"));
+    }
+    (Roles::of(&roles), false)
+}
+
 mod defaults {
     pub fn checkpoint_interval_secs() -> u64 {
         300
-    }
-    /// Four witnesses: a rewrite must then deceive all of them; more costs a round each.
-    pub fn max_witnesses() -> usize {
-        4
     }
     pub fn syslog_transport() -> String {
         "tls".to_owned()
@@ -568,18 +581,10 @@ impl NodeConfig {
         };
 
         let mut problems = Vec::new();
+        let console = raw.console.parse(&mut problems);
         if !(60..=86_400).contains(&raw.audit.checkpoint_interval_secs) {
             problems
                 .push("audit.checkpoint_interval_secs: must be between 60 and 86400".to_owned());
-        }
-        if raw.audit.keep_days.is_some_and(|d| !(1..=36_600).contains(&d)) {
-            problems.push("audit.keep_days: must be between 1 and 36600".to_owned());
-        }
-        if !(1..=32).contains(&raw.audit.max_witnesses) {
-            problems.push("audit.max_witnesses: must be between 1 and 32".to_owned());
-        }
-        if raw.audit.witnesses.iter().any(|w| w.parse::<FacilityId>().is_err()) {
-            problems.push("audit.witnesses: each must be a facility id".to_owned());
         }
         let syslog = raw
             .audit
@@ -633,10 +638,15 @@ impl NodeConfig {
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
             {
-                Some(sha256) => token_hashes.push(TokenHash {
-                    name: token.name.clone(),
-                    sha256,
-                }),
+                Some(sha256) => {
+                    let (roles, roles_defaulted) = token_roles(i, token, &mut problems);
+                    token_hashes.push(TokenHash {
+                        name: token.name.clone(),
+                        sha256,
+                        roles,
+                        roles_defaulted,
+                    })
+                }
                 None => problems.push(format!(
                     "local_api.tokens[{i}].sha256: not 64 hex characters"
                 )),
@@ -778,15 +788,13 @@ impl NodeConfig {
             },
             audit: AuditConfig {
                 checkpoint_interval_secs: raw.audit.checkpoint_interval_secs,
-                keep_days: raw.audit.keep_days,
-                witnesses: raw.audit.witnesses.clone(),
-                max_witnesses: raw.audit.max_witnesses,
                 syslog,
             },
             ops: OpsConfig {
                 listen: ops_listen,
                 allow_remote: raw.ops.allow_remote,
             },
+            console,
         })
     }
 }

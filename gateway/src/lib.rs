@@ -19,6 +19,7 @@ pub mod audit;
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod evidence;
 pub mod export;

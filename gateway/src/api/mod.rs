@@ -11,8 +11,9 @@
 
 mod audit;
 mod backup;
-mod auth;
+pub mod auth;
 mod consents;
+pub mod disclosures;
 mod error;
 mod evidence;
 pub(crate) mod idempotency;
@@ -56,8 +57,11 @@ const MAX_BUFFERED_BODY: usize = 64 * 1024 * 1024;
 
 type Shared = Arc<NodeState>;
 
-pub async fn serve(state: Arc<NodeState>, listener: TcpListener) {
-    let router = router(state.clone());
+/// Serves the API, with the officers' console (`gateway::console`, its own sign-in) under
+/// `/console/` when the node gives one.
+pub async fn serve(state: Arc<NodeState>, listener: TcpListener, console: Option<Router>) {
+    auth::warn_defaulted_roles(&state.config.local_api.token_hashes);
+    let router = router_with(state.clone(), console);
     let mut shutdown = state.shutdown.clone();
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
@@ -70,6 +74,10 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener) {
 }
 
 pub fn router(state: Arc<NodeState>) -> Router {
+    router_with(state, None)
+}
+
+fn router_with(state: Arc<NodeState>, console: Option<Router>) -> Router {
     let cfg = &state.config.local_api;
     let api = Router::new()
         .route("/v1/transfers", post(post_transfer).get(list_transfers))
@@ -95,6 +103,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
             "/v1/evidence/transfers/{id}",
             get(evidence::transfer_evidence),
         )
+        .route("/v1/disclosures", post(disclosures::post_disclosures))
         .route("/v1/consents", post(post_consent).get(list_consents))
         .route("/v1/consents/import", post(import_consent))
         .route("/v1/consents/{id}/revoke", post(revoke_consent))
@@ -104,13 +113,18 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/policy/reload", post(policy_reload))
         .route("/v1/backup", post(backup::post_backup))
         .route("/v1/status", get(status::status))
+        // Token and role: every route above must be in auth::ROUTES with its role.
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // Buffered bodies (JSON, records, consent imports); transfers stream and are bounded
         // by local_api.max_body_bytes in read_payload.
         .layer(DefaultBodyLimit::max(MAX_BUFFERED_BODY));
-    Router::new()
+    let mut top = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .merge(api)
+        .merge(api);
+    if let Some(console) = console {
+        top = top.nest_service("/console", console);
+    }
+    top
         // Outermost first: overload and timeouts become HTTP errors; shed instead of queueing
         // past the concurrency limit; bound every request in time (uploads of large files included).
         .layer(

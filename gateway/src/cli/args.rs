@@ -111,6 +111,14 @@ pub enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Local API tokens: create one with its roles (the config line to add is printed).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// The accounting of disclosures of one patient's records (to whom, when, why, which
+    /// data, the policy decision, break-glass), as a printable page, JSON or CSV.
+    Disclosures(DisclosuresArgs),
     /// Run a local demo federation: CA, three facilities, three nodes, one real transfer.
     Demo {
         /// Where to create the federation (a temp dir by default).
@@ -467,4 +475,38 @@ pub enum PolicyAction {
     },
     /// Reload the policy set of a running node (like SIGHUP).
     Reload(ConfigArg),
+}
+
+#[derive(Subcommand)]
+pub enum TokenAction {
+    /// Write a new random token to a file (0600) and print its `local_api.tokens` line.
+    Create {
+        /// The token's name, as audit entries name who acted.
+        #[arg(long)]
+        name: String,
+        /// emr, officer, consent-admin or operator; repeat for several.
+        #[arg(long, required = true)]
+        role: Vec<String>,
+        /// Where to write the token (default: NAME.token); an existing file is not overwritten.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct DisclosuresArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The patient (as the EMR names them in submissions).
+    #[arg(long)]
+    pub patient: String,
+    /// Only disclosures submitted at or after this time (RFC 3339, or YYYY-MM-DD in UTC).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only disclosures submitted before this time (RFC 3339, or YYYY-MM-DD in UTC).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// html (a page to print or hand to the patient), json or csv.
+    #[arg(long, default_value = "html")]
+    pub format: String,
 }

@@ -13,6 +13,7 @@ mod backup;
 mod call;
 pub mod client;
 mod consents;
+mod disclosures;
 mod evidence;
 mod export;
 mod inbox;
@@ -23,6 +24,7 @@ mod records;
 mod requests;
 mod status;
 mod transfers;
+mod token;
 
 pub use args::{Cli, Command};
 pub use audit::print_audit_row;
@@ -97,6 +99,8 @@ pub async fn run_command(command: Command) -> Result<(), Failure> {
         Command::Restore(args) => backup::restore(args).await,
         Command::Inbox { config, action } => inbox(&config, action).await,
         Command::Audit { action } => audit(action).await,
+        Command::Token { action } => token::token(action),
+        Command::Disclosures(args) => disclosures::disclosures(args).await,
         Command::Evidence { action } => evidence(action).await,
         Command::Consent { action } => consent(action).await,
         Command::Request(args) => request(args).await,

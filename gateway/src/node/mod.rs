@@ -130,7 +130,8 @@ pub async fn run(
     crate::send::recovery::recover_after_restart(&state);
     remove_leftover_uploads(&state.config.data_dir);
     let peer = tokio::spawn(peer_api::serve(state.clone(), peer_listener));
-    let local = tokio::spawn(api::serve(state.clone(), local_listener));
+    let console = Some(crate::console::router(state.clone()));
+    let local = tokio::spawn(api::serve(state.clone(), local_listener, console));
     let scheduler = tokio::spawn(delivery::run_scheduler(state.clone()));
     let reload = tokio::spawn(reload_loop(state.clone()));
     let sweeper = tokio::spawn(retention::run_sweeper(state.clone()));
