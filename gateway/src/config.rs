@@ -68,6 +68,13 @@ pub struct AuditConfig {
     /// (`audit.checkpoint_interval_secs`, 60 s to a day; default 5 minutes: what a facility
     /// could rewrite unseen is at most that window).
     pub checkpoint_interval_secs: u64,
+    /// Entries older than this many days are moved to signed archives in
+    /// `<data_dir>/audit-archives` (`audit.keep_days`; default: none, keep all).
+    pub keep_days: Option<u64>,
+    /// The members that witness this node's log (`audit.witnesses`; empty, the default: every
+    /// active member), the first `audit.max_witnesses` (default 4) of them by id.
+    pub witnesses: Vec<String>,
+    pub max_witnesses: usize,
     /// Streaming of every audit entry to a SIEM (`[audit.syslog]`; none when absent).
     pub syslog: Option<SyslogConfig>,
 }
@@ -275,6 +282,11 @@ struct RawConfig {
 struct RawAudit {
     #[serde(default = "defaults::checkpoint_interval_secs")]
     checkpoint_interval_secs: u64,
+    keep_days: Option<u64>,
+    #[serde(default)]
+    witnesses: Vec<String>,
+    #[serde(default = "defaults::max_witnesses")]
+    max_witnesses: usize,
     syslog: Option<RawSyslog>,
 }
 
@@ -282,6 +294,9 @@ impl Default for RawAudit {
     fn default() -> Self {
         RawAudit {
             checkpoint_interval_secs: defaults::checkpoint_interval_secs(),
+            keep_days: None,
+            witnesses: Vec::new(),
+            max_witnesses: defaults::max_witnesses(),
             syslog: None,
         }
     }
@@ -475,6 +490,10 @@ mod defaults {
     pub fn checkpoint_interval_secs() -> u64 {
         300
     }
+    /// Four witnesses: a rewrite must then deceive all of them; more costs a round each.
+    pub fn max_witnesses() -> usize {
+        4
+    }
     pub fn syslog_transport() -> String {
         "tls".to_owned()
     }
@@ -585,6 +604,15 @@ impl NodeConfig {
         if !(60..=86_400).contains(&raw.audit.checkpoint_interval_secs) {
             problems
                 .push("audit.checkpoint_interval_secs: must be between 60 and 86400".to_owned());
+        }
+        if raw.audit.keep_days.is_some_and(|d| !(1..=36_600).contains(&d)) {
+            problems.push("audit.keep_days: must be between 1 and 36600".to_owned());
+        }
+        if !(1..=32).contains(&raw.audit.max_witnesses) {
+            problems.push("audit.max_witnesses: must be between 1 and 32".to_owned());
+        }
+        if raw.audit.witnesses.iter().any(|w| w.parse::<FacilityId>().is_err()) {
+            problems.push("audit.witnesses: each must be a facility id".to_owned());
         }
         let syslog = raw
             .audit
@@ -788,6 +816,9 @@ impl NodeConfig {
             },
             audit: AuditConfig {
                 checkpoint_interval_secs: raw.audit.checkpoint_interval_secs,
+                keep_days: raw.audit.keep_days,
+                witnesses: raw.audit.witnesses.clone(),
+                max_witnesses: raw.audit.max_witnesses,
                 syslog,
             },
             ops: OpsConfig {
