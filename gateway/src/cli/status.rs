@@ -77,16 +77,18 @@ pub async fn status(config: &ConfigArg, json: bool) -> Result<(), Failure> {
                 c.get("next_probe").map_or("-".to_owned(), text)
             ));
         }
-        outln!(
+        // Values, not their JSON (whose Display ignores the column widths).
+        let row = format!(
             "{:<24} {:<10} {:>8} {:>10}  {}",
             text(&p["facility"]),
             reachable,
-            p["pending"],
+            p["pending"].as_u64().unwrap_or(0),
             p["oldest_pending_age_secs"]
                 .as_i64()
                 .map_or("-".to_owned(), |s| span(Some(s))),
             note.join("; ")
-        )?;
+        );
+        outln!("{}", row.trim_end())?;
     }
     outln!("")?;
     let errors = s["last_errors"].as_array().cloned().unwrap_or_default();
