@@ -177,3 +177,272 @@ async fn members_cosign_each_others_checkpoints_and_refuse_a_rewritten_history()
     assert!(a.audit_verifies().await);
     assert!(b.audit_verifies().await);
 }
+
+/// The test's rewriting tool, as a facility controlling its own disk would use it: from the
+/// stopped node's store it builds a new one whose log lacks every entry of `victim` (padded
+/// back to the size of the latest checkpoint with copies of another entry), with every hash
+/// and the tree recomputed, a checkpoint of that size re-signed with the node's own key, and
+/// the cosignatures and witness progress it held copied over; then swaps it in.
+async fn rewrite_without(
+    node_dir: &std::path::Path,
+    key: &gateway_envelope::SigningKey,
+    victim: [u8; 16],
+) {
+    use gateway_store::{AuditFilter, Store};
+    let data = node_dir.join("data");
+    let new_data = node_dir.join("data.rewritten");
+    let old = Store::open(&data).unwrap();
+    let entries = old.audit_list(&AuditFilter::default()).unwrap();
+    let (size, _) = old.checkpoint_latest().unwrap().unwrap();
+    let cosignatures = old.cosignatures(size).unwrap();
+    let progress: Vec<(String, u64)> = ["clinic-b", "clinic-c"]
+        .iter()
+        .map(|w| (w.to_string(), old.cosigned_size(w).unwrap()))
+        .collect();
+    drop(old);
+    let new = Store::open(&new_data).unwrap();
+    let filler = entries
+        .iter()
+        .find(|e| e.record.transfer_id.is_none())
+        .unwrap()
+        .record
+        .clone();
+    let (head, tail): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.seq <= size);
+    let mut kept = 0u64;
+    for e in head
+        .into_iter()
+        .filter(|e| e.record.transfer_id != Some(victim))
+    {
+        new.audit_append(e.record).unwrap();
+        kept += 1;
+    }
+    assert!(kept < size, "the victim had entries before the checkpoint");
+    while new.audit_len() < size {
+        new.audit_append(filler.clone()).unwrap();
+    }
+    for e in tail {
+        new.audit_append(e.record).unwrap();
+    }
+    let origin = checkpoint::origin("hosp-a");
+    let root = new.audit_tree_root(size).unwrap();
+    new.checkpoint_put(size, &checkpoint::sign(&origin, size, root, key).unwrap())
+        .unwrap();
+    for line in cosignatures {
+        let text = String::from_utf8(line.clone()).unwrap();
+        let name = text.split(' ').nth(1).unwrap().to_owned();
+        new.cosignature_put(size, &name, &line).unwrap();
+    }
+    for (w, s) in progress {
+        new.set_cosigned_size(&w, s).unwrap();
+    }
+    new.commit().await.unwrap();
+    assert_eq!(
+        new.audit_verify().map(|n| n >= size),
+        Ok(true),
+        "the chain itself verifies"
+    );
+    drop(new);
+    // The rest of the data directory (the keyring) comes along; the old store is set aside.
+    if data.join("keys").exists() {
+        std::fs::rename(data.join("keys"), new_data.join("keys")).unwrap();
+    }
+    std::fs::rename(&data, node_dir.join("data.original")).unwrap();
+    std::fs::rename(&new_data, &data).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_rewritten_offline_fails_verification_naming_the_witness_and_is_refused_as_a_fork(
+) {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+        ("clinic-c", FacilityKind::Clinic),
+    ]);
+    let mut a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let c = fed.start("clinic-c");
+    let record = bundle_by_prefix("Chet_Thompson");
+    a.consent_for_treatment(&patient_id(&record).unwrap(), "clinic-b")
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = a.send_bundle("clinic-b", &record).await.transfer_id();
+        a.wait_state(&id, "delivered", Duration::from_secs(30))
+            .await;
+        ids.push(id);
+    }
+    let note = a.checkpoint_now().await;
+    assert_eq!(split_note(&note).1.len(), 3, "cosigned by both: {note}");
+    let (code, out, err) = a.cli(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cosigned by [clinic-b, clinic-c]"), "{out}");
+
+    // Offline: the second transfer disappears from hosp-a's history.
+    a.stop();
+    let victim: [u8; 16] = hex::decode(&ids[1]).unwrap().try_into().unwrap();
+    let key = common::signing_key(&fed.nodes["hosp-a"].dir);
+    rewrite_without(&fed.nodes["hosp-a"].dir, &key, victim).await;
+    let a = fed.start("hosp-a");
+
+    // The chain holds, but the witnesses' cosignatures do not: verify fails and names one.
+    let (code, out, err) = a.cli(&["audit", "verify"]);
+    assert_eq!(code, 1, "a rewritten history verified: {out}");
+    assert!(
+        err.contains("the cosignature of witness clinic-b no longer matches the checkpoint"),
+        "{err}"
+    );
+    // The next checkpoint submitted to the witnesses is refused as a fork, kept and alerted.
+    let _ = a.checkpoint_now().await;
+    for w in [&b, &c] {
+        tests::assert_eventually!(
+            Duration::from_secs(10),
+            !w.audit_events("witness-conflict").await.is_empty(),
+            "no witness-conflict on a witness"
+        );
+        let (_, held) = w.get("/v1/witness").await;
+        let conflicts = held["conflicts"].as_array().unwrap();
+        assert!(
+            conflicts
+                .iter()
+                .any(|x| x["origin"] == "healthfed/hosp-a/audit"
+                    && x["reason"]
+                        .as_str()
+                        .unwrap()
+                        .contains("not an append-only extension")),
+            "{held}"
+        );
+        assert!(w.log_text().contains("witness_conflict"));
+    }
+}
+
+/// The witness route under abuse: a stranger's TLS identity, a note of an unknown origin or
+/// with a bad signature, stale and oversized proofs, an oversized body, and a flood of
+/// submissions: each refused, the witness's state unmoved, and the node still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_witness_route_refuses_abuse_and_stays_responsive() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let record = bundle_by_prefix("Chet_Thompson");
+    a.consent_for_treatment(&patient_id(&record).unwrap(), "clinic-b")
+        .await;
+    let id = a.send_bundle("clinic-b", &record).await.transfer_id();
+    a.wait_state(&id, "delivered", Duration::from_secs(30))
+        .await;
+    let note = a.checkpoint_now().await;
+    let (_, held) = b.get("/v1/witness").await;
+    let held_size = held["logs"][0]["size"].as_u64().unwrap();
+    let ca = common::ca_pem(&fed);
+    let as_a = RawIdentity::from_node_dir(&fed.nodes["hosp-a"].dir);
+    let key = common::signing_key(&fed.nodes["hosp-a"].dir);
+    let hash = base64::engine::general_purpose::STANDARD.encode([3u8; 32]);
+
+    // A member of another federation does not get past the handshake.
+    let other = Fed::new(&[("hosp-a", FacilityKind::Hospital)]);
+    let stranger = RawIdentity::from_node_dir(&other.nodes["hosp-a"].dir);
+    assert!(post(
+        &b,
+        &ca,
+        add_checkpoint_body(held_size, &[], note.as_bytes()),
+        &stranger
+    )
+    .await
+    .is_err());
+    // A log of an unknown origin, signed with hosp-a's own key: not hosp-a's log.
+    let unknown = checkpoint::sign("healthfed/nobody/audit", held_size + 1, [1; 32], &key).unwrap();
+    let (status, _) = post(
+        &b,
+        &ca,
+        add_checkpoint_body(held_size, &[&hash], &unknown),
+        &as_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403);
+    // hosp-a's origin signed with another key (a bad signature).
+    let other_key = common::signing_key(&fed.nodes["clinic-b"].dir);
+    let forged = checkpoint::sign(
+        &checkpoint::origin("hosp-a"),
+        held_size + 1,
+        [1; 32],
+        &other_key,
+    )
+    .unwrap();
+    let (status, body) = post(
+        &b,
+        &ca,
+        add_checkpoint_body(held_size, &[&hash], &forged),
+        &as_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    // A stale size: 409 with the size held.
+    let (status, body) = post(
+        &b,
+        &ca,
+        add_checkpoint_body(held_size.saturating_sub(1), &[], note.as_bytes()),
+        &as_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 409);
+    assert_eq!(String::from_utf8_lossy(&body).trim(), held_size.to_string());
+    // A proof longer than any tree needs, and a body past the limit.
+    let long: Vec<&str> = std::iter::repeat_n(hash.as_str(), 65).collect();
+    let (status, _) = post(
+        &b,
+        &ca,
+        add_checkpoint_body(held_size, &long, note.as_bytes()),
+        &as_a,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    let huge = vec![b'a'; 128 * 1024];
+    let (status, _) = post(&b, &ca, huge, &as_a).await.unwrap();
+    assert_eq!(status, 413);
+
+    // A flood: 300 submissions at once, half garbage, half valid-looking stale ones.
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..300u64 {
+        let body = if i % 2 == 0 {
+            add_checkpoint_body(0, &[], note.as_bytes())
+        } else {
+            b"old 1\nnot base64!\n\n".to_vec()
+        };
+        let ca = ca.clone();
+        let ident = RawIdentity::from_node_dir(&fed.nodes["hosp-a"].dir);
+        let addr = b.dir.peer;
+        tasks.push(tokio::spawn(async move {
+            raw_peer_post(addr, &ca, &ident, "/v1/witness", body).await
+        }));
+    }
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok((status, _)) => assert!(
+                [400, 409, 503].contains(&status),
+                "a flood submission got {status}"
+            ),
+            Err(_) => {} // shed at the connection: bounded, not served
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // Nothing moved, nothing was cosigned by the flood, and the node still serves.
+    let (_, after) = b.get("/v1/witness").await;
+    assert_eq!(after["logs"][0]["size"], held_size, "{after}");
+    assert!(after["conflicts"].as_array().unwrap().is_empty(), "{after}");
+    assert!(b.audit_verifies().await);
+    let id = a.send_bundle("clinic-b", &record).await.transfer_id();
+    a.wait_state(&id, "delivered", Duration::from_secs(30))
+        .await;
+    let grown = a.checkpoint_now().await;
+    assert!(
+        grown.contains(&witness::witness_name("clinic-b")),
+        "{grown}"
+    );
+}
