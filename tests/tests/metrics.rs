@@ -388,6 +388,34 @@ async fn metrics_follow_transfers_refusals_queues_and_trust_deadlines() {
     );
     assert_eq!(s.value(submitted), 1.0, "a refusal is not a submission");
 
+    // A policy reload through the API is counted.
+    let (status, body) = a
+        .post_json("/v1/policy/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    let s = Scrape::of(&a);
+    assert_eq!(
+        s.get(r#"healthfed_policy_reloads_total{result="success"}"#),
+        1.0
+    );
+    assert_eq!(
+        s.value(r#"healthfed_policy_reloads_total{result="failure"}"#),
+        0.0
+    );
+
+    // A checkpoint while the peer is up: the peer, a witness, cosigns it at once.
+    a.checkpoint_now().await;
+    let s = Scrape::of(&a);
+    let checkpointed = s.get("healthfed_audit_checkpoint_entries");
+    assert!(checkpointed >= 3.0, "{}", s.text);
+    assert_eq!(
+        s.get(r#"healthfed_witness_lag_entries{witness="clinic-b"}"#),
+        0.0,
+        "{}",
+        s.text
+    );
+    assert!(s.get("healthfed_audit_checkpoint_age_seconds") < 30.0);
+
     // The peer stops: what is sent to it queues, its circuit opens, retries are counted.
     b.kill9();
     let mut queued = Vec::new();
@@ -407,6 +435,17 @@ async fn metrics_follow_transfers_refusals_queues_and_trust_deadlines() {
         s.get(r#"healthfed_delivery_attempts_total{peer="clinic-b",outcome="unreachable"}"#) >= 1.0
     );
     assert_eq!(s.get(submitted), 3.0);
+    // A checkpoint the stopped witness cannot cosign: it lags by what the log grew since.
+    a.checkpoint_now().await;
+    let s = Scrape::of(&a);
+    let grown = s.get("healthfed_audit_checkpoint_entries") - checkpointed;
+    assert!(grown > 0.0, "{}", s.text);
+    assert_eq!(
+        s.get(r#"healthfed_witness_lag_entries{witness="clinic-b"}"#),
+        grown,
+        "{}",
+        s.text
+    );
     std::thread::sleep(Duration::from_secs(2));
     let s = Scrape::of(&a);
     let age = s.get(r#"healthfed_queue_oldest_age_seconds{peer="clinic-b"}"#);
