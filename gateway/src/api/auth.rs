@@ -45,8 +45,6 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/v1/audit/archive", Role::Officer),
     ("GET", "/v1/evidence/transfers/{id}", Role::Officer),
     ("GET", "/v1/witness", Role::Officer),
-    ("GET", "/v1/evidence/transfers/{id}", Role::Officer),
-    ("POST", "/v1/audit/archive", Role::Officer),
     ("POST", "/v1/disclosures", Role::Officer),
     ("GET", "/v1/consents", Role::Officer),
     // consent-admin: consent write.
