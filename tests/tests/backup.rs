@@ -325,6 +325,24 @@ async fn restore_refuses_a_used_dir_a_wrong_passphrase_damage_and_a_running_node
         let id = a.send_bundle("clinic-b", &payload).await.transfer_id();
         a.wait_state(&id, "delivered", DELIVERY).await;
     }
+    // The oldest entries go to a signed archive in the data directory: the backup carries it.
+    let archives = a.dir.dir.join("data/audit-archives");
+    std::fs::create_dir_all(&archives).unwrap();
+    let archive = archives.join("hosp-a-audit-first.json");
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, out, err) = tests::gateway_cli(&[
+        "audit",
+        "archive",
+        "--config",
+        a.dir.config_path.to_str().unwrap(),
+        "--before",
+        &now,
+        "--out",
+        archive.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
     let work = fed.dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let pass = passphrase_file(&work, "pass", PASSPHRASE);
@@ -454,7 +472,19 @@ async fn restore_refuses_a_used_dir_a_wrong_passphrase_damage_and_a_running_node
         let e = e.unwrap();
         std::fs::copy(e.path(), ring.join(e.file_name())).unwrap();
     }
-    let (code, out, err) = tests::gateway_cli(&["audit", "verify", "--config", &config]);
+    let restored_archive = dir.join("audit-archives/hosp-a-audit-first.json");
+    assert_eq!(
+        std::fs::read(&restored_archive).unwrap(),
+        std::fs::read(&archive).unwrap()
+    );
+    let (code, out, err) = tests::gateway_cli(&[
+        "audit",
+        "verify",
+        "--config",
+        &config,
+        "--archive",
+        restored_archive.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let a = fed.start("hosp-a");
     assert!(a.audit_verifies().await);

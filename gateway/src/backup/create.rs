@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_store::Store;
 
-use super::{BackupError, FileEntry, Manifest, StoreCounts, FORMAT, KEYRING_DIR, MANIFEST};
+use super::{
+    BackupError, FileEntry, Manifest, StoreCounts, ARCHIVE_DIR, FORMAT, KEYRING_DIR, MANIFEST,
+};
 
 /// Makes staging directory names unique within the process.
 static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
@@ -98,6 +100,9 @@ impl Prepared {
         for rel in spool {
             files.push((rel.to_string_lossy().into_owned(), staging.join(rel)));
         }
+        // An archive is written before its entries leave the store, so the archives listed
+        // after the copy hold every entry the copy lacks (and perhaps some it has).
+        files.extend(folder_files(&self.data_dir, ARCHIVE_DIR)?);
         if !self.include_keys {
             return Ok(files);
         }
@@ -107,26 +112,34 @@ impl Prepared {
         ));
         // The keyring only grows (a key is added before it is used), so reading it after the
         // copy holds every key the copy's envelopes need.
-        let ring = self.data_dir.join(KEYRING_DIR);
-        let mut names = Vec::new();
-        match std::fs::read_dir(&ring) {
-            Ok(listing) => {
-                for entry in listing {
-                    let entry = entry.map_err(BackupError::io("list", &ring))?;
-                    if entry.file_type().is_ok_and(|t| t.is_file()) {
-                        names.push(entry.file_name().to_string_lossy().into_owned());
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(BackupError::io("list", &ring)(e)),
-        }
-        names.sort();
-        for name in names {
-            files.push((format!("{KEYRING_DIR}/{name}"), ring.join(&name)));
-        }
+        files.extend(folder_files(&self.data_dir, KEYRING_DIR)?);
         Ok(files)
     }
+}
+
+/// The regular files of `data_dir/folder` as (tar name, path), sorted; none if it is absent.
+fn folder_files(data_dir: &Path, folder: &str) -> Result<Vec<(String, PathBuf)>, BackupError> {
+    let dir = data_dir.join(folder);
+    let mut names = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(listing) => {
+            for entry in listing {
+                let entry = entry.map_err(BackupError::io("list", &dir))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Temp files of a writer in progress start with a dot.
+                if entry.file_type().is_ok_and(|t| t.is_file()) && !name.starts_with('.') {
+                    names.push(name);
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(BackupError::io("list", &dir)(e)),
+    }
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|name| (format!("{folder}/{name}"), dir.join(name)))
+        .collect())
 }
 
 /// Packs `files` (tar name, path) and the manifest into `out`.

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `store.kv` | every sled tree, copied between two store operations (see `gateway_store::snapshot`) |
 //! | `spool/outbox/<id>`, `spool/inbox/<id>` | the sealed envelopes the copy refers to |
+//! | `audit-archives/…` | the signed archives of audit entries moved out of the store (`audit.keep_days`) |
 //! | `patient-index.key`, `keys/…` | only with `--include-keys`: the store's patient-protection secret and the keyring of the node's encryption keys |
 //! | `manifest.json` | last: format, facility, time, the copy's counts and each entry's size and SHA-256 |
 //!
@@ -35,6 +36,9 @@ pub const MANIFEST: &str = "manifest.json";
 
 /// The keyring's folder in the data directory (see `trust::identity`).
 pub const KEYRING_DIR: &str = "keys";
+
+/// The audit archives' folder in the data directory (`evidence::archive::archive_dir`).
+pub const ARCHIVE_DIR: &str = "audit-archives";
 
 /// The store's patient-protection secret in the data directory.
 pub const PATIENT_KEY_FILE: &str = "patient-index.key";

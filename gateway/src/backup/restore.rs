@@ -13,7 +13,9 @@ use gateway_store::Store;
 
 use super::create::Hashing;
 use super::crypt::describe_read_error;
-use super::{BackupError, FileEntry, Manifest, FORMAT, KEYRING_DIR, MANIFEST, PATIENT_KEY_FILE};
+use super::{
+    BackupError, FileEntry, Manifest, ARCHIVE_DIR, FORMAT, KEYRING_DIR, MANIFEST, PATIENT_KEY_FILE,
+};
 
 /// What a restore did.
 #[derive(Debug)]
@@ -37,23 +39,10 @@ pub fn restore(input: impl Read, data_dir: &Path, facility: &str) -> Result<Rest
     let written = Written::new(data_dir);
     let entries = gateway_store::snapshot::restore(&staging.0, data_dir)?;
     if manifest.keys_included {
-        let from = staging.0.join(KEYRING_DIR);
-        let to = data_dir.join(KEYRING_DIR);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&to)
-            .map_err(BackupError::io("create directory", &to))?;
-        let listing = std::fs::read_dir(&from);
-        if let Ok(listing) = listing {
-            for entry in listing {
-                let entry = entry.map_err(BackupError::io("list", &from))?;
-                let dest = to.join(entry.file_name());
-                std::fs::rename(entry.path(), &dest).map_err(BackupError::io("move", &dest))?;
-            }
-        }
-        File::open(&to)
-            .and_then(|d| d.sync_all())
-            .map_err(BackupError::io("fsync directory", &to))?;
+        move_folder(&staging.0, data_dir, KEYRING_DIR)?;
+    }
+    if staging.0.join(ARCHIVE_DIR).exists() {
+        move_folder(&staging.0, data_dir, ARCHIVE_DIR)?;
     }
     let audit_verified = if manifest.keys_included {
         let store = Store::open(data_dir)
@@ -77,6 +66,26 @@ pub fn restore(input: impl Read, data_dir: &Path, facility: &str) -> Result<Rest
         entries,
         audit_verified,
     })
+}
+
+/// Moves the files of `from/folder` into `to/folder` (created 0700), durably.
+fn move_folder(from: &Path, to: &Path, folder: &str) -> Result<(), BackupError> {
+    let (src, dest) = (from.join(folder), to.join(folder));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dest)
+        .map_err(BackupError::io("create directory", &dest))?;
+    for entry in std::fs::read_dir(&src).map_err(BackupError::io("list", &src))? {
+        let entry = entry.map_err(BackupError::io("list", &src))?;
+        let target = dest.join(entry.file_name());
+        std::fs::rename(entry.path(), &target).map_err(BackupError::io("move", &target))?;
+    }
+    for dir in [&dest, &to.to_path_buf()] {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(BackupError::io("fsync directory", dir))?;
+    }
+    Ok(())
 }
 
 /// Records the restore in the restored store's audit log (durable), so that the log says why
@@ -239,7 +248,7 @@ fn allowed(name: &str) -> bool {
                 && id.len() == 32
                 && id.bytes().all(|b| b.is_ascii_hexdigit())
         }
-        [dir, file] => *dir == KEYRING_DIR && safe(file),
+        [dir, file] => (*dir == KEYRING_DIR || *dir == ARCHIVE_DIR) && safe(file),
         _ => false,
     }
 }
@@ -322,6 +331,9 @@ mod tests {
         assert!(allowed("manifest.json"));
         assert!(allowed("spool/inbox/0123456789abcdef0123456789abcdef"));
         assert!(allowed("keys/encryption-00ff.key"));
+        assert!(allowed(
+            "audit-archives/hosp-a-audit-000000000001-000000000100.json"
+        ));
         assert!(!allowed("../store.kv"));
         assert!(!allowed("/etc/passwd"));
         assert!(!allowed("spool/inbox/../../x"));
