@@ -312,6 +312,10 @@ async fn stream(
         if *closed.borrow() {
             return Err(StreamError::Closed);
         }
+        if *shutdown.borrow() {
+            confirm_at_shutdown(store, &inflight, &mut closed).await?;
+            return Err(StreamError::Shutdown);
+        }
         // Entries written long enough ago on a connection still open count as delivered.
         while let Some(&(at, seq)) = inflight.front() {
             if at.elapsed() < CONFIRM_AFTER {
@@ -334,7 +338,7 @@ async fn stream(
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = closed.changed() => return Err(StreamError::Closed),
-                _ = shutdown.changed() => return Err(StreamError::Shutdown),
+                _ = shutdown.changed() => {}
             }
             continue;
         }
@@ -358,6 +362,29 @@ async fn stream(
             inflight.push_back((Instant::now(), sent));
         }
     }
+}
+
+/// At shutdown, what was written counts as delivered once the connection has stayed open
+/// for [`CONFIRM_AFTER`] after the last write (at most that long a wait), so a node that stops
+/// does not send it again at its next start. The node's final commit makes the cursor durable.
+async fn confirm_at_shutdown(
+    store: &Store,
+    inflight: &VecDeque<(Instant, u64)>,
+    closed: &mut watch::Receiver<bool>,
+) -> Result<(), StreamError> {
+    let Some(&(at, last)) = inflight.back() else {
+        return Ok(());
+    };
+    let wait = CONFIRM_AFTER.saturating_sub(at.elapsed());
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = closed.changed() => return Ok(()),
+    }
+    if *closed.borrow() {
+        return Ok(());
+    }
+    store.set_audit_cursor(CURSOR, last)?;
+    Ok(())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -175,9 +175,15 @@ pub async fn run(
     sweeper.abort();
     checkpointer.abort();
     trust_watch.abort();
-    if let Some(syslog) = syslog {
-        // Entries it had not sent yet go at the next start, from its cursor.
-        syslog.abort();
+    if let Some(mut syslog) = syslog {
+        // It confirms what it sent (at most a second); anything else goes at the next start,
+        // from its cursor, which the commit below makes durable.
+        if tokio::time::timeout(Duration::from_secs(2), &mut syslog)
+            .await
+            .is_err()
+        {
+            syslog.abort();
+        }
     }
     ops_task.abort();
     if let Err(e) = state.store.commit().await {

@@ -36,7 +36,9 @@ pub fn connector(ca_file: &Path) -> Result<TlsConnector, CollectorTlsError> {
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        // TLS 1.3, or 1.2, which RFC 5425 (as updated by RFC 9662) still requires and which
+        // many collectors speak only (Debian 12's rsyslog GnuTLS driver among them).
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| CollectorTlsError::Ca(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
