@@ -187,6 +187,7 @@ async fn rewrite_without(
     node_dir: &std::path::Path,
     key: &gateway_envelope::SigningKey,
     victim: [u8; 16],
+    keep_cosignatures: bool,
 ) {
     use gateway_store::{AuditFilter, Store};
     let data = node_dir.join("data");
@@ -227,7 +228,7 @@ async fn rewrite_without(
     let root = new.audit_tree_root(size).unwrap();
     new.checkpoint_put(size, &checkpoint::sign(&origin, size, root, key).unwrap())
         .unwrap();
-    for line in cosignatures {
+    for line in cosignatures.into_iter().filter(|_| keep_cosignatures) {
         let text = String::from_utf8(line.clone()).unwrap();
         let name = text.split(' ').nth(1).unwrap().to_owned();
         new.cosignature_put(size, &name, &line).unwrap();
@@ -276,12 +277,20 @@ async fn a_history_rewritten_offline_fails_verification_naming_the_witness_and_i
     let (code, out, err) = a.cli(&["audit", "verify"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("cosigned by [clinic-b, clinic-c]"), "{out}");
+    let (code, out, err) = a.cli(&["audit", "verify", "--with-peers"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for w in ["clinic-b", "clinic-c"] {
+        assert!(
+            out.contains(&format!("witness {w}: its checkpoint of")),
+            "{out}"
+        );
+    }
 
     // Offline: the second transfer disappears from hosp-a's history.
     a.stop();
     let victim: [u8; 16] = hex::decode(&ids[1]).unwrap().try_into().unwrap();
     let key = common::signing_key(&fed.nodes["hosp-a"].dir);
-    rewrite_without(&fed.nodes["hosp-a"].dir, &key, victim).await;
+    rewrite_without(&fed.nodes["hosp-a"].dir, &key, victim, true).await;
     let a = fed.start("hosp-a");
 
     // The chain holds, but the witnesses' cosignatures do not: verify fails and names one.
@@ -444,5 +453,44 @@ async fn the_witness_route_refuses_abuse_and_stays_responsive() {
     assert!(
         grown.contains(&witness::witness_name("clinic-b")),
         "{grown}"
+    );
+}
+
+/// A rewriter that also drops the cosignatures the node held passes the node's own verify (it
+/// has nothing left to compare), but not `--with-peers`: each witness still holds the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_that_drops_the_cosignatures_is_caught_by_the_witnesses_views() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+        ("clinic-c", FacilityKind::Clinic),
+    ]);
+    let mut a = fed.start("hosp-a");
+    let _b = fed.start("clinic-b");
+    let _c = fed.start("clinic-c");
+    let record = bundle_by_prefix("Chet_Thompson");
+    a.consent_for_treatment(&patient_id(&record).unwrap(), "clinic-b")
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = a.send_bundle("clinic-b", &record).await.transfer_id();
+        a.wait_state(&id, "delivered", Duration::from_secs(30))
+            .await;
+        ids.push(id);
+    }
+    let _ = a.checkpoint_now().await;
+    a.stop();
+    let victim: [u8; 16] = hex::decode(&ids[0]).unwrap().try_into().unwrap();
+    let key = common::signing_key(&fed.nodes["hosp-a"].dir);
+    rewrite_without(&fed.nodes["hosp-a"].dir, &key, victim, false).await;
+    let a = fed.start("hosp-a");
+    let (code, out, err) = a.cli(&["audit", "verify"]);
+    assert_eq!(code, 0, "the node alone cannot tell: {out}{err}");
+    let (code, out, err) = a.cli(&["audit", "verify", "--with-peers"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("witness clinic-b's checkpoint of size")
+            && err.contains("the log was changed after clinic-b witnessed it"),
+        "{err}"
     );
 }

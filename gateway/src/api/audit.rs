@@ -158,8 +158,16 @@ pub async fn list_audit(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    /// Also ask each witness for its view of this log (`audit verify --with-peers`).
+    with_peers: Option<bool>,
+}
+
 pub async fn verify_audit(
     State(state): State<Shared>,
+    Query(q): Query<VerifyQuery>,
     token: Option<axum::Extension<TokenName>>,
 ) -> Response {
     if let Err(refused) = record_read(&state, token, "audit chain verified".to_owned(), None).await
@@ -173,15 +181,35 @@ pub async fn verify_audit(
     match verified {
         // The chain holds; then the tree, the checkpoints and the witnesses' cosignatures.
         Ok(n) => match tokio::task::block_in_place(|| crate::evidence::verify::check_log(&state)) {
-            Ok(check) => Json(json!({
+            Ok(check) => {
+                let peers = if q.with_peers == Some(true) {
+                    let views = crate::evidence::witness::views(&state).await;
+                    match tokio::task::block_in_place(|| {
+                        crate::evidence::verify::check_views(&state, &views)
+                    }) {
+                        Ok(lines) => Some(lines),
+                        Err(e) => {
+                            return (
+                                StatusCode::CONFLICT,
+                                Json(json!({ "ok": false, "error": e })),
+                            )
+                                .into_response()
+                        }
+                    }
+                } else {
+                    None
+                };
+                Json(json!({
                 "ok": true,
                 "entries": n,
                 "archived_through": check.floor_seq,
                 "archived_hash": b64(&check.floor_hash),
                 "checkpoint_size": check.checkpoint_size,
                 "witnesses": check.witnesses,
+                "peers": peers,
             }))
-            .into_response(),
+            .into_response()
+            }
             Err(e) => (
                 StatusCode::CONFLICT,
                 Json(json!({ "ok": false, "error": e })),

@@ -217,37 +217,6 @@ pub enum InboxAction {
     },
 }
 
-#[derive(Args)]
-pub struct AuditVerifyArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// Archive files of this log (`gateway audit archive`), oldest first, verified with the
-    /// live log as one history.
-    #[arg(long, num_args = 1..)]
-    pub archive: Vec<PathBuf>,
-}
-
-#[derive(Subcommand)]
-pub enum EvidenceAction {
-    /// Write the evidence file of one transfer (header, receipt, audit entries with proofs,
-    /// the cosigned checkpoint, the directory).
-    Export {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[arg(long)]
-        transfer: String,
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Verify an evidence file with only the federation's CA certificate; print what it
-    /// proves in plain words.
-    Verify {
-        file: PathBuf,
-        #[arg(long)]
-        ca: PathBuf,
-    },
-}
-
 #[derive(Subcommand)]
 pub enum AuditAction {
     /// Exit 0 only if the whole chain, the tree and the witnesses' cosignatures verify (with
@@ -312,6 +281,9 @@ pub struct AuditVerifyArgs {
     /// live log as one history.
     #[arg(long, num_args = 1..)]
     pub archive: Vec<PathBuf>,
+    /// Also ask each witness for the checkpoint of this log it holds, and compare.
+    #[arg(long)]
+    pub with_peers: bool,
 }
 
 #[derive(Subcommand)]

@@ -176,10 +176,12 @@ async fn verify(args: AuditVerifyArgs) -> Result<(), Failure> {
         Some(end)
     };
     let c = client(&args.config).await?;
-    let (status, body) = c
-        .json(Method::GET, "/v1/audit/verify", None)
-        .await
-        .map_err(fail)?;
+    let path = if args.with_peers {
+        "/v1/audit/verify?with_peers=true"
+    } else {
+        "/v1/audit/verify"
+    };
+    let (status, body) = c.json(Method::GET, path, None).await.map_err(fail)?;
     if !status.is_success() || body["ok"].as_bool() != Some(true) {
         return Err(broken(
             body["error"].as_str().unwrap_or("unknown error").to_owned(),
@@ -234,6 +236,9 @@ async fn verify(args: AuditVerifyArgs) -> Result<(), Failure> {
             String::new()
         }
     )?;
+    for line in body["peers"].as_array().into_iter().flatten() {
+        outln!("{}", line.as_str().unwrap_or(""))?;
+    }
     match body["checkpoint_size"].as_u64() {
         Some(size) => {
             let witnesses: Vec<&str> = body["witnesses"]

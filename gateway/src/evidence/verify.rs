@@ -119,6 +119,63 @@ pub fn check_log(state: &NodeState) -> Result<LogCheck, String> {
     })
 }
 
+/// `audit verify --with-peers`: each witness's view of this log (`witness::views`) must be a
+/// checkpoint of it, no larger than the log, whose root is the tree of the entries at its size.
+/// Returns one line per witness; `Err` names the witness whose view contradicts the log. A
+/// witness that cannot be reached is reported, not judged.
+pub fn check_views(
+    state: &NodeState,
+    views: &[(String, Result<Option<Vec<u8>>, String>)],
+) -> Result<Vec<String>, String> {
+    let store = &state.store;
+    let local = |e: gateway_store::StoreError| format!("local system: {e}");
+    let origin = checkpoint::origin(state.me().as_str());
+    let keys = state
+        .trust()
+        .peer(state.me())
+        .map(|p| p.signing_keys)
+        .unwrap_or_default();
+    let len = store.audit_len();
+    let mut held = Vec::new();
+    let mut lines = Vec::new();
+    for (id, view) in views {
+        match view {
+            Err(e) => lines.push(format!("witness {id}: not reached ({e})")),
+            Ok(None) => lines.push(format!("witness {id}: holds no checkpoint of this log")),
+            Ok(Some(note)) => {
+                let (size, root) = checkpoint::open(note, &origin, &keys).map_err(|e| {
+                    format!("witness {id} holds a checkpoint of this log that does not open: {e}")
+                })?;
+                if size > len {
+                    return Err(format!(
+                        "witness {id} has witnessed {size} entries of this log, which holds {len}: \
+                         entries were removed after {id} witnessed them"
+                    ));
+                }
+                held.push((id, size, root));
+            }
+        }
+    }
+    let sizes: BTreeSet<u64> = held.iter().map(|(_, size, _)| *size).collect();
+    let (_, _, roots) = store.audit_tree_recompute(&sizes).map_err(local)?;
+    for (id, size, root) in held {
+        let expected = match roots.get(&size) {
+            Some(r) => *r,
+            None => store.audit_tree_root(size).map_err(local)?,
+        };
+        if root != expected {
+            return Err(format!(
+                "witness {id}'s checkpoint of size {size} does not match this log: the log was \
+                 changed after {id} witnessed it"
+            ));
+        }
+        lines.push(format!(
+            "witness {id}: its checkpoint of {size} entries matches this log"
+        ));
+    }
+    Ok(lines)
+}
+
 /// What `witness::verify_cosignature` says of a cosignature made with another key.
 const KEY_ID_MISMATCH: &str = "cosignature key id does not match";
 

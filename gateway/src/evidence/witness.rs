@@ -31,6 +31,9 @@ use crate::trust::now_unix;
 use crate::trust::transport::{text_response, PeerIdentity, PeerResponse};
 
 pub const WITNESS_PATH: &str = "/v1/witness";
+/// Peer route: the checkpoint this witness holds for the caller's own log (for
+/// `audit verify --with-peers`).
+pub const VIEW_PATH: &str = "/v1/witness/view";
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Key type of a C2SP tlog-cosignature/v1 key.
 const ALG_COSIGNATURE_V1: u8 = 0x04;
@@ -241,6 +244,50 @@ pub async fn incoming(
     let mut resp = text_response(StatusCode::OK, "");
     *resp.body_mut() = Full::new(Bytes::from(line));
     resp
+}
+
+/// The witness side of `POST /v1/witness/view`: the latest checkpoint of the caller's own log
+/// that this node cosigned (200, the signed note), or 404 when it holds none. A facility sees
+/// only what is held of its own log.
+pub async fn view(state: &Arc<NodeState>, peer: &PeerIdentity) -> PeerResponse {
+    let origin = checkpoint::origin(peer.facility.as_str());
+    match state.store.witnessed(&origin) {
+        Ok(Some(held)) => {
+            let mut resp = text_response(StatusCode::OK, "");
+            *resp.body_mut() = Full::new(Bytes::from(held.note));
+            resp
+        }
+        Ok(None) => text_response(StatusCode::NOT_FOUND, "no checkpoint of your log is held"),
+        Err(e) => {
+            tracing::error!(error = %e, "witness state unreadable");
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "witness state unreadable")
+        }
+    }
+}
+
+/// Each witness's view of this node's log: the checkpoint it holds (`None`: it holds none),
+/// or why it could not be asked.
+pub async fn views(state: &NodeState) -> Vec<(String, Result<Option<Vec<u8>>, String>)> {
+    let mut out = Vec::new();
+    for peer in witnesses(state) {
+        let answer = state
+            .clients
+            .post(
+                &peer,
+                VIEW_PATH,
+                Vec::new(),
+                Duration::from_secs(10),
+                MAX_REQUEST_BYTES,
+            )
+            .await
+            .and_then(|(status, body)| match status {
+                StatusCode::OK => Ok(Some(body.to_vec())),
+                StatusCode::NOT_FOUND => Ok(None),
+                other => Err(format!("answered {}", other.as_u16())),
+            });
+        out.push((peer.id.to_string(), answer));
+    }
+    out
 }
 
 /// 409 with the size this witness holds (C2SP tlog-witness): the log retries from it.

@@ -156,6 +156,9 @@ async fn route(
         ("POST", crate::evidence::witness::WITNESS_PATH) => {
             crate::evidence::witness::incoming(state, peer, req).await
         }
+        ("POST", crate::evidence::witness::VIEW_PATH) => {
+            crate::evidence::witness::view(state, peer).await
+        }
         _ => text_response(StatusCode::NOT_FOUND, "no such peer route"),
     }
 }
