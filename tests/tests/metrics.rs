@@ -504,6 +504,26 @@ async fn metrics_follow_transfers_refusals_queues_and_trust_deadlines() {
     assert!(row.contains("unreachable since"), "{row}");
     assert!(text.contains("last errors (pending"), "{text}");
     assert!(!text.contains(PATIENT));
+    assert!(!text.contains("not running"), "{text}");
+    assert_eq!(st["node_running"], true);
+
+    // With the node stopped, status reads its data dir: the queue is there, reachability is not.
+    let mut a = a;
+    a.stop();
+    let (code, stdout, stderr) = a.cli(&["status", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let st: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(st["node_running"], false, "{st}");
+    assert_eq!(st["pending_total"], 2, "{st}");
+    let (code, text, stderr) = a.cli(&["status"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        text.contains("not running: read from its data dir"),
+        "{text}"
+    );
+    let row = text.lines().find(|l| l.starts_with("clinic-b")).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[..3], ["clinic-b", "?", "2"], "{row}");
 }
 
 #[test]

@@ -12,7 +12,13 @@ use super::{outln, Failure};
 
 pub async fn status(config: &ConfigArg, json: bool) -> Result<(), Failure> {
     let c = client(config).await?;
-    let s = ok_json(&c, Method::GET, "/v1/status", None).await?;
+    let mut s = ok_json(&c, Method::GET, "/v1/status", None).await?;
+    // Not running: the API answered in-process from the data dir, which holds the queue but
+    // not which peers the node found unreachable (circuits live in memory).
+    let running = !c.is_offline();
+    if let Some(o) = s.as_object_mut() {
+        o.insert("node_running".to_owned(), Value::Bool(running));
+    }
     if json {
         return print_json(&s);
     }
@@ -22,6 +28,9 @@ pub async fn status(config: &ConfigArg, json: bool) -> Result<(), Failure> {
         text(&s["facility"]),
         text(&s["version"])
     )?;
+    if !running {
+        outln!("node         not running: read from its data dir; reachability of peers unknown")?;
+    }
     let id = &s["identity"];
     outln!(
         "certificate  sha256 {}  expires {}",
@@ -60,10 +69,10 @@ pub async fn status(config: &ConfigArg, json: bool) -> Result<(), Failure> {
         "OLDEST"
     )?;
     for p in s["peers"].as_array().into_iter().flatten() {
-        let reachable = if p["reachable"].as_bool() == Some(true) {
-            "yes"
-        } else {
-            "NO"
+        let reachable = match (running, p["reachable"].as_bool()) {
+            (false, _) => "?",
+            (true, Some(true)) => "yes",
+            (true, _) => "NO",
         };
         let mut note = Vec::new();
         if p["active"].as_bool() != Some(true) {

@@ -108,7 +108,7 @@ impl Metrics {
         );
         reg.register(
             "transfers",
-            "Transfers by direction and outcome (outbound: submitted, delivered, failed, cancelled; inbound: received)",
+            "Transfers by direction and outcome (outbound: submitted, delivered, failed, cancelled, requeued; inbound: received, duplicate)",
             rec.transfers.clone(),
         );
         reg.register(

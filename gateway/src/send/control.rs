@@ -119,6 +119,9 @@ pub async fn requeue(
         .map_err(refused)?;
     state.store.commit().await?;
     tracing::info!(transfer = %id, peer = %entry.recipient, by, "failed transfer requeued");
+    state
+        .metrics
+        .transfer(crate::state::metrics::Direction::Outbound, "requeued");
     state.wake.notify_one();
     Ok(entry)
 }

@@ -116,8 +116,8 @@ impl Default for Recorder {
 }
 
 impl Recorder {
-    /// A transfer reached `outcome` (`submitted`, `delivered`, `failed`, `cancelled`,
-    /// `received`).
+    /// A transfer reached `outcome` (`submitted`, `delivered`, `failed`, `cancelled`, `requeued`,
+    /// `received`, `duplicate`).
     pub fn transfer(&self, direction: Direction, outcome: &'static str) {
         self.transfers
             .get_or_create(&TransferLabels {
