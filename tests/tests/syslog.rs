@@ -641,6 +641,23 @@ async fn the_stream_runs_over_tls_to_a_verified_collector_only() {
         "clinic-b",
         &syslog_toml(collector.port, Some(&other_ca)),
     );
+    // A CA file that cannot be read refuses the start (gateway check says so, naming the key).
+    let broken = fed.nodes["hosp-a"].dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&fed.nodes["hosp-a"].config_path)
+            .unwrap()
+            .replace(&ca.display().to_string(), "/nonexistent/siem-ca.pem"),
+    )
+    .unwrap();
+    let (code, _, err) = tests::gateway_cli(&["check", "--config", &broken.display().to_string()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("audit.syslog.ca_file"), "{err}");
+    assert!(
+        !err.contains("/nonexistent"),
+        "the path is not echoed: {err}"
+    );
+
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
     transfers(&a).await;

@@ -17,7 +17,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use gateway_store::Store;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, SyslogTransport};
 use crate::receive::peer_api;
 use crate::send::delivery;
 use crate::state::outcomes::OutcomeWaiters;
@@ -48,6 +48,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Collector(#[from] crate::trust::collector::CollectorTlsError),
 }
 
 /// Loads everything a node needs, refusing to start on any problem.
@@ -57,6 +59,12 @@ pub fn load_state(
 ) -> Result<Arc<NodeState>, StartError> {
     let config = Arc::new(config);
     let identity = NodeIdentity::load(&config)?;
+    // A stream whose collector CA cannot be read would leave the SIEM without entries unseen.
+    if let Some(syslog) = &config.audit.syslog {
+        if let (SyslogTransport::Tls, Some(ca)) = (syslog.transport, &syslog.ca_file) {
+            crate::trust::collector::connector(ca)?;
+        }
+    }
     // The store first: it holds the highest directory this node has accepted, and an older one
     // (or one of that version with other content) refuses the start.
     let store =
