@@ -323,7 +323,105 @@ impl Drop for Written {
 
 #[cfg(test)]
 mod tests {
-    use super::allowed;
+    use super::super::{FileEntry, Manifest, StoreCounts, FORMAT, MANIFEST};
+    use super::{allowed, restore};
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(gateway_envelope::sha256(bytes))
+    }
+
+    /// A tar of `entries`, then a manifest listing `listed` for facility `facility`.
+    fn archive(entries: &[(&str, &[u8])], listed: Vec<FileEntry>, facility: &str) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, bytes: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o600);
+            tar.append_data(&mut h, name, bytes).unwrap();
+        };
+        for (name, bytes) in entries {
+            add(name, bytes);
+        }
+        let manifest = Manifest {
+            format: FORMAT.to_owned(),
+            facility: facility.to_owned(),
+            created: "2026-12-03T00:00:00Z".to_owned(),
+            gateway_version: "test".to_owned(),
+            store: StoreCounts {
+                trees: 0,
+                entries: 0,
+                audit_size: 0,
+            },
+            keys_included: false,
+            files: listed,
+        };
+        add(MANIFEST, &serde_json::to_vec(&manifest).unwrap());
+        tar.into_inner().unwrap()
+    }
+
+    fn entry(path: &str, bytes: &[u8]) -> FileEntry {
+        FileEntry {
+            path: path.to_owned(),
+            bytes: bytes.len() as u64,
+            sha256: sha(bytes),
+        }
+    }
+
+    /// Every mismatch between the archive and its manifest is refused, naming the entry, and
+    /// leaves the data directory empty.
+    #[test]
+    fn entries_that_do_not_match_the_manifest_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let kv: &[u8] = b"not really a store";
+        let refused = |bytes: Vec<u8>| {
+            let e = restore(bytes.as_slice(), &data, "hosp-a")
+                .unwrap_err()
+                .to_string();
+            assert!(!data.exists() || std::fs::read_dir(&data).unwrap().next().is_none());
+            e
+        };
+        let e = refused(archive(
+            &[("store.kv", kv)],
+            vec![entry("store.kv", b"other bytes")],
+            "hosp-a",
+        ));
+        assert!(
+            e.contains("entry store.kv: its SHA-256 or size does not match"),
+            "{e}"
+        );
+        let spool = "spool/inbox/0123456789abcdef0123456789abcdef";
+        let e = refused(archive(
+            &[("store.kv", kv), (spool, b"sealed")],
+            vec![entry("store.kv", kv)],
+            "hosp-a",
+        ));
+        assert!(
+            e.contains(&format!("entry {spool} is not in the manifest")),
+            "{e}"
+        );
+        let e = refused(archive(&[], vec![entry("store.kv", kv)], "hosp-a"));
+        assert!(
+            e.contains("entry store.kv is in the manifest but not in the archive"),
+            "{e}"
+        );
+        let e = refused(archive(
+            &[("store.kv", kv)],
+            vec![entry("store.kv", kv)],
+            "clinic-b",
+        ));
+        assert!(e.contains("the backup is of facility clinic-b"), "{e}");
+        let e = refused(archive(
+            &[("sled/db", kv)],
+            vec![entry("sled/db", kv)],
+            "hosp-a",
+        ));
+        assert!(e.contains("unexpected entry sled/db"), "{e}");
+        let mut cut = archive(&[("store.kv", kv)], vec![entry("store.kv", kv)], "hosp-a");
+        cut.truncate(700);
+        let e = refused(cut);
+        assert!(e.contains("backup refused"), "{e}");
+    }
 
     #[test]
     fn only_the_formats_names_are_allowed() {
