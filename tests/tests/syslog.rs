@@ -9,16 +9,20 @@
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use http::StatusCode;
 use pki_tools::{Endpoint, FacilityKind, Federation};
 use serde_json::Value;
 
+use gateway::evidence::checkpoint;
 use tests::{bundle_by_prefix, patient_id, raw_peer_post, Fed, Node, RawIdentity};
 
 const DELIVERY: Duration = Duration::from_secs(90);
@@ -436,7 +440,9 @@ fn assert_matches(log: &[Value], got: &BTreeMap<u64, Received>, facility: &str) 
         }
         let identity_refused =
             s("event") == Some("rejected") && s("outcome") == Some("connection-refused");
-        let expected_severity = if bg || identity_refused {
+        let expected_severity = if s("event") == Some("witness-conflict") {
+            "1"
+        } else if bg || identity_refused {
             "4"
         } else if matches!(
             s("outcome"),
@@ -515,7 +521,7 @@ async fn every_audit_entry_reaches_rsyslog_across_a_collector_restart() {
     // Only hosp-a streams; clinic-b is its peer.
     append_config(&fed, "hosp-a", &syslog_toml(collector.port, None));
     let mut a = fed.start("hosp-a");
-    let _b = fed.start("clinic-b");
+    let b = fed.start("clinic-b");
     let general = bundle_by_prefix("Clemente_Kreiger");
     let sensitive_patient = patient_id(&bundle_by_prefix("Eliseo_Cummings")).unwrap();
 
@@ -549,6 +555,38 @@ async fn every_audit_entry_reaches_rsyslog_across_a_collector_restart() {
             .any(|e| e["outcome"] == "connection-refused"),
         "the refused connection was not audited"
     );
+    // ... and a fork of clinic-b's log, which hosp-a witnesses: clinic-b's own key and TLS
+    // identity submit a checkpoint of the same size with another root (refused, audited
+    // witness-conflict).
+    let b_dir = &fed.nodes["clinic-b"].dir;
+    let note = b.checkpoint_now().await;
+    let origin = checkpoint::origin("clinic-b");
+    let b_key = common::signing_key(b_dir);
+    let (size, root) =
+        checkpoint::open(note.as_bytes(), &origin, &[b_key.verifying_key()]).unwrap();
+    let mut other_root = root;
+    other_root[0] ^= 1;
+    let fork = checkpoint::sign(&origin, size, other_root, &b_key).unwrap();
+    let mut body = format!("old {size}\n").into_bytes();
+    body.extend_from_slice(
+        format!(
+            "{}\n\n",
+            base64::engine::general_purpose::STANDARD.encode([9u8; 32])
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(&fork);
+    let (status, answer) = raw_peer_post(
+        a.dir.peer,
+        &ca,
+        &RawIdentity::from_node_dir(b_dir),
+        "/v1/witness",
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&answer));
+    assert!(!a.audit_events("witness-conflict").await.is_empty());
     wait_for_all(&collector, &a, last_seq(&a).await, Duration::from_secs(30)).await;
 
     // 2. Collector down: transfers go on without waiting for it.
@@ -618,6 +656,10 @@ async fn every_audit_entry_reaches_rsyslog_across_a_collector_restart() {
     assert!(by_event("rejected", "connection-refused")
         .iter()
         .any(|r| r.severity == "4"));
+    assert!(!by_event("witness-conflict", "refused").is_empty());
+    assert!(by_event("witness-conflict", "refused")
+        .iter()
+        .all(|r| r.severity == "1"));
     assert!(!a.log_text().contains(&sensitive_patient));
 }
 
