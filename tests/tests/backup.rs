@@ -400,6 +400,11 @@ async fn restore_refuses_a_used_dir_a_wrong_passphrase_damage_and_a_running_node
     assert_eq!(code, 1);
     assert!(err.contains("stop it first"), "{err}");
     a.stop();
+    // With the node stopped, the backup is taken from its store directly.
+    let offline = work.join("a-offline.backup");
+    let (code, out, err) = backup(&offline, &["--include-keys"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("the node is not running"), "{err}");
     // Into the node's own (non-empty) data directory: refused, nothing touched.
     let (code, _, err) = restore(&file, &pass);
     assert_eq!(code, 1);
@@ -486,10 +491,22 @@ async fn restore_refuses_a_used_dir_a_wrong_passphrase_damage_and_a_running_node
         restored_archive.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    let a = fed.start("hosp-a");
+    let mut a = fed.start("hosp-a");
     assert!(a.audit_verifies().await);
     assert_eq!(a.transfers().await.len(), 3);
     let id = a.send_bundle("clinic-b", &payload).await.transfer_id();
     a.wait_state(&id, "delivered", DELIVERY).await;
     assert_eq!(b.inbox().await.len(), 4);
+    a.stop();
+
+    // The backup taken offline restores too, into yet another directory.
+    let path = &fed.nodes["hosp-a"].config_path;
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, text.replace("data-restored", "data-offline")).unwrap();
+    let (code, out, err) = restore(&offline, &pass);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("audit log verified"), "{out}");
+    let a = fed.start("hosp-a");
+    assert!(a.audit_verifies().await);
+    assert_eq!(a.transfers().await.len(), 3);
 }
