@@ -278,7 +278,16 @@ async fn metrics_follow_transfers_refusals_queues_and_trust_deadlines() {
     let before = Scrape::of(&a);
     let submitted = r#"healthfed_transfers_total{direction="outbound",outcome="submitted"}"#;
     let delivered = r#"healthfed_transfers_total{direction="outbound",outcome="delivered"}"#;
-    assert_eq!(before.value(submitted), 0.0, "{}", before.text);
+    // The fixed classes are there from the start, at 0 (so the first event is an increase).
+    assert_eq!(before.get(submitted), 0.0, "{}", before.text);
+    assert_eq!(
+        before.get(r#"healthfed_refusals_total{direction="inbound",reason="envelope"}"#),
+        0.0
+    );
+    assert_eq!(
+        before.get(r#"healthfed_policy_reloads_total{result="failure"}"#),
+        0.0
+    );
     assert_eq!(before.get("healthfed_ready"), 1.0);
     assert_eq!(
         before.get(&format!(

@@ -23,6 +23,20 @@ const LATENCY_BUCKETS: [f64; 15] = [
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
 ];
 
+/// The `outcome` values of `healthfed_transfers_total`, by direction.
+const OUTBOUND_OUTCOMES: [&str; 5] = ["submitted", "delivered", "failed", "cancelled", "requeued"];
+const INBOUND_OUTCOMES: [&str; 2] = ["received", "duplicate"];
+/// The `reason` values of `healthfed_refusals_total` (`send::outbox::SubmitError::class`,
+/// `receive::inbox`'s refusal classes).
+const OUTBOUND_REFUSALS: [&str; 5] = ["recipient", "content", "upload", "policy", "local_error"];
+const INBOUND_REFUSALS: [&str; 5] = [
+    "envelope",
+    "policy_or_content",
+    "too_large",
+    "unavailable",
+    "other",
+];
+
 /// Which way a transfer goes, seen from this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -100,7 +114,7 @@ impl Default for Recorder {
         let now = crate::trust::now_unix();
         let audit_verify_ok = Gauge::default();
         audit_verify_ok.set(-1);
-        Recorder {
+        let recorder = Recorder {
             transfers: Family::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
             attempts: Family::default(),
@@ -111,11 +125,54 @@ impl Default for Recorder {
             audit_verified_at: Gauge::default(),
             checkpoint_signed_at: AtomicI64::new(now),
             started_at: now,
-        }
+        };
+        recorder.zeros();
+        recorder
     }
 }
 
 impl Recorder {
+    /// Creates the series of every fixed class at 0, so a scrape shows them before their first
+    /// event and `rate()`/`increase()` see that first event (a series that appears at 1 is not
+    /// counted as an increase).
+    fn zeros(&self) {
+        for (direction, outcomes) in [
+            (Direction::Outbound, OUTBOUND_OUTCOMES.as_slice()),
+            (Direction::Inbound, INBOUND_OUTCOMES.as_slice()),
+        ] {
+            for &outcome in outcomes {
+                let _ = self.transfers.get_or_create(&TransferLabels {
+                    direction: direction.as_str(),
+                    outcome,
+                });
+            }
+        }
+        for (direction, reasons) in [
+            (Direction::Outbound, OUTBOUND_REFUSALS.as_slice()),
+            (Direction::Inbound, INBOUND_REFUSALS.as_slice()),
+        ] {
+            for &reason in reasons {
+                let _ = self.refusals.get_or_create(&RefusalLabels {
+                    direction: direction.as_str(),
+                    reason,
+                });
+            }
+        }
+        for action in [
+            Action::Send,
+            Action::Receive,
+            Action::Request,
+            Action::BreakGlass,
+        ] {
+            for outcome in ["permit", "deny", "error"] {
+                let _ = self.decisions.get_or_create(&DecisionLabels {
+                    action: action.as_str(),
+                    outcome,
+                });
+            }
+        }
+    }
+
     /// A transfer reached `outcome` (`submitted`, `delivered`, `failed`, `cancelled`, `requeued`,
     /// `received`, `duplicate`).
     pub fn transfer(&self, direction: Direction, outcome: &'static str) {

@@ -28,7 +28,7 @@ impl PolicyHandle {
             engine: RwLock::new(engine),
             dir,
             stamp: Mutex::new(stamp),
-            reloads: Family::default(),
+            reloads: zeroed_reloads(),
         })
     }
 
@@ -72,6 +72,15 @@ impl PolicyHandle {
             }
         }
     }
+}
+
+/// Both results at 0 from the start, so the first failure is an increase to alert on.
+fn zeroed_reloads() -> Family<ResultLabels, Counter> {
+    let reloads = Family::default();
+    for result in ["success", "failure"] {
+        let _ = reloads.get_or_create(&ResultLabels { result });
+    }
+    reloads
 }
 
 fn load_engine(dir: Option<&Path>) -> Result<PolicyEngine, String> {
