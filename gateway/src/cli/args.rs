@@ -311,6 +311,8 @@ pub enum EvidenceAction {
 pub struct AuditExportArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// fhir: FHIR R4 AuditEvent per IHE BALP; jsonl: the listing's entries, one JSON object a
+    /// line; csv: RFC 4180 with a header row.
     #[arg(long, value_parser = ["fhir", "jsonl", "csv"])]
     pub format: String,
     /// With --format fhir: one Bundle (type collection) instead of one resource per line.
@@ -319,10 +321,13 @@ pub struct AuditExportArgs {
     /// The file to write (mode 0600: it names patients); replaced only once complete.
     #[arg(long)]
     pub out: PathBuf,
+    /// Only entries about this patient.
     #[arg(long)]
     pub patient: Option<String>,
+    /// Only entries about this transfer (its id).
     #[arg(long)]
     pub transfer: Option<String>,
+    /// Only break-glass entries.
     #[arg(long)]
     pub break_glass: bool,
     /// Only entries about this peer facility.
