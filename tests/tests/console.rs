@@ -413,6 +413,12 @@ async fn an_officer_uses_the_console_in_a_real_browser() {
     );
     assert_eq!(status, 200);
     assert!(found.contains(&bg), "search by patient lists the transfer");
+    // `/console` without its slash is the console too.
+    let (status, headers, _) = http(nd.local, "GET", "/console", &[], "");
+    assert_eq!(
+        (status, header(&headers, "location")),
+        (303, vec!["/console/sign-in"])
+    );
     // No session, no page.
     let (status, headers, _) = http(nd.local, "GET", "/console/break-glass", &[], "");
     assert_eq!(status, 303);

@@ -143,6 +143,11 @@ async fn every_route_admits_its_role_only_and_audits_each_refusal() {
         "{err}"
     );
     std::fs::write(&nd.config_path, &new_text).unwrap();
+    // `check` warns about the token without roles, and only about it.
+    let (code, _, err) = gateway_cli(&["check", "--config", nd.config_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("names no roles").count(), 1, "{err}");
+    assert!(err.contains("token \"cli\" names no roles"), "{err}");
 
     let node = fed.start("hosp-a");
     let addr = nd.local;

@@ -118,6 +118,8 @@ fn check(arg: &ConfigArg) -> Result<(), Failure> {
     let (_stop, rx) = tokio::sync::watch::channel(false);
     let state =
         crate::node::load_state(config, rx).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
+    // The same deprecation warning the node logs at start, so a migration is checked here.
+    crate::api::auth::warn_defaulted_roles(&state.config.local_api.token_hashes);
     let trust = state.trust();
     outln!(
         "ok: facility {} ; directory version {} lists {} facilities ; {} policies ; sends {}",
