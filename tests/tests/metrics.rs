@@ -578,6 +578,20 @@ impl Prometheus {
     /// Starts `prometheus` on a free loopback port scraping `target` every second, with the
     /// shipped alert rules loaded; waits (≤ 60 s) until it is ready.
     fn start(target: SocketAddr) -> Prometheus {
+        // The port is found free and then bound by Prometheus: a test running beside this one
+        // can take it in between; that start fails naming the address, so it is tried again
+        // on a new port, at most three times.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Prometheus::try_start(target) {
+                Ok(p) => return p,
+                Err(log) => last = log,
+            }
+        }
+        panic!("prometheus did not start on three ports:\n{last}");
+    }
+
+    fn try_start(target: SocketAddr) -> Result<Prometheus, String> {
         let dir = tempfile::tempdir().unwrap();
         let rules = repo().join("deploy/alerts.yml");
         let config = dir.path().join("prometheus.yml");
@@ -611,14 +625,17 @@ impl Prometheus {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if TcpStream::connect(addr).is_ok() && http_get(addr, "/-/ready").0 == 200 {
-                return p;
+            if p.child.try_wait().unwrap().is_some() {
+                let log = p.log_text();
+                assert!(
+                    log.contains("address already in use"),
+                    "prometheus exited:\n{log}"
+                );
+                return Err(log);
             }
-            assert!(
-                p.child.try_wait().unwrap().is_none(),
-                "prometheus exited:\n{}",
-                p.log_text()
-            );
+            if TcpStream::connect(addr).is_ok() && http_get(addr, "/-/ready").0 == 200 {
+                return Ok(p);
+            }
             assert!(
                 Instant::now() < deadline,
                 "prometheus not ready:\n{}",
