@@ -28,6 +28,9 @@ pub const FORMAT: &str = "healthfed-audit-archive/1";
 const SIGNATURE_DOMAIN: &str = "healthfed/audit-archive/1";
 /// The audit event of an archive written and its entries removed.
 pub const ARCHIVED_EVENT: &str = "audit-archived";
+/// The most entries one archive takes (its file is built in memory, about 400 bytes an
+/// entry): a longer range is archived over several calls (retention: several rounds).
+pub const MAX_ARCHIVE_ENTRIES: u64 = 250_000;
 /// The largest archive the verifier reads.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024 * 1024;
 
@@ -346,7 +349,10 @@ pub async fn archive_before(
     let _one = ARCHIVING.lock().await;
     let store = &state.store;
     let (floor, prev_hash) = store.audit_floor().map_err(local)?;
-    let through = store.audit_seq_before(cutoff_ms).map_err(local)?;
+    let through = store
+        .audit_seq_before(cutoff_ms)
+        .map_err(local)?
+        .min(floor + MAX_ARCHIVE_ENTRIES);
     if through <= floor {
         return Err(ArchiveError::Nothing);
     }

@@ -125,7 +125,7 @@ pub fn check_log(state: &NodeState) -> Result<LogCheck, String> {
 /// witness that cannot be reached is reported, not judged.
 pub fn check_views(
     state: &NodeState,
-    views: &[(String, Result<Option<Vec<u8>>, String>)],
+    views: &[witness::WitnessView],
 ) -> Result<Vec<String>, String> {
     let store = &state.store;
     let local = |e: gateway_store::StoreError| format!("local system: {e}");

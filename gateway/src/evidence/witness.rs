@@ -265,9 +265,12 @@ pub async fn view(state: &Arc<NodeState>, peer: &PeerIdentity) -> PeerResponse {
     }
 }
 
-/// Each witness's view of this node's log: the checkpoint it holds (`None`: it holds none),
-/// or why it could not be asked.
-pub async fn views(state: &NodeState) -> Vec<(String, Result<Option<Vec<u8>>, String>)> {
+/// A witness's view of this node's log: its id, and the checkpoint it holds (`None`: it
+/// holds none), or why it could not be asked.
+pub type WitnessView = (String, Result<Option<Vec<u8>>, String>);
+
+/// Each witness's view of this node's log.
+pub async fn views(state: &NodeState) -> Vec<WitnessView> {
     let mut out = Vec::new();
     for peer in witnesses(state) {
         let answer = state
