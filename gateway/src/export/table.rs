@@ -84,7 +84,10 @@ impl<W: Write> ExportWriter<W> {
             }
             Format::Fhir { bundle: false } | Format::Jsonl => Sink::Lines(out),
             Format::Csv => {
-                let mut w = csv::Writer::from_writer(out);
+                // RFC 4180: records end in CRLF (the crate's default is LF).
+                let mut w = csv::WriterBuilder::new()
+                    .terminator(csv::Terminator::CRLF)
+                    .from_writer(out);
                 w.write_record(CSV_HEADER)?;
                 Sink::Csv(Box::new(w))
             }
@@ -207,6 +210,9 @@ mod tests {
         let e = entry(1, "line one\nline \"two\", end");
         w.write(&Value::Null, &e).unwrap();
         let (_, out) = w.finish().unwrap();
+        assert!(out.starts_with(b"seq,time_ms,time,event,"));
+        assert!(out.ends_with(b"\r\n"));
+        assert_eq!(out.windows(2).filter(|w| w == b"\r\n").count(), 2);
         let mut r = csv::Reader::from_reader(out.as_slice());
         assert_eq!(r.headers().unwrap(), CSV_HEADER.as_slice());
         let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
