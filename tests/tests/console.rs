@@ -413,6 +413,48 @@ async fn an_officer_uses_the_console_in_a_real_browser() {
     );
     assert_eq!(status, 200);
     assert!(found.contains(&bg), "search by patient lists the transfer");
+    // The whole log, 4 rows a page on the seq cursor: every entry up to the first page's
+    // snapshot exactly once, in order, although each page adds an audit-read entry.
+    let mut seqs: Vec<u64> = Vec::new();
+    let mut cursor: Option<(String, String)> = None;
+    let mut pages = 0;
+    loop {
+        let mut fields = vec![("csrf", csrf.clone()), ("limit", "4".to_owned())];
+        if let Some((after, until)) = &cursor {
+            fields.push(("after", after.clone()));
+            fields.push(("until", until.clone()));
+        }
+        let (status, _, page) = http(
+            nd.local,
+            "POST",
+            "/console/audit",
+            &[form_type, ("Cookie", &session_cookie)],
+            &serde_urlencoded::to_string(&fields).unwrap(),
+        );
+        assert_eq!(status, 200);
+        pages += 1;
+        let rows: Vec<u64> = page
+            .split("<tr><td>")
+            .skip(1)
+            .filter_map(|r| r.split('<').next()?.parse().ok())
+            .collect();
+        assert!(rows.len() <= 4, "{rows:?}");
+        seqs.extend(rows);
+        let Some(form) = page.split("id=\"next-page\"").nth(1) else {
+            break;
+        };
+        let value = |name: &str| {
+            let key = format!("name=\"{name}\" value=\"");
+            let at = form.find(&key).unwrap() + key.len();
+            form[at..].split('"').next().unwrap().to_owned()
+        };
+        cursor = Some((value("after"), value("until")));
+        assert!(pages < 100, "paging did not end");
+    }
+    let until: u64 = cursor.unwrap().1.parse().unwrap();
+    assert_eq!(seqs, (1..=until).collect::<Vec<_>>());
+    assert!(pages > 2);
+
     // `/console` without its slash is the console too.
     let (status, headers, _) = http(nd.local, "GET", "/console", &[], "");
     assert_eq!(

@@ -18,7 +18,9 @@ use super::query::{cursor_at, scan};
 use super::session::Officer;
 use super::{record_read, Console};
 
+/// Rows a page shows unless the form asks for another size (1 to [`MAX_PAGE`]).
 const PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
 
 #[derive(Deserialize, Default, Clone)]
 pub struct SearchForm {
@@ -49,6 +51,9 @@ pub struct SearchForm {
     /// included) are left out, so paging ends.
     #[serde(default)]
     until: Option<u64>,
+    /// Rows per page (default [`PAGE`]).
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 fn given(s: &str) -> Option<&str> {
@@ -122,6 +127,14 @@ pub async fn results(State(console): State<Console>, officer: Officer, body: Byt
             "A time could not be read; use the date and time fields.",
         );
     }
+    let page = f.limit.unwrap_or(PAGE);
+    if !(1..=MAX_PAGE).contains(&page) {
+        return problem(
+            Some(&chrome),
+            StatusCode::BAD_REQUEST,
+            "A page has 1 to 500 rows.",
+        );
+    }
     let patient = given(&f.patient).map(str::to_owned);
     let read_seq = match record_read(&console, &officer, "audit search", patient.clone()).await {
         Ok(seq) => seq,
@@ -140,7 +153,7 @@ pub async fn results(State(console): State<Console>, officer: Officer, body: Byt
             (None, Some(from)) => cursor_at(store, from)?,
             (None, None) => 0,
         };
-        scan(store, &base, start, until, PAGE, |e| f.keeps(e, to_ms))
+        scan(store, &base, start, until, page, |e| f.keeps(e, to_ms))
     });
     let scanned = match scanned {
         Ok(s) => s,
@@ -205,6 +218,7 @@ pub async fn results(State(console): State<Console>, officer: Officer, body: Byt
                 @if n.break_glass.is_some() { input type="hidden" name="break_glass" value="on"; }
                 input type="hidden" name="after" value=[n.after];
                 input type="hidden" name="until" value=[n.until];
+                input type="hidden" name="limit" value=[n.limit];
                 button type="submit" { "Next page" }
             }
         }
