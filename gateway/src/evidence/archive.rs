@@ -181,7 +181,7 @@ fn verify_one(file: &[u8], ca_der: &[u8], now_unix: i64) -> Result<ArchiveEnd, R
     let dir = match verify_directory_file(&dir_bytes, ca_der, now_unix, None) {
         Ok(v) => v.directory,
         Err(DirectoryError::Expired { expires_at, .. }) => {
-            verify_directory_file(&dir_bytes, ca_der, expires_at - 1, None)
+            verify_directory_file(&dir_bytes, ca_der, expires_at.saturating_sub(1), None)
                 .map_err(|e| refuse("directory", e))?
                 .directory
         }

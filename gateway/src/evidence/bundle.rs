@@ -182,7 +182,7 @@ pub fn verify(file: &[u8], ca_der: &[u8], now_unix: i64) -> Result<Verified, Ref
         match verify_directory_file(&dir_bytes, ca_der, now_unix, None) {
             Ok(v) => (v, false),
             Err(DirectoryError::Expired { expires_at, .. }) => (
-                verify_directory_file(&dir_bytes, ca_der, expires_at - 1, None)
+                verify_directory_file(&dir_bytes, ca_der, expires_at.saturating_sub(1), None)
                     .map_err(|e| refuse("directory", e))?,
                 true,
             ),
@@ -261,6 +261,7 @@ pub fn verify(file: &[u8], ca_der: &[u8], now_unix: i64) -> Result<Verified, Ref
     let mut last = 0u64;
     for e in &parsed.entries {
         let part = format!("audit entry #{}", e.seq);
+        // Seqs start at 1 (leaf seq - 1), strictly increasing.
         if e.seq <= last {
             return Err(refuse(part, "out of order"));
         }

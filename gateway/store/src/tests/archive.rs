@@ -79,3 +79,23 @@ fn a_rewritten_entry_after_the_floor_is_still_named() {
     store.trees().audit.insert(key, value).unwrap();
     assert_eq!(store.audit_verify().unwrap_err().seq, 12);
 }
+
+#[test]
+fn the_recomputed_tree_matches_the_stored_one_until_a_node_is_changed() {
+    let (_dir, store) = open();
+    fill(&store, 37);
+    store.audit_archive_remove(9).unwrap();
+    let sizes = [12u64, 37].into_iter().collect();
+    let (size, root, roots) = store.audit_tree_recompute(&sizes).unwrap();
+    assert_eq!((size, root), store.audit_tree_head().unwrap());
+    assert_eq!(roots[&12], store.audit_tree_root(12).unwrap());
+    // A stored node that no longer matches the entries (a tree rewritten on its own).
+    let key = crate::audit::tree_key(5, 0);
+    store
+        .trees()
+        .audit_tree
+        .insert(key, &[7u8; 32][..])
+        .unwrap();
+    let (_, root, _) = store.audit_tree_recompute(&sizes).unwrap();
+    assert_ne!(root, store.audit_tree_root(37).unwrap());
+}
