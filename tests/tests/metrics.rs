@@ -487,6 +487,12 @@ async fn metrics_follow_transfers_refusals_queues_and_trust_deadlines() {
     let errors = st["last_errors"].as_array().unwrap();
     assert!(!errors.is_empty(), "{st}");
     assert!(errors.iter().all(|e| e["peer"] == "clinic-b"), "{st}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["state"] == "queued" || e["state"] == "delivering"),
+        "{st}"
+    );
     assert!(queued.contains(&errors[0]["transfer_id"].as_str().unwrap().to_owned()));
     let cert_in = st["identity"]["certificate_expires"]["in_secs"]
         .as_i64()
@@ -512,6 +518,7 @@ async fn metrics_follow_transfers_refusals_queues_and_trust_deadlines() {
     assert_eq!(&cols[..3], ["clinic-b", "NO", "2"], "{row}");
     assert!(row.contains("unreachable since"), "{row}");
     assert!(text.contains("last errors (pending"), "{text}");
+    assert!(text.contains("queued after attempt"), "{text}");
     assert!(!text.contains(PATIENT));
     assert!(!text.contains("not running"), "{text}");
     assert_eq!(st["node_running"], true);

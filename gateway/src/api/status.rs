@@ -73,6 +73,7 @@ fn to_json(o: &Overview) -> Value {
         .map(|e| {
             json!({
                 "transfer_id": e.transfer_id,
+                "state": e.state,
                 "peer": e.peer,
                 "at": ms_to_rfc3339(e.at_ms),
                 "attempts": e.attempts,

@@ -104,14 +104,20 @@ pub async fn status(config: &ConfigArg, json: bool) -> Result<(), Failure> {
     if errors.is_empty() {
         return outln!("last errors  none");
     }
-    outln!("last errors (pending transfers, newest first):")?;
+    outln!("last errors (pending and recently failed transfers, newest first):")?;
     for e in &errors {
+        // A transfer parked behind its peer's probe has an error and no attempt of its own.
+        let attempts = match e["attempts"].as_u64() {
+            Some(n) if n > 0 => format!(" after attempt {n}"),
+            _ => String::new(),
+        };
         outln!(
-            "  {}  {}  {}  attempt {}: {}",
+            "  {}  {}  {}  {}{}: {}",
             text(&e["at"]),
             text(&e["peer"]),
             text(&e["transfer_id"]),
-            e["attempts"],
+            text(&e["state"]),
+            attempts,
             text(&e["error"])
         )?;
     }

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use gateway_store::TransferState;
 use pki_tools::FacilityStatus;
 
 use crate::state::circuits::CircuitView;
@@ -17,6 +18,10 @@ use crate::trust::{freshness, now_ms, now_unix, read_single_cert};
 
 /// At most this many of the latest delivery errors are kept in an overview.
 const MAX_LAST_ERRORS: usize = 10;
+
+/// How many of the newest outbound transfers are looked at for recent failures (a bounded
+/// read, however long the history).
+const RECENT_TRANSFERS: usize = 200;
 
 pub struct Overview {
     /// Unix seconds when it was taken.
@@ -43,7 +48,7 @@ pub struct Overview {
     /// Every other facility of the directory, and any recipient with pending transfers that it
     /// no longer lists; by id.
     pub peers: Vec<PeerView>,
-    /// The latest errors of pending transfers, newest first.
+    /// The latest errors of pending transfers and of recent failed ones, newest first.
     pub last_errors: Vec<LastError>,
 }
 
@@ -61,6 +66,8 @@ pub struct PeerView {
 
 pub struct LastError {
     pub transfer_id: String,
+    /// `queued`/`delivering` (will be retried) or `failed` (delivery gave up).
+    pub state: &'static str,
     pub peer: String,
     pub at_ms: u64,
     pub attempts: u32,
@@ -113,6 +120,19 @@ impl Overview {
             if let Some(error) = &entry.last_error {
                 errors.push(LastError {
                     transfer_id: hex::encode(entry.transfer_id),
+                    state: entry.state.as_str(),
+                    peer: entry.recipient.clone(),
+                    at_ms: entry.updated_ms,
+                    attempts: entry.attempts,
+                    error: error.clone(),
+                });
+            }
+        }
+        for entry in state.store.outbox_page(None, RECENT_TRANSFERS)? {
+            if let (TransferState::Failed, Some(error)) = (entry.state, &entry.last_error) {
+                errors.push(LastError {
+                    transfer_id: hex::encode(entry.transfer_id),
+                    state: entry.state.as_str(),
                     peer: entry.recipient.clone(),
                     at_ms: entry.updated_ms,
                     attempts: entry.attempts,
