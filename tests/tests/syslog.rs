@@ -377,17 +377,32 @@ async fn wait_for_all(
     last: u64,
     timeout: Duration,
 ) -> BTreeMap<u64, Received> {
+    wait_for(c, node, &(1..=last).collect::<Vec<_>>(), timeout).await
+}
+
+/// Waits (bounded) until the collector holds every one of `seqs`.
+async fn wait_for(
+    c: &Collector,
+    node: &Node,
+    seqs: &[u64],
+    timeout: Duration,
+) -> BTreeMap<u64, Received> {
     let deadline = Instant::now() + timeout;
     loop {
         let (got, _) = c.received();
-        if (1..=last).all(|s| got.contains_key(&s)) {
+        let missing: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| !got.contains_key(s))
+            .collect();
+        if missing.is_empty() {
             return got;
         }
-        let missing: Vec<u64> = (1..=last).filter(|s| !got.contains_key(s)).collect();
         assert!(
             Instant::now() < deadline,
-            "rsyslog is missing {} of {last} entries, e.g. {:?}\nnode: {}\nrsyslogd: {}",
+            "rsyslog is missing {} of {} entries, e.g. {:?}\nnode: {}\nrsyslogd: {}",
             missing.len(),
+            seqs.len(),
             &missing[..missing.len().min(10)],
             node.log_text()
                 .lines()
@@ -733,4 +748,68 @@ async fn the_stream_runs_over_tls_to_a_verified_collector_only() {
     );
     let log_b = b.log_text();
     assert!(log_b.contains("collector: TLS handshake"), "{log_b}");
+}
+
+/// Entries archived (and removed from the store) before the stream could send them are not
+/// skipped silently: the node names them in an error with an alert; what follows is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_archived_before_they_were_streamed_are_named_in_the_node_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The collector's port is known, but it is down while the entries are archived.
+    let mut collector = Collector::start(tmp.path(), None);
+    collector.stop();
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    append_config(&fed, "hosp-a", &syslog_toml(collector.port, None));
+    let a = fed.start("hosp-a");
+    let _b = fed.start("clinic-b");
+    transfers(&a).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let general = bundle_by_prefix("Clemente_Kreiger");
+    let id = a.send_bundle("clinic-b", &general).await.transfer_id();
+    a.wait_state(&id, "delivered", DELIVERY).await;
+    a.checkpoint_now().await;
+    let out = tmp.path().join("archive.json");
+    let (code, said, err) = a.cli(&[
+        "audit",
+        "archive",
+        "--before",
+        &cutoff
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{said}{err}");
+    let through: u64 = said
+        .split("archived entries 1-")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+
+    collector.restart();
+    let live: Vec<u64> = a
+        .audit()
+        .await
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(live.iter().all(|&s| s > through), "{live:?}");
+    let got = wait_for(&collector, &a, &live, Duration::from_secs(60)).await;
+    assert!((1..=through).all(|s| !got.contains_key(&s)));
+    let gap = a
+        .log_text()
+        .lines()
+        .find(|l| l.contains("audit_stream_gap"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no gap reported: {}", a.log_text()));
+    assert!(
+        gap.contains("from=1") && gap.contains(&format!("to={through}")),
+        "{gap}"
+    );
 }

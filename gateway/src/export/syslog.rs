@@ -327,6 +327,19 @@ async fn stream(
             cursor_dirty = true;
         }
         let batch = read_batch(store, sent).await?;
+        // Seqs are contiguous; a gap means entries were archived and removed from the store
+        // before they were sent (audit.keep_days with a collector down for longer). Said once
+        // per gap, loudly: the SIEM will not see them.
+        if let Some(first) = batch.first().map(|e| e.seq) {
+            if first > sent.saturating_add(1) {
+                tracing::error!(
+                    from = sent + 1,
+                    to = first - 1,
+                    alert = "audit_stream_gap",
+                    "audit entries were archived before the syslog stream sent them; they are only in the audit archive"
+                );
+            }
+        }
         if batch.is_empty() {
             if cursor_dirty {
                 store.commit().await?;
