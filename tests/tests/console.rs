@@ -310,7 +310,7 @@ async fn an_officer_uses_the_console_in_a_real_browser() {
     )
     .unwrap();
     let a = fed.start("hosp-a");
-    let _b = fed.start("clinic-b");
+    let b = fed.start("clinic-b");
     let base = format!("http://{}", nd.local);
 
     // A patient with mental-health and substance-use codes: one break-glass transfer, then
@@ -681,6 +681,59 @@ async fn an_officer_uses_the_console_in_a_real_browser() {
     ]);
     assert_eq!(code, 0);
     assert!(out.contains("No disclosures in this period.") && out.contains(&patient));
+
+    // The receiving side's console: clinic-b's own token has no roles, so it still has the
+    // officer role (the deprecated default) and signs in; the transfer shows as received,
+    // with the receipt it returned and without the payload.
+    let b_addr = fed.nodes["clinic-b"].local;
+    let (_, headers, page) = http(b_addr, "GET", "/console/sign-in", &[], "");
+    let b_csrf = csrf_of(&page);
+    assert_eq!(cookie_value(header(&headers, "set-cookie")[0]), b_csrf);
+    let b_token = std::fs::read_to_string(fed.nodes["clinic-b"].dir.join("api.token")).unwrap();
+    let (status, headers, _) = http(
+        b_addr,
+        "POST",
+        "/console/sign-in",
+        &[form_type, ("Cookie", &format!("hf_signin={b_csrf}"))],
+        &serde_urlencoded::to_string([("token", b_token.as_str()), ("csrf", &b_csrf)]).unwrap(),
+    );
+    assert_eq!(status, 303);
+    let b_session = header(&headers, "set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("hf_console="))
+        .map(|c| format!("hf_console={}", cookie_value(c)))
+        .unwrap();
+    let (status, _, received) = http(
+        b_addr,
+        "GET",
+        &format!("/console/transfers/{bg}"),
+        &[("Cookie", &b_session)],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        received.contains("Received by this node")
+            && received.contains("signed receipt returned to the sender")
+            && received.contains("hosp-a"),
+        "{received}"
+    );
+    assert!(!received.contains("Sent by this node"));
+    for name in &names {
+        assert!(
+            !received.contains(name.as_str()),
+            "the payload leaked into the page"
+        );
+    }
+    for name in &names {
+        assert!(
+            !b.log_text().contains(name.as_str()),
+            "patient name in clinic-b's log"
+        );
+    }
+    assert!(
+        !b.log_text().contains(&patient),
+        "patient id in clinic-b's log"
+    );
 
     // Nothing of the patient in the node's own log, with the console used throughout.
     let log = a.log_text();
