@@ -186,6 +186,13 @@ async fn progress_bars_show_on_a_terminal_only() {
         .to_owned();
     a.wait_state(&id, "delivered", DELIVERY).await;
 
+    // --wait on a terminal: the bar, then the outcome.
+    let args = send_args(&["--wait"]);
+    let (code, shown) = tokio::task::block_in_place(|| on_a_terminal(&args));
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("sending"), "{shown:?}");
+    assert!(shown.contains("delivered: receipt verified"), "{shown:?}");
+
     // --quiet on a terminal: no bar.
     let args = send_args(&["--quiet"]);
     let (code, shown) = tokio::task::block_in_place(|| on_a_terminal(&args));

@@ -158,8 +158,14 @@ pub async fn send(args: SendArgs) -> Result<(), Failure> {
     let file = tokio::fs::File::open(&args.file).await.map_err(file_err)?;
     let bar = progress::bytes(Some(len), "sending", args.quiet);
     let counted = bar.clone();
-    let stream = ReaderStream::with_capacity(file, 256 * 1024)
-        .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
+    let waits = args.wait;
+    let stream = ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(move |chunk| {
+        counted.inc(chunk.len() as u64);
+        // With --wait the answer comes only with the outcome: say what the full bar waits for.
+        if waits && counted.position() >= len {
+            counted.set_message("sent; waiting for the receipt");
+        }
+    });
     let body = Body::from_stream(stream);
     let content_digest = crate::api::upload::content_digest_value(&digest);
     let content_length = len.to_string();
