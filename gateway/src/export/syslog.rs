@@ -351,7 +351,10 @@ async fn stream(
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = closed.changed() => return Err(StreamError::Closed),
-                _ = shutdown.changed() => {}
+                // A dropped sender is a shutdown too (no spinning on a closed channel).
+                changed = shutdown.changed() => if changed.is_err() {
+                    return Err(StreamError::Shutdown);
+                },
             }
             continue;
         }
