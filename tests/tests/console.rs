@@ -27,10 +27,11 @@ use serde_json::{json, Value};
 
 use tests::{bundle_by_prefix, gateway_cli, patient_id, patient_names, Fed, FAST_RETRIES};
 
-/// The sessions of this test's node idle out after this long: short, so that the test sees
-/// one expire in seconds. Every step of the browser walk-through follows the previous one
-/// within a second or two, well inside it.
-const IDLE_SECS: u64 = 6;
+/// The sessions of this test's node idle out after this long (the default is 15 min): short,
+/// so that the test sees one expire within its run, yet long enough that no gap between two
+/// steps of the walk-through reaches it on a loaded machine (they follow each other within a
+/// second or two here; a screenshot of a slow browser is the longest).
+const IDLE_SECS: u64 = 12;
 const WHY: &str = "unconscious patient in the emergency department";
 const DELIVERY: Duration = Duration::from_secs(90);
 /// Held while apt-get runs (the packaging tests take the same lock).
