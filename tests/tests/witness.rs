@@ -432,12 +432,12 @@ async fn the_witness_route_refuses_abuse_and_stays_responsive() {
         }));
     }
     for t in tasks {
-        match t.await.unwrap() {
-            Ok((status, _)) => assert!(
+        // An Err is a connection shed before it was served: bounded too.
+        if let Ok((status, _)) = t.await.unwrap() {
+            assert!(
                 [400, 409, 503].contains(&status),
                 "a flood submission got {status}"
-            ),
-            Err(_) => {} // shed at the connection: bounded, not served
+            );
         }
     }
     assert!(started.elapsed() < Duration::from_secs(60));
