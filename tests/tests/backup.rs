@@ -3,7 +3,8 @@
 //! starts, its audit log verifies, every acknowledged transfer is delivered exactly once (the
 //! receivers' dedupe by transfer id absorbs the resends of what the backup held in flight) and
 //! it sends and receives again. And what a restore refuses: a non-empty data directory, a wrong
-//! passphrase, a damaged or truncated file, a node still running.
+//! passphrase, a damaged or truncated file, a node still running; and that the file is read by
+//! the `age` tool and GNU tar as they are.
 
 #![allow(clippy::unwrap_used)]
 
@@ -100,6 +101,37 @@ async fn inbox_counts(node: &Node) -> BTreeMap<String, usize> {
             .or_insert(0) += 1;
     }
     counts
+}
+
+/// Decrypts a backup with the `age` tool (the C2SP age reference implementation in Go), which
+/// reads a passphrase only from a terminal: util-linux `script` gives it one, and the
+/// passphrase is typed into it.
+fn age_decrypt(file: &Path, out: &Path) {
+    use std::io::Write as _;
+    let quote = |p: &Path| format!("'{}'", p.to_str().unwrap().replace('\'', r"'\''"));
+    let line = format!("age -d -o {} {}", quote(out), quote(file));
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` is needed (package bsdutils)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{PASSPHRASE}\n").as_bytes())
+        .unwrap();
+    // Keep the terminal's input open until age is done with it.
+    let code = tests::wait_child_exit(&mut child, Duration::from_secs(60));
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert_ne!(
+        code,
+        Some(127),
+        "the `age` tool is needed for this test (Debian package age): {shown}"
+    );
+    assert_eq!(code, Some(0), "age -d failed: {shown}");
 }
 
 fn mode(path: &Path) -> u32 {
@@ -364,6 +396,64 @@ async fn restore_refuses_a_used_dir_a_wrong_passphrase_damage_and_a_running_node
     };
     let (code, out, err) = backup(&file, &["--include-keys"]);
     assert_eq!(code, 0, "{out}{err}");
+    // The file is standard age and a standard tar: the age tool and GNU tar read it, and the
+    // manifest's digest is the extracted store copy's.
+    let tarball = work.join("a.tar");
+    age_decrypt(&file, &tarball);
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    assert!(listing.status.success());
+    let names: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("store.kv"),
+        "{names:?}"
+    );
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("manifest.json"),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n == "patient-index.key"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("spool/outbox/")),
+        "{names:?}"
+    );
+    let unpacked = work.join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(unpacked.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "healthfed-backup/1");
+    assert_eq!(manifest["facility"], "hosp-a");
+    assert_eq!(manifest["keys_included"], true);
+    let listed = manifest["files"].as_array().unwrap();
+    assert_eq!(listed.len() + 1, names.len());
+    for f in listed {
+        let bytes = std::fs::read(unpacked.join(f["path"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            f["sha256"].as_str().unwrap(),
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)),
+            "{f}"
+        );
+    }
+    assert_eq!(mode(&unpacked.join("patient-index.key")) & 0o077, 0);
+    std::fs::remove_dir_all(&unpacked).unwrap();
+    std::fs::remove_file(&tarball).unwrap();
+
     let keyless = work.join("a-keyless.backup");
     let (code, out, err) = backup(&keyless, &[]);
     assert_eq!(code, 0, "{out}{err}");
