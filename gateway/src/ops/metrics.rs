@@ -68,6 +68,17 @@ struct Gauges {
     store_size: Family<PartLabels, Gauge>,
 }
 
+/// Why a scrape failed (the node's side: its store or the encoder).
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("local system: store: {0}")]
+    Store(#[from] gateway_store::StoreError),
+    #[error("local system: scrape task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("encode: {0}")]
+    Encode(#[from] std::fmt::Error),
+}
+
 /// The node's registry and the scrape-time gauges it holds.
 pub struct Metrics {
     state: Arc<NodeState>,
@@ -228,33 +239,27 @@ impl Metrics {
     }
 
     /// The text of one scrape. `ready` is the readiness check's answer, made by the caller.
-    pub async fn render(&self, ready: bool) -> Result<String, String> {
+    pub async fn render(&self, ready: bool) -> Result<String, MetricsError> {
         let state = self.state.clone();
-        let figures = tokio::task::spawn_blocking(move || store_figures(&state))
-            .await
-            .map_err(|e| format!("scrape task: {e}"))??;
+        let figures = tokio::task::spawn_blocking(move || store_figures(&state)).await??;
         let guard = self.scrape.lock();
         let mut guard = guard.unwrap_or_else(std::sync::PoisonError::into_inner);
         let (reg, gauges) = &mut *guard;
         set_gauges(gauges, &self.state, &figures, ready);
         let mut out = String::new();
-        prometheus_client::encoding::prometheus_text::encode(&mut out, reg)
-            .map_err(|e| format!("encode: {e}"))?;
+        prometheus_client::encoding::prometheus_text::encode(&mut out, reg)?;
         Ok(out)
     }
 }
 
-fn store_figures(state: &NodeState) -> Result<StoreFigures, String> {
-    let overview = Overview::collect(state).map_err(|e| e.to_string())?;
+fn store_figures(state: &NodeState) -> Result<StoreFigures, MetricsError> {
+    let overview = Overview::collect(state)?;
     let store = &state.store;
-    let checkpoint_size = store
-        .checkpoint_latest()
-        .map_err(|e| e.to_string())?
-        .map_or(0, |(size, _)| size);
+    let checkpoint_size = store.checkpoint_latest()?.map_or(0, |(size, _)| size);
     let mut witness_lag = Vec::new();
     for peer in witness::witnesses(state) {
         let id = peer.id.to_string();
-        let cosigned = store.cosigned_size(&id).map_err(|e| e.to_string())?;
+        let cosigned = store.cosigned_size(&id)?;
         witness_lag.push((id, checkpoint_size.saturating_sub(cosigned)));
     }
     let data = &state.config.data_dir;
