@@ -414,6 +414,29 @@ async fn an_officer_uses_the_console_in_a_real_browser() {
     );
     assert_eq!(status, 200);
     assert!(found.contains(&bg), "search by patient lists the transfer");
+    // A time range before the node existed finds nothing; one from then on finds the transfer.
+    for (from, to, found) in [
+        ("1999-01-01T00:00", "2000-01-01T00:00", false),
+        ("2000-01-01T00:00", "", true),
+    ] {
+        let body = serde_urlencoded::to_string([
+            ("csrf", csrf.as_str()),
+            ("patient", patient.as_str()),
+            ("from", from),
+            ("to", to),
+        ])
+        .unwrap();
+        let (status, _, page) = http(
+            nd.local,
+            "POST",
+            "/console/audit",
+            &[form_type, ("Cookie", &session_cookie)],
+            &body,
+        );
+        assert_eq!(status, 200);
+        assert_eq!(page.contains(&bg), found, "{from}..{to}");
+        assert_eq!(page.contains("No entries match."), !found, "{from}..{to}");
+    }
     // The whole log, 4 rows a page on the seq cursor: every entry up to the first page's
     // snapshot exactly once, in order, although each page adds an audit-read entry.
     let mut seqs: Vec<u64> = Vec::new();

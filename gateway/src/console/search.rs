@@ -153,7 +153,12 @@ pub async fn results(State(console): State<Console>, officer: Officer, body: Byt
             (None, Some(from)) => cursor_at(store, from)?,
             (None, None) => 0,
         };
-        scan(store, &base, start, until, page, |e| f.keeps(e, to_ms))
+        // The log is in time order: nothing after the end of the range needs reading.
+        let last = match to_ms {
+            Some(to) => until.min(cursor_at(store, to)?),
+            None => until,
+        };
+        scan(store, &base, start, last, page, |e| f.keeps(e, to_ms))
     });
     let scanned = match scanned {
         Ok(s) => s,
