@@ -494,3 +494,75 @@ async fn a_rewrite_that_drops_the_cosignatures_is_caught_by_the_witnesses_views(
         "{err}"
     );
 }
+
+/// `audit.witnesses` chooses who witnesses the log, `audit.max_witnesses` how many: with
+/// `witnesses = ["clinic-c"]` only clinic-c cosigns; with the default list and
+/// `max_witnesses = 1`, only the first active member by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_witnesses_are_the_configured_members_at_most_max_witnesses() {
+    let specs = [
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+        ("clinic-c", FacilityKind::Clinic),
+    ];
+    for (extra, expected, not_expected) in [
+        (
+            "\n[audit]\nwitnesses = [\"clinic-c\"]\n",
+            "clinic-c",
+            "clinic-b",
+        ),
+        ("\n[audit]\nmax_witnesses = 1\n", "clinic-b", "clinic-c"),
+    ] {
+        let fed = Fed::with_extra(&specs, extra);
+        let a = fed.start("hosp-a");
+        let b = fed.start("clinic-b");
+        let c = fed.start("clinic-c");
+        let record = bundle_by_prefix("Chet_Thompson");
+        a.consent_for_treatment(&patient_id(&record).unwrap(), "clinic-b")
+            .await;
+        let id = a.send_bundle("clinic-b", &record).await.transfer_id();
+        a.wait_state(&id, "delivered", Duration::from_secs(30))
+            .await;
+        let note = a.checkpoint_now().await;
+        assert!(
+            note.contains(&witness::witness_name(expected)),
+            "{extra}: {note}"
+        );
+        assert!(
+            !note.contains(&witness::witness_name(not_expected)),
+            "{extra}: {note}"
+        );
+        let (w, other) = if expected == "clinic-b" {
+            (&b, &c)
+        } else {
+            (&c, &b)
+        };
+        let (_, held) = w.get("/v1/witness").await;
+        assert!(
+            held["logs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["origin"] == "healthfed/hosp-a/audit"),
+            "{held}"
+        );
+        let (_, held) = other.get("/v1/witness").await;
+        assert!(
+            !held["logs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["origin"] == "healthfed/hosp-a/audit"),
+            "{extra}: {not_expected} witnesses hosp-a: {held}"
+        );
+    }
+    // A typo is refused at start, with the key named.
+    let fed = Fed::with_extra(&specs, "\n[audit]\nmax_witnesses = 0\n");
+    let (code, _, err) = tests::gateway_cli(&[
+        "check",
+        "--config",
+        &fed.nodes["hosp-a"].config_path.display().to_string(),
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("audit.max_witnesses"), "{err}");
+}
