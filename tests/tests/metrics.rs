@@ -542,6 +542,84 @@ async fn metrics_follow_transfers_refusals_queues_and_trust_deadlines() {
     assert_eq!(&cols[..3], ["clinic-b", "?", "2"], "{row}");
 }
 
+/// The receiver takes envelopes of at most 64 KiB and the document is 172 KiB: it refuses it
+/// (413), the sender fails the transfer at once, and each side counts its half; `gateway
+/// status` lists the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_the_peer_is_counted_on_both_sides_and_shown_by_status() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let path = &fed.nodes["clinic-b"].config_path;
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains("[peer]\n"), "config template changed");
+    std::fs::write(
+        path,
+        text.replace("[peer]\n", "[peer]\nmax_envelope_bytes = 65536\n"),
+    )
+    .unwrap();
+    let a = fed.start("hosp-a");
+    let b = fed.start("clinic-b");
+    let id = a
+        .send("clinic-b", PATIENT, "treatment", "ccda", document(), &[])
+        .await
+        .transfer_id();
+    a.wait_state(&id, "failed", Duration::from_secs(30)).await;
+
+    let on_a = scrape_until(&a, "failure counted", |s| {
+        s.value(r#"healthfed_transfers_total{direction="outbound",outcome="failed"}"#) == 1.0
+    });
+    assert_eq!(
+        on_a.get(r#"healthfed_delivery_attempts_total{peer="clinic-b",outcome="refused"}"#),
+        1.0
+    );
+    assert_eq!(
+        on_a.get(r#"healthfed_transfers_total{direction="outbound",outcome="delivered"}"#),
+        0.0
+    );
+    assert_eq!(
+        on_a.value(r#"healthfed_delivery_retries_total{peer="clinic-b"}"#),
+        0.0
+    );
+    // A refusal is an answer: the peer stays reachable, and nothing waits for it.
+    assert_eq!(
+        on_a.get(r#"healthfed_peer_reachable{peer="clinic-b"}"#),
+        1.0
+    );
+    assert_eq!(
+        on_a.get(r#"healthfed_queue_transfers{peer="clinic-b"}"#),
+        0.0
+    );
+    let on_b = Scrape::of(&b);
+    assert_eq!(
+        on_b.get(r#"healthfed_refusals_total{direction="inbound",reason="too_large"}"#),
+        1.0,
+        "{}",
+        on_b.text
+    );
+    assert_eq!(
+        on_b.get(r#"healthfed_transfers_total{direction="inbound",outcome="received"}"#),
+        0.0
+    );
+
+    let (code, stdout, stderr) = a.cli(&["status", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let st: Value = serde_json::from_str(&stdout).unwrap();
+    let errors = st["last_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{st}");
+    assert_eq!(errors[0]["transfer_id"], id.as_str());
+    assert_eq!(errors[0]["state"], "failed");
+    assert_eq!(errors[0]["peer"], "clinic-b");
+    assert!(errors[0]["error"].as_str().unwrap().contains("413"), "{st}");
+    let (code, text, stderr) = a.cli(&["status"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        text.contains(&format!("clinic-b  {id}  failed after attempt 1: ")),
+        "{text}"
+    );
+}
+
 #[test]
 fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     ensure_apt("promtool", "prometheus");
