@@ -303,3 +303,32 @@ pub async fn send_once(
     .map_err(|_| "no answer within 60s")??;
     Ok(begin.elapsed())
 }
+
+/// `n` requests one after the other on one keep-alive connection (the instruction count: a
+/// steady-state sender, as each closed-loop sender of [`run`] is). Returns the elapsed time.
+pub async fn send_sequential(
+    target: &Target,
+    payload: &Bytes,
+    content_type: &str,
+    n: u32,
+    timeout_each: Duration,
+) -> Result<Duration, BoxError> {
+    let begin = Instant::now();
+    let mut sender = connect(target).await?;
+    for i in 0..n {
+        tokio::time::timeout(
+            timeout_each,
+            send(
+                &mut sender,
+                target,
+                full(payload),
+                payload.len() as u64,
+                content_type,
+                None,
+            ),
+        )
+        .await
+        .map_err(|_| format!("request {i}: no answer within {}s", timeout_each.as_secs()))??;
+    }
+    Ok(begin.elapsed())
+}

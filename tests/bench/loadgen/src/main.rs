@@ -6,6 +6,7 @@
 //! `<out>/results.json` and `<out>/results.md`. Every phase is bounded in time.
 
 mod floor;
+mod instructions;
 mod load;
 mod procfs;
 mod procs;
@@ -22,6 +23,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Parser)]
 #[command(name = "bench-loadgen", about = "healthfed benchmark harness")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; RunArgs grew past the lint's size with --instructions"
+)]
 pub enum Cli {
     /// Run the benchmark (see BENCHMARKS.md).
     Run(RunArgs),
@@ -47,6 +52,19 @@ pub struct RunArgs {
     /// With --payload: only these concurrencies (repeatable).
     #[arg(long = "concurrency", requires = "payloads")]
     pub concurrencies: Vec<usize>,
+    /// Only the instruction count (issue 17): both nodes under valgrind's callgrind, a few
+    /// ~100 KB transfers one after the other, user-space instructions per transfer per node.
+    #[arg(long, conflicts_with_all = ["quick", "only_big_file", "payloads"])]
+    pub instructions: bool,
+    /// With --instructions: transfers counted (after the warm-up).
+    #[arg(long, default_value_t = 20, requires = "instructions")]
+    pub instr_transfers: u32,
+    /// With --instructions: transfers sent before counting starts.
+    #[arg(long, default_value_t = 5, requires = "instructions")]
+    pub instr_warmup: u32,
+    /// The valgrind binary.
+    #[arg(long, default_value = "valgrind")]
+    pub valgrind: PathBuf,
     /// The gateway binary, as installed (`cargo build --profile release-lto -p gateway`).
     #[arg(long, default_value = "target/release-lto/gateway")]
     pub gateway: PathBuf,

@@ -66,6 +66,11 @@ pub struct Row {
     pub first_error: Option<String>,
     pub mb_per_s: Option<f64>,
     pub baseline_mb_per_s: Option<f64>,
+    /// `--instructions`: user-space instructions (callgrind Ir) per transfer, both nodes and
+    /// each, with each node's idle background subtracted.
+    pub instructions_per_transfer: Option<f64>,
+    pub instructions_sender: Option<f64>,
+    pub instructions_receiver: Option<f64>,
     pub detail: Option<Value>,
 }
 
@@ -154,21 +159,7 @@ struct Env {
 
 impl Env {
     fn gateway_target(&self, payload: &Payload, content_type: &str) -> Target {
-        let q = serde_urlencoded::to_string([
-            ("to", setup::RECEIVER),
-            ("patient", payload.patient.as_str()),
-            ("purpose", "treatment"),
-            ("content_type", content_type),
-            ("wait", "receipt"),
-        ])
-        .unwrap_or_default();
-        Target {
-            addr: self.fed.sender.local,
-            path: format!("/v1/transfers?{q}"),
-            token: Some(self.fed.sender.token.clone()),
-            tls: None,
-            ok: StatusCode::OK,
-        }
+        gateway_target(&self.fed, payload, content_type)
     }
 
     fn nginx_target(&self) -> Result<Target, BoxError> {
@@ -203,7 +194,31 @@ impl Env {
     }
 }
 
-fn log(msg: impl AsRef<str>) {
+/// A transfer to the receiver through the sender's local API, answered once the receipt is
+/// verified.
+pub(crate) fn gateway_target(
+    fed: &BenchFederation,
+    payload: &Payload,
+    content_type: &str,
+) -> Target {
+    let q = serde_urlencoded::to_string([
+        ("to", setup::RECEIVER),
+        ("patient", payload.patient.as_str()),
+        ("purpose", "treatment"),
+        ("content_type", content_type),
+        ("wait", "receipt"),
+    ])
+    .unwrap_or_default();
+    Target {
+        addr: fed.sender.local,
+        path: format!("/v1/transfers?{q}"),
+        token: Some(fed.sender.token.clone()),
+        tls: None,
+        ok: StatusCode::OK,
+    }
+}
+
+pub(crate) fn log(msg: impl AsRef<str>) {
     eprintln!("[bench {}] {}", utc_now(), msg.as_ref());
 }
 
@@ -322,6 +337,9 @@ pub async fn run(mut args: RunArgs) -> Result<(), BoxError> {
 }
 
 async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), BoxError> {
+    if args.instructions {
+        return crate::instructions::run(args, work, rows).await;
+    }
     let mut payloads = setup::payloads(&args.testdata)?;
     if args.quick {
         payloads.retain(|p| p.label == "100k");
@@ -536,6 +554,9 @@ fn transfer_row(p: &Payload, c: usize, ours: &Measured, base: &Measured, f: &Flo
             }),
         mb_per_s: Some(ours.load.per_s() * p.bytes.len() as f64 / 1e6),
         baseline_mb_per_s: Some(base.load.per_s() * p.bytes.len() as f64 / 1e6),
+        instructions_per_transfer: None,
+        instructions_sender: None,
+        instructions_receiver: None,
         detail: None,
     }
 }
@@ -994,11 +1015,30 @@ pub fn markdown(rows: &[Row]) -> String {
             f(r.floor_ms_per_transfer, 0),
         );
     }
+    for r in rows
+        .iter()
+        .filter(|r| r.scenario.starts_with("instructions"))
+    {
+        let _ = writeln!(
+            s,
+            "\n{}: {} instructions per transfer (sender {} + receiver {}; callgrind, {} transfers, idle background subtracted); crypto floor {} instructions: {}x",
+            r.scenario,
+            f(r.instructions_per_transfer, 0),
+            f(r.instructions_sender, 0),
+            f(r.instructions_receiver, 0),
+            r.ours_completed.unwrap_or(0),
+            f(r.detail.as_ref().and_then(|d| d["floor_instructions_per_transfer"].as_f64()), 0),
+            f(r.detail.as_ref().and_then(|d| d["instructions_over_floor"].as_f64()), 2),
+        );
+    }
     let _ = writeln!(
         s,
         "\n| other | rate /s | p50 ms | p99 ms | floor ms | note |\n|---|---:|---:|---:|---:|---|"
     );
-    for r in rows.iter().filter(|r| !r.scenario.starts_with("transfer")) {
+    for r in rows
+        .iter()
+        .filter(|r| !r.scenario.starts_with("transfer") && !r.scenario.starts_with("instructions"))
+    {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} |",
