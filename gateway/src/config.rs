@@ -481,7 +481,9 @@ fn token_roles(i: usize, token: &RawToken, problems: &mut Vec<String>) -> (Roles
         }
     }
     if names.is_empty() {
-        problems.push(format!("local_api.tokens[{i}].roles: name at least one role"));
+        problems.push(format!(
+            "local_api.tokens[{i}].roles: name at least one role"
+        ));
     }
     (Roles::of(&roles), false)
 }
@@ -605,13 +607,22 @@ impl NodeConfig {
             problems
                 .push("audit.checkpoint_interval_secs: must be between 60 and 86400".to_owned());
         }
-        if raw.audit.keep_days.is_some_and(|d| !(1..=36_600).contains(&d)) {
+        if raw
+            .audit
+            .keep_days
+            .is_some_and(|d| !(1..=36_600).contains(&d))
+        {
             problems.push("audit.keep_days: must be between 1 and 36600".to_owned());
         }
         if !(1..=32).contains(&raw.audit.max_witnesses) {
             problems.push("audit.max_witnesses: must be between 1 and 32".to_owned());
         }
-        if raw.audit.witnesses.iter().any(|w| w.parse::<FacilityId>().is_err()) {
+        if raw
+            .audit
+            .witnesses
+            .iter()
+            .any(|w| w.parse::<FacilityId>().is_err())
+        {
             problems.push("audit.witnesses: each must be a facility id".to_owned());
         }
         let syslog = raw

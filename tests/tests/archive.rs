@@ -242,7 +242,10 @@ async fn half_the_log_is_archived_and_archive_plus_live_keep_every_proof() {
     let archived = a.audit_events("audit-archived").await;
     assert_eq!(archived.len(), 1, "{archived:#?}");
     let reason = archived[0]["reason"].as_str().unwrap();
-    assert!(reason.starts_with(&format!("entries {} to ", archived_through + 1)), "{reason}");
+    assert!(
+        reason.starts_with(&format!("entries {} to ", archived_through + 1)),
+        "{reason}"
+    );
 }
 
 /// `audit.keep_days` runs the same path: entries older than that (written offline with their

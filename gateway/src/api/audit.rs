@@ -200,15 +200,15 @@ pub async fn verify_audit(
                     None
                 };
                 Json(json!({
-                "ok": true,
-                "entries": n,
-                "archived_through": check.floor_seq,
-                "archived_hash": b64(&check.floor_hash),
-                "checkpoint_size": check.checkpoint_size,
-                "witnesses": check.witnesses,
-                "peers": peers,
-            }))
-            .into_response()
+                    "ok": true,
+                    "entries": n,
+                    "archived_through": check.floor_seq,
+                    "archived_hash": b64(&check.floor_hash),
+                    "checkpoint_size": check.checkpoint_size,
+                    "witnesses": check.witnesses,
+                    "peers": peers,
+                }))
+                .into_response()
             }
             Err(e) => (
                 StatusCode::CONFLICT,
@@ -406,7 +406,10 @@ pub async fn archive(State(state): State<Shared>, Json(req): Json<ArchiveRequest
     match archive_before(&state, req.before_ms).await {
         Ok(done) => (
             [
-                (axum::http::header::CONTENT_TYPE, "application/json".to_owned()),
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/json".to_owned(),
+                ),
                 (
                     axum::http::HeaderName::from_static("x-archive-range"),
                     format!("{}-{}", done.first_seq, done.last_seq),

@@ -10,8 +10,8 @@
 //! the store.
 
 mod audit;
-mod backup;
 pub mod auth;
+mod backup;
 mod consents;
 pub mod disclosures;
 mod error;

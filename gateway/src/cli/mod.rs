@@ -23,8 +23,8 @@ mod progress;
 mod records;
 mod requests;
 mod status;
-mod transfers;
 mod token;
+mod transfers;
 
 pub use args::{Cli, Command};
 pub use audit::print_audit_row;

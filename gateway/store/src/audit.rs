@@ -553,7 +553,9 @@ impl Store {
     /// The head of the tree of the log's first `size` entries, for any size it has reached.
     pub fn audit_tree_root(&self, size: u64) -> Result<Hash, StoreError> {
         self.within_log(size)?;
-        merkle::root(size, |level, index| stored_node(&self.trees(), level, index))
+        merkle::root(size, |level, index| {
+            stored_node(&self.trees(), level, index)
+        })
     }
 
     /// The inclusion proof of entry `seq` in the tree of the first `size` entries: the entry's
