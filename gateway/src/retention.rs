@@ -76,9 +76,19 @@ pub async fn sweep(state: &Arc<NodeState>) -> Result<Sweep, SweepError> {
     loop {
         let store = state.store.clone();
         let reason = reason.clone();
-        let expired =
-            blocking(move || store.expire_envelopes(cutoff, BATCH, |e| removal_record(e, &reason)))
-                .await?;
+        let expired = blocking(move || {
+            store.expire_envelopes(
+                cutoff,
+                BATCH,
+                |e| removal_record(e, &reason),
+                // The signed header outlives the envelope: disclosure evidence needs it.
+                |path| {
+                    let file = std::fs::File::open(path).ok()?;
+                    gateway_envelope::read_signed_header(file).ok()
+                },
+            )
+        })
+        .await?;
         total.removed += expired.removed.len();
         // The removals must be durable before any file goes.
         state.store.commit().await?;

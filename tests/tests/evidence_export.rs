@@ -258,3 +258,46 @@ async fn a_transfer_is_proven_offline_from_one_file_and_any_change_is_refused_by
             .unwrap_or("")
             .starts_with("evidence exported for transfer")));
 }
+
+/// Retention removes a delivered transfer's envelope (here at once: 0 h, swept every second, so
+/// the test need not wait a week); its signed header is kept with the removal, so the sender's
+/// evidence file is still made and still verifies with only the CA certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_outlives_the_envelope_that_retention_removed() {
+    let fed = Fed::with_extra(
+        &[
+            ("hosp-a", FacilityKind::Hospital),
+            ("clinic-b", FacilityKind::Clinic),
+        ],
+        "\n[retention]\nenvelope_hours = 0\nsweep_interval_secs = 1\n",
+    );
+    let a = fed.start("hosp-a");
+    let _b = fed.start("clinic-b");
+    let record = bundle_by_prefix("Chet_Thompson");
+    let patient = patient_id(&record).unwrap();
+    a.consent_for_treatment(&patient, "clinic-b").await;
+    let id = a.send_bundle("clinic-b", &record).await.transfer_id();
+    a.wait_state(&id, "delivered", Duration::from_secs(30))
+        .await;
+    let spool = a.spool_path("outbox", &id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while spool.exists() || !a.transfer(&id).await["envelope_removed_ms"].is_u64() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "envelope not removed: {}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let inspector = tempfile::tempdir().unwrap();
+    std::fs::write(inspector.path().join("ca.crt"), common::ca_pem(&fed)).unwrap();
+    let file = export(&a, &id, &work.path().join("hosp-a.json"));
+    let (code, stdout, stderr) = verify_in(inspector.path(), &file);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, &record));
+    for expected in ["VERIFIED", id.as_str(), "to clinic-b (", digest.as_str()] {
+        assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    }
+}

@@ -135,6 +135,28 @@ impl Header {
 }
 
 /// `INFO_PREFIX || transfer_id || sender || 0 || recipient`; names never contain NUL.
+/// The start of an envelope, `MAGIC || len || signed header`, read from `r`: what proves who
+/// sealed what for whom without the payload (evidence files keep it after the envelope goes).
+/// Refuses anything that does not start as an envelope or whose header is over the limit.
+pub fn read_signed_header(r: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut r = r.take(8 + u64::from(MAX_HEADER_LEN));
+    let mut prefix = [0u8; 8];
+    r.read_exact(&mut prefix)?;
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&prefix[4..]);
+    let len = u32::from_be_bytes(len);
+    if prefix[..4] != MAGIC || len > MAX_HEADER_LEN {
+        return Err(std::io::Error::other("not the start of an envelope"));
+    }
+    let mut out = prefix.to_vec();
+    r.take(u64::from(len)).read_to_end(&mut out)?;
+    if out.len() != 8 + len as usize {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+    }
+    Ok(out)
+}
+
 pub(crate) fn hpke_info(transfer_id: &TransferId, sender: &str, recipient: &str) -> Vec<u8> {
     let mut info = Vec::with_capacity(INFO_PREFIX.len() + 16 + sender.len() + 1 + recipient.len());
     info.extend_from_slice(INFO_PREFIX);

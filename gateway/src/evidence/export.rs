@@ -3,12 +3,11 @@
 //! transfer with their inclusion proofs, the checkpoint covering them with the cosignatures
 //! held, and the directory file in force.
 
-use std::io::Read as _;
 use std::sync::Arc;
 
 use base64::Engine as _;
 
-use gateway_envelope::MAGIC;
+use gateway_envelope::read_signed_header;
 use gateway_store::SpoolKind;
 
 use crate::evidence::bundle::{EvidenceEntry, EvidenceFile, FORMAT};
@@ -22,7 +21,7 @@ pub enum ExportError {
     Unknown(String),
     #[error("transfer {0} has no receipt yet (not delivered)")]
     NoReceipt(String),
-    #[error("transfer {0}: the sealed envelope was removed by retention; its signed header is no longer held")]
+    #[error("transfer {0}: the sealed envelope was removed by retention before its signed header was kept")]
     HeaderGone(String),
     #[error("transfer {0}: no audit entry of it is in the live log (archived?)")]
     NoEntries(String),
@@ -32,25 +31,6 @@ pub enum ExportError {
 
 fn local(e: impl std::fmt::Display) -> ExportError {
     ExportError::Local(e.to_string())
-}
-
-/// The largest signed header an envelope can have, plus its prefix.
-const MAX_HEADER_PREFIX: u64 = 8 + 64 * 1024;
-
-/// `MAGIC || len || signed header` from the start of a spool file.
-fn read_header(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(path)?.take(MAX_HEADER_PREFIX);
-    let mut prefix = [0u8; 8];
-    file.read_exact(&mut prefix)?;
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&prefix[4..]);
-    let len = u64::from(u32::from_be_bytes(len));
-    if prefix[..4] != MAGIC || len > MAX_HEADER_PREFIX - 8 {
-        return Err(std::io::Error::other("spool file is not an envelope"));
-    }
-    let mut out = prefix.to_vec();
-    file.take(len).read_to_end(&mut out)?;
-    Ok(out)
 }
 
 /// The evidence file of transfer `id` (hex), as this node can prove it.
@@ -68,8 +48,12 @@ pub async fn export(
         return Err(ExportError::Unknown(id_hex.to_owned()));
     };
     let receipt = receipt.ok_or_else(|| ExportError::NoReceipt(id_hex.to_owned()))?;
-    let header = read_header(&store.spool_path(&id, kind))
-        .map_err(|_| ExportError::HeaderGone(id_hex.to_owned()))?;
+    // The spool file while the envelope is held; after retention, the header it kept.
+    let header = match std::fs::File::open(store.spool_path(&id, kind)) {
+        Ok(file) => Some(read_signed_header(file).map_err(local)?),
+        Err(_) => store.removed_envelope_header(kind, &id).map_err(local)?,
+    }
+    .ok_or_else(|| ExportError::HeaderGone(id_hex.to_owned()))?;
     let seqs = store.audit_seqs_of_transfer(&id).map_err(local)?;
     let last = *seqs
         .last()

@@ -8,8 +8,10 @@
 //! * `spool_retained` (`settled_ms_be || kind || id`): envelopes that may be removed once
 //!   `settled_ms` is older than the retention. Written in the same transaction as the state
 //!   change that settles the transfer, so no settled envelope is forgotten.
-//! * `spool_removed` (`kind || id` → `removed_ms_be`): envelopes removed, so the API can say
-//!   "removed by retention" instead of "missing".
+//! * `spool_removed` (`kind || id` → `removed_ms_be || signed header`): envelopes removed, so
+//!   the API can say "removed by retention" instead of "missing", with the envelope's signed
+//!   header (read by the caller's `header_of` before the file goes; absent in stores written
+//!   before it was kept), so a transfer's disclosure evidence outlives its envelope.
 //! * `spool_unlink` (`kind || id`): removals committed in sled whose file may still exist. A
 //!   removal is committed first and the file unlinked after, so a crash in between leaves a
 //!   leftover file (removed by the next sweep), never an entry pointing at a deleted file.
@@ -125,12 +127,14 @@ impl Store {
     /// `audit(envelope)` for each in the same transaction. Their files are deleted by
     /// [`Store::unlink_removed_envelopes`], which the caller runs after the next
     /// [`Store::commit`]. An outbox entry that is pending again is skipped (its envelope is
-    /// needed) and indexed anew when it settles.
+    /// needed) and indexed anew when it settles. `header_of` reads the signed header from an
+    /// envelope file (the store does not parse envelopes); it is kept with the removal.
     pub fn expire_envelopes(
         &self,
         cutoff_ms: u64,
         limit: usize,
         audit: impl Fn(&RemovedEnvelope) -> AuditRecord,
+        header_of: impl Fn(&std::path::Path) -> Option<Vec<u8>>,
     ) -> Result<Expired, StoreError> {
         let t = self.trees();
         let mut keys = Vec::new();
@@ -148,7 +152,17 @@ impl Store {
                 removed: Vec::new(),
             });
         }
+        // Read outside the transaction (file I/O; a retried transaction reads nothing again).
+        let mut values = std::collections::HashMap::with_capacity(keys.len());
         let removed_at = now_ms().to_be_bytes();
+        for key in &keys {
+            let (_, kind, id) = parse_retained(key)?;
+            let mut value = removed_at.to_vec();
+            if let Some(header) = header_of(&self.spool_path(&id, kind)) {
+                value.extend_from_slice(&header);
+            }
+            values.insert(envelope_key(kind, &id), value);
+        }
         let ((), removed) = self.write_audited(
             "expire envelopes",
             [
@@ -170,7 +184,8 @@ impl Store {
                         continue;
                     };
                     let ek = envelope_key(kind, &id);
-                    removed.insert(&ek[..], &removed_at[..])?;
+                    let value = values.get(&ek).map_or(&removed_at[..], Vec::as_slice);
+                    removed.insert(&ek[..], value)?;
                     unlink.insert(&ek[..], &[][..])?;
                     records.push(audit(&envelope));
                 }
@@ -222,11 +237,26 @@ impl Store {
             .map_err(StoreError::sled("read removed envelopes"))?;
         value
             .map(|v| {
-                <[u8; 8]>::try_from(v.as_ref())
+                v.get(..8)
+                    .and_then(|t| <[u8; 8]>::try_from(t).ok())
                     .map(u64::from_be_bytes)
-                    .map_err(|_| corrupt("bad removal time"))
+                    .ok_or_else(|| corrupt("bad removal time"))
             })
             .transpose()
+    }
+
+    /// The signed header kept when the envelope of `id` was removed by retention, if one was.
+    pub fn removed_envelope_header(
+        &self,
+        kind: SpoolKind,
+        id: &TransferId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self
+            .trees()
+            .spool_removed
+            .get(envelope_key(kind, id))
+            .map_err(StoreError::sled("read removed envelopes"))?;
+        Ok(value.and_then(|v| v.get(8..).filter(|h| !h.is_empty()).map(<[u8]>::to_vec)))
     }
 
     /// How many settled envelopes wait for their retention to run out.

@@ -116,10 +116,15 @@ fn write_everything(store: &Store) {
     }
     // Retention removes the settled envelopes, auditing each with its patient.
     let expired = store
-        .expire_envelopes(u64::MAX, 100, |e| AuditRecord {
-            patient_ref: e.patient_ref.clone(),
-            ..about("unused", "envelope-removed", 0)
-        })
+        .expire_envelopes(
+            u64::MAX,
+            100,
+            |e| AuditRecord {
+                patient_ref: e.patient_ref.clone(),
+                ..about("unused", "envelope-removed", 0)
+            },
+            |_| None,
+        )
         .expect("expire");
     assert_eq!(expired.removed.len(), PATIENTS.len());
 }

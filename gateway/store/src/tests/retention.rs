@@ -61,7 +61,7 @@ fn settled_envelopes_are_removed_once_their_retention_runs_out() {
 
     // The acknowledgement at 5 000 ms is the oldest settlement; outbox ones are "now".
     let audit = store
-        .expire_envelopes(5_000, 100, record)
+        .expire_envelopes(5_000, 100, record, |_| None)
         .expect("expire")
         .removed;
     assert_eq!(audit.len(), 1);
@@ -77,7 +77,7 @@ fn settled_envelopes_are_removed_once_their_retention_runs_out() {
         .is_some());
 
     let audit = store
-        .expire_envelopes(u64::MAX, 100, record)
+        .expire_envelopes(u64::MAX, 100, record, |_| None)
         .expect("expire")
         .removed;
     assert_eq!(audit.len(), 3);
@@ -110,7 +110,7 @@ fn settled_envelopes_are_removed_once_their_retention_runs_out() {
     assert_eq!(store.retained_envelopes(), 0);
     assert_eq!(
         store
-            .expire_envelopes(u64::MAX, 100, record)
+            .expire_envelopes(u64::MAX, 100, record, |_| None)
             .expect("again")
             .removed
             .len(),
@@ -123,10 +123,14 @@ fn settled_envelopes_are_removed_once_their_retention_runs_out() {
 #[test]
 fn sweeps_are_bounded_by_the_limit() {
     let (_dir, store) = populated();
-    let first = store.expire_envelopes(u64::MAX, 2, record).expect("expire");
+    let first = store
+        .expire_envelopes(u64::MAX, 2, record, |_| None)
+        .expect("expire");
     assert_eq!((first.taken, first.removed.len()), (2, 2));
     assert_eq!(store.retained_envelopes(), 2);
-    let second = store.expire_envelopes(u64::MAX, 2, record).expect("expire");
+    let second = store
+        .expire_envelopes(u64::MAX, 2, record, |_| None)
+        .expect("expire");
     assert_eq!((second.taken, second.removed.len()), (2, 2));
     assert_eq!(store.retained_envelopes(), 0);
 }
@@ -136,7 +140,7 @@ fn an_entry_pending_again_keeps_its_envelope() {
     let (_dir, store) = populated();
     settle(&store, 2, TransferState::Queued);
     let expired = store
-        .expire_envelopes(u64::MAX, 100, record)
+        .expire_envelopes(u64::MAX, 100, record, |_| None)
         .expect("expire");
     // Four keys were due; the re-pending one is taken off the index but not removed.
     assert_eq!(expired.taken, 4);
@@ -149,7 +153,7 @@ fn an_entry_pending_again_keeps_its_envelope() {
     settle(&store, 2, TransferState::Failed);
     assert_eq!(
         store
-            .expire_envelopes(u64::MAX, 100, record)
+            .expire_envelopes(u64::MAX, 100, record, |_| None)
             .expect("expire")
             .removed
             .len(),
@@ -163,7 +167,7 @@ fn an_entry_pending_again_keeps_its_envelope() {
 fn a_crash_between_commit_and_unlink_leaves_nothing_behind_after_the_next_sweep() {
     let (dir, store) = populated();
     store
-        .expire_envelopes(u64::MAX, 100, record)
+        .expire_envelopes(u64::MAX, 100, record, |_| None)
         .expect("expire");
     // No unlink: as if the node died right after the commit.
     let store = reopen(&dir, store);
@@ -249,7 +253,7 @@ fn a_failed_transfer_is_requeued_with_its_audit_entry_and_keeps_its_envelope() {
     assert_eq!(requeue_entries, 1);
     // Pending again: the sweep leaves its envelope.
     store
-        .expire_envelopes(u64::MAX, 100, record)
+        .expire_envelopes(u64::MAX, 100, record, |_| None)
         .expect("expire");
     store.unlink_removed_envelopes().expect("unlink");
     assert!(exists(&store, 2, SpoolKind::Outbox));
@@ -260,7 +264,7 @@ fn a_failed_transfer_is_requeued_with_its_audit_entry_and_keeps_its_envelope() {
 fn a_failed_transfer_whose_envelope_was_removed_is_not_requeued() {
     let (_dir, store) = populated();
     store
-        .expire_envelopes(u64::MAX, 100, record)
+        .expire_envelopes(u64::MAX, 100, record, |_| None)
         .expect("expire");
     let refused = store
         .outbox_requeue_audited(&tid(2), 9_000, requeued)
