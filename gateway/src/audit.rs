@@ -45,6 +45,10 @@ pub mod event {
     pub const CONSOLE_SIGN_OUT: &str = "console-sign-out";
 }
 
+/// The store cursor of the SIEM stream (`audit-cursor:syslog`): how far `[audit.syslog]` has
+/// handed the log on. Archiving stops at it, so the stream never skips an entry.
+pub const STREAM_CURSOR: &str = "syslog";
+
 pub fn record(event: &str, outcome: &str) -> AuditRecord {
     AuditRecord {
         time_ms: now_ms(),

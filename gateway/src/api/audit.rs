@@ -419,6 +419,7 @@ pub async fn archive(State(state): State<Shared>, Json(req): Json<ArchiveRequest
         )
             .into_response(),
         Err(e @ ArchiveError::Nothing) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ ArchiveError::Unsent { .. }) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e) => {
             tracing::error!(error = %e, "audit archive not made");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

@@ -317,6 +317,12 @@ fn cosigners(
 pub enum ArchiveError {
     #[error("no live audit entry was written before that date")]
     Nothing,
+    /// `[audit.syslog]` is on and has not yet handed on the entries that would be archived.
+    #[error(
+        "the SIEM stream has sent the audit log only through seq {sent}; entries it has not \
+         sent stay live until it catches up"
+    )]
+    Unsent { sent: u64 },
     #[error("local system: {0}")]
     Local(String),
 }
@@ -356,6 +362,19 @@ pub async fn archive_before(
     if through <= floor {
         return Err(ArchiveError::Nothing);
     }
+    // The SIEM stream reads the live log: an entry archived before it was sent would be a gap.
+    let through = match state.config.audit.syslog {
+        Some(_) => {
+            let sent = store
+                .audit_cursor(crate::audit::STREAM_CURSOR)
+                .map_err(local)?;
+            if sent <= floor {
+                return Err(ArchiveError::Unsent { sent });
+            }
+            through.min(sent)
+        }
+        None => through,
+    };
     // A checkpoint that covers them, cosigned by whichever witness answers now.
     let covered = store
         .checkpoint_latest()

@@ -47,6 +47,9 @@ async fn retain(state: &Arc<NodeState>, days: u64) {
             "audit retention: entries archived"
         ),
         Err(archive::ArchiveError::Nothing) => {}
+        Err(e @ archive::ArchiveError::Unsent { .. }) => {
+            tracing::warn!(error = %e, "audit retention: waiting for the SIEM stream")
+        }
         Err(e) => {
             tracing::error!(error = %e, alert = "audit_archive_failed", "audit retention: archive not made")
         }

@@ -27,7 +27,7 @@ use crate::config::{SyslogConfig, SyslogTransport};
 use crate::trust::collector;
 
 /// The store cursor of this stream (`audit-cursor:syslog`).
-pub const CURSOR: &str = "syslog";
+pub const CURSOR: &str = crate::audit::STREAM_CURSOR;
 
 /// The SD-ID of the gateway's structured data. 32473 is the private enterprise number IANA
 /// reserves for documentation (RFC 5612) until the project registers its own.
