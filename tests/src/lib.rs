@@ -127,15 +127,25 @@ pub fn gateway_bin() -> PathBuf {
     .clone()
 }
 
-fn free_addr(ip: Ipv4Addr) -> SocketAddr {
-    let l = TcpListener::bind((ip, 0)).unwrap();
-    l.local_addr().unwrap()
+/// `N` distinct free ports on `ip`: every listener is held until all are chosen, so the kernel
+/// cannot hand one port out twice (two of a node's listeners on one port: a refused start).
+fn free_addrs<const N: usize>(ip: Ipv4Addr) -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind((ip, 0)).unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
 }
 
-/// A free port on `addr`'s IP (an IPv4 loopback address in these tests).
-fn free_addr_near(addr: SocketAddr) -> SocketAddr {
-    let l = TcpListener::bind((addr.ip(), 0)).unwrap();
-    l.local_addr().unwrap()
+/// A free port on `local`'s IP (an IPv4 loopback address in these tests) that is neither of
+/// the node's other two: those may be free again, and so handed out, until the node binds them.
+fn free_addr_besides(local: SocketAddr, peer: SocketAddr) -> SocketAddr {
+    loop {
+        let l = TcpListener::bind((local.ip(), 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        if addr != local && addr != peer {
+            return addr;
+        }
+    }
 }
 
 /// One facility's directory and addresses.
@@ -195,8 +205,7 @@ impl Fed {
     pub fn add(&mut self, id: &str, kind: FacilityKind) -> NodeDir {
         let host = NEXT_HOST.fetch_add(1, Ordering::SeqCst);
         let ip = Ipv4Addr::new(127, 0, 0, host);
-        let peer = free_addr(ip);
-        let local = free_addr(ip);
+        let [peer, local] = free_addrs(ip);
         self.add_at(id, kind, peer, local)
     }
 
@@ -223,7 +232,7 @@ impl Fed {
             config_path: node_dir.join("node.toml"),
             peer,
             local,
-            ops: free_addr_near(local),
+            ops: free_addr_besides(local, peer),
         };
         self.nodes.insert(id.to_owned(), nd.clone());
         nd
