@@ -5,7 +5,9 @@
 //! disclosures; a wrong token and an EMR token cannot sign in; a session expires after its
 //! idle timeout. The response headers (CSP, cookie flags) and the CSRF checks are read from
 //! raw HTTP exchanges. The node's own log never shows the patient while the console is used.
-//! Screenshots of each page are written to docs/console/ (the README's "Security officers").
+//! Screenshots of each page are written to target/console-screenshots/, and to docs/console/
+//! (the README's "Security officers") when `HEALTHFED_UPDATE_SCREENSHOTS=1`, so an ordinary
+//! test run leaves the checkout unchanged.
 //!
 //! chromium and chromium-driver are installed with apt-get when missing (`.ci/run` installs
 //! them too); the test fails, never skips, when they cannot be had.
@@ -228,11 +230,13 @@ fn cookie_value(set_cookie: &str) -> String {
         .to_owned()
 }
 
-fn docs_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("docs/console");
+fn screenshot_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = if std::env::var_os("HEALTHFED_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        root.join("docs/console")
+    } else {
+        root.join("target/console-screenshots")
+    };
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -240,7 +244,7 @@ fn docs_dir() -> PathBuf {
 async fn screenshot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
-    std::fs::write(docs_dir().join(name), png).unwrap();
+    std::fs::write(screenshot_dir().join(name), png).unwrap();
 }
 
 async fn text(c: &Client) -> String {
