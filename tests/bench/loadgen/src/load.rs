@@ -116,6 +116,36 @@ async fn send(
     Ok(())
 }
 
+/// A keep-alive connection to `target` (for [`call`]).
+pub async fn open(target: &Target) -> Result<SendRequest<Body>, BoxError> {
+    connect(target).await
+}
+
+/// One request of any method on an open connection; the status and the whole answer, for the
+/// caller to judge (`--evidence`: checkpoints and their cosignatures, transfer ids, verify).
+pub async fn call(
+    sender: &mut SendRequest<Body>,
+    target: &Target,
+    method: http::Method,
+    path: &str,
+    body: &Bytes,
+    content_type: &str,
+) -> Result<(StatusCode, Bytes), BoxError> {
+    sender.ready().await?;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, target.addr.to_string())
+        .header(CONTENT_LENGTH, body.len())
+        .header(CONTENT_TYPE, content_type);
+    if let Some(t) = &target.token {
+        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = sender.send_request(req.body(full(body))?).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}
+
 fn full(bytes: &Bytes) -> Body {
     Full::new(bytes.clone())
         .map_err(|never| match never {})

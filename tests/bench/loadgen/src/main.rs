@@ -5,6 +5,7 @@
 //! crypto floor in-process, runs the policy and audit benches, and writes
 //! `<out>/results.json` and `<out>/results.md`. Every phase is bounded in time.
 
+mod evidence;
 mod floor;
 mod instructions;
 mod load;
@@ -62,6 +63,14 @@ pub struct RunArgs {
     /// With --instructions: transfers sent before counting starts.
     #[arg(long, default_value_t = 5, requires = "instructions")]
     pub instr_warmup: u32,
+    /// Only issue 14's evidence costs: witnessing on vs off at ~100 KB x 32 (alternated pairs),
+    /// checkpoint + cosign round trip, `gateway evidence verify`, `audit verify` through the
+    /// API. Rows are merged into an existing results.json.
+    #[arg(long, conflicts_with_all = ["quick", "only_big_file", "payloads", "instructions"])]
+    pub evidence: bool,
+    /// With --evidence: on/off pairs.
+    #[arg(long, default_value_t = 3, requires = "evidence")]
+    pub evidence_pairs: usize,
     /// The valgrind binary.
     #[arg(long, default_value = "valgrind")]
     pub valgrind: PathBuf,

@@ -319,7 +319,22 @@ pub async fn run(mut args: RunArgs) -> Result<(), BoxError> {
     let result = run_in(&args, work.path(), &mut rows).await;
     std::fs::create_dir_all(&args.out)?;
     let json_path = args.out.join("results.json");
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&rows)?)?;
+    let mut json_rows = rows
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.evidence {
+        // A partial run: keep the rows of earlier runs, but for the scenarios it measured.
+        let earlier: Vec<Value> = std::fs::read(&json_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let kept = earlier
+            .into_iter()
+            .filter(|old| !rows.iter().any(|r| old["scenario"] == r.scenario.as_str()));
+        json_rows = kept.chain(json_rows).collect();
+    }
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&json_rows)?)?;
     let md = markdown(&rows);
     std::fs::write(args.out.join("results.md"), &md)?;
     println!("{md}");
@@ -339,6 +354,9 @@ pub async fn run(mut args: RunArgs) -> Result<(), BoxError> {
 async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), BoxError> {
     if args.instructions {
         return crate::instructions::run(args, work, rows).await;
+    }
+    if args.evidence {
+        return crate::evidence::run(args, work, rows).await;
     }
     let mut payloads = setup::payloads(&args.testdata)?;
     if args.quick {

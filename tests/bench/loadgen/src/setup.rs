@@ -17,6 +17,9 @@ pub const RECEIVER: &str = "clinic-north";
 /// The identity nginx presents: a facility certificate issued by the same federation CA, so
 /// the load generator verifies nginx exactly as one gateway verifies another.
 pub const SINK: &str = "bench-nginx";
+/// `--evidence`: a third member that only witnesses (two witnesses per log, as the issue's
+/// three-node federation has), sending and receiving nothing.
+pub const WITNESS: &str = "lab-south";
 
 /// Everything the harness needs to run one gateway node.
 #[derive(Debug, Clone)]
@@ -51,13 +54,29 @@ pub fn free_port() -> Result<SocketAddr, BoxError> {
 }
 
 pub fn create_federation(dir: &Path) -> Result<BenchFederation, BoxError> {
+    create_federation_with(dir, &[]).map(|(fed, _)| fed)
+}
+
+/// The federation plus the members `extra` names (id, display name), as further gateway
+/// nodes with their own files.
+pub fn create_federation_with(
+    dir: &Path,
+    extra: &[(&'static str, &'static str)],
+) -> Result<(BenchFederation, Vec<NodeFiles>), BoxError> {
     let fed_dir = dir.join("federation");
     let mut fed = Federation::init(&fed_dir, "Benchmark Federation", false)?;
     let mut nodes = Vec::new();
-    for (id, name, kind) in [
+    let members = [
         (SENDER, "Central Hospital", FacilityKind::Hospital),
         (RECEIVER, "North Clinic", FacilityKind::Clinic),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        extra
+            .iter()
+            .map(|&(id, name)| (id, name, FacilityKind::Clinic)),
+    );
+    for (id, name, kind) in members {
         let peer = free_port()?;
         let local = free_port()?;
         let fid: FacilityId = id.parse()?;
@@ -99,14 +118,17 @@ pub fn create_federation(dir: &Path) -> Result<BenchFederation, BoxError> {
     let (Some(sender), Some(receiver)) = (files.next(), files.next()) else {
         return Err("federation setup lost a node".into());
     };
-    Ok(BenchFederation {
-        ca_cert: fed_dir.join(pki_tools::layout::CA_CERT),
-        sender,
-        receiver,
-        sink_dir,
-        sink_tls,
-        sink_plain,
-    })
+    Ok((
+        BenchFederation {
+            ca_cert: fed_dir.join(pki_tools::layout::CA_CERT),
+            sender,
+            receiver,
+            sink_dir,
+            sink_tls,
+            sink_plain,
+        },
+        files.collect(),
+    ))
 }
 
 /// The node configuration, rendered by the same template `gateway demo` uses, so the
