@@ -545,6 +545,56 @@ async fn metrics_follow_transfers_refusals_queues_and_trust_deadlines() {
 /// The receiver takes envelopes of at most 64 KiB and the document is 172 KiB: it refuses it
 /// (413), the sender fails the transfer at once, and each side counts its half; `gateway
 /// status` lists the failure.
+/// An audit chain broken on disk (one byte of a middle entry changed in sled while the node was
+/// stopped, as a disk fault or a careless edit would) is found by the node's own start-up
+/// verification: the gauge the `HealthfedAuditVerifyFailed` rule reads drops to 0 and the log
+/// carries the alert; the node keeps serving (the log is evidence, not a reason to stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_audit_chain_is_reported_by_the_verify_gauge_and_an_alert_line() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let mut a = fed.start("hosp-a");
+    let _b = fed.start("clinic-b");
+    let record = tests::bundle_by_prefix("Clemente_Kreiger");
+    for _ in 0..3 {
+        let id = a.send_bundle("clinic-b", &record).await.transfer_id();
+        a.wait_state(&id, "delivered", Duration::from_secs(30))
+            .await;
+    }
+    scrape_until(&a, "first verification", |s| {
+        s.value("healthfed_audit_verify_ok") == 1.0
+    });
+    a.stop();
+
+    {
+        let db = sled::open(a.config.data_dir.join("sled")).unwrap();
+        let audit = db.open_tree("audit").unwrap();
+        let n = audit.len();
+        assert!(n >= 6, "{n} audit entries");
+        let (key, value) = audit.iter().nth(n / 2).unwrap().unwrap();
+        let mut broken = value.to_vec();
+        let last = broken.len() - 1;
+        broken[last] ^= 0x01;
+        audit.insert(key, broken).unwrap();
+        db.flush().unwrap();
+    }
+
+    let a = fed.start("hosp-a");
+    let s = scrape_until(&a, "the broken chain found", |s| {
+        s.value("healthfed_audit_verify_ok") == 0.0
+            && s.value("healthfed_audit_verify_timestamp_seconds") > 0.0
+    });
+    assert_eq!(s.get("healthfed_ready"), 1.0, "{}", s.text);
+    let log = a.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("audit_verify_failed") && l.contains("verification failed")),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_by_the_peer_is_counted_on_both_sides_and_shown_by_status() {
     let fed = Fed::new(&[
