@@ -177,8 +177,16 @@ async fn fhir_export_of_a_real_log_validates_and_maps_as_balp_says() {
         // The Bundle was exported after the NDJSON: one more audit-read entry.
         assert_eq!(validate(&python, "bundle", &bundle), events.len() + 1);
 
-        // Every resource is observed by this facility and carries its seq and chain hash.
+        // Each export is itself in the log, named as an export (not as a listing).
         let listing = node.audit().await;
+        let exports = listing
+            .iter()
+            .filter_map(|e| e["reason"].as_str())
+            .filter(|r| r.starts_with("audit log exported (FHIR AuditEvent) by "))
+            .filter(|r| !r.contains(", after #"))
+            .count();
+        assert_eq!(exports, 2, "{listing:?}");
+        // Every resource is observed by this facility and carries its seq and chain hash.
         for (ev, entry) in events.iter().zip(&listing) {
             assert_eq!(ev["source"]["observer"]["identifier"]["value"], name);
             assert_eq!(ev["id"], entry["hash"]);

@@ -29,6 +29,18 @@ pub struct AuditQuery {
     /// first page (to the seq of its own `audit-read` entry) and carried in `Link: next`.
     until: Option<u64>,
     limit: Option<usize>,
+    /// Set by `gateway audit export`: the read is recorded as an export in that format, so an
+    /// officer reviewing the log sees what left the node as a file, not just a listing.
+    export: Option<ExportLabel>,
+}
+
+/// The formats `gateway audit export` writes (a label of the audit-read entry only).
+#[derive(Clone, Copy, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportLabel {
+    Fhir,
+    Jsonl,
+    Csv,
 }
 
 #[derive(Serialize)]
@@ -109,7 +121,13 @@ pub async fn list_audit(
         Ok(l) => l,
         Err(r) => return r.into_response(),
     };
-    let mut what = "audit log listed".to_owned();
+    let mut what = match q.export {
+        None => "audit log listed",
+        Some(ExportLabel::Fhir) => "audit log exported (FHIR AuditEvent)",
+        Some(ExportLabel::Jsonl) => "audit log exported (JSON lines)",
+        Some(ExportLabel::Csv) => "audit log exported (CSV)",
+    }
+    .to_owned();
     if let Some(t) = &q.transfer {
         what.push_str(&format!(", transfer {t}"));
     }

@@ -67,6 +67,7 @@ pub async fn export(args: AuditExportArgs) -> Result<(), Failure> {
         ("patient", args.patient.clone()),
         ("transfer", args.transfer.clone()),
         ("break_glass", args.break_glass.then(|| "true".to_owned())),
+        ("export", Some(format.label().to_owned())),
     ];
     for_each_listed(&c, "/v1/audit", &filter, no_header, |listed: &Value| {
         let entry: ExportEntry = serde_json::from_value(listed.clone()).map_err(|e| {

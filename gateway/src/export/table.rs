@@ -39,6 +39,17 @@ pub enum Format {
     Csv,
 }
 
+impl Format {
+    /// The format's name in the local API's `export` query (the audit-read entry's label).
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Fhir { .. } => "fhir",
+            Format::Jsonl => "jsonl",
+            Format::Csv => "csv",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("local system: cannot write the export: {0}")]
