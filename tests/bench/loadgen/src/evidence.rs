@@ -399,6 +399,29 @@ pub async fn run(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(),
     let sender = local_api(&nodes.fed.sender);
     let mut conn = load::open(&sender).await?;
     let transfer = gateway_target(&nodes.fed, &payload, "fhir");
+    if args.evidence_fill_secs > 0 {
+        // A longer log (and many kept checkpoints) for the round trip and for audit verify.
+        let stop = Arc::new(AtomicBool::new(false));
+        let driver = tokio::spawn(drive_checkpoints(
+            vec![local_api(&nodes.fed.sender), local_api(&nodes.fed.receiver)],
+            stop.clone(),
+        ));
+        let fill = LoadSpec {
+            concurrency: CONCURRENCY,
+            warmup: Duration::ZERO,
+            measure: Duration::from_secs(args.evidence_fill_secs),
+            grace: Duration::from_secs(60),
+        };
+        let res = load::run(&transfer, &payload.bytes, FHIR, fill, |_| {}).await;
+        stop.store(true, Ordering::Relaxed);
+        let d = driver.await?;
+        log(format!(
+            "filled the log: {} transfers in {}s, {} checkpoints",
+            res.completed,
+            args.evidence_fill_secs,
+            d.latencies.len()
+        ));
+    }
     let mut rtts = Vec::new();
     let mut short = 0u64;
     let mut last_transfer = String::new();

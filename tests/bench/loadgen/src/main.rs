@@ -69,8 +69,12 @@ pub struct RunArgs {
     #[arg(long, conflicts_with_all = ["quick", "only_big_file", "payloads", "instructions"])]
     pub evidence: bool,
     /// With --evidence: on/off pairs.
-    #[arg(long, default_value_t = 3, requires = "evidence")]
+    #[arg(long, default_value_t = 5, requires = "evidence")]
     pub evidence_pairs: usize,
+    /// With --evidence: seconds of ~100 KB x 32 load (checkpoints every second) that grow the
+    /// log before the round trip, evidence and audit verify are timed.
+    #[arg(long, default_value_t = 30, requires = "evidence")]
+    pub evidence_fill_secs: u64,
     /// The valgrind binary.
     #[arg(long, default_value = "valgrind")]
     pub valgrind: PathBuf,
