@@ -472,12 +472,48 @@ pub async fn run(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(),
     });
 
     rows.push(evidence_verify(args, &nodes, &dir, &last_transfer)?);
-    rows.push(audit_verify_api(&mut conn, &sender).await?);
+    let mut api = audit_verify_api(&mut conn, &sender).await?;
+    let data = nodes.fed.sender.dir.join("data");
     drop(nodes);
+    // The same log through the store's chain walk alone (what `audit_bench` times on 10 M
+    // entries), so the share of the tree and checkpoint pass is seen on one log.
+    chain_only(args, &data, &mut api);
+    rows.push(api);
     if !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
+}
+
+/// `audit_bench 0 <data dir> 0`: the chain verified twice (cold, hot) by the store alone,
+/// on the stopped sender's store; its figures go into the row's detail (or why not).
+fn chain_only(args: &RunArgs, data: &Path, row: &mut Row) {
+    let bench = args.examples.join("audit_bench");
+    let out = Command::new(&bench)
+        .arg("0")
+        .arg(data)
+        .arg("0")
+        .stderr(Stdio::piped())
+        .output();
+    let chain = match out {
+        Ok(o) if o.status.success() => serde_json::from_slice::<Value>(&o.stdout)
+            .unwrap_or_else(|e| json!({ "error": format!("audit_bench output: {e}") })),
+        Ok(o) => {
+            json!({ "error": format!("audit_bench: {}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim()) })
+        }
+        Err(e) => json!({ "error": format!("{}: {e}", bench.display()) }),
+    };
+    let hot = chain["verify_hot_per_sec"].as_f64();
+    let share = row.ours_per_s.zip(hot).map(|(api, hot)| api / hot);
+    log(format!(
+        "the same log by the store's chain walk alone: {:.0} entries/s hot (API path / chain = {:.2})",
+        hot.unwrap_or(0.0),
+        share.unwrap_or(0.0)
+    ));
+    if let Some(d) = row.detail.as_mut() {
+        d["chain_only"] = chain;
+        d["api_over_chain_hot"] = json!(share);
+    }
 }
 
 fn timed(cmd: &mut Command) -> Result<Duration, BoxError> {
