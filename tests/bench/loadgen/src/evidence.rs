@@ -59,6 +59,7 @@ impl Witnessing {
 /// The three running members; stopped on drop.
 struct Nodes {
     fed: BenchFederation,
+    witness: NodeFiles,
     /// Sender, receiver, witness.
     procs: Vec<Proc>,
 }
@@ -105,7 +106,11 @@ fn start(args: &RunArgs, dir: &Path, mode: Witnessing) -> Result<Nodes, BoxError
     }
     // Report order: sender, receiver, witness.
     procs.rotate_right(1);
-    Ok(Nodes { fed, procs })
+    Ok(Nodes {
+        fed,
+        witness,
+        procs,
+    })
 }
 
 fn start_node(args: &RunArgs, dir: &Path, node: &NodeFiles) -> Result<Proc, BoxError> {
@@ -263,6 +268,18 @@ async fn load_run(
         Some(h) => Some(h.await?),
         None => None,
     };
+    // The mode did what it says: the third member holds both logs' checkpoints with
+    // witnessing on, and none with it off.
+    let held = witnessed_logs(&nodes.witness).await?;
+    let want = if mode == Witnessing::On { 2 } else { 0 };
+    if held != want {
+        return Err(format!(
+            "witnessing {}: {} holds {held} logs' checkpoints, expected {want}",
+            mode.name(),
+            setup::WITNESS
+        )
+        .into());
+    }
     let (cpu, busy) = match (samples.first(), samples.get(1)) {
         (Some(a), Some(b)) => (b.0 - a.0, b.1 - a.1),
         _ => (0.0, 0.0),
@@ -305,6 +322,28 @@ async fn load_run(
             "max_ms": percentile_ms(&d.latencies, 1.0),
         })),
     }))
+}
+
+/// How many other members' logs `node` holds a checkpoint of (`GET /v1/witness`).
+async fn witnessed_logs(node: &NodeFiles) -> Result<usize, BoxError> {
+    let target = local_api(node);
+    let mut conn = load::open(&target).await?;
+    let (status, body) = load::call(
+        &mut conn,
+        &target,
+        Method::GET,
+        "/v1/witness",
+        &Bytes::new(),
+        "application/json",
+    )
+    .await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    match v["logs"].as_array() {
+        Some(logs) if status == StatusCode::OK => {
+            Ok(logs.iter().filter(|l| l["size"].as_u64() > Some(0)).count())
+        }
+        _ => Err(format!("GET /v1/witness: status {status}").into()),
+    }
 }
 
 fn num(v: &Value, key: &str) -> f64 {
