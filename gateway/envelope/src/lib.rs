@@ -85,4 +85,6 @@ pub use open::{
 pub use receipt::{sign_message, verify_message, Receipt, ReceiverDecision, SignedReceipt};
 pub use seal::{seal_to_vec, SealParams, Sealer, DEFAULT_CHUNK_SIZE};
 pub use suite::Suite;
-pub use wire::{read_signed_header, MAGIC, MAX_CHUNK_SIZE, MAX_HEADER_LEN, MAX_NAME_LEN, TAG_LEN, VERSION};
+pub use wire::{
+    read_signed_header, MAGIC, MAX_CHUNK_SIZE, MAX_HEADER_LEN, MAX_NAME_LEN, TAG_LEN, VERSION,
+};
