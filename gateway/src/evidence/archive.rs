@@ -20,7 +20,7 @@ use gateway_store::{check_stored_entry, entry_leaf_hash};
 use pki_tools::directory::{verify_directory_file, DirectoryError};
 
 use crate::evidence::bundle::{Named, Refused};
-use crate::evidence::{checkpoint, checkpoint_if_grown, witness};
+use crate::evidence::{checkpoint, cosigned_checkpoint_covering, witness};
 use crate::state::NodeState;
 
 pub const FORMAT: &str = "healthfed-audit-archive/1";
@@ -375,22 +375,9 @@ pub async fn archive_before(
         }
         None => through,
     };
-    // A checkpoint that covers them, cosigned by whichever witness answers now.
-    let covered = store
-        .checkpoint_latest()
-        .map_err(local)?
-        .map_or(0, |(s, _)| s);
-    if covered < through {
-        tokio::task::block_in_place(|| checkpoint_if_grown(state)).map_err(local)?;
-        witness::submit_all(state).await;
-    }
-    let (size, mut note) = store
-        .checkpoint_latest()
-        .map_err(local)?
-        .ok_or_else(|| local("no checkpoint was made"))?;
-    for line in store.cosignatures(size).map_err(local)? {
-        note.extend_from_slice(&line);
-    }
+    let (size, note) = cosigned_checkpoint_covering(state, through)
+        .await
+        .map_err(local)?;
     let (entries, frontier, consistency) = tokio::task::block_in_place(|| {
         Ok::<_, gateway_store::StoreError>((
             store.audit_stored_range(floor + 1, through)?,

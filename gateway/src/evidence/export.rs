@@ -11,7 +11,7 @@ use gateway_envelope::read_signed_header;
 use gateway_store::SpoolKind;
 
 use crate::evidence::bundle::{EvidenceEntry, EvidenceFile, FORMAT};
-use crate::evidence::{checkpoint_if_grown, witness};
+use crate::evidence::cosigned_checkpoint_covering;
 use crate::state::NodeState;
 
 /// Why no evidence file can be made for a transfer.
@@ -58,22 +58,9 @@ pub async fn export(
     let last = *seqs
         .last()
         .ok_or_else(|| ExportError::NoEntries(id_hex.to_owned()))?;
-    // A checkpoint that covers every entry, cosigned by whichever witness answers now.
-    let covered = store
-        .checkpoint_latest()
-        .map_err(local)?
-        .map_or(0, |(s, _)| s);
-    if covered < last {
-        tokio::task::block_in_place(|| checkpoint_if_grown(state)).map_err(local)?;
-        witness::submit_all(state).await;
-    }
-    let (size, mut note) = store
-        .checkpoint_latest()
-        .map_err(local)?
-        .ok_or_else(|| local("no checkpoint was made"))?;
-    for line in store.cosignatures(size).map_err(local)? {
-        note.extend_from_slice(&line);
-    }
+    let (size, note) = cosigned_checkpoint_covering(state, last)
+        .await
+        .map_err(local)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut entries = Vec::new();
     for seq in seqs {

@@ -56,6 +56,32 @@ async fn retain(state: &Arc<NodeState>, days: u64) {
     }
 }
 
+/// The latest checkpoint, made now if it does not yet cover `seq` (and then submitted to the
+/// witnesses, so it carries whichever cosignatures they give now), as a signed note with every
+/// cosignature held appended: what an evidence file or an archive carries.
+pub async fn cosigned_checkpoint_covering(
+    state: &Arc<NodeState>,
+    seq: u64,
+) -> Result<(u64, Vec<u8>), String> {
+    let store = &state.store;
+    let covered = store
+        .checkpoint_latest()
+        .map_err(|e| e.to_string())?
+        .map_or(0, |(size, _)| size);
+    if covered < seq {
+        tokio::task::block_in_place(|| checkpoint_if_grown(state)).map_err(|e| e.to_string())?;
+        witness::submit_all(state).await;
+    }
+    let (size, mut note) = store
+        .checkpoint_latest()
+        .map_err(|e| e.to_string())?
+        .ok_or("no checkpoint was made")?;
+    for line in store.cosignatures(size).map_err(|e| e.to_string())? {
+        note.extend_from_slice(&line);
+    }
+    Ok((size, note))
+}
+
 /// Makes a checkpoint if the log holds entries the latest one does not cover; returns its size.
 pub fn checkpoint_if_grown(state: &NodeState) -> Result<Option<u64>, checkpoint::CheckpointError> {
     let covered = state.store.checkpoint_latest()?.map_or(0, |(size, _)| size);
