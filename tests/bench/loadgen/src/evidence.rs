@@ -674,3 +674,29 @@ async fn audit_verify_api(
         ..Row::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosignatures_count_only_witness_lines() {
+        let note = "healthfed/hosp-central/audit\n3\nAAAA\n\n\
+                    \u{2014} healthfed/hosp-central/audit abc=\n\
+                    \u{2014} healthfed/clinic-north/witness def=\n\
+                    \u{2014} healthfed/lab-south/witness ghi=\n";
+        assert_eq!(cosignatures(note.as_bytes()), 2);
+        assert_eq!(cosignatures(b"healthfed/x/audit\n1\nAAAA\n\n"), 0);
+    }
+
+    #[test]
+    fn each_mode_names_its_witnesses() {
+        let on = audit_section(Witnessing::On, SENDER);
+        assert!(on.contains(&format!("witnesses = [\"{RECEIVER}\", \"{WITNESS}\"]")));
+        assert!(!on.contains(&format!("\"{SENDER}\"")));
+        let off = audit_section(Witnessing::Off, SENDER);
+        for id in [SENDER, RECEIVER, WITNESS] {
+            assert!(!off.contains(id), "{off}");
+        }
+    }
+}
