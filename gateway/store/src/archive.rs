@@ -318,7 +318,7 @@ impl Store {
         for item in t.audit.range(from.to_be_bytes()..=to.to_be_bytes()) {
             let (key, value) = item.map_err(StoreError::sled("read audit log"))?;
             if let Some((_, _, body)) = split_stored(&value) {
-                if let Ok((seq, b)) = decode_body::<(u64, BodyRefs)>(WHAT, body) {
+                if let Ok((seq, b)) = decode_body::<(u64, audit::RecordView)>(WHAT, body) {
                     if let Some(p) = &b.patient {
                         patient.remove(&audit::patient_key(&p.tag, seq)[..]);
                     }
@@ -343,34 +343,4 @@ impl Store {
         apply(&t.audit, entries)?;
         Ok(n)
     }
-}
-
-/// The index-relevant fields of a stored body.
-#[derive(Deserialize)]
-struct BodyRefs<'a> {
-    _time_ms: u64,
-    #[serde(borrow)]
-    _event: &'a [u8],
-    transfer_id: Option<TransferId>,
-    #[serde(borrow)]
-    _peer: Option<&'a [u8]>,
-    #[serde(borrow)]
-    patient: Option<PatientRefs<'a>>,
-    #[serde(borrow)]
-    _purpose: Option<&'a [u8]>,
-    #[serde(borrow)]
-    _clinician: Option<&'a [u8]>,
-    #[serde(borrow)]
-    _outcome: &'a [u8],
-    #[serde(borrow)]
-    _reason: Option<&'a [u8]>,
-    _policy_ids: Vec<&'a [u8]>,
-    break_glass: bool,
-}
-
-#[derive(Deserialize)]
-struct PatientRefs<'a> {
-    tag: PatientTag,
-    #[serde(borrow)]
-    _sealed: &'a [u8],
 }

@@ -197,15 +197,15 @@ fn patient_aad(seq: u64, tag: &PatientTag) -> Vec<u8> {
 /// real entries with it. Strings are borrowed as bytes: postcard encodes both alike, and the
 /// walk needs no UTF-8 validation (the chain hash already covers every byte).
 #[derive(Deserialize)]
-struct RecordView<'a> {
+pub(crate) struct RecordView<'a> {
     _time_ms: u64,
     #[serde(borrow)]
     _event: &'a [u8],
-    transfer_id: Option<TransferId>,
+    pub(crate) transfer_id: Option<TransferId>,
     #[serde(borrow)]
     _peer: Option<&'a [u8]>,
     #[serde(borrow)]
-    patient: Option<PatientView<'a>>,
+    pub(crate) patient: Option<PatientView<'a>>,
     #[serde(borrow)]
     _purpose: Option<&'a [u8]>,
     #[serde(borrow)]
@@ -215,13 +215,13 @@ struct RecordView<'a> {
     #[serde(borrow)]
     _reason: Option<&'a [u8]>,
     _policy_ids: SkipStrs,
-    break_glass: bool,
+    pub(crate) break_glass: bool,
 }
 
 /// The stored patient of [`RecordView`]: the tag is what the patient index holds.
 #[derive(Deserialize)]
-struct PatientView<'a> {
-    tag: PatientTag,
+pub(crate) struct PatientView<'a> {
+    pub(crate) tag: PatientTag,
     #[serde(borrow)]
     _sealed: &'a [u8],
 }
