@@ -30,7 +30,7 @@
 //! | `requests` | request id | sealed request bytes |
 //! | `records` | `tag(patient)` | sealed record bundle |
 //! | `spool_retained`, `spool_removed`, `spool_unlink` | times, spool kind, transfer id | empty or a time |
-//! | `store_meta` | `format`, one-time job markers, the highest directory seen (`trust_seen`), audit consumers' cursors (`audit-cursor:<name>`) | small values |
+//! | `store_meta` | `format`, one-time job markers, the highest directory seen (`trust_seen`), every directory accepted (`directories`), audit consumers' cursors (`audit-cursor:<name>`) | small values |
 //! | `idempotency` | `tag(API token name, key)` | sealed key record: request digest, transfer id, time |
 //! | `idempotency_by_time` | `created_ms_be \|\| tag` | empty |
 //!
@@ -94,6 +94,7 @@ mod checkpoints;
 mod codec;
 mod collections;
 mod commit;
+pub mod directories;
 mod error;
 mod idempotency;
 mod inbox;
