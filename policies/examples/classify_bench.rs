@@ -17,7 +17,11 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use policies::classify::{classify_content, classify_fhir_bundle, classify_fhir_bundle_reference};
+use policies::classify::{
+    classify_content, classify_fhir_bundle, classify_fhir_bundle_reference,
+    classify_fhir_reference, classify_fhir_stream,
+};
+use serde_json::Value;
 
 const BUNDLES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -32,6 +36,109 @@ const CDA_DOCUMENTS: [&str; 5] = [
     "Referral_Note_C-CDA2.1.xml",
 ];
 const ONE_MB: &str = "Gilberto_Orosco_6ece62f3-283c-4387-aa9b-affba8ebf4c3.json";
+const CLEMENTE: &str = "Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json";
+
+/// The transfer benchmark's payloads (tests/bench/loadgen/src/setup.rs `payloads`, rebuilt the
+/// same way so that the figures compare): Clemente Kreiger's bundle as compact JSON, its Patient
+/// entry first, then as many of its other entries (in order; for `1m` repeated, ids suffixed
+/// `-rN`) as reach the target size. 10 823, 92 385 and 1 000 597 bytes.
+fn transfer_payload(label: &str) -> Result<Vec<u8>, String> {
+    let path = format!("{BUNDLES}{CLEMENTE}");
+    let raw = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+    let base: Value = serde_json::from_slice(&raw).map_err(|e| e.to_string())?;
+    let entries = base["entry"].as_array().cloned().unwrap_or_default();
+    let is_patient = |e: &Value| e["resource"]["resourceType"] == "Patient";
+    let (target, rounds) = match label {
+        "10k" => (10_000, 1),
+        "100k" => (100_000, 1),
+        "1m" => (1_000_000, 16),
+        _ => return Err(format!("unknown payload {label} (10k, 100k, 1m)")),
+    };
+    let mut pool = Vec::new();
+    for round in 0..rounds {
+        for e in entries.iter().filter(|e| !is_patient(e)) {
+            let mut e = e.clone();
+            if round > 0 {
+                if let Some(id) = e["resource"]["id"]
+                    .as_str()
+                    .map(|s| format!("{s}-r{round}"))
+                {
+                    e["resource"]["id"] = Value::String(id);
+                }
+                if let Some(url) = e["fullUrl"].as_str().map(|s| format!("{s}-r{round}")) {
+                    e["fullUrl"] = Value::String(url);
+                }
+            }
+            pool.push(e);
+        }
+    }
+    let mut chosen: Vec<Value> = entries.iter().filter(|e| is_patient(e)).cloned().collect();
+    let mut bundle = base.clone();
+    bundle["entry"] = Value::Array(chosen.clone());
+    let json = |v: &Value| serde_json::to_vec(v).map_err(|e| e.to_string());
+    let mut size = json(&bundle)?.len();
+    for e in pool {
+        if size >= target {
+            break;
+        }
+        size += json(&e)?.len() + 1;
+        chosen.push(e);
+    }
+    bundle["entry"] = Value::Array(chosen);
+    json(&bundle)
+}
+
+/// The FHIR readers a run can pick.
+fn reader(name: &str) -> Option<fn(&[u8]) -> bool> {
+    match name {
+        "content" => Some(|b| classify_content(b).is_ok()),
+        "stream" => Some(|b| classify_fhir_stream(b).is_ok()),
+        "tree" => Some(|b| classify_fhir_reference(b).is_ok()),
+        _ => None,
+    }
+}
+
+/// The classifications callgrind counts (`--toggle-collect` on this function's name), after
+/// one outside it that builds the code table.
+#[inline(never)]
+fn counted_classifications(bytes: &[u8], runs: u64, f: fn(&[u8]) -> bool) -> u64 {
+    let mut ok = 0;
+    for _ in 0..runs {
+        ok += u64::from(f(black_box(bytes)));
+    }
+    ok
+}
+
+/// `--callgrind <10k|100k|1m> <runs> <content|stream|tree>`: classify one transfer payload
+/// `runs` times, for an instruction count per classification under callgrind.
+fn callgrind(args: &[String]) -> ExitCode {
+    let [label, runs, name] = args else {
+        eprintln!("usage: classify_bench --callgrind <10k|100k|1m> <runs> <content|stream|tree>");
+        return ExitCode::from(64);
+    };
+    let (Ok(runs), Some(f)) = (runs.parse::<u64>(), reader(name)) else {
+        eprintln!("usage: classify_bench --callgrind <10k|100k|1m> <runs> <content|stream|tree>");
+        return ExitCode::from(64);
+    };
+    let bytes = match transfer_payload(label) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("classify_bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !f(&bytes) {
+        eprintln!("classify_bench: {label} is refused by the {name} reader");
+        return ExitCode::FAILURE;
+    }
+    let ok = counted_classifications(&bytes, runs, f);
+    println!(
+        "{}",
+        serde_json::json!({"bench": "policies.classify_callgrind", "payload": label,
+            "bytes": bytes.len(), "reader": name, "runs": runs, "ok": ok})
+    );
+    ExitCode::SUCCESS
+}
 
 /// The first entries of `bytes` (a Bundle) whose re-serialization stays under `limit`.
 fn cut_to(bytes: &[u8], limit: usize) -> Result<Vec<u8>, String> {
@@ -86,6 +193,10 @@ fn content_line(name: &str, bytes: &[u8], budget: Duration) -> Result<String, St
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--callgrind") {
+        return callgrind(args.get(1..).unwrap_or_default());
+    }
     let seconds = match std::env::args().nth(1).map(|s| s.parse::<f64>()) {
         None => 2.0,
         Some(Ok(s)) if s > 0.0 => s,

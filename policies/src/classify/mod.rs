@@ -137,7 +137,7 @@ pub fn classify_content(bytes: &[u8]) -> Result<ContentFacts, ClassifyError> {
     let table = table::TABLE.as_ref().map_err(Clone::clone)?;
     let format = detect_format(bytes);
     match format {
-        Format::FhirJson => classify_fhir_with(table, bytes, fhir::stream::read),
+        Format::FhirJson => classify_fhir_with(table, bytes, fhir::scan::read),
         Format::Cda => {
             let facts = cda::read(table, bytes)?;
             Ok(ContentFacts {
@@ -197,6 +197,46 @@ fn classify_fhir_with(
 pub fn classify_fhir_reference(bytes: &[u8]) -> Result<ContentFacts, ClassifyError> {
     let table = table::TABLE.as_ref().map_err(Clone::clone)?;
     classify_fhir_with(table, bytes, fhir::tree::read)
+}
+
+/// [`classify_content`] for FHIR JSON through the serde_json streaming
+/// reader alone (the one the gateway ran before the byte-level scanner, and
+/// the scanner's fallback): for the equivalence tests and the benchmark.
+#[doc(hidden)]
+pub fn classify_fhir_stream(bytes: &[u8]) -> Result<ContentFacts, ClassifyError> {
+    let table = table::TABLE.as_ref().map_err(Clone::clone)?;
+    classify_fhir_with(table, bytes, fhir::stream::read)
+}
+
+/// What the byte-level FHIR scanner does with a document on its own, against
+/// the streaming reader (for the equivalence tests).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanCheck {
+    /// The scanner decided, and its facts are the streaming reader's, field by field.
+    Same,
+    /// The scanner left the document to the streaming reader.
+    Undecided,
+    /// The scanner decided and the streaming reader disagrees (refuses, or
+    /// finds other facts): a bug.
+    Differs,
+}
+
+/// Runs the byte-level scanner alone and the streaming reader on the same
+/// document (BOM stripped, as the classifier does) and compares their raw
+/// facts: categories, codes matched, resource types, root type, entries,
+/// Patient resources, references. For the equivalence tests.
+#[doc(hidden)]
+pub fn fhir_scan_check(bytes: &[u8]) -> Result<ScanCheck, ClassifyError> {
+    let table = table::TABLE.as_ref().map_err(Clone::clone)?;
+    let bytes = detect::strip_bom(bytes);
+    let Ok(scanned) = fhir::scan::decide(table, bytes) else {
+        return Ok(ScanCheck::Undecided);
+    };
+    Ok(match fhir::stream::read(table, bytes) {
+        Ok(streamed) if streamed == scanned => ScanCheck::Same,
+        _ => ScanCheck::Differs,
+    })
 }
 
 /// Checks that the embedded table parses (the engine refuses to start if not).
@@ -262,7 +302,7 @@ impl fmt::Debug for BundleFacts {
 /// categories (signals included). Prefer [`classify_content`], whose
 /// [`Patients`] count patients correctly.
 pub fn classify_fhir_bundle(bytes: &[u8]) -> Result<BundleFacts, ClassifyError> {
-    bundle_facts(bytes, fhir::stream::read)
+    bundle_facts(bytes, fhir::scan::read)
 }
 
 /// [`classify_fhir_bundle`] through the tree-based reference reader.

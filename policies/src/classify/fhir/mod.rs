@@ -1,7 +1,13 @@
-//! FHIR R4 JSON: a Bundle or any single resource. Two readers with the same
-//! answers: [`stream`], the one the gateway runs (one pass, no tree, strings
-//! borrowed), and [`tree`], the original tree walk kept as the reference it is
-//! tested and benchmarked against.
+//! FHIR R4 JSON: a Bundle or any single resource. Three readers with the same
+//! answers:
+//! - [`scan`], the one the gateway runs: a byte-level tokenizer ([`json`])
+//!   that validates the whole document and decodes only the strings it looks
+//!   at; whatever it cannot decide it hands to
+//! - [`stream`], one pass through serde_json's tokenizer, no tree, strings
+//!   borrowed: the fallback and the scanner's reference; both run the FHIR
+//!   logic of [`walk`] (what a value means where it sits);
+//! - [`tree`], the original tree walk, the independent reference the other
+//!   two are tested and benchmarked against.
 //!
 //! What counts, wherever it sits in the record (entries, contained resources,
 //! nested bundles):
@@ -22,8 +28,11 @@ use std::collections::BTreeSet;
 use super::patients::{Patients, PatientsBuilder};
 use crate::Category;
 
+mod json;
+pub(crate) mod scan;
 pub(crate) mod stream;
 pub(crate) mod tree;
+mod walk;
 
 /// Resource types whose `code` says what the finding is: free text only there
 /// means the gateway cannot classify it.
@@ -39,7 +48,7 @@ const CODED_FINDINGS: [&str; 5] = [
 pub(crate) const PATIENT_REFERENCE_KEYS: [&str; 3] = ["subject", "patient", "beneficiary"];
 
 /// What a FHIR reader found, before patients are resolved.
-#[derive(Default)]
+#[derive(Default, PartialEq, Eq)]
 pub(crate) struct FhirFacts {
     /// Resource type of the document itself; `None` if it has none.
     pub root_type: Option<String>,
