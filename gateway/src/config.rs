@@ -968,7 +968,7 @@ listen = {peer}
 [local_api]
 listen = {local}
 token_file = "api.token"
-tokens = [{{ name = "cli", sha256 = {token} }}]
+tokens = [{{ name = "cli", sha256 = {token}, roles = ["emr", "officer", "consent-admin", "operator"] }}]
 
 [keys]
 ca_cert = "ca.crt"

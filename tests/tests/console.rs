@@ -710,8 +710,8 @@ async fn an_officer_uses_the_console_in_a_real_browser() {
     assert_eq!(code, 0);
     assert!(out.contains("No disclosures in this period.") && out.contains(&patient));
 
-    // The receiving side's console: clinic-b's own token has no roles, so it still has the
-    // officer role (the deprecated default) and signs in; the transfer shows as received,
+    // The receiving side's console: clinic-b's own token holds every role, officer among
+    // them, so it signs in; the transfer shows as received,
     // with the receipt it returned and without the payload.
     let b_addr = fed.nodes["clinic-b"].local;
     let (_, headers, page) = http(b_addr, "GET", "/console/sign-in", &[], "");

@@ -118,13 +118,23 @@ async fn every_route_admits_its_role_only_and_audits_each_refusal() {
     assert_eq!(bad, 64, "{err}");
     assert!(err.contains("unknown role"), "{err}");
 
-    // The harness's own token ("cli", no roles) stays: the legacy default, with a warning.
+    // The harness's own token ("cli") names all four roles. A token without roles, as configs
+    // written before roles have them, keeps working: the legacy default, with a warning.
+    let legacy_secret = "legacy-token-without-roles";
+    let legacy = format!(
+        "{{ name = \"legacy\", sha256 = \"{}\" }}",
+        hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            legacy_secret.as_bytes()
+        ))
+    );
     let text = std::fs::read_to_string(&nd.config_path).unwrap();
     let start = text.find("tokens = [").unwrap();
     let end = start + text[start..].find('\n').unwrap();
-    let legacy = text[start + "tokens = [".len()..end - 1].to_owned();
+    let harness = text[start + "tokens = [".len()..end - 1].to_owned();
+    assert!(harness.contains("roles = ["), "{harness}");
     let new_text = format!(
-        "{}tokens = [{legacy}, {}]{}",
+        "{}tokens = [{harness}, {legacy}, {}]{}",
         &text[..start],
         lines.join(", "),
         &text[end..]
@@ -139,7 +149,7 @@ async fn every_route_admits_its_role_only_and_audits_each_refusal() {
     let (code, _, err) = gateway_cli(&["check", "--config", nd.config_path.to_str().unwrap()]);
     assert_eq!(code, 64, "{err}");
     assert!(
-        err.contains("local_api.tokens[4].roles: unknown role"),
+        err.contains("local_api.tokens[5].roles: unknown role"),
         "{err}"
     );
     std::fs::write(&nd.config_path, &new_text).unwrap();
@@ -147,7 +157,7 @@ async fn every_route_admits_its_role_only_and_audits_each_refusal() {
     let (code, _, err) = gateway_cli(&["check", "--config", nd.config_path.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(err.matches("names no roles").count(), 1, "{err}");
-    assert!(err.contains("token \"cli\" names no roles"), "{err}");
+    assert!(err.contains("token \"legacy\" names no roles"), "{err}");
 
     let node = fed.start("hosp-a");
     let addr = nd.local;
@@ -223,13 +233,12 @@ async fn every_route_admits_its_role_only_and_audits_each_refusal() {
     assert!(!node.log_text().contains("roles-test-patient"));
 
     // The legacy token still reaches every role's routes.
-    let legacy_secret = std::fs::read_to_string(nd.dir.join("api.token")).unwrap();
     for (method, path) in [
         ("GET", "/v1/transfers"),
         ("GET", "/v1/audit/verify"),
         ("GET", "/v1/inbox"),
     ] {
-        let (status, body) = http(addr, method, path, &legacy_secret, "");
+        let (status, body) = http(addr, method, path, legacy_secret, "");
         assert_eq!(status, 200, "{method} {path}: {body}");
     }
     let (status, _) = http(addr, "GET", "/v1/transfers", "not-a-token", "");
