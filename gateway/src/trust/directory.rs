@@ -5,7 +5,10 @@
 //! connection always sees one consistent view. A directory that fails verification, is older
 //! than the highest one this node has accepted (kept in the store, so also across restarts), has
 //! that version with other content, or a CRL whose signature does not verify with the CA or
-//! that is stale, leaves the current view in place; at start, it refuses the start. While it
+//! that is stale, leaves the current view in place; at start, it refuses the start. Every
+//! directory accepted is also kept in the store with the time it took effect
+//! (`gateway_store::directories`), so that an evidence file can carry the one in force when a
+//! transfer was signed. While it
 //! runs, the view's own freshness is checked on use (`Trust::usable`, `trust::freshness`).
 
 use std::path::Path;
@@ -21,6 +24,7 @@ use rustls_pki_types::{
 };
 
 use gateway_envelope::{EncryptionPublicKey, VerifyingKey};
+use gateway_store::directories::KeptDirectory;
 use gateway_store::{DirectorySeen, Store};
 use pki_tools::crl::verify_crl;
 use pki_tools::directory::{verify_directory_file, Directory, DirectoryError, FacilityEntry};
@@ -92,6 +96,9 @@ pub struct Trust {
     pub directory: Directory,
     /// SHA-256 of the directory's signed payload (`pki_tools::directory::VerifiedDirectory`).
     pub directory_digest: [u8; 32],
+    /// The signed directory file as read, kept in the store's history of accepted directories
+    /// (for evidence of transfers signed under it).
+    directory_file: Vec<u8>,
     /// Until when the CRL may be used (its nextUpdate plus `federation.crl_grace_secs`).
     pub crl: CrlDeadline,
     pub server: Arc<ServerConfig>,
@@ -156,6 +163,7 @@ impl Trust {
         Ok(Trust {
             directory,
             directory_digest: verified.digest,
+            directory_file: dir_bytes,
             crl,
             server: Arc::new(server),
             client: Arc::new(client),
@@ -265,12 +273,14 @@ impl TrustHandle {
     }
 }
 
-/// Records the view's directory as the highest accepted. Durable with the next group commit,
-/// which every delivery claim and receipt awaits before it has effect.
+/// Records the view's directory as the highest accepted, and keeps it in the history of
+/// accepted directories (with now as the time it took effect, unless that version is already
+/// kept). Durable with the next group commit, which every delivery claim and receipt awaits
+/// before it has effect.
 fn record_seen(store: &Store, trust: &Trust) -> Result<(), TrustError> {
     let seen = trust.directory_seen();
     match store.record_directory_seen(&seen) {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => keep(store, trust),
         Ok(Err(recorded)) if recorded.version > seen.version => {
             Err(TrustError::DirectoryRollback {
                 version: seen.version,
@@ -279,6 +289,33 @@ fn record_seen(store: &Store, trust: &Trust) -> Result<(), TrustError> {
         }
         Ok(Err(recorded)) => Err(TrustError::DirectoryConflict {
             version: recorded.version,
+        }),
+        Err(e) => Err(TrustError::Store(e.to_string())),
+    }
+}
+
+/// Keeps the view's directory in the store's history. A kept directory of that version with
+/// other content refuses the view (the same rule as for the highest one seen).
+fn keep(store: &Store, trust: &Trust) -> Result<(), TrustError> {
+    let dir = KeptDirectory {
+        version: trust.directory.version,
+        digest: trust.directory_digest,
+        effective_ms: now_ms(),
+        file: trust.directory_file.clone(),
+    };
+    match store.keep_directory(&dir) {
+        Ok(Ok(kept)) => {
+            if kept.effective_ms == dir.effective_ms {
+                tracing::info!(
+                    version = dir.version,
+                    digest = %hex::encode(dir.digest),
+                    "federation directory kept in the history of accepted directories"
+                );
+            }
+            Ok(())
+        }
+        Ok(Err(kept)) => Err(TrustError::DirectoryConflict {
+            version: kept.version,
         }),
         Err(e) => Err(TrustError::Store(e.to_string())),
     }

@@ -6,9 +6,9 @@
 //! only this layer and the peer listener (`receive::peer_api`, accepting with the server config
 //! built here) touch rustls. A view in use is checked for freshness on every use (`freshness`:
 //! directory expiry, CRL nextUpdate plus grace), and a directory older than the highest one
-//! accepted is never taken (that one is kept in the store). It sits at the bottom: it imports
-//! only `config` and the lower crates (`pki-tools`, `gateway-envelope`, and `gateway-store` for
-//! that one record).
+//! accepted is never taken (that one is kept in the store, with every directory accepted, for
+//! evidence of older transfers). It sits at the bottom: it imports only `config` and the lower
+//! crates (`pki-tools`, `gateway-envelope`, and `gateway-store` for those records).
 
 pub mod collector;
 pub mod directory;
