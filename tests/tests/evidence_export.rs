@@ -69,9 +69,20 @@ fn tampered(file: &EvidenceFile) -> Vec<(String, Vec<u8>, &'static str)> {
     let mut push = |label: &str, f: EvidenceFile, part: &'static str| {
         out.push((label.to_owned(), f.to_bytes(), part))
     };
+    for i in 0..file.directories.len() {
+        let mut f = file.clone();
+        flip_b64(&mut f.directories[i], 60);
+        let part: &'static str = if i == 0 {
+            "directory #1:"
+        } else {
+            "directory #2:"
+        };
+        push(&format!("directory {i}"), f, part);
+    }
+    // No directory at all: nothing to check a signature against.
     let mut f = file.clone();
-    flip_b64(&mut f.directory, 60);
-    push("directory", f, "directory:");
+    f.directories.clear();
+    push("directories removed", f, "directories:");
     let mut f = file.clone();
     flip_b64(&mut f.envelope_header, 40);
     push("envelope header", f, "envelope header:");
@@ -235,7 +246,7 @@ async fn a_transfer_is_proven_offline_from_one_file_and_any_change_is_refused_by
         std::fs::write(stranger.path().join("ca.crt"), common::ca_pem(&other_ca)).unwrap();
         let (code, _, stderr) = verify_in(stranger.path(), &file);
         assert_eq!(code, 1);
-        assert!(stderr.contains("directory:"), "{stderr}");
+        assert!(stderr.contains("directory #1:"), "{stderr}");
     }
     // An unknown transfer cannot be exported.
     let (code, _, stderr) = a.cli(&[

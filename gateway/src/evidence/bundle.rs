@@ -1,18 +1,26 @@
-//! The disclosure evidence file of one transfer (`healthfed-evidence/1`, docs/evidence.md)
+//! The disclosure evidence file of one transfer (`healthfed-evidence/2`, docs/evidence.md)
 //! and its offline verifier: no node, no store, only the federation's CA certificate.
 //!
-//! Every part is signed by someone the CA-signed directory names: the envelope header by the
-//! sender, the receipt by the receiver, the checkpoint by the facility whose audit log the
-//! entries come from, the cosignatures by its witnesses; the entries are bound to the
-//! checkpoint by RFC 9162 inclusion proofs. The file must be exactly the canonical JSON the
-//! exporter writes, so a byte changed anywhere is refused, and the refusal names the part.
+//! Every part is signed by someone a CA-signed directory of the file names: the envelope
+//! header by the sender, the receipt by the receiver, the checkpoint by the facility whose audit
+//! log the entries come from, the cosignatures by its witnesses; the entries are bound to the
+//! checkpoint by RFC 9162 inclusion proofs. Keys rotate, so the file carries the directories
+//! its signatures need, by increasing version: the first is the one in force when the transfer
+//! was signed (the header and the receipt are checked against it, or a later one valid at their
+//! time), the last the one current at export (the checkpoint and cosignatures, made at export,
+//! are checked against it, or an earlier one). Version 1 files (one directory) still verify.
+//! The file must be exactly the canonical JSON the exporter writes, so a byte changed anywhere
+//! is refused, and the refusal names the part.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use gateway_envelope::{EnvelopeReader, Limits, Receipt, SignedReceipt, VerifyingKey};
+use gateway_envelope::{
+    EnvelopeReader, Limits, Receipt, SignedReceipt, UnverifiedHeader, VerifiedHeader, VerifyingKey,
+};
 use gateway_store::merkle::{self, Hash};
 use gateway_store::{entry_leaf_hash, entry_view, EntryView};
 use pki_tools::directory::{verify_directory_file, Directory, DirectoryError, FacilityEntry};
@@ -20,11 +28,18 @@ use pki_tools::FacilityStatus;
 
 use crate::evidence::{checkpoint, witness};
 
-pub const FORMAT: &str = "healthfed-evidence/1";
+pub const FORMAT: &str = "healthfed-evidence/2";
+/// The format of files with one directory (the one in force at export), still verified.
+pub const FORMAT_V1: &str = "healthfed-evidence/1";
 /// The largest evidence file the verifier reads (a transfer has a handful of entries).
 pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 /// More entries than any transfer writes: a bound on the verifier's work.
 const MAX_ENTRIES: usize = 10_000;
+/// More directories than a file needs (one per signature at most): a bound on the work.
+const MAX_DIRECTORIES: usize = 64;
+/// How far before a directory's `issued_at` a signature may be dated and still be in its
+/// window (the clocks of the CA operator and the members differ; pki-tools allows the same).
+const CLOCK_SKEW_SECS: i64 = 300;
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -39,8 +54,10 @@ pub struct EvidenceFile {
     pub transfer_id: String,
     /// The facility whose audit log the entries and the checkpoint are.
     pub log: String,
-    /// The signed directory file (`healthfed-directory/1`), base64.
-    pub directory: String,
+    /// Signed directory files (`healthfed-directory/1`), base64, by strictly increasing
+    /// version: first the one in force at the envelope header's time on the exporting node,
+    /// last the one current at export, between them any a signature needs.
+    pub directories: Vec<String>,
     /// `MAGIC || u32-be length || signed header` of the envelope, base64: the header only, no
     /// frame of metadata or payload.
     pub envelope_header: String,
@@ -48,6 +65,20 @@ pub struct EvidenceFile {
     pub receipt: String,
     pub entries: Vec<EvidenceEntry>,
     /// The C2SP signed checkpoint of `log` that covers the entries, with its cosignatures.
+    pub checkpoint: String,
+}
+
+/// A `healthfed-evidence/1` file: the same, with the one directory in force at export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceFileV1 {
+    pub format: String,
+    pub transfer_id: String,
+    pub log: String,
+    pub directory: String,
+    pub envelope_header: String,
+    pub receipt: String,
+    pub entries: Vec<EvidenceEntry>,
     pub checkpoint: String,
 }
 
@@ -62,13 +93,25 @@ pub struct EvidenceEntry {
     pub proof: Vec<String>,
 }
 
+/// The canonical bytes of a file: pretty JSON and a final newline.
+fn canonical(file: &impl Serialize) -> Vec<u8> {
+    // Serializing a struct of strings and numbers cannot fail.
+    let mut out = serde_json::to_vec_pretty(file).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
 impl EvidenceFile {
     /// The canonical bytes of the file: pretty JSON and a final newline.
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Serializing a struct of strings and numbers cannot fail.
-        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
-        out.push(b'\n');
-        out
+        canonical(self)
+    }
+}
+
+impl EvidenceFileV1 {
+    /// The canonical bytes of the file: pretty JSON and a final newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        canonical(self)
     }
 }
 
@@ -100,9 +143,24 @@ impl fmt::Display for Named {
     }
 }
 
+/// A directory of the file, and which signatures it verified.
+#[derive(Clone, Debug)]
+pub struct DirectoryUsed {
+    pub version: u64,
+    pub federation: String,
+    /// `(issued_at, expires_at)`, Unix seconds.
+    pub valid: (i64, i64),
+    /// Whether it had expired when the file was verified (it is still the one whose keys
+    /// signed; the window is reported).
+    pub expired: bool,
+    /// The parts whose signature its keys verified, in plain words.
+    pub verified: Vec<String>,
+}
+
 /// What a verified file shows.
 #[derive(Clone, Debug)]
 pub struct Verified {
+    pub format: &'static str,
     pub transfer_id: String,
     pub sender: Named,
     pub receiver: Named,
@@ -117,12 +175,9 @@ pub struct Verified {
     pub checkpoint_root: Hash,
     /// `(witness, cosignature time)`.
     pub witnesses: Vec<(Named, u64)>,
-    pub directory_version: u64,
-    pub federation: String,
-    pub directory_valid: (i64, i64),
-    /// Whether the directory had expired when the file was verified (it is still the one
-    /// whose keys signed; the window is reported).
-    pub directory_expired: bool,
+    /// The file's directories, by version: the first in force at the transfer, the last
+    /// current at export.
+    pub directories: Vec<DirectoryUsed>,
 }
 
 fn decode_b64(part: &str, text: &str) -> Result<Vec<u8>, Refused> {
@@ -142,61 +197,102 @@ fn keys_of(entry: &FacilityEntry) -> Vec<VerifyingKey> {
         .collect()
 }
 
-fn named(dir: &Directory, id: &str, part: &str) -> Result<(Named, Vec<VerifyingKey>), Refused> {
-    let entry = dir
-        .facilities
-        .iter()
-        .find(|f| f.id.as_str() == id)
-        .ok_or_else(|| refuse(part, format!("{id} is not in the directory")))?;
-    Ok((
-        Named {
-            id: id.to_owned(),
-            name: entry.name.clone(),
-        },
-        keys_of(entry),
-    ))
+fn entry<'d>(dir: &'d Directory, id: &str) -> Option<&'d FacilityEntry> {
+    dir.facilities.iter().find(|f| f.id.as_str() == id)
 }
 
-/// Verifies an evidence file against the federation's CA certificate (DER), at `now_unix`.
-pub fn verify(file: &[u8], ca_der: &[u8], now_unix: i64) -> Result<Verified, Refused> {
-    if file.len() > MAX_FILE_BYTES {
-        return Err(refuse("file", "larger than any evidence file"));
-    }
-    let parsed: EvidenceFile = serde_json::from_slice(file)
-        .map_err(|e| refuse("file", format!("not an evidence file: {e}")))?;
-    if parsed.format != FORMAT {
-        return Err(refuse("file", format!("format is not {FORMAT}")));
-    }
-    // Only the exporter's exact bytes: nothing may change outside the signed parts either.
-    if parsed.to_bytes() != file {
-        return Err(refuse(
-            "file",
-            "not in the exporter's canonical form (changed outside its signed parts)",
-        ));
-    }
+/// Whether a signature dated `at_ms` falls in `dir`'s window: the CA vouched for the keys it
+/// lists then (from its issue, less the clock skew allowed, until it expired).
+fn in_window(dir: &Directory, at_ms: u64) -> bool {
+    let at = i64::try_from(at_ms / 1000).unwrap_or(i64::MAX);
+    dir.issued_at.saturating_sub(CLOCK_SKEW_SECS) <= at && at < dir.expires_at
+}
 
-    // The directory, signed by the CA. An expired one still shows who held which key then:
-    // it is checked at its last valid second, and reported.
-    let dir_bytes = decode_b64("directory", &parsed.directory)?;
-    let (verified_dir, directory_expired) =
-        match verify_directory_file(&dir_bytes, ca_der, now_unix, None) {
+/// The first directory, in `order`, that lists `id` and whose entry passes `check`: its
+/// index, the facility as named there, and what `check` returned. `part` names the refusal.
+fn signed_by<T>(
+    dirs: &[Directory],
+    order: &[usize],
+    id: &str,
+    part: &str,
+    mut check: impl FnMut(&Directory, &FacilityEntry) -> Option<T>,
+) -> Result<(usize, Named, T), Refused> {
+    let mut listed = false;
+    for &i in order {
+        let Some(dir) = dirs.get(i) else { continue };
+        let Some(e) = entry(dir, id) else { continue };
+        listed = true;
+        if let Some(t) = check(dir, e) {
+            let named = Named {
+                id: id.to_owned(),
+                name: e.name.clone(),
+            };
+            return Ok((i, named, t));
+        }
+    }
+    Err(if listed {
+        refuse(
+            part,
+            format!(
+                "the signature by {id} does not verify with any key a directory of the file lists \
+                 for {id}"
+            ),
+        )
+    } else {
+        refuse(part, format!("{id} is not in any directory of the file"))
+    })
+}
+
+/// Verifies the signed directory files (`files`, base64) against the CA: each signed by it (an
+/// expired one is checked at its last valid second and flagged), all of one federation, by
+/// strictly increasing version. `label(i)` names the part of file `i`.
+fn open_directories(
+    files: &[&[u8]],
+    ca_der: &[u8],
+    now_unix: i64,
+    label: &dyn Fn(usize) -> String,
+) -> Result<Vec<(Directory, bool)>, Refused> {
+    if files.is_empty() || files.len() > MAX_DIRECTORIES {
+        return Err(refuse("directories", "none, or too many"));
+    }
+    let mut out: Vec<(Directory, bool)> = Vec::with_capacity(files.len());
+    for (i, bytes) in files.iter().enumerate() {
+        let part = label(i);
+        let (verified, expired) = match verify_directory_file(bytes, ca_der, now_unix, None) {
             Ok(v) => (v, false),
             Err(DirectoryError::Expired { expires_at, .. }) => (
-                verify_directory_file(&dir_bytes, ca_der, expires_at.saturating_sub(1), None)
-                    .map_err(|e| refuse("directory", e))?,
+                verify_directory_file(bytes, ca_der, expires_at.saturating_sub(1), None)
+                    .map_err(|e| refuse(&part, e))?,
                 true,
             ),
-            Err(e) => return Err(refuse("directory", e)),
+            Err(e) => return Err(refuse(part, e)),
         };
-    let dir = verified_dir.directory;
+        let dir = verified.directory;
+        if let Some((prev, _)) = out.last() {
+            if dir.version <= prev.version {
+                return Err(refuse(
+                    part,
+                    format!(
+                        "version {} after version {}: the directories are not in increasing order",
+                        dir.version, prev.version
+                    ),
+                ));
+            }
+            if dir.federation != prev.federation {
+                return Err(refuse(part, "of another federation than the one before"));
+            }
+        }
+        out.push((dir, expired));
+    }
+    Ok(out)
+}
 
-    // The envelope header, signed by the sender.
-    let header_bytes = decode_b64("envelope header", &parsed.envelope_header)?;
+fn unverified_header(bytes: &[u8]) -> Result<UnverifiedHeader, Refused> {
     let mut reader = EnvelopeReader::new(Limits {
         max_payload: u64::MAX,
         ..Limits::default()
     });
-    reader.push(&header_bytes);
+    reader.push(bytes);
     let unverified = reader
         .header()
         .map_err(|e| refuse("envelope header", e))?
@@ -207,30 +303,80 @@ pub fn verify(file: &[u8], ca_der: &[u8], now_unix: i64) -> Result<Verified, Ref
             "bytes after the header (the file holds the header only)",
         ));
     }
-    let (sender, sender_keys) = named(&dir, unverified.sender(), "envelope header")?;
-    let (receiver, receiver_keys) = named(&dir, unverified.recipient(), "envelope header")?;
-    let header = unverified.verify(&sender_keys).map_err(|e| {
-        refuse(
-            "envelope header",
-            format!("signature by {} does not verify: {e}", sender.id),
-        )
-    })?;
-    let transfer_id = hex::encode(header.transfer_id().0);
-    if parsed.transfer_id != transfer_id {
-        return Err(refuse("transfer id", "differs from the envelope header's"));
-    }
+    Ok(unverified)
+}
+
+/// The time the envelope header says it was made (not verified): the exporter picks the
+/// directory in force then.
+pub fn header_time_ms(header: &[u8]) -> Result<u64, Refused> {
+    unverified_header(header).map(|h| h.created_at_ms())
+}
+
+/// The signed parts of a file, decoded.
+struct Signed<'a> {
+    header: &'a [u8],
+    receipt: &'a [u8],
+    log: &'a str,
+    note: &'a [u8],
+}
+
+/// What the signatures showed, and which directory verified each (`(index, part)`).
+struct Checked {
+    header: VerifiedHeader,
+    sender: Named,
+    receiver: Named,
+    receipt: Receipt,
+    receipt_version: u16,
+    log: Named,
+    size: u64,
+    root: Hash,
+    witnesses: Vec<(Named, u64)>,
+    used: Vec<(usize, String)>,
+}
+
+/// Checks every signature of `s` against `dirs` (increasing versions): the header and the
+/// receipt against the first directory that lists the signer's key and was valid at their
+/// time, from the oldest (the one in force at the transfer) on; the checkpoint and each
+/// cosignature against the first that lists the key, from the newest (current at export) back.
+fn check_signatures(dirs: &[Directory], s: &Signed<'_>) -> Result<Checked, Refused> {
+    let oldest_first: Vec<usize> = (0..dirs.len()).collect();
+    let newest_first: Vec<usize> = (0..dirs.len()).rev().collect();
+    let mut used = Vec::new();
+
+    // The envelope header, signed by the sender.
+    let unverified = unverified_header(s.header)?;
+    let created = unverified.created_at_ms();
+    let (i, sender, header) = signed_by(
+        dirs,
+        &oldest_first,
+        unverified.sender(),
+        "envelope header",
+        |dir, e| {
+            in_window(dir, created)
+                .then(|| unverified.clone().verify(&keys_of(e)).ok())
+                .flatten()
+        },
+    )?;
+    used.push((i, "the envelope header".to_owned()));
+    let transfer_id = header.transfer_id();
 
     // The receipt, signed by the receiver, bound to this exact header.
-    let receipt_bytes = decode_b64("receipt", &parsed.receipt)?;
-    let signed = SignedReceipt::from_bytes(&receipt_bytes).map_err(|e| refuse("receipt", e))?;
-    let receipt = signed.verify(&receiver_keys).map_err(|e| {
-        refuse(
-            "receipt",
-            format!("signature by {} does not verify: {e}", receiver.id),
-        )
-    })?;
+    let signed = SignedReceipt::from_bytes(s.receipt).map_err(|e| refuse("receipt", e))?;
     let receipt_version = signed.version().map_err(|e| refuse("receipt", e))?;
-    if receipt.transfer_id != header.transfer_id()
+    let (i, receiver, receipt) = signed_by(
+        dirs,
+        &oldest_first,
+        header.recipient(),
+        "receipt",
+        |dir, e| {
+            signed
+                .verify(&keys_of(e))
+                .ok()
+                .filter(|r| in_window(dir, r.received_at_ms))
+        },
+    )?;
+    used.push((i, "the receipt".to_owned()));
+    if receipt.transfer_id != transfer_id
         || receipt.sender != sender.id
         || receipt.receiver != receiver.id
         || receipt.payload_digest != header.payload_digest()
@@ -243,15 +389,161 @@ pub fn verify(file: &[u8], ca_der: &[u8], now_unix: i64) -> Result<Verified, Ref
     }
 
     // The checkpoint of the log the entries are from, and its witnesses.
-    if parsed.log != sender.id && parsed.log != receiver.id {
+    if s.log != sender.id && s.log != receiver.id {
         return Err(refuse("log", "neither the sender nor the receiver"));
     }
-    let (log, log_keys) = named(&dir, &parsed.log, "log")?;
-    let origin = checkpoint::origin(&log.id);
-    let note = parsed.checkpoint.as_bytes();
-    let (size, root) =
-        checkpoint::open(note, &origin, &log_keys).map_err(|e| refuse("checkpoint", e))?;
-    let witnesses = cosignatures(&dir, &log.id, note)?;
+    let origin = checkpoint::origin(s.log);
+    // A checkpoint that opens with no directory's keys is refused with the reason the newest
+    // gives (a forged size, another origin, a bad signature).
+    let mut last_error = None;
+    let found = signed_by(
+        dirs,
+        &newest_first,
+        s.log,
+        "log",
+        |_, e| match checkpoint::open(s.note, &origin, &keys_of(e)) {
+            Ok(opened) => Some(opened),
+            Err(err) => {
+                last_error.get_or_insert(err);
+                None
+            }
+        },
+    );
+    let (i, log, (size, root)) = match (found, last_error) {
+        (Ok(found), _) => found,
+        (Err(_), Some(err)) => return Err(refuse("checkpoint", err)),
+        (Err(refused), None) => return Err(refused),
+    };
+    used.push((i, "the checkpoint".to_owned()));
+    let witnesses = cosignatures(dirs, &newest_first, &log.id, s.note, &mut used)?;
+    Ok(Checked {
+        header,
+        sender,
+        receiver,
+        receipt,
+        receipt_version,
+        log,
+        size,
+        root,
+        witnesses,
+        used,
+    })
+}
+
+/// For the exporter: of `candidates` (signed directory files by increasing version, the first
+/// the one in force at the transfer, the last the current one), the indexes a file must carry
+/// so that every signature of the other parts checks: the first, the last and each one a
+/// signature needs. Refused as the verifier would refuse the file when none does.
+pub fn directories_needed(
+    candidates: &[&[u8]],
+    ca_der: &[u8],
+    now_unix: i64,
+    (header, receipt): (&[u8], &[u8]),
+    log: &str,
+    note: &[u8],
+) -> Result<Vec<usize>, Refused> {
+    let opened = open_directories(candidates, ca_der, now_unix, &|i| {
+        format!("kept directory #{}", i + 1)
+    })?;
+    let dirs: Vec<Directory> = opened.into_iter().map(|(d, _)| d).collect();
+    let checked = check_signatures(
+        &dirs,
+        &Signed {
+            header,
+            receipt,
+            log,
+            note,
+        },
+    )?;
+    let mut needed: BTreeSet<usize> = checked.used.iter().map(|(i, _)| *i).collect();
+    needed.insert(0);
+    needed.insert(dirs.len().saturating_sub(1));
+    Ok(needed.into_iter().collect())
+}
+
+/// The format of a file, read before the rest so that each version parses strictly.
+#[derive(Deserialize)]
+struct Format {
+    format: String,
+}
+
+/// Verifies an evidence file against the federation's CA certificate (DER), at `now_unix`.
+pub fn verify(file: &[u8], ca_der: &[u8], now_unix: i64) -> Result<Verified, Refused> {
+    if file.len() > MAX_FILE_BYTES {
+        return Err(refuse("file", "larger than any evidence file"));
+    }
+    let not_evidence = |e: serde_json::Error| refuse("file", format!("not an evidence file: {e}"));
+    let format: Format = serde_json::from_slice(file).map_err(not_evidence)?;
+    let (parsed, format, canonical_bytes) = match format.format.as_str() {
+        FORMAT => {
+            let parsed: EvidenceFile = serde_json::from_slice(file).map_err(not_evidence)?;
+            let bytes = parsed.to_bytes();
+            (parsed, FORMAT, bytes)
+        }
+        FORMAT_V1 => {
+            let v1: EvidenceFileV1 = serde_json::from_slice(file).map_err(not_evidence)?;
+            let bytes = v1.to_bytes();
+            let parsed = EvidenceFile {
+                format: v1.format,
+                transfer_id: v1.transfer_id,
+                log: v1.log,
+                directories: vec![v1.directory],
+                envelope_header: v1.envelope_header,
+                receipt: v1.receipt,
+                entries: v1.entries,
+                checkpoint: v1.checkpoint,
+            };
+            (parsed, FORMAT_V1, bytes)
+        }
+        _ => {
+            return Err(refuse(
+                "file",
+                format!("format is neither {FORMAT} nor {FORMAT_V1}"),
+            ))
+        }
+    };
+    // Only the exporter's exact bytes: nothing may change outside the signed parts either.
+    if canonical_bytes != file {
+        return Err(refuse(
+            "file",
+            "not in the exporter's canonical form (changed outside its signed parts)",
+        ));
+    }
+
+    // The directories, signed by the CA. An expired one still shows who held which key then:
+    // it is checked at its last valid second, and reported.
+    let label = |i: usize| {
+        if format == FORMAT_V1 {
+            "directory".to_owned()
+        } else {
+            format!("directory #{}", i + 1)
+        }
+    };
+    let mut files = Vec::with_capacity(parsed.directories.len());
+    for (i, text) in parsed.directories.iter().enumerate() {
+        files.push(decode_b64(&label(i), text)?);
+    }
+    let files: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+    let opened = open_directories(&files, ca_der, now_unix, &label)?;
+    let dirs: Vec<Directory> = opened.iter().map(|(d, _)| d.clone()).collect();
+
+    let header_bytes = decode_b64("envelope header", &parsed.envelope_header)?;
+    let receipt_bytes = decode_b64("receipt", &parsed.receipt)?;
+    let checked = check_signatures(
+        &dirs,
+        &Signed {
+            header: &header_bytes,
+            receipt: &receipt_bytes,
+            log: &parsed.log,
+            note: parsed.checkpoint.as_bytes(),
+        },
+    )?;
+    let header = &checked.header;
+    let transfer_id = hex::encode(header.transfer_id().0);
+    if parsed.transfer_id != transfer_id {
+        return Err(refuse("transfer id", "differs from the envelope header's"));
+    }
+    let (size, root, log) = (checked.size, checked.root, &checked.log);
 
     // The entries, each proven in the checkpoint's tree.
     if parsed.entries.is_empty() || parsed.entries.len() > MAX_ENTRIES {
@@ -290,30 +582,51 @@ pub fn verify(file: &[u8], ca_der: &[u8], now_unix: i64) -> Result<Verified, Ref
         entries.push(view);
     }
 
+    let directories = opened
+        .into_iter()
+        .enumerate()
+        .map(|(i, (d, expired))| DirectoryUsed {
+            version: d.version,
+            federation: d.federation,
+            valid: (d.issued_at, d.expires_at),
+            expired,
+            verified: checked
+                .used
+                .iter()
+                .filter(|(at, _)| *at == i)
+                .map(|(_, what)| what.clone())
+                .collect(),
+        })
+        .collect();
     Ok(Verified {
+        format,
         transfer_id,
-        sender,
-        receiver,
         payload_digest: header.payload_digest(),
         payload_len: header.payload_len(),
         created_at_ms: header.created_at_ms(),
-        receipt,
-        receipt_version,
-        log,
+        sender: checked.sender,
+        receiver: checked.receiver,
+        receipt: checked.receipt,
+        receipt_version: checked.receipt_version,
+        log: checked.log,
         entries,
         checkpoint_size: size,
         checkpoint_root: root,
-        witnesses,
-        directory_version: dir.version,
-        federation: dir.federation.clone(),
-        directory_valid: (dir.issued_at, dir.expires_at),
-        directory_expired,
+        witnesses: checked.witnesses,
+        directories,
     })
 }
 
 /// Every signature line after the log's own must be a valid cosignature by an active member
-/// (not the log itself).
-fn cosignatures(dir: &Directory, log: &str, note: &[u8]) -> Result<Vec<(Named, u64)>, Refused> {
+/// (not the log itself), checked against the first directory in `order` that lists a key of
+/// that member verifying it; records that directory in `used`.
+fn cosignatures(
+    dirs: &[Directory],
+    order: &[usize],
+    log: &str,
+    note: &[u8],
+    used: &mut Vec<(usize, String)>,
+) -> Result<Vec<(Named, u64)>, Refused> {
     let text = std::str::from_utf8(note).map_err(|_| refuse("checkpoint", "not UTF-8"))?;
     let (body, sigs) = text
         .split_once("\n\n")
@@ -331,21 +644,20 @@ fn cosignatures(dir: &Directory, log: &str, note: &[u8]) -> Result<Vec<(Named, u
             .and_then(|r| r.split_once("/witness "))
             .map(|(id, _)| id)
             .ok_or_else(|| refuse(part, "a signature line of an unknown signer"))?;
-        let (witness, keys) = named(dir, id, part)?;
-        let active = dir
-            .facilities
-            .iter()
-            .any(|f| f.id.as_str() == id && f.status == FacilityStatus::Active);
-        if id == log || !active {
+        if id == log {
             return Err(refuse(part, format!("{id} cannot witness this log")));
         }
         let name = witness::witness_name(id);
-        let time = keys
-            .iter()
-            .find_map(|k| {
+        let by = format!("checkpoint cosignature by {id}");
+        let (i, witness, time) = signed_by(dirs, order, id, &by, |_, e| {
+            if e.status != FacilityStatus::Active {
+                return None;
+            }
+            keys_of(e).iter().find_map(|k| {
                 witness::verify_cosignature(line, &name, k, checkpoint_text.as_bytes()).ok()
             })
-            .ok_or_else(|| refuse(format!("checkpoint cosignature by {id}"), "does not verify"))?;
+        })?;
+        used.push((i, format!("the cosignature by {id}")));
         out.push((witness, time));
     }
     Ok(out)
@@ -456,19 +768,30 @@ impl fmt::Display for Verified {
                 utc(time.saturating_mul(1000))
             )?;
         }
-        writeln!(
-            f,
-            "- Keys from directory version {} of federation {}, signed by the CA, valid {} to \
-             {}{}.",
-            self.directory_version,
-            self.federation,
-            utc(u64::try_from(self.directory_valid.0).unwrap_or(0) * 1000),
-            utc(u64::try_from(self.directory_valid.1).unwrap_or(0) * 1000),
-            if self.directory_expired {
-                " (expired since)"
+        let last = self.directories.len().saturating_sub(1);
+        for (i, d) in self.directories.iter().enumerate() {
+            let role = match (i == 0, i == last) {
+                (true, true) => " (in force at the transfer and current at export)",
+                (true, false) => " (in force at the transfer)",
+                (false, true) => " (current at export)",
+                (false, false) => "",
+            };
+            let verified = if d.verified.is_empty() {
+                "no signature of this file needed it".to_owned()
             } else {
-                ""
-            }
-        )
+                format!("verified {}", d.verified.join(", "))
+            };
+            writeln!(
+                f,
+                "- Directory version {}{role} of federation {}, signed by the CA, valid {} to \
+                 {}{}: {verified}.",
+                d.version,
+                d.federation,
+                utc(u64::try_from(d.valid.0).unwrap_or(0).saturating_mul(1000)),
+                utc(u64::try_from(d.valid.1).unwrap_or(0).saturating_mul(1000)),
+                if d.expired { " (expired since)" } else { "" },
+            )?;
+        }
+        writeln!(f, "- File format {}.", self.format)
     }
 }

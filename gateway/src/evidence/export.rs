@@ -1,16 +1,19 @@
 //! Builds a transfer's evidence file (`bundle`) from this node's state: the envelope's signed
 //! header read back from the spool, the receipt, this node's audit entries about the
 //! transfer with their inclusion proofs, the checkpoint covering them with the cosignatures
-//! held, and the directory file in force.
+//! held, and the directories from the store's history of accepted directories: the one in
+//! force at the envelope header's time on this node, the current one, and any other a
+//! signature of the file needs (`bundle::directories_needed`).
 
 use std::sync::Arc;
 
 use base64::Engine as _;
 
 use gateway_envelope::read_signed_header;
+use gateway_store::directories::directory_in_force;
 use gateway_store::SpoolKind;
 
-use crate::evidence::bundle::{EvidenceEntry, EvidenceFile, FORMAT};
+use crate::evidence::bundle::{self, EvidenceEntry, EvidenceFile, FORMAT};
 use crate::evidence::cosigned_checkpoint_covering;
 use crate::state::NodeState;
 
@@ -25,6 +28,11 @@ pub enum ExportError {
     HeaderGone(String),
     #[error("transfer {0}: no audit entry of it is in the live log (archived?)")]
     NoEntries(String),
+    #[error("transfer {id}: no directory this node has kept lets the file be verified: {refused}")]
+    NoDirectory {
+        id: String,
+        refused: bundle::Refused,
+    },
     #[error("local system: {0}")]
     Local(String),
 }
@@ -74,16 +82,61 @@ pub async fn export(
             proof: path.iter().map(|h| b64.encode(h)).collect(),
         });
     }
-    let directory = std::fs::read(&state.config.federation.directory).map_err(local)?;
+    let log = state.me().to_string();
+    let directories =
+        directories_for(state, (&header, &receipt), &log, &note).map_err(|refused| {
+            ExportError::NoDirectory {
+                id: id_hex.to_owned(),
+                refused,
+            }
+        })?;
     let file = EvidenceFile {
         format: FORMAT.to_owned(),
         transfer_id: id_hex.to_owned(),
-        log: state.me().to_string(),
-        directory: b64.encode(directory),
+        log,
+        directories: directories.iter().map(|d| b64.encode(d)).collect(),
         envelope_header: b64.encode(header),
         receipt: b64.encode(receipt),
         entries,
         checkpoint: String::from_utf8(note).map_err(local)?,
     };
     Ok(file.to_bytes())
+}
+
+/// The directories the file carries: of those kept from the one in force at the header's time
+/// (the oldest kept if the history starts later) to the current one, the first, the last and
+/// each one a signature needs.
+fn directories_for(
+    state: &NodeState,
+    signed: (&[u8], &[u8]),
+    log: &str,
+    note: &[u8],
+) -> Result<Vec<Vec<u8>>, bundle::Refused> {
+    let local = |e: &dyn std::fmt::Display| bundle::Refused {
+        part: "local system".to_owned(),
+        problem: e.to_string(),
+    };
+    let kept = state.store.kept_directories().map_err(|e| local(&e))?;
+    let at = bundle::header_time_ms(signed.0)?;
+    let from = directory_in_force(&kept, at)
+        .map(|d| d.version)
+        .ok_or_else(|| local(&"no directory is kept"))?;
+    let candidates: Vec<&[u8]> = kept
+        .iter()
+        .filter(|d| d.version >= from)
+        .map(|d| d.file.as_slice())
+        .collect();
+    let ca = crate::trust::read_single_cert(&state.config.keys.ca_cert).map_err(|e| local(&e))?;
+    let needed = bundle::directories_needed(
+        &candidates,
+        ca.as_ref(),
+        crate::trust::now_unix(),
+        signed,
+        log,
+        note,
+    )?;
+    Ok(needed
+        .into_iter()
+        .filter_map(|i| candidates.get(i).map(|d| d.to_vec()))
+        .collect())
 }
