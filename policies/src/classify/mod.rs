@@ -4,7 +4,9 @@
 //!
 //! [`classify_content`] is the one entry point:
 //! - FHIR R4 JSON (a Bundle or any single resource) and CDA R2 / C-CDA XML are
-//!   parsed in full and classified from the codes they contain, by the
+//!   read in full (FHIR by a byte-level scanner that validates the whole
+//!   document and falls back to serde_json for anything it cannot decide, see
+//!   `fhir`) and classified from the codes they contain, by the
 //!   reviewable table `data/category-codes.tsv` (sources cited in its
 //!   header, embedded at build time), plus a few fixed signals (security
 //!   labels, genetics resource types, profiles and extensions);

@@ -83,6 +83,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The next byte that is not JSON whitespace (the cursor moves to it).
+    #[inline(always)]
     pub(crate) fn peek(&mut self) -> Option<u8> {
         while let Some(&b) = self.bytes.get(self.pos) {
             if !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
@@ -114,6 +115,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A string; the cursor is at its opening quote.
+    #[inline(always)]
     pub(crate) fn string(&mut self) -> Result<RawStr<'a>> {
         self.pos += 1;
         let start = self.pos;
@@ -220,17 +222,15 @@ impl<'a> Cursor<'a> {
 
 /// The position of the first `"`, `\` or control character at or after `i`
 /// (`bytes.len()` if none): eight bytes at a time, as serde_json does.
+#[inline(always)]
 fn next_special(bytes: &[u8], mut i: usize) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
     const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
     const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let w = u64::from_le_bytes(chunk);
+    while let Some(chunk) = bytes.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        let w = u64::from_le_bytes(*chunk);
         // A byte's high bit is set in each term where that byte is (for the lowest such byte
         // exactly; higher ones may be borrow artefacts, which trailing_zeros never reaches).
         let quote = (w ^ QUOTES).wrapping_sub(ONES) & !(w ^ QUOTES);

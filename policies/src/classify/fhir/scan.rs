@@ -2,14 +2,18 @@
 //! ([`super::json`]) over the document, the FHIR logic in [`super::walk`],
 //! as [`super::stream`] runs it over serde_json's tokenizer.
 //!
-//! Why not serde_json: its visitor machinery (a `deserialize_any` and a
-//! `Seen` per value, every number converted, every key through a seed) was
-//! ~2.2 M of the ~2.2 M instructions a 92 KB Synthea bundle costs to classify;
-//! this reader only validates what it does not look at and decodes only the
-//! strings it looks at. A hand-written tokenizer rather than a crate such as
-//! jiter: what counts is accepting exactly what serde_json accepts (duplicate
-//! keys, its nesting limit, lone surrogates, out-of-range numbers), which a
-//! general-purpose iterator decides differently.
+//! Why not serde_json: classifying the transfer benchmark's 92 KB Synthea
+//! bundle cost 2.19 M instructions through it (callgrind, BENCHMARKS.md,
+//! issue 17), nearly all of it serde_json's tokenizer and visitor machinery
+//! (a `deserialize_any` and a `Seen` per value, every number converted, every
+//! key through a seed); this reader validates what it does not look at
+//! without converting it, decodes only the strings it looks at, reads the
+//! most common object (a Coding, an extension: [`super::walk::Plain`]) with
+//! three fields instead of seventeen, and checks repeated keys with a bit per
+//! key name it knows. A hand-written tokenizer rather than a crate such as
+//! jiter: what counts is accepting exactly what serde_json accepts (repeated
+//! keys refused, its nesting limit, lone surrogates, out-of-range numbers),
+//! which a general-purpose iterator decides its own way.
 //!
 //! Fail closed: whatever this reader cannot decide (anything serde_json would
 //! refuse, and the few things left to it, see [`super::json`]) is read again
@@ -18,10 +22,8 @@
 //! document is one serde_json would read to the same facts; the equivalence
 //! tests check both on every shared record and mutations of them.
 
-use std::borrow::Cow;
-
 use super::json::{Cursor, Result, Undecided, MAX_DEPTH};
-use super::walk::{Identifiers, KeyKind, Object, Role, Seen, Walk};
+use super::walk::{Identifiers, KeyKind, Members, Object, Plain, Role, Seen, Walk};
 use super::{stream, FhirFacts};
 use crate::classify::table::Table;
 use crate::classify::ClassifyError;
@@ -44,6 +46,7 @@ pub(crate) fn decide(table: &Table, bytes: &[u8]) -> Result<FhirFacts> {
         cursor: Cursor::new(text),
         walk: Walk::new(table),
         keys: Vec::new(),
+        escaped_keys: Vec::new(),
         depth: 0,
     };
     scan.value(Role::Root, false)?;
@@ -56,9 +59,12 @@ pub(crate) fn decide(table: &Table, bytes: &[u8]) -> Result<FhirFacts> {
 struct Scan<'t, 'a> {
     cursor: Cursor<'a>,
     walk: Walk<'t, 'a>,
-    /// Keys of the objects being read, outermost first, unescaped; each
-    /// object checks its new keys against its own tail of this stack.
-    keys: Vec<Cow<'a, str>>,
+    /// Keys of the objects being read whose kind has no bit of its own
+    /// ([`KeyKind::bit`]), outermost first; each object checks its new keys
+    /// against its own tail of this stack, and the others against a mask.
+    keys: Vec<Key<'a>>,
+    /// The unescaped text of escaped keys ([`Key::Escaped`] indexes it).
+    escaped_keys: Vec<String>,
     /// Arrays and objects open around the cursor.
     depth: usize,
 }
@@ -123,42 +129,87 @@ impl<'a> Scan<'_, 'a> {
 
     fn object(&mut self, role: Role) -> Result<Seen<'a>> {
         self.open()?;
-        let start = self.keys.len();
-        let mut object = Object::new(role);
+        let seen = if role == Role::Other {
+            self.members(Plain::default())
+        } else {
+            self.members(Object::new(role))
+        }?;
+        self.depth -= 1;
+        Ok(seen)
+    }
+
+    /// The members of an object, after its `{`.
+    fn members<M: Members<'a>>(&mut self, mut object: M) -> Result<Seen<'a>> {
         if self.cursor.peek() == Some(b'}') {
             self.cursor.bump();
-        } else {
-            loop {
-                if self.cursor.peek() != Some(b'"') {
+            return Ok(object.end(&mut self.walk));
+        }
+        let start = self.keys.len();
+        let mut seen_kinds = 0u32;
+        loop {
+            if self.cursor.peek() != Some(b'"') {
+                return Err(Undecided);
+            }
+            let raw = self.cursor.string()?;
+            let (k, key) = match raw.plain() {
+                Some(plain) => (KeyKind::of(plain.as_bytes()), Key::Plain(plain)),
+                None => {
+                    let decoded = raw.decode()?.into_owned();
+                    let k = KeyKind::of(decoded.as_bytes());
+                    self.escaped_keys.push(decoded);
+                    (k, Key::Escaped(self.escaped_keys.len() - 1))
+                }
+            };
+            // A repeated key: the streaming reader refuses the document (RepeatedKey).
+            let bit = k.bit();
+            if bit != 0 {
+                if seen_kinds & bit != 0 {
                     return Err(Undecided);
                 }
-                let raw = self.cursor.string()?;
-                let key = match raw.plain() {
-                    Some(plain) => Cow::Borrowed(plain),
-                    None => raw.decode()?,
-                };
-                // A repeated key: the streaming reader refuses the document (RepeatedKey).
-                if self.keys.iter().skip(start).any(|k| *k == key) {
-                    return Err(Undecided);
-                }
-                let k = KeyKind::of(key.as_bytes());
-                self.cursor.expect(b':')?;
-                let (child, capture) = object.child(k);
-                let seen = self.value(child, capture)?;
-                object.value(k, seen);
-                self.keys.push(key);
-                match self.cursor.peek() {
-                    Some(b',') => self.cursor.bump(),
-                    Some(b'}') => {
-                        self.cursor.bump();
-                        break;
+                seen_kinds |= bit;
+            } else {
+                let name = self.name(key)?;
+                for earlier in self.keys.get(start..).unwrap_or_default() {
+                    if self.name(*earlier)? == name {
+                        return Err(Undecided);
                     }
-                    _ => return Err(Undecided),
                 }
+                self.keys.push(key);
+            }
+            self.cursor.expect(b':')?;
+            let (child, capture) = object.child(k);
+            let seen = self.value(child, capture)?;
+            object.value(k, seen);
+            match self.cursor.peek() {
+                Some(b',') => self.cursor.bump(),
+                Some(b'}') => {
+                    self.cursor.bump();
+                    break;
+                }
+                _ => return Err(Undecided),
             }
         }
         self.keys.truncate(start);
-        self.depth -= 1;
         Ok(object.end(&mut self.walk))
     }
+
+    fn name(&self, key: Key<'a>) -> Result<&str> {
+        match key {
+            Key::Plain(name) => Ok(name),
+            Key::Escaped(i) => self
+                .escaped_keys
+                .get(i)
+                .map(String::as_str)
+                .ok_or(Undecided),
+        }
+    }
+}
+
+/// An object key on the repeated-key stack.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    /// Without escapes: the key as it stands in the document.
+    Plain(&'a str),
+    /// With escapes: its unescaped text in `Scan::escaped_keys`.
+    Escaped(usize),
 }

@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::walk::{Identifiers, KeyKind, Object, Role, Seen, Walk};
+use super::walk::{Identifiers, KeyKind, Members, Object, Role, Seen, Walk};
 use super::FhirFacts;
 use crate::classify::table::Table;
 use crate::classify::{not_json, ClassifyError};
