@@ -192,54 +192,55 @@ pub async fn verify_audit(
     {
         return refused;
     }
-    let verified = tokio::task::block_in_place(|| state.store.audit_verify());
+    let refused = |error: String| {
+        (
+            StatusCode::CONFLICT,
+            Json(json!({ "ok": false, "error": error })),
+        )
+            .into_response()
+    };
+    // The kept checkpoints' sizes first, so that each is within the head the walk reads; one
+    // walk then checks the chain and recomputes the tree with its heads at those sizes.
+    let sizes = match crate::evidence::verify::checkpoint_sizes(&state) {
+        Ok(sizes) => sizes,
+        Err(e) => return refused(e),
+    };
+    let verified = tokio::task::block_in_place(|| state.store.audit_verify_with_tree(&sizes));
     state
         .metrics
         .audit_verified(verified.is_ok(), crate::trust::now_unix());
-    match verified {
-        // The chain holds; then the tree, the checkpoints and the witnesses' cosignatures.
-        Ok(n) => match tokio::task::block_in_place(|| crate::evidence::verify::check_log(&state)) {
-            Ok(check) => {
-                let peers = if q.with_peers == Some(true) {
-                    let views = crate::evidence::witness::views(&state).await;
-                    match tokio::task::block_in_place(|| {
-                        crate::evidence::verify::check_views(&state, &views)
-                    }) {
-                        Ok(lines) => Some(lines),
-                        Err(e) => {
-                            return (
-                                StatusCode::CONFLICT,
-                                Json(json!({ "ok": false, "error": e })),
-                            )
-                                .into_response()
-                        }
-                    }
-                } else {
-                    None
-                };
-                Json(json!({
-                    "ok": true,
-                    "entries": n,
-                    "archived_through": check.floor_seq,
-                    "archived_hash": b64(&check.floor_hash),
-                    "checkpoint_size": check.checkpoint_size,
-                    "witnesses": check.witnesses,
-                    "peers": peers,
-                }))
-                .into_response()
-            }
-            Err(e) => (
-                StatusCode::CONFLICT,
-                Json(json!({ "ok": false, "error": e })),
-            )
-                .into_response(),
-        },
-        Err(e) => (
-            StatusCode::CONFLICT,
-            Json(json!({ "ok": false, "error": e.to_string() })),
-        )
-            .into_response(),
-    }
+    let tree = match verified {
+        Ok(tree) => tree,
+        Err(e) => return refused(e.to_string()),
+    };
+    // The chain holds; then the tree, the checkpoints and the witnesses' cosignatures.
+    let check = match tokio::task::block_in_place(|| {
+        crate::evidence::verify::check_log(&state, &sizes, &tree)
+    }) {
+        Ok(check) => check,
+        Err(e) => return refused(e),
+    };
+    let peers = if q.with_peers == Some(true) {
+        let views = crate::evidence::witness::views(&state).await;
+        match tokio::task::block_in_place(|| {
+            crate::evidence::verify::check_views(&state, &views, &tree.roots)
+        }) {
+            Ok(lines) => Some(lines),
+            Err(e) => return refused(e),
+        }
+    } else {
+        None
+    };
+    Json(json!({
+        "ok": true,
+        "entries": tree.entries,
+        "archived_through": check.floor_seq,
+        "archived_hash": b64(&check.floor_hash),
+        "checkpoint_size": check.checkpoint_size,
+        "witnesses": check.witnesses,
+        "peers": peers,
+    }))
+    .into_response()
 }
 
 // ---- the Merkle tree and its signed checkpoints (hashes only: no read of patient data) ------

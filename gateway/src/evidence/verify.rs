@@ -1,13 +1,15 @@
 //! What `audit verify` checks beyond the hash chain: the Merkle tree recomputed from the
-//! entries, every kept checkpoint against that tree (opened with this facility's directory
-//! keys), and every cosignature a witness gave against the checkpoint it is kept with. A
+//! entries (in the chain walk itself, `Store::audit_verify_with_tree`), every kept checkpoint
+//! against that tree (opened with this facility's directory keys), and every cosignature a
+//! witness gave against the checkpoint it is kept with. A
 //! history rewritten offline with every hash recomputed and the checkpoint re-signed passes
 //! the chain, but not the witnesses: the refusal names the witness whose cosignature no
 //! longer matches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_store::merkle::Hash;
+use gateway_store::AuditTreeCheck;
 
 use crate::evidence::{checkpoint, witness};
 use crate::state::NodeState;
@@ -23,17 +25,28 @@ pub struct LogCheck {
     pub witnesses: Vec<String>,
 }
 
-/// Checks the tree, the checkpoints and their cosignatures; `Err` names what broke.
-pub fn check_log(state: &NodeState) -> Result<LogCheck, String> {
+/// The sizes of the kept checkpoints: read before the verification walk, so that each is
+/// within the head it reads.
+pub fn checkpoint_sizes(state: &NodeState) -> Result<BTreeSet<u64>, String> {
+    Ok(state
+        .store
+        .checkpoint_sizes()
+        .map_err(|e| format!("local system: {e}"))?
+        .into_iter()
+        .collect())
+}
+
+/// Checks the tree the walk recomputed (`tree`, with its heads at `sizes`), the checkpoints
+/// and their cosignatures; `Err` names what broke.
+pub fn check_log(
+    state: &NodeState,
+    sizes: &BTreeSet<u64>,
+    tree: &AuditTreeCheck,
+) -> Result<LogCheck, String> {
     let store = &state.store;
     let local = |e: gateway_store::StoreError| format!("local system: {e}");
-    let (floor_seq, floor_hash) = store.audit_floor().map_err(local)?;
-    let sizes: BTreeSet<u64> = store
-        .checkpoint_sizes()
-        .map_err(local)?
-        .into_iter()
-        .collect();
-    let (size, root, roots) = store.audit_tree_recompute(&sizes).map_err(local)?;
+    let (floor_seq, floor_hash) = tree.floor;
+    let (size, root, roots) = (tree.entries, tree.root, &tree.roots);
     // Against the stored tree at the size walked: entries appended meanwhile are not judged.
     if root != store.audit_tree_root(size).map_err(local)? {
         return Err(format!(
@@ -49,7 +62,7 @@ pub fn check_log(state: &NodeState) -> Result<LogCheck, String> {
     let origin = checkpoint::origin(&me);
     let trust = state.trust();
     let mut latest = None;
-    for cp_size in &sizes {
+    for cp_size in sizes {
         let Some(note) = store.checkpoint_get(*cp_size).map_err(local)? else {
             continue;
         };
@@ -61,10 +74,17 @@ pub fn check_log(state: &NodeState) -> Result<LogCheck, String> {
             Err(e) => return Err(format!("checkpoint of size {cp_size}: {e}")),
         };
         // Below the floor the entries are archived: the stored tree answers for them (the
-        // archive's own verification recomputes it).
+        // archive's own verification recomputes it). Above the walked head there are no
+        // entries to recompute it from: the sizes were read before the walk, so a kept
+        // checkpoint there claims entries the log does not hold.
         let expected = match roots.get(cp_size) {
             Some(r) => *r,
-            None => store.audit_tree_root(*cp_size).map_err(local)?,
+            None if *cp_size <= floor_seq => store.audit_tree_root(*cp_size).map_err(local)?,
+            None => {
+                return Err(format!(
+                    "checkpoint of size {cp_size} is beyond the log's {size} entries"
+                ))
+            }
         };
         if opened_size != *cp_size || cp_root != expected {
             return Err(format!(
@@ -121,11 +141,14 @@ pub fn check_log(state: &NodeState) -> Result<LogCheck, String> {
 
 /// `audit verify --with-peers`: each witness's view of this log (`witness::views`) must be a
 /// checkpoint of it, no larger than the log, whose root is the tree of the entries at its size.
+/// `known` are the heads the verification walk recomputed (a witness holds a checkpoint this
+/// node kept, so usually they answer); other sizes are recomputed from the entries.
 /// Returns one line per witness; `Err` names the witness whose view contradicts the log. A
 /// witness that cannot be reached is reported, not judged.
 pub fn check_views(
     state: &NodeState,
     views: &[witness::WitnessView],
+    known: &BTreeMap<u64, Hash>,
 ) -> Result<Vec<String>, String> {
     let store = &state.store;
     let local = |e: gateway_store::StoreError| format!("local system: {e}");
@@ -156,10 +179,18 @@ pub fn check_views(
             }
         }
     }
-    let sizes: BTreeSet<u64> = held.iter().map(|(_, size, _)| *size).collect();
-    let (_, _, roots) = store.audit_tree_recompute(&sizes).map_err(local)?;
+    let sizes: BTreeSet<u64> = held
+        .iter()
+        .map(|(_, size, _)| *size)
+        .filter(|size| !known.contains_key(size))
+        .collect();
+    let roots = if sizes.is_empty() {
+        BTreeMap::new()
+    } else {
+        store.audit_tree_recompute(&sizes).map_err(local)?.2
+    };
     for (id, size, root) in held {
-        let expected = match roots.get(&size) {
+        let expected = match known.get(&size).or_else(|| roots.get(&size)) {
             Some(r) => *r,
             None => store.audit_tree_root(size).map_err(local)?,
         };

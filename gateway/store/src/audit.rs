@@ -14,6 +14,7 @@
 //! entry opens the reference again.
 
 use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Bound;
@@ -27,7 +28,7 @@ use sled::transaction::{ConflictableTransactionError, Transactional};
 use crate::audited::Chained;
 use crate::codec::{decode, decode_body, VERSION};
 use crate::error::StoreError;
-use crate::merkle::{self, Frontier, Hash};
+use crate::merkle::{self, CompactRange, Frontier, Hash};
 use crate::protect::{aad, Keys, PatientTag, TAG_LEN};
 use crate::types::{AuditEntry, AuditFilter, AuditRecord, TransferId};
 use crate::{tx_err, Store, Trees};
@@ -275,6 +276,34 @@ pub enum ChainProblem {
     IndexMismatch { index: &'static str },
     /// The store could not be read.
     Storage(String),
+}
+
+/// Why a verification with the tree ([`Store::audit_verify_with_tree`]) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditVerifyError {
+    /// The chain or an index is broken: the first bad entry.
+    #[error(transparent)]
+    Chain(#[from] AuditChainError),
+    /// The stored tree's right edge at the archive floor (where the live entries' leaves
+    /// continue the tree) could not be read, or the segments' leaf ranges did not join.
+    #[error("local system: audit tree: {0}")]
+    Tree(StoreError),
+}
+
+/// The tree recomputed from the entries' bodies in the chain walk itself (RFC 9162 leaf
+/// hashes over the stored bodies, continuing the stored right edge at the archive floor),
+/// independently of the stored tree nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditTreeCheck {
+    /// The last seq verified (the head when the walk started).
+    pub entries: u64,
+    /// The archive floor the walk started after: `(seq, hash)`, `(0, zeros)` if none.
+    pub floor: (u64, Hash),
+    /// The head of the tree of `entries` entries.
+    pub root: Hash,
+    /// The heads of the trees at the asked sizes that are live entries (`floor < size <=
+    /// entries`); sizes outside that are absent.
+    pub roots: BTreeMap<u64, Hash>,
 }
 
 impl fmt::Display for ChainProblem {
@@ -623,6 +652,44 @@ impl Store {
         self.audit_verify_in(u64::try_from(cores).unwrap_or(1), MIN_SEGMENT)
     }
 
+    /// [`Store::audit_verify`], and in the same walk the Merkle tree recomputed from the
+    /// entries' bodies (RFC 9162 leaf hashes, continuing the stored right edge at the archive
+    /// floor): each parallel range hashes its own leaves into a compact range, and the
+    /// ranges are joined in order. Returns the tree's head and its heads at the asked `sizes`
+    /// (kept checkpoints) that are live entries; read `sizes` before calling, so that every
+    /// size a checkpoint was made of is within the head the walk reads.
+    pub fn audit_verify_with_tree(
+        &self,
+        sizes: &BTreeSet<u64>,
+    ) -> Result<AuditTreeCheck, AuditVerifyError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.audit_verify_tree_in(u64::try_from(cores).unwrap_or(1), MIN_SEGMENT, sizes)
+    }
+
+    /// [`Store::audit_verify_with_tree`] with the walk split as [`Store::audit_verify_in`].
+    pub(crate) fn audit_verify_tree_in(
+        &self,
+        parts: u64,
+        min_segment: u64,
+        sizes: &BTreeSet<u64>,
+    ) -> Result<AuditTreeCheck, AuditVerifyError> {
+        let walked = self.verify_walk(parts, min_segment, Some(sizes))?;
+        let (floor_edge, leaves) =
+            walked
+                .tree
+                .ok_or(AuditVerifyError::Tree(StoreError::Corrupt {
+                    what: "audit tree",
+                    problem: "the walk hashed no leaves",
+                }))?;
+        let (root, roots) = join_leaves(floor_edge, leaves).map_err(AuditVerifyError::Tree)?;
+        Ok(AuditTreeCheck {
+            entries: walked.count,
+            floor: walked.floor,
+            root,
+            roots,
+        })
+    }
+
     /// [`Store::audit_verify`] with the chain walk split into at most `parts` seq ranges of
     /// at least `min_segment` entries each.
     pub(crate) fn audit_verify_in(
@@ -630,6 +697,25 @@ impl Store {
         parts: u64,
         min_segment: u64,
     ) -> Result<u64, AuditChainError> {
+        match self.verify_walk(parts, min_segment, None) {
+            Ok(walked) => Ok(walked.count),
+            Err(AuditVerifyError::Chain(e)) => Err(e),
+            // Only the tree's work fails so; there is none here.
+            Err(AuditVerifyError::Tree(e)) => Err(AuditChainError {
+                seq: 0,
+                problem: ChainProblem::Storage(e.to_string()),
+            }),
+        }
+    }
+
+    /// The chain walk of [`Store::audit_verify_in`], hashing the leaves as well when `sizes`
+    /// is given.
+    fn verify_walk(
+        &self,
+        parts: u64,
+        min_segment: u64,
+        sizes: Option<&BTreeSet<u64>>,
+    ) -> Result<Walked, AuditVerifyError> {
         let gate = self.trees();
         let t: &Trees = &gate;
         let head_fault = |problem| AuditChainError { seq: 0, problem };
@@ -642,6 +728,18 @@ impl Store {
             .map_err(|_| head_fault(ChainProblem::HeadMismatch))?;
         let bound = head.map_or(u64::MAX, |(seq, _)| seq);
         let floor = floor(t).map_err(|e| head_fault(ChainProblem::Storage(e.to_string())))?;
+        // The live entries' leaves continue the stored tree's right edge at the floor (the
+        // CLI checks that edge against the archives' own).
+        let floor_edge = match sizes {
+            Some(_) => Some(CompactRange::from(
+                Frontier::of_size(floor.0, |level, index| stored_node(t, level, index))
+                    .map_err(AuditVerifyError::Tree)?,
+            )),
+            None => None,
+        };
+        let tree = sizes
+            .zip(floor_edge.as_ref())
+            .map(|(sizes, floor_edge)| TreeWork { sizes, floor_edge });
         let state = RandomState::new();
         // Without a head there is no bound to split at; that log fails verification anyway.
         // The live chain starts after the archive floor.
@@ -672,7 +770,7 @@ impl Store {
                     let state = &state;
                     (
                         start,
-                        scope.spawn(move || walk_segment(t, state, bound, start, end)),
+                        scope.spawn(move || walk_segment(t, state, bound, start, end, tree)),
                     )
                 })
                 .collect();
@@ -684,27 +782,35 @@ impl Store {
             let digests = scans.map(|scan| scan.join());
             (walk, digests)
         });
-        let (count, prev, from_entries) = walk?;
+        let Stitched {
+            count,
+            last_hash: prev,
+            digests: from_entries,
+            leaves,
+        } = walk?;
         match head {
             Some((head_seq, head_hash)) => {
                 if count < head_seq {
                     return Err(AuditChainError {
                         seq: count + 1,
                         problem: ChainProblem::Missing,
-                    });
+                    }
+                    .into());
                 }
                 if head_hash != prev {
                     return Err(AuditChainError {
                         seq: head_seq,
                         problem: ChainProblem::HeadMismatch,
-                    });
+                    }
+                    .into());
                 }
             }
             None if count > 0 => {
                 return Err(AuditChainError {
                     seq: count,
                     problem: ChainProblem::HeadMismatch,
-                })
+                }
+                .into())
             }
             None => {}
         }
@@ -715,20 +821,26 @@ impl Store {
                     return Err(AuditChainError {
                         seq: 0,
                         problem: ChainProblem::Storage(e.to_string()),
-                    })
+                    }
+                    .into())
                 }
                 Err(_) => {
                     return Err(AuditChainError {
                         seq: 0,
                         problem: ChainProblem::Storage("index scan thread panicked".into()),
-                    })
+                    }
+                    .into())
                 }
             };
             if from_index != from_entry {
-                return Err(self.locate_index_fault(floor.0, count));
+                return Err(self.locate_index_fault(floor.0, count).into());
             }
         }
-        Ok(count)
+        Ok(Walked {
+            count,
+            floor,
+            tree: floor_edge.map(|edge| (edge, leaves)),
+        })
     }
 
     /// The slow path after the index digests disagreed: finds the smallest seq whose index
@@ -970,6 +1082,29 @@ struct SegmentEnd {
     /// An entry past the verification bound ended the walk in this range.
     reached_bound: bool,
     digests: [IndexDigest; 3],
+    /// The leaves of the range's entries, when the tree is recomputed too.
+    leaves: Option<SegmentLeaves>,
+}
+
+/// The RFC 9162 leaf hashes of a range's entries, as a compact range, and what the tree
+/// looked like at each asked size the range reached.
+struct SegmentLeaves {
+    /// Leaves `start - 1 ..` of the range's entries; the first range's starts at leaf 0 (it
+    /// continues the stored right edge at the floor).
+    range: CompactRange,
+    /// Tree heads at asked sizes, where the range starts at leaf 0.
+    roots: Vec<(u64, Hash)>,
+    /// The range up to each asked size, where it does not start at leaf 0: the head needs
+    /// the ranges before it, joined after the walk.
+    partial: Vec<(u64, CompactRange)>,
+}
+
+/// What the walk hashes into the tree: the asked sizes, and the right edge at the floor
+/// (which the first range continues).
+#[derive(Clone, Copy)]
+struct TreeWork<'a> {
+    sizes: &'a BTreeSet<u64>,
+    floor_edge: &'a CompactRange,
 }
 
 impl Segment {
@@ -995,6 +1130,7 @@ fn walk_segment(
     bound: u64,
     start: u64,
     end: Option<u64>,
+    tree: Option<TreeWork<'_>>,
 ) -> Segment {
     let lo = if start <= 1 {
         Bound::Unbounded
@@ -1008,6 +1144,7 @@ fn walk_segment(
         state,
         bound,
         start,
+        tree,
         &mut first,
         &mut first_prev,
     );
@@ -1020,12 +1157,15 @@ fn walk_segment(
 }
 
 /// The loop of [`walk_segment`]: the checks and their order are those of a sequential walk,
-/// so that a range reports the fault the sequential walk would report.
+/// so that a range reports the fault the sequential walk would report. With `tree`, each
+/// entry that passes is also hashed as a leaf (the same stored body the chain hash covers,
+/// read once).
 fn walk_range(
     items: sled::Iter,
     state: &RandomState,
     bound: u64,
     start: u64,
+    tree: Option<TreeWork<'_>>,
     first: &mut Option<FirstItem>,
     first_prev: &mut Option<[u8; 32]>,
 ) -> Result<SegmentEnd, AuditChainError> {
@@ -1033,6 +1173,21 @@ fn walk_range(
         state,
         digests: [IndexDigest::default(); 3],
     };
+    let mut leaves = tree.map(|tree| SegmentLeaves {
+        range: if tree.floor_edge.end() == start - 1 {
+            tree.floor_edge.clone()
+        } else {
+            CompactRange::new(start - 1)
+        },
+        roots: Vec::new(),
+        partial: Vec::new(),
+    });
+    let mut sizes = tree
+        .map(|tree| tree.sizes.range(start..))
+        .into_iter()
+        .flatten()
+        .copied()
+        .peekable();
     let mut expected = start;
     // The previous entry's hash; unknown for the range's first entry.
     let mut prev: Option<[u8; 32]> = None;
@@ -1076,6 +1231,18 @@ fn walk_range(
             return Err(fail(ChainProblem::SeqMismatch));
         }
         digests.add(seq, &view);
+        if let Some(leaves) = leaves.as_mut() {
+            leaves.range.append(merkle::leaf_hash(body));
+            while let Some(size) = sizes.next_if(|size| *size <= seq) {
+                if size != seq {
+                    continue;
+                }
+                match leaves.range.root() {
+                    Some(root) => leaves.roots.push((seq, root)),
+                    None => leaves.partial.push((seq, leaves.range.clone())),
+                }
+            }
+        }
         prev = Some(*hash);
         expected += 1;
     }
@@ -1084,6 +1251,7 @@ fn walk_range(
         last_hash: prev,
         reached_bound,
         digests: digests.digests,
+        leaves,
     })
 }
 
@@ -1096,10 +1264,11 @@ fn stitch(
     segments: impl IntoIterator<Item = Segment>,
     floor: (u64, [u8; 32]),
     bound: u64,
-) -> Result<(u64, [u8; 32], [IndexDigest; 3]), AuditChainError> {
+) -> Result<Stitched, AuditChainError> {
     let mut expected = floor.0 + 1;
     let mut prev = floor.1;
     let mut digests = [IndexDigest::default(); 3];
+    let mut leaves = Vec::new();
     for segment in segments {
         let fail = |problem| AuditChainError {
             seq: expected,
@@ -1129,11 +1298,80 @@ fn stitch(
         for (total, part) in digests.iter_mut().zip(end.digests) {
             total.merge(part);
         }
+        leaves.extend(end.leaves);
         if end.reached_bound {
             break;
         }
     }
-    Ok((expected - 1, prev, digests))
+    Ok(Stitched {
+        count: expected - 1,
+        last_hash: prev,
+        digests,
+        leaves,
+    })
+}
+
+/// A verification walk's outcome: the entries verified, the floor it started after, and
+/// (when asked) the floor's right edge with the leaves of the ranges walked.
+struct Walked {
+    count: u64,
+    floor: (u64, Hash),
+    tree: Option<(CompactRange, Vec<SegmentLeaves>)>,
+}
+
+/// The sequential walk's outcome, from [`stitch`].
+struct Stitched {
+    count: u64,
+    last_hash: [u8; 32],
+    digests: [IndexDigest; 3],
+    /// The leaves of the ranges the walk went through, in order.
+    leaves: Vec<SegmentLeaves>,
+}
+
+/// Joins the ranges' leaves, in order, into the tree of the walked entries: its head and the
+/// heads at the asked sizes. A range's head at a size inside it is the join of the ranges
+/// before it and its own range up to that size.
+fn join_leaves(
+    floor_edge: CompactRange,
+    leaves: Vec<SegmentLeaves>,
+) -> Result<(Hash, BTreeMap<u64, Hash>), StoreError> {
+    let gap = |e: merkle::RangeGap| StoreError::Corrupt {
+        what: "audit tree",
+        problem: if e.begin > e.end {
+            "the walked leaves leave a gap"
+        } else {
+            "the walked leaves overlap"
+        },
+    };
+    let mut roots = BTreeMap::new();
+    let mut prefix = floor_edge;
+    for (i, part) in leaves.into_iter().enumerate() {
+        roots.extend(part.roots);
+        if part.range.begin() == 0 {
+            // The first range continues the floor's edge itself.
+            if i != 0 {
+                return Err(gap(merkle::RangeGap {
+                    end: prefix.end(),
+                    begin: 0,
+                }));
+            }
+            prefix = part.range;
+            continue;
+        }
+        for (size, partial) in part.partial {
+            let mut upto = prefix.clone();
+            upto.merge(partial).map_err(gap)?;
+            if let Some(root) = upto.root() {
+                roots.insert(size, root);
+            }
+        }
+        prefix.merge(part.range).map_err(gap)?;
+    }
+    let root = prefix.root().ok_or(StoreError::Corrupt {
+        what: "audit tree",
+        problem: "the walked leaves do not start at the first leaf",
+    })?;
+    Ok((root, roots))
 }
 
 /// Splits a stored entry into (prev_hash, hash, body) without copying. This is exactly the

@@ -118,7 +118,7 @@ use crate::commit::{sync_dir, Committer, SledFiles};
 pub use crate::archive::{
     check_stored_entry, entry_leaf_hash, entry_view, EntryProblem, EntryView,
 };
-pub use crate::audit::{AuditChainError, ChainProblem};
+pub use crate::audit::{AuditChainError, AuditTreeCheck, AuditVerifyError, ChainProblem};
 pub use crate::error::StoreError;
 pub use crate::idempotency::{KeyClaim, KeyLookup, KeyRecord, KeyReservation};
 pub use crate::migrate::STORE_MIGRATED_EVENT;

@@ -104,6 +104,114 @@ impl Frontier {
     }
 }
 
+impl From<Frontier> for CompactRange {
+    /// The right edge of the tree of `size` leaves is the compact range `0 .. size`.
+    fn from(frontier: Frontier) -> Self {
+        let end = frontier.0.iter().map(|(level, _)| 1u64 << level).sum();
+        CompactRange {
+            begin: 0,
+            end,
+            nodes: frontier.0,
+        }
+    }
+}
+
+/// A compact range (the tlog "compact range" of transparency-dev/merkle's `compact` package):
+/// the heads of the fewest complete, aligned subtrees that exactly cover leaves
+/// `begin .. end`, left to right. Two ranges over adjacent leaves merge into the range over
+/// both, so leaves hashed in separate pieces (the verification's parallel segments) give the
+/// tree head of every prefix: the range `0 .. n` is the right edge of the tree of n leaves,
+/// and its head is [`CompactRange::root`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactRange {
+    begin: u64,
+    end: u64,
+    /// `(level, hash)`, left to right; each covers `2^level` leaves from where the previous
+    /// one ends, starting at `begin`.
+    nodes: Vec<(u8, Hash)>,
+}
+
+/// Two compact ranges that do not meet cannot be merged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a compact range ending at leaf {end} cannot be joined to one starting at {begin}")]
+pub struct RangeGap {
+    pub end: u64,
+    pub begin: u64,
+}
+
+impl CompactRange {
+    /// The empty range at leaf `begin`.
+    pub fn new(begin: u64) -> Self {
+        CompactRange {
+            begin,
+            end: begin,
+            nodes: Vec::new(),
+        }
+    }
+
+    pub fn begin(&self) -> u64 {
+        self.begin
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Appends leaf number `end` (its leaf hash).
+    pub fn append(&mut self, leaf: Hash) {
+        self.push(0, leaf);
+    }
+
+    /// Appends the range over the leaves right after this one's: `self` then covers both.
+    pub fn merge(&mut self, other: CompactRange) -> Result<(), RangeGap> {
+        if other.begin != self.end {
+            return Err(RangeGap {
+                end: self.end,
+                begin: other.begin,
+            });
+        }
+        for (level, hash) in other.nodes {
+            self.push(level, hash);
+        }
+        Ok(())
+    }
+
+    /// The tree head over leaves `0 .. end` (RFC 9162 §2.1.1), if the range starts at leaf 0:
+    /// the subtrees folded from the right, as [`Frontier::root`].
+    pub fn root(&self) -> Option<Hash> {
+        if self.begin != 0 {
+            return None;
+        }
+        let mut nodes = self.nodes.iter().rev();
+        let Some(&(_, mut root)) = nodes.next() else {
+            return Some(empty_root());
+        };
+        for (_, left) in nodes {
+            root = node_hash(left, &root);
+        }
+        Some(root)
+    }
+
+    /// Appends the complete subtree of `2^level` leaves starting at leaf `end` (aligned there:
+    /// every node a range holds, and every leaf, is), then joins it with its left siblings.
+    fn push(&mut self, level: u8, hash: Hash) {
+        let (mut level, mut hash) = (level, hash);
+        self.end += 1 << level;
+        // The node of `level` ending at `end` is a right child when its index is odd; then
+        // its left sibling is the node before it, if the range holds that one whole.
+        while let Some(&(left_level, left)) = self.nodes.last() {
+            let index = (self.end - (1 << level)) >> level;
+            if left_level != level || index & 1 == 0 {
+                break;
+            }
+            self.nodes.pop();
+            hash = node_hash(&left, &hash);
+            level += 1;
+        }
+        self.nodes.push((level, hash));
+    }
+}
+
 /// The largest power of two smaller than `n` (`n > 1`).
 fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
@@ -667,5 +775,94 @@ mod tests {
         // A leaf adds one node per level it completes: 2n - popcount(n) nodes in all.
         let n = leaves.len() as u64;
         assert_eq!(tree.nodes.len() as u64, 2 * n - u64::from(n.count_ones()));
+    }
+
+    /// The compact range of `leaves[begin..end]`, appended leaf by leaf.
+    fn range_of(leaves: &[Hash], begin: usize, end: usize) -> CompactRange {
+        let mut range = CompactRange::new(begin as u64);
+        for leaf in &leaves[begin..end] {
+            range.append(*leaf);
+        }
+        range
+    }
+
+    #[test]
+    fn compact_ranges_joined_in_any_split_give_the_reference_heads() {
+        // Up to 40 leaves (0, 1, every power of two to 32 and the sizes either side), every
+        // split into three pieces; the head is checked at every size (a checkpoint anywhere,
+        // at a piece's boundary too) as the join of the pieces before and the piece up to it.
+        let data: Vec<Vec<u8>> = (0..40u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let leaves: Vec<Hash> = data.iter().map(|d| leaf_hash(d)).collect();
+        let heads: Vec<Hash> = (0..=data.len())
+            .map(|n| reference_root(&data[..n]))
+            .collect();
+        for n in 0..=leaves.len() {
+            for a in 0..=n {
+                for b in a..=n {
+                    let mut joined = CompactRange::new(0);
+                    for (begin, end) in [(0, a), (a, b), (b, n)] {
+                        for (size, head) in heads.iter().enumerate().take(end + 1).skip(begin) {
+                            let mut upto = joined.clone();
+                            upto.merge(range_of(&leaves, begin, size)).unwrap();
+                            assert_eq!(upto.root(), Some(*head), "{n} split {a}/{b}: {size}");
+                        }
+                        joined.merge(range_of(&leaves, begin, end)).unwrap();
+                    }
+                    assert_eq!(joined.root(), Some(heads[n]), "{n} split at {a}, {b}");
+                    // Joined, the pieces are the fewest subtrees: the tree's right edge.
+                    assert_eq!(joined, range_of(&leaves, 0, n));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compact_ranges_over_many_pieces_and_past_powers_of_two() {
+        // 1 100 leaves cut every k leaves, for k crossing many power-of-two boundaries.
+        let leaves: Vec<Hash> = (0..1100u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut frontier = Frontier::default();
+        let mut heads = vec![frontier.root()];
+        for (i, leaf) in leaves.iter().enumerate() {
+            frontier.push(i as u64, *leaf);
+            heads.push(frontier.root());
+        }
+        for k in [1usize, 2, 3, 7, 64, 127, 128, 129, 500, 1024, 1100] {
+            let mut joined = CompactRange::new(0);
+            let mut begin = 0;
+            while begin < leaves.len() {
+                let end = (begin + k).min(leaves.len());
+                joined.merge(range_of(&leaves, begin, end)).unwrap();
+                assert_eq!(joined.root(), Some(heads[end]), "pieces of {k}, to {end}");
+                begin = end;
+            }
+            assert_eq!(joined, CompactRange::from(frontier.clone()));
+        }
+    }
+
+    #[test]
+    fn compact_ranges_refuse_gaps_and_overlaps_and_have_no_head_off_leaf_zero() {
+        let leaves: Vec<Hash> = (0..8u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut left = range_of(&leaves, 0, 3);
+        assert_eq!(
+            left.clone().merge(range_of(&leaves, 4, 6)),
+            Err(RangeGap { end: 3, begin: 4 })
+        );
+        assert_eq!(
+            left.clone().merge(range_of(&leaves, 2, 6)),
+            Err(RangeGap { end: 3, begin: 2 })
+        );
+        let right = range_of(&leaves, 3, 8);
+        assert_eq!(right.root(), None);
+        assert_eq!((right.begin(), right.end()), (3, 8));
+        left.merge(right).unwrap();
+        assert_eq!(left.root(), Some(range_of(&leaves, 0, 8).root().unwrap()));
+        // The empty range at 0 is the empty tree; an empty range joins anywhere it meets.
+        assert_eq!(CompactRange::new(0).root(), Some(empty_root()));
+        let mut empty = CompactRange::new(5);
+        empty.merge(CompactRange::new(5)).unwrap();
+        assert_eq!(
+            CompactRange::from(Frontier::default()),
+            CompactRange::new(0)
+        );
     }
 }

@@ -3,6 +3,7 @@
 mod archive;
 mod audit;
 mod audit_tree;
+mod audit_verify_tree;
 mod audited;
 mod collections;
 mod commit;
