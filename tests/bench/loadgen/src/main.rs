@@ -5,6 +5,7 @@
 //! crypto floor in-process, runs the policy and audit benches, and writes
 //! `<out>/results.json` and `<out>/results.md`. Every phase is bounded in time.
 
+mod audit_api;
 mod evidence;
 mod floor;
 mod instructions;
@@ -75,6 +76,11 @@ pub struct RunArgs {
     /// log before the round trip, evidence and audit verify are timed.
     #[arg(long, default_value_t = 30, requires = "evidence")]
     pub evidence_fill_secs: u64,
+    /// Only issue 14's audit verify rate: `GET /v1/audit/verify` through a real node on the
+    /// cached `--audit-entries` store (grown first if needed), hot, against the store's chain
+    /// walk alone on the same store. Rows are merged into an existing results.json.
+    #[arg(long, conflicts_with_all = ["quick", "only_big_file", "payloads", "instructions", "evidence"])]
+    pub audit_api: bool,
     /// The valgrind binary.
     #[arg(long, default_value = "valgrind")]
     pub valgrind: PathBuf,

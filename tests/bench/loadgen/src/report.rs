@@ -323,7 +323,7 @@ pub async fn run(mut args: RunArgs) -> Result<(), BoxError> {
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()?;
-    if args.evidence {
+    if args.evidence || args.audit_api {
         // A partial run: keep the rows of earlier runs, but for the scenarios it measured.
         let earlier: Vec<Value> = std::fs::read(&json_path)
             .ok()
@@ -357,6 +357,9 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
     }
     if args.evidence {
         return crate::evidence::run(args, work, rows).await;
+    }
+    if args.audit_api {
+        return crate::audit_api::run(args, work, rows).await;
     }
     let mut payloads = setup::payloads(&args.testdata)?;
     if args.quick {
@@ -751,7 +754,7 @@ fn file_sha256(path: &Path) -> Result<[u8; 32], BoxError> {
 }
 
 /// Runs a release example with a deadline; returns its stdout parsed as JSON.
-fn run_example(
+pub(crate) fn run_example(
     args: &RunArgs,
     name: &str,
     extra: &[&str],
