@@ -13,7 +13,9 @@ use super::auth::{acting, TokenName};
 use super::error::{error, parse_id};
 use super::Shared;
 
-/// `GET /v1/evidence/transfers/{id}`: the evidence file (`application/json`).
+/// `GET /v1/evidence/transfers/{id}`: the evidence file (`application/json`). 409 when the
+/// transfer cannot be proven from this node (no receipt, header or live entry, or no kept
+/// directory lists a key that signed a part).
 pub async fn transfer_evidence(
     State(state): State<Shared>,
     Path(id): Path<String>,
