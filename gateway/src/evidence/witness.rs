@@ -107,19 +107,21 @@ pub fn verify_cosignature(
 }
 
 /// The checkpoint text of a signed note: everything before the blank line.
-fn note_text(note: &[u8]) -> Option<&[u8]> {
+pub fn note_text(note: &[u8]) -> Option<&[u8]> {
     let end = note.windows(2).position(|w| w == b"\n\n")?;
     note.get(..=end)
 }
 
 /// A parsed add-checkpoint request: `old <size>`, the proof lines, a blank line, the note.
-struct AddCheckpoint<'a> {
-    old: u64,
-    proof: Vec<[u8; 32]>,
-    note: &'a [u8],
+/// Public for the fuzz targets (tests/fuzz), which drive the route's parse and checks.
+pub struct AddCheckpoint<'a> {
+    pub old: u64,
+    pub proof: Vec<[u8; 32]>,
+    pub note: &'a [u8],
 }
 
-fn parse_request(body: &[u8]) -> Result<AddCheckpoint<'_>, &'static str> {
+/// Parses the body of `POST /v1/witness`; nothing is verified yet.
+pub fn parse_request(body: &[u8]) -> Result<AddCheckpoint<'_>, &'static str> {
     let malformed = "malformed add-checkpoint request";
     let split = body
         .windows(2)
