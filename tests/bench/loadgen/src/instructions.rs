@@ -1,14 +1,18 @@
-//! `bench-loadgen run --instructions`: instructions per ~100 KB transfer on each node, counted
-//! by callgrind, a measure the machine's noise does not move (issue 17).
+//! `bench-loadgen run --instructions`: instructions per transfer on each node at ~10 KB,
+//! ~100 KB and ~1 MB, counted by callgrind, a measure the machine's noise does not move
+//! (issue 17).
 //!
-//! Both nodes run under `valgrind --tool=callgrind` (~50x slower, so few transfers). After a
-//! warm-up (connections, caches, the first sled pages) and a settle pause, each node's counters
-//! are zeroed (`callgrind_control -z`), `transfers` transfers go one after the other on one
-//! keep-alive connection, and after the same pause the counters are dumped
-//! (`callgrind_control -d`): the dump holds every instruction of the window, background threads
-//! (sled flusher, group commit, timers) included. An idle window of the same length is dumped
-//! next, so the background a node spends without transfers can be subtracted. callgrind counts
-//! user-space instructions only: the kernel's share (syscalls, fsync, TCP) is not in it.
+//! Both nodes run under `valgrind --tool=callgrind` (~50x slower, so few transfers). For each
+//! payload in turn (~100 KB first, so that its figure stays comparable with the runs before the
+//! other sizes were added): a warm-up of that payload (connections, caches, the first sled
+//! pages, buffers of that size) and a settle pause, each node's counters are zeroed
+//! (`callgrind_control -z`), the measured transfers go one after the other on one keep-alive
+//! connection, and after the same pause the counters are dumped (`callgrind_control -d`): the
+//! dump holds every instruction of the window, background threads (sled flusher, group commit,
+//! timers) included. After the first payload an idle window of the same length is dumped, so
+//! the background a node spends without transfers (a rate per second) can be subtracted from
+//! every window. callgrind counts user-space instructions only: the kernel's share (syscalls,
+//! fsync, TCP) is not in it (`--syscalls` measures that).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,16 +23,19 @@ use serde_json::{json, Value};
 use crate::load;
 use crate::procs::{self, Proc};
 use crate::report::{gateway_target, log, Row};
-use crate::setup::{self, NodeFiles};
+use crate::setup::{self, NodeFiles, Payload};
 use crate::{BoxError, RunArgs};
 
 /// Pause after the warm-up and after the window, for the work a transfer leaves behind once
 /// its receipt is answered (the receiver's audit group commit, the sender's delivered state).
-const SETTLE: Duration = Duration::from_secs(3);
+pub(crate) const SETTLE: Duration = Duration::from_secs(3);
 
 /// Under valgrind a node needs far longer to start and answer than natively.
-const START_TIMEOUT: Duration = Duration::from_secs(300);
-const TRANSFER_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const TRANSFER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The payload labels of the issue-17 modes, in the order they are measured: ~100 KB first.
+pub(crate) const LABELS: [&str; 3] = ["100k", "10k", "1m"];
 
 struct Node {
     proc: Proc,
@@ -36,18 +43,65 @@ struct Node {
     out_file: PathBuf,
 }
 
+/// The payloads a mode measures, in [`LABELS`] order: `wanted` (labels) or all three, each
+/// with the transfers it gets (`transfers`, or `transfers_1m` for ~1 MB).
+pub(crate) fn chosen_payloads(
+    testdata: &Path,
+    wanted: &[String],
+    transfers: u32,
+    transfers_1m: u32,
+) -> Result<Vec<(Payload, u32)>, BoxError> {
+    for w in wanted {
+        if !LABELS.contains(&w.as_str()) {
+            return Err(format!("unknown payload {w:?} (10k, 100k or 1m)").into());
+        }
+    }
+    let all = setup::payloads(testdata)?;
+    let mut out = Vec::new();
+    for label in LABELS {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == label) {
+            continue;
+        }
+        let p = all
+            .iter()
+            .find(|p| p.label == label)
+            .ok_or_else(|| format!("no {label} payload"))?;
+        let n = if label == "1m" {
+            transfers_1m
+        } else {
+            transfers
+        };
+        out.push((p.clone(), n.max(1)));
+    }
+    Ok(out)
+}
+
+/// One payload's measured window on both nodes.
+struct Window {
+    payload: Payload,
+    transfers: u32,
+    secs: f64,
+    /// Sender, receiver.
+    dumps: Vec<Dump>,
+}
+
 pub async fn run(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), BoxError> {
-    let payload = setup::payloads(&args.testdata)?
-        .into_iter()
-        .find(|p| p.label == "100k")
-        .ok_or("no 100k payload")?;
+    let payloads = chosen_payloads(
+        &args.testdata,
+        &args.sizes,
+        args.instr_transfers,
+        args.instr_transfers_1m,
+    )?;
     let version = tool_output(&args.valgrind, &["--version"])?;
     let fed = setup::create_federation(work)?;
     log(format!(
-        "instructions: both nodes under {version} callgrind; {} warm-up + {} measured transfers of {} bytes",
+        "instructions: both nodes under {version} callgrind; per payload {} warm-up + measured transfers ({})",
         args.instr_warmup,
-        args.instr_transfers,
-        payload.bytes.len()
+        payloads
+            .iter()
+            .map(|(p, n)| format!("{} x {} B", n, p.bytes.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let mut nodes = Vec::new();
     for node in [&fed.receiver, &fed.sender] {
@@ -55,75 +109,115 @@ pub async fn run(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(),
     }
     // Receiver first (the sender probes its peer at start-up); report sender first.
     nodes.reverse();
-    let target = gateway_target(&fed, &payload, "fhir");
     let ct = "application/fhir+json";
 
-    load::send_sequential(
-        &target,
-        &payload.bytes,
-        ct,
-        args.instr_warmup,
-        TRANSFER_TIMEOUT,
-    )
-    .await
-    .map_err(|e| format!("warm-up transfer refused: {e}"))?;
-    tokio::time::sleep(SETTLE).await;
-    for n in &nodes {
-        control(&n.proc, "-z")?;
+    let mut windows: Vec<Window> = Vec::new();
+    let mut idle: Option<(Vec<Dump>, f64)> = None;
+    for (payload, transfers) in &payloads {
+        let target = gateway_target(&fed, payload, "fhir");
+        load::send_sequential(
+            &target,
+            &payload.bytes,
+            ct,
+            args.instr_warmup,
+            TRANSFER_TIMEOUT,
+        )
+        .await
+        .map_err(|e| format!("{} warm-up transfer refused: {e}", payload.label))?;
+        tokio::time::sleep(SETTLE).await;
+        for n in &nodes {
+            control(&n.proc, "-z")?;
+        }
+        let window_start = Instant::now();
+        let sent = load::send_sequential(&target, &payload.bytes, ct, *transfers, TRANSFER_TIMEOUT)
+            .await?;
+        tokio::time::sleep(SETTLE).await;
+        let mut dumps = Vec::new();
+        for n in &nodes {
+            dumps.push(dump(n, &args.out, &format!("{}.window", payload.label))?);
+        }
+        let secs = window_start.elapsed().as_secs_f64();
+        log(format!(
+            "instructions {}: {transfers} transfers in {:.1} s under callgrind",
+            payload.label,
+            sent.as_secs_f64()
+        ));
+        windows.push(Window {
+            payload: payload.clone(),
+            transfers: *transfers,
+            secs,
+            dumps,
+        });
+        if idle.is_none() {
+            // The node's background without transfers, over a window as long as the first
+            // measured one.
+            log(format!("instructions: idle window of {secs:.1} s"));
+            for n in &nodes {
+                control(&n.proc, "-z")?;
+            }
+            let idle_start = Instant::now();
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            let mut dumps = Vec::new();
+            for n in &nodes {
+                dumps.push(dump(n, &args.out, "idle")?);
+            }
+            idle = Some((dumps, idle_start.elapsed().as_secs_f64()));
+        }
     }
-    let window_start = Instant::now();
-    let sent = load::send_sequential(
-        &target,
-        &payload.bytes,
-        ct,
-        args.instr_transfers,
-        TRANSFER_TIMEOUT,
-    )
-    .await?;
-    tokio::time::sleep(SETTLE).await;
-    let mut window = Vec::new();
-    for n in &nodes {
-        window.push(dump(n, &args.out, "window")?);
-    }
-    let window_secs = window_start.elapsed().as_secs_f64();
-    log(format!(
-        "instructions: {} transfers in {:.1} s under callgrind; idle window of {window_secs:.1} s next",
-        args.instr_transfers,
-        sent.as_secs_f64()
-    ));
-    // The node's background without transfers, over a window as long as the measured one.
-    for n in &nodes {
-        control(&n.proc, "-z")?;
-    }
-    let idle_start = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(window_secs)).await;
-    let mut idle = Vec::new();
-    for n in &nodes {
-        idle.push(dump(n, &args.out, "idle")?);
-    }
-    let idle_secs = idle_start.elapsed().as_secs_f64();
     for n in &mut nodes {
         // Valgrind writes its final profile on exit: give it time.
         n.proc.stop(Duration::from_secs(60));
     }
+    let (idle, idle_secs) = idle.ok_or("no payload measured")?;
+    for w in &windows {
+        let floor = floor_instructions(args, w.payload.bytes.len())?;
+        rows.push(window_row(args, &version, w, &idle, idle_secs, &floor));
+    }
+    Ok(())
+}
 
-    let floor = floor_instructions(args, payload.bytes.len())?;
-    let k = f64::from(args.instr_transfers.max(1));
-    let per = |w: &Dump, i: &Dump| {
-        let idle_scaled = i.total as f64 * window_secs / idle_secs.max(1e-9);
-        (
-            w.total as f64 / k,
-            ((w.total as f64 - idle_scaled) / k).max(0.0),
+/// Per transfer from a window's and the idle window's totals: (with the idle background,
+/// without it). The idle background is a rate, scaled to the window's length.
+pub(crate) fn per_transfer(
+    window_total: f64,
+    window_secs: f64,
+    idle_total: f64,
+    idle_secs: f64,
+    transfers: u32,
+) -> (f64, f64) {
+    let k = f64::from(transfers.max(1));
+    let idle_scaled = idle_total * window_secs / idle_secs.max(1e-9);
+    (
+        window_total / k,
+        ((window_total - idle_scaled) / k).max(0.0),
+    )
+}
+
+fn window_row(
+    args: &RunArgs,
+    version: &str,
+    w: &Window,
+    idle: &[Dump],
+    idle_secs: f64,
+    floor: &FloorCount,
+) -> Row {
+    let per = |wd: &Dump, id: &Dump| {
+        per_transfer(
+            wd.total as f64,
+            w.secs,
+            id.total as f64,
+            idle_secs,
+            w.transfers,
         )
     };
-    let (snd_raw, snd) = per(&window[0], &idle[0]);
-    let (rcv_raw, rcv) = per(&window[1], &idle[1]);
+    let (snd_raw, snd) = per(&w.dumps[0], &idle[0]);
+    let (rcv_raw, rcv) = per(&w.dumps[1], &idle[1]);
     let mut detail = serde_json::Map::new();
     detail.insert("tool".into(), json!(format!("{version} --tool=callgrind")));
     detail.insert("gateway".into(), json!(args.gateway.display().to_string()));
     detail.insert("warmup_transfers".into(), json!(args.instr_warmup));
-    detail.insert("transfers".into(), json!(args.instr_transfers));
-    detail.insert("window_secs".into(), json!(window_secs));
+    detail.insert("transfers".into(), json!(w.transfers));
+    detail.insert("window_secs".into(), json!(w.secs));
     detail.insert(
         "floor_instructions_per_transfer".into(),
         json!(floor.per_transfer),
@@ -133,24 +227,33 @@ pub async fn run(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(),
         "instructions_over_floor".into(),
         json!((snd + rcv) / floor.per_transfer.max(1.0)),
     );
-    for (name, w, i, raw) in [
-        ("sender", &window[0], &idle[0], snd_raw),
-        ("receiver", &window[1], &idle[1], rcv_raw),
+    detail.insert(
+        "sender_over_floor".into(),
+        json!(snd / floor.per_transfer.max(1.0)),
+    );
+    detail.insert(
+        "receiver_over_floor".into(),
+        json!(rcv / floor.per_transfer.max(1.0)),
+    );
+    for (name, wd, id, raw) in [
+        ("sender", &w.dumps[0], &idle[0], snd_raw),
+        ("receiver", &w.dumps[1], &idle[1], rcv_raw),
     ] {
         detail.insert(
             name.into(),
             json!({
-                "window_instructions": w.total,
-                "idle_instructions": i.total,
+                "window_instructions": wd.total,
+                "idle_instructions": id.total,
                 "idle_secs": idle_secs,
                 "instructions_per_transfer_with_idle": raw,
-                "profile": w.path.display().to_string(),
-                "self_cost": w.areas,
+                "profile": wd.path.display().to_string(),
+                "self_cost": wd.areas,
             }),
         );
     }
     log(format!(
-        "instructions per transfer: sender {:.2} M, receiver {:.2} M (idle background subtracted; with it {:.2} M / {:.2} M); crypto floor {:.2} M: {:.2}x",
+        "instructions per {} transfer: sender {:.2} M, receiver {:.2} M (idle background subtracted; with it {:.2} M / {:.2} M); crypto floor {:.2} M: {:.2}x",
+        w.payload.label,
         snd / 1e6,
         rcv / 1e6,
         snd_raw / 1e6,
@@ -158,19 +261,18 @@ pub async fn run(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(),
         floor.per_transfer / 1e6,
         (snd + rcv) / floor.per_transfer.max(1.0)
     ));
-    rows.push(Row {
-        scenario: format!("instructions_{}", payload.label),
-        payload_bytes: Some(payload.bytes.len() as u64),
-        payload_source: Some(payload.source.clone()),
+    Row {
+        scenario: format!("instructions_{}", w.payload.label),
+        payload_bytes: Some(w.payload.bytes.len() as u64),
+        payload_source: Some(w.payload.source.clone()),
         concurrency: Some(1),
-        ours_completed: Some(u64::from(args.instr_transfers)),
+        ours_completed: Some(u64::from(w.transfers)),
         instructions_per_transfer: Some(snd + rcv),
         instructions_sender: Some(snd),
         instructions_receiver: Some(rcv),
         detail: Some(Value::Object(detail)),
         ..Row::default()
-    });
-    Ok(())
+    }
 }
 
 struct FloorCount {
@@ -184,7 +286,7 @@ struct FloorCount {
 fn floor_instructions(args: &RunArgs, len: usize) -> Result<FloorCount, BoxError> {
     let dir = args.out.join("callgrind");
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("floor.callgrind.out");
+    let file = dir.join(format!("floor.{len}.callgrind.out"));
     let me = std::env::current_exe()?;
     let out = Command::new(&args.valgrind)
         .arg("--tool=callgrind")
@@ -219,26 +321,42 @@ fn floor_instructions(args: &RunArgs, len: usize) -> Result<FloorCount, BoxError
 
 fn start_node(args: &RunArgs, work: &Path, node: &NodeFiles) -> Result<Node, BoxError> {
     let out_file = work.join(format!("callgrind.{}.out", node.id));
-    let mut cmd = Command::new(&args.valgrind);
-    cmd.arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out_file.display()))
+    let tool = [
+        "--tool=callgrind".to_owned(),
+        format!("--callgrind-out-file={}", out_file.display()),
         // Per function and line is enough for callgrind_annotate; per instruction would
         // double the profile for nothing here.
-        .arg("--dump-instr=no")
-        .arg("--vgdb=yes")
+        "--dump-instr=no".to_owned(),
+        "--vgdb=yes".to_owned(),
+    ];
+    let proc = start_under_valgrind(args, work, node, &tool, "callgrind")?;
+    Ok(Node { proc, out_file })
+}
+
+/// `valgrind <tool…> gateway run --config …` for one node, waited for until both its
+/// listeners accept connections.
+pub(crate) fn start_under_valgrind(
+    args: &RunArgs,
+    work: &Path,
+    node: &NodeFiles,
+    tool: &[String],
+    label: &str,
+) -> Result<Proc, BoxError> {
+    let mut cmd = Command::new(&args.valgrind);
+    cmd.args(tool)
         .arg(&args.gateway)
         .arg("run")
         .arg("--config")
         .arg(&node.config)
         .current_dir(&node.dir);
     let mut proc = Proc::spawn(
-        &format!("gateway {} (callgrind)", node.id),
+        &format!("gateway {} ({label})", node.id),
         cmd,
-        &work.join(format!("{}.log", node.id)),
+        &work.join(format!("{}.{label}.log", node.id)),
     )?;
     procs::wait_listening(&mut proc, node.local, START_TIMEOUT)?;
     procs::wait_listening(&mut proc, node.peer, START_TIMEOUT)?;
-    Ok(Node { proc, out_file })
+    Ok(proc)
 }
 
 /// `callgrind_control <flag> <pid>` (through vgdb, which also wakes a node whose threads all
@@ -249,7 +367,7 @@ fn control(proc: &Proc, flag: &str) -> Result<String, BoxError> {
         .map_err(|e| format!("{}: {e}", proc.name).into())
 }
 
-fn tool_output(bin: &Path, args: &[&str]) -> Result<String, BoxError> {
+pub(crate) fn tool_output(bin: &Path, args: &[&str]) -> Result<String, BoxError> {
     let out = Command::new(bin)
         .args(args)
         .output()

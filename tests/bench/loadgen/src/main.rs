@@ -5,6 +5,7 @@
 //! crypto floor in-process, runs the policy and audit benches, and writes
 //! `<out>/results.json` and `<out>/results.md`. Every phase is bounded in time.
 
+mod allocations;
 mod audit_api;
 mod evidence;
 mod floor;
@@ -14,6 +15,7 @@ mod procfs;
 mod procs;
 mod report;
 mod setup;
+mod syscalls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,15 +57,45 @@ pub struct RunArgs {
     #[arg(long = "concurrency", requires = "payloads")]
     pub concurrencies: Vec<usize>,
     /// Only the instruction count (issue 17): both nodes under valgrind's callgrind, a few
-    /// ~100 KB transfers one after the other, user-space instructions per transfer per node.
+    /// transfers of each payload (~100 KB, ~10 KB, ~1 MB) one after the other, user-space
+    /// instructions per transfer per node and over the crypto floor. Rows are merged into an
+    /// existing results.json.
     #[arg(long, conflicts_with_all = ["quick", "only_big_file", "payloads"])]
     pub instructions: bool,
-    /// With --instructions: transfers counted (after the warm-up).
-    #[arg(long, default_value_t = 20, requires = "instructions")]
+    /// With --instructions or --allocations: transfers counted per ~10 KB and ~100 KB payload
+    /// (after the warm-up).
+    #[arg(long, default_value_t = 20)]
     pub instr_transfers: u32,
-    /// With --instructions: transfers sent before counting starts.
-    #[arg(long, default_value_t = 5, requires = "instructions")]
+    /// With --instructions or --allocations: transfers counted for the ~1 MB payload.
+    #[arg(long, default_value_t = 5)]
+    pub instr_transfers_1m: u32,
+    /// With --instructions, --allocations or --syscalls: transfers of each payload sent before
+    /// counting starts.
+    #[arg(long, default_value_t = 5)]
     pub instr_warmup: u32,
+    /// With --instructions, --allocations or --syscalls: only these payloads (10k, 100k, 1m;
+    /// repeatable; default all three).
+    #[arg(long = "size")]
+    pub sizes: Vec<String>,
+    /// Only the allocation count (issue 17): both nodes under valgrind's DHAT, heap
+    /// allocations and bytes per transfer per node (a run with transfers minus one without),
+    /// and the top allocation sites. Rows are merged into an existing results.json.
+    #[arg(long, conflicts_with_all = ["quick", "only_big_file", "payloads", "instructions", "evidence"])]
+    pub allocations: bool,
+    /// Only the kernel side (issue 17): syscalls per transfer by kind (strace), fsyncs, files
+    /// created and renamed, user vs system CPU, context switches and page faults (perf stat
+    /// software events), disk bytes written, per node. Rows are merged into results.json.
+    #[arg(long, conflicts_with_all = ["quick", "only_big_file", "payloads", "instructions", "allocations", "evidence"])]
+    pub syscalls: bool,
+    /// With --syscalls: transfers per payload in each measured window.
+    #[arg(long, default_value_t = 200)]
+    pub sys_transfers: u32,
+    /// The strace binary (--syscalls).
+    #[arg(long, default_value = "strace")]
+    pub strace: PathBuf,
+    /// The perf binary (--syscalls: `perf stat` software events and syscall tracepoints).
+    #[arg(long, default_value = "perf")]
+    pub perf: PathBuf,
     /// Only issue 14's evidence costs: witnessing on vs off at ~100 KB x 32 (alternated pairs),
     /// checkpoint + cosign round trip, `gateway evidence verify`, `audit verify` through the
     /// API. Rows are merged into an existing results.json.

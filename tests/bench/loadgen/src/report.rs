@@ -323,7 +323,7 @@ pub async fn run(mut args: RunArgs) -> Result<(), BoxError> {
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()?;
-    if args.evidence || args.audit_api {
+    if args.evidence || args.audit_api || args.instructions || args.allocations || args.syscalls {
         // A partial run: keep the rows of earlier runs, but for the scenarios it measured.
         let earlier: Vec<Value> = std::fs::read(&json_path)
             .ok()
@@ -360,6 +360,12 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
     }
     if args.audit_api {
         return crate::audit_api::run(args, work, rows).await;
+    }
+    if args.allocations {
+        return crate::allocations::run(args, work, rows).await;
+    }
+    if args.syscalls {
+        return crate::syscalls::run(args, work, rows).await;
     }
     let mut payloads = setup::payloads(&args.testdata)?;
     if args.quick {
@@ -1052,14 +1058,16 @@ pub fn markdown(rows: &[Row]) -> String {
             f(r.detail.as_ref().and_then(|d| d["instructions_over_floor"].as_f64()), 2),
         );
     }
+    s.push_str(&crate::allocations::markdown(rows));
+    s.push_str(&crate::syscalls::markdown(rows));
     let _ = writeln!(
         s,
         "\n| other | rate /s | p50 ms | p99 ms | floor ms | note |\n|---|---:|---:|---:|---:|---|"
     );
-    for r in rows
-        .iter()
-        .filter(|r| !r.scenario.starts_with("transfer") && !r.scenario.starts_with("instructions"))
-    {
+    let issue17 = ["instructions", "allocations_", "syscalls_"];
+    for r in rows.iter().filter(|r| {
+        !r.scenario.starts_with("transfer") && !issue17.iter().any(|p| r.scenario.starts_with(p))
+    }) {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} |",
