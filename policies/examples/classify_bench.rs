@@ -1,17 +1,25 @@
-//! Classification throughput: streaming `classify_fhir_bundle` against the
-//! tree-based original (`classify_fhir_bundle_reference`) on the same bytes,
+//! Classification throughput: `classify_fhir_bundle` (the byte-level scanner)
+//! against the tree-based original (`classify_fhir_bundle_reference`) and the
+//! serde_json streaming reader (`classify_fhir_stream`) on the same bytes,
 //! then the cost of `classify_content` (format detection, classification,
 //! patient resolution) per 100 KB of FHIR and per C-CDA document.
 //!
 //! `cargo run --release -p policies --example classify_bench [-- <seconds per run>]`
 //! prints one JSON object per measurement on stdout, e.g.
 //! `{"bench":"policies.classify","bundle":"...","bytes":1012331,"old_mb_s":30.1,
-//!   "new_mb_s":120.4,"speedup":4.0}` (MB = 10^6 bytes) and
+//!   "new_mb_s":120.4,"speedup":4.0,"stream_mb_s":100.2,"over_stream":1.2}`
+//! (MB = 10^6 bytes) and
 //! `{"bench":"policies.classify_content","input":"...","format":"cda","bytes":48145,
 //!   "us_per_doc":310.2,"us_per_100kb":644.3,"mb_s":155.2}`. Bundles: the ~1 MB
 //! Synthea bundle from tests/testdata/fhir/bundles, its first entries cut to
 //! ~100 KB, and a ~190 KB non-Synthea bundle; documents: the four shared
 //! C-CDA documents (tests/testdata/fhir/cda).
+//!
+//! `classify_bench --callgrind <10k|100k|1m> <runs> <content|stream|tree>`
+//! classifies one of the transfer benchmark's payloads `runs` times for an
+//! instruction count under callgrind (BENCHMARKS.md, issue 17):
+//! `valgrind --tool=callgrind --toggle-collect='classify_bench::counted_classifications'
+//!   target/release/examples/classify_bench --callgrind 100k 20 content`.
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -233,6 +241,7 @@ fn main() -> ExitCode {
         }
         let old_mb_s = throughput(bytes, budget, |b| classify_fhir_bundle_reference(b).ok());
         let new_mb_s = throughput(bytes, budget, |b| classify_fhir_bundle(b).ok());
+        let stream_mb_s = throughput(bytes, budget, |b| classify_fhir_stream(b).ok());
         println!(
             "{}",
             serde_json::json!({
@@ -242,6 +251,8 @@ fn main() -> ExitCode {
                 "old_mb_s": (old_mb_s * 10.0).round() / 10.0,
                 "new_mb_s": (new_mb_s * 10.0).round() / 10.0,
                 "speedup": (new_mb_s / old_mb_s * 100.0).round() / 100.0,
+                "stream_mb_s": (stream_mb_s * 10.0).round() / 10.0,
+                "over_stream": (new_mb_s / stream_mb_s * 100.0).round() / 100.0,
             })
         );
     }
