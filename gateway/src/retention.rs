@@ -82,10 +82,7 @@ pub async fn sweep(state: &Arc<NodeState>) -> Result<Sweep, SweepError> {
                 BATCH,
                 |e| removal_record(e, &reason),
                 // The signed header outlives the envelope: disclosure evidence needs it.
-                |path| {
-                    let file = std::fs::File::open(path).ok()?;
-                    gateway_envelope::read_signed_header(file).ok()
-                },
+                |envelope| gateway_envelope::read_signed_header(envelope).ok(),
             )
         })
         .await?;

@@ -57,9 +57,9 @@ pub async fn export(
     };
     let receipt = receipt.ok_or_else(|| ExportError::NoReceipt(id_hex.to_owned()))?;
     // The spool file while the envelope is held; after retention, the header it kept.
-    let header = match std::fs::File::open(store.spool_path(&id, kind)) {
-        Ok(file) => Some(read_signed_header(file).map_err(local)?),
-        Err(_) => store.removed_envelope_header(kind, &id).map_err(local)?,
+    let header = match store.spool_open(&id, kind) {
+        Ok(Some(envelope)) => Some(read_signed_header(envelope).map_err(local)?),
+        Ok(None) | Err(_) => store.removed_envelope_header(kind, &id).map_err(local)?,
     }
     .ok_or_else(|| ExportError::HeaderGone(id_hex.to_owned()))?;
     let seqs = store.audit_seqs_of_transfer(&id).map_err(local)?;

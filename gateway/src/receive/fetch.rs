@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use gateway_envelope::{EnvelopeReader, Limits, Opener, TransferId, VerifyingKey};
-use gateway_store::{InboxEntry, SpoolKind};
+use gateway_store::{InboxEntry, SpoolKind, SpoolReader};
 
 use crate::record::RecordMetadata;
 use crate::state::NodeState;
@@ -92,11 +92,13 @@ fn decrypt_stream(
         id: id.to_string(),
         problem,
     };
-    let path = state.store.spool_path(&id.0, SpoolKind::Inbox);
     let setup =
-        (|| -> Result<(std::fs::File, EnvelopeReader, Opener, RecordMetadata), FetchError> {
-            let mut file = std::fs::File::open(&path)
-                .map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))?;
+        (|| -> Result<(SpoolReader, EnvelopeReader, Opener, RecordMetadata), FetchError> {
+            let mut file = state
+                .store
+                .spool_open(&id.0, SpoolKind::Inbox)
+                .map_err(|e| FetchError::Local(e.to_string()))?
+                .ok_or_else(|| FetchError::Local("sealed envelope missing".to_owned()))?;
             let mut reader = EnvelopeReader::new(Limits {
                 max_header: MAX_HEADER_BYTES,
                 max_payload: u64::MAX,

@@ -12,7 +12,7 @@ use hyper::body::Frame;
 use tokio_util::io::ReaderStream;
 
 use gateway_envelope::SignedReceipt;
-use gateway_store::{OutboxEntry, SpoolKind};
+use gateway_store::{OutboxEntry, SpoolKind, SpoolReader};
 
 use crate::state::NodeState;
 use crate::trust::transport::Body;
@@ -39,9 +39,14 @@ pub(super) async fn attempt_delivery(
         Ok(s) => s,
         Err(e) => return Outcome::Unreachable(e.to_string()),
     };
-    let path = state
-        .store
-        .spool_path(&entry.transfer_id, SpoolKind::Outbox);
+    let store = state.store.clone();
+    let id = entry.transfer_id;
+    // The envelope's segment record or its own file (see gateway_store's spool).
+    let open = move || match store.spool_open(&id, SpoolKind::Outbox) {
+        Ok(Some(envelope)) => Ok(envelope),
+        Ok(None) => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        Err(e) => Err(std::io::Error::other(e)),
+    };
     let missing = |e: std::io::Error| Outcome::Local {
         reason: format!("local system: sealed envelope missing: {e}"),
         retry: false,
@@ -52,7 +57,7 @@ pub(super) async fn attempt_delivery(
     {
         BodyExt::boxed(http_body_util::Full::new(bytes).map_err(|never| match never {}))
     } else if entry.envelope_len <= WHOLE_ENVELOPE_BYTES {
-        match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+        match tokio::task::spawn_blocking(move || open()?.into_bytes()).await {
             Ok(Ok(bytes)) if bytes.len() as u64 != entry.envelope_len => {
                 return local("local system: sealed envelope is not the length recorded")
             }
@@ -68,12 +73,27 @@ pub(super) async fn attempt_delivery(
             }
         }
     } else {
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) => return missing(e),
+        let envelope = match tokio::task::spawn_blocking(open).await {
+            Ok(Ok(envelope)) => envelope,
+            Ok(Err(e)) => return missing(e),
+            Err(e) => {
+                return Outcome::Local {
+                    reason: format!("local system: {e}"),
+                    retry: true,
+                }
+            }
         };
-        let stream = ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
-        BodyExt::boxed(StreamBody::new(stream))
+        match envelope {
+            SpoolReader::File(file) => {
+                let file = tokio::fs::File::from_std(file);
+                let stream = ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
+                BodyExt::boxed(StreamBody::new(stream))
+            }
+            SpoolReader::Bytes(bytes) => BodyExt::boxed(
+                http_body_util::Full::new(Bytes::from(bytes.into_inner()))
+                    .map_err(|never| match never {}),
+            ),
+        }
     };
     let request = match http::Request::post(format!("https://{}{ENVELOPE_PATH}", peer.id))
         .header(http::header::CONTENT_LENGTH, entry.envelope_len)

@@ -93,10 +93,11 @@ pub async fn requeue(
     if entry.state != TransferState::Failed {
         return Err(refused(RequeueRefusal::NotFailed(entry.state)));
     }
-    let path = state.store.spool_path(&id.0, SpoolKind::Outbox);
-    let present = tokio::task::spawn_blocking(move || path.exists())
+    let store = state.store.clone();
+    let tid = id.0;
+    let present = tokio::task::spawn_blocking(move || store.spool_exists(&tid, SpoolKind::Outbox))
         .await
-        .unwrap_or(false);
+        .map_or(Ok(false), |r| r)?;
     if !present {
         return Err(
             match state.store.envelope_removed_ms(SpoolKind::Outbox, &id.0)? {

@@ -103,6 +103,7 @@ mod migrate;
 mod outbox;
 mod protect;
 mod retention;
+mod segment;
 pub mod snapshot;
 mod spool;
 mod trust_seen;
@@ -125,7 +126,7 @@ pub use crate::migrate::STORE_MIGRATED_EVENT;
 pub use crate::outbox::RequeueRefusal;
 pub use crate::retention::{Expired, RemovedEnvelope};
 pub use crate::snapshot::{Snapshot, SnapshotError};
-pub use crate::spool::SpoolWriter;
+pub use crate::spool::{SpoolReader, SpoolWriter};
 pub use crate::trust_seen::DirectorySeen;
 pub use crate::types::{
     transfer_id_hex, AuditEntry, AuditFilter, AuditRecord, CommitStats, HeaderCheck, InboxEntry,
@@ -238,6 +239,8 @@ impl Store {
                 .map_err(StoreError::sled("open database"))
         };
         let (db, keys) = migrate::up_to_date(dir, open_db(&sled_dir)?, open_db, &spool_dirs)?;
+        // Before the open's first commit, which makes the dropped index entries durable.
+        spool_dirs.attach(segment::open_logged(&db, &spool_dir)?);
         let tree = |name: &'static str| db.open_tree(name).map_err(StoreError::sled("open tree"));
         let trees = Trees {
             outbox: tree("outbox")?,
@@ -370,6 +373,7 @@ impl Store {
         SpoolWriter::create(
             &self.inner.spool_dir.join(kind.dir_name()),
             id,
+            kind,
             Arc::clone(&self.inner.spool_dirs),
         )
     }
@@ -381,7 +385,7 @@ impl Store {
 
     /// Durably removes the spool file of `id` (a rejected incoming envelope); absent is fine.
     pub fn spool_remove(&self, id: &TransferId, kind: SpoolKind) -> Result<(), StoreError> {
-        spool::remove(&self.inner.spool_dir, id, kind)
+        spool::remove(&self.inner.spool_dir, &self.inner.spool_dirs, id, kind)
     }
 
     /// Re-entrant (`read_recursive`): a nested call, or one made while another store lock is

@@ -3,7 +3,12 @@
 //! `store_meta` key `format` holds the format of the whole store (codec version 1, a `u32`).
 //! Format 1 (no key: every release before patient protection) kept patient references in
 //! clear in index keys and values; format 2 keeps them as keyed hashes and sealed values (see
-//! the `protect` module). A store of an unknown format is refused.
+//! the `protect` module). Format 3 adds the spool segments (see the `segment` module): small
+//! envelopes in append-only segment files, located by the tree `spool_segments`. A format-2
+//! store is upgraded in place by recording format 3: its envelopes stay in their spool files,
+//! which are still read (an envelope without a segment entry is read from its file); the
+//! number changes so that a release before segments refuses the store instead of missing the
+//! envelopes it cannot see. A store of an unknown format is refused.
 //!
 //! # Migration from format 1
 //! sled is log-structured: rewriting a value in place leaves its old bytes in the log until a
@@ -57,7 +62,10 @@ use crate::tx_err;
 use crate::types::{AuditRecord, OutboxEntry};
 
 /// The format this release writes and reads.
-pub(crate) const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 3;
+
+/// The format before spool segments, upgraded in place.
+const PRE_SEGMENTS_FORMAT: u32 = 2;
 
 /// The format of a store without a `format` key.
 const LEGACY_FORMAT: u32 = 1;
@@ -119,6 +127,19 @@ pub(crate) fn up_to_date(
         .map_err(StoreError::sled("open tree"))?;
     match format(&meta)? {
         Some(FORMAT) => Ok((db, Keys::load(dir, IfMissing::Refuse)?)),
+        Some(PRE_SEGMENTS_FORMAT) => {
+            let keys = Keys::load(dir, IfMissing::Refuse)?;
+            // Durable with the store's first commit, which the open performs; a crash before
+            // it only upgrades again.
+            meta.insert(FORMAT_KEY, encode("store format", &FORMAT)?)
+                .map_err(StoreError::sled("write store metadata"))?;
+            tracing::info!(
+                from = PRE_SEGMENTS_FORMAT,
+                to = FORMAT,
+                "store format upgraded: small envelopes now go to spool segments"
+            );
+            Ok((db, keys))
+        }
         Some(found) => Err(StoreError::UnsupportedFormat {
             found,
             supported: FORMAT,

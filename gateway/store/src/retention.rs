@@ -128,13 +128,13 @@ impl Store {
     /// [`Store::unlink_removed_envelopes`], which the caller runs after the next
     /// [`Store::commit`]. An outbox entry that is pending again is skipped (its envelope is
     /// needed) and indexed anew when it settles. `header_of` reads the signed header from an
-    /// envelope file (the store does not parse envelopes); it is kept with the removal.
+    /// envelope, given open (the store does not parse envelopes); it is kept with the removal.
     pub fn expire_envelopes(
         &self,
         cutoff_ms: u64,
         limit: usize,
         audit: impl Fn(&RemovedEnvelope) -> AuditRecord,
-        header_of: impl Fn(&std::path::Path) -> Option<Vec<u8>>,
+        header_of: impl Fn(crate::SpoolReader) -> Option<Vec<u8>>,
     ) -> Result<Expired, StoreError> {
         let t = self.trees();
         let mut keys = Vec::new();
@@ -158,7 +158,9 @@ impl Store {
         for key in &keys {
             let (_, kind, id) = parse_retained(key)?;
             let mut value = removed_at.to_vec();
-            if let Some(header) = header_of(&self.spool_path(&id, kind)) {
+            // An envelope that cannot be read keeps no header (as one already gone).
+            let envelope = self.spool_open(&id, kind).ok().flatten();
+            if let Some(header) = envelope.and_then(&header_of) {
                 value.extend_from_slice(&header);
             }
             values.insert(envelope_key(kind, &id), value);
@@ -207,7 +209,7 @@ impl Store {
         for item in t.spool_unlink.iter() {
             let (key, _) = item.map_err(StoreError::sled("scan removed envelopes"))?;
             let (kind, id) = parse_envelope_key(&key)?;
-            spool::unlink(&self.inner.spool_dir, &id, kind)?;
+            spool::unlink(&self.inner.spool_dir, &self.inner.spool_dirs, &id, kind)?;
             done.push(key);
         }
         if done.is_empty() {

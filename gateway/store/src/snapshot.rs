@@ -115,6 +115,11 @@ impl Store {
         let mut names = self.inner.db.tree_names();
         names.sort();
         for name in names {
+            // Segment locations are of this store's segment files, which the copy does not
+            // hold: their envelopes are written out as spool files below.
+            if name == crate::segment::INDEX_TREE.as_bytes() {
+                continue;
+            }
             let tree = self
                 .inner
                 .db
@@ -155,6 +160,16 @@ impl Store {
                 };
                 let from = self.spool_path(&id, kind);
                 let name = transfer_id_hex(&id);
+                // An envelope in a segment is copied out (at most a segment record's size);
+                // a restored store reads it as a spool file of its own. Not fsynced: the
+                // backup packs it from here, and restore syncs every file it moves in.
+                let segments = self.inner.spool_dirs.segments();
+                if let Some(bytes) = segments.map(|s| s.read(kind, &id)).transpose()?.flatten() {
+                    let dest = dir.join(&name);
+                    std::fs::write(&dest, bytes).map_err(io_err("write", &dest))?;
+                    snap.spool_files.push(rel.join(name));
+                    continue;
+                }
                 match std::fs::hard_link(&from, dir.join(&name)) {
                     Ok(()) => snap.spool_files.push(rel.join(name)),
                     // Removed by retention (the copy records that) or never written.

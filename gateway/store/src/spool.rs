@@ -1,18 +1,23 @@
-//! Spool files: envelope bytes (up to about a gigabyte) live in files next to sled, named by
-//! transfer id. A file appears at its final path only once it is complete and durable, so a
-//! reader never sees a torn envelope and a crash leaves only `*.partial` files, which the next
-//! `Store::open` removes.
+//! The envelope spool. An envelope of at most `segment::ENVELOPE_MAX` bytes is kept in memory
+//! while it is written and appended to its kind's segment file when finished (see the
+//! `segment` module); a larger one (up to about a gigabyte) spills to a file of its own next
+//! to sled, named by transfer id. A file appears at its final path only once it is complete
+//! and durable, so a reader never sees a torn envelope and a crash leaves only `*.partial`
+//! files, which the next `Store::open` removes. Readers go through [`crate::Store::spool_open`],
+//! which looks in the segment index first, then for the file.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::commit::sync_dir;
 use crate::error::StoreError;
+use crate::segment::{Segments, ENVELOPE_MAX};
 use crate::types::{transfer_id_hex, SpoolKind, TransferId};
+use crate::Store;
 
 /// Suffix of files still being written.
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
@@ -36,6 +41,8 @@ static NEXT_PARTIAL: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct SpoolDirs {
     dirty: AtomicBool,
     dirs: Vec<PathBuf>,
+    /// Attached once the database is open (not during a migration, which writes no envelope).
+    segments: OnceLock<Arc<Segments>>,
 }
 
 impl SpoolDirs {
@@ -46,7 +53,17 @@ impl SpoolDirs {
                 .iter()
                 .map(|k| spool_dir.join(k.dir_name()))
                 .collect(),
+            segments: OnceLock::new(),
         })
+    }
+
+    /// From here on, small envelopes go to `segments`, which every commit syncs.
+    pub(crate) fn attach(&self, segments: Arc<Segments>) {
+        let _ = self.segments.set(segments);
+    }
+
+    pub(crate) fn segments(&self) -> Option<&Arc<Segments>> {
+        self.segments.get()
     }
 
     fn mark(&self) {
@@ -61,6 +78,10 @@ impl SpoolDirs {
     /// Called by the commit thread at the start of every flush: every rename that happened
     /// before the flush started is durable when it ends.
     pub(crate) fn sync_if_dirty(&self) -> Result<(), StoreError> {
+        // Segments appended to before the flush started.
+        if let Some(segments) = self.segments.get() {
+            segments.sync()?;
+        }
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -79,9 +100,15 @@ impl SpoolDirs {
 /// written. Writes are blocking file I/O; `finish` fsyncs, so call it from a blocking
 /// context (`tokio::task::spawn_blocking`) in async code.
 pub struct SpoolWriter {
+    /// The envelope so far while it may still go to a segment.
+    memory: Option<Vec<u8>>,
     file: Option<BufWriter<File>>,
+    /// Empty until the file is created (and again once it is renamed into place).
     partial: PathBuf,
     dest: PathBuf,
+    kind: SpoolKind,
+    id: TransferId,
+    finished: bool,
     dirs: Arc<SpoolDirs>,
     written: u64,
     /// Started once the file passes `FLUSH_EVERY_BYTES`.
@@ -137,9 +164,34 @@ impl SpoolWriter {
     pub(crate) fn create(
         dir: &Path,
         id: &TransferId,
+        kind: SpoolKind,
         dirs: Arc<SpoolDirs>,
     ) -> Result<SpoolWriter, StoreError> {
-        let name = transfer_id_hex(id);
+        let mut w = SpoolWriter {
+            memory: None,
+            file: None,
+            partial: PathBuf::new(),
+            dest: dir.join(transfer_id_hex(id)),
+            kind,
+            id: *id,
+            finished: false,
+            dirs,
+            written: 0,
+            flusher: None,
+            flushed_at: 0,
+        };
+        if w.dirs.segments().is_some() {
+            w.memory = Some(Vec::new());
+        } else {
+            w.spill()?;
+        }
+        Ok(w)
+    }
+
+    /// Moves what is in memory to a file of its own: the envelope is too large for a segment.
+    fn spill(&mut self) -> Result<(), StoreError> {
+        let dir = self.dest.parent().unwrap_or(Path::new("."));
+        let name = transfer_id_hex(&self.id);
         let n = NEXT_PARTIAL.fetch_add(1, Ordering::Relaxed);
         let partial = dir.join(format!("{name}.{}-{n}{PARTIAL_SUFFIX}", std::process::id()));
         let file = OpenOptions::new()
@@ -147,19 +199,39 @@ impl SpoolWriter {
             .create_new(true)
             .open(&partial)
             .map_err(|e| StoreError::io("create spool file", &partial, e))?;
-        Ok(SpoolWriter {
-            file: Some(BufWriter::with_capacity(BUFFER_BYTES, file)),
-            partial,
-            dest: dir.join(name),
-            dirs,
-            written: 0,
-            flusher: None,
-            flushed_at: 0,
-        })
+        self.partial = partial;
+        let mut file = BufWriter::with_capacity(BUFFER_BYTES, file);
+        if let Some(memory) = self.memory.take() {
+            file.write_all(&memory)
+                .map_err(|e| StoreError::io("write spool file", &self.partial, e))?;
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Appends to the memory buffer if the envelope still fits a segment; false once it
+    /// has gone (or must go) to a file.
+    fn buffer_in_memory(&mut self, chunk: &[u8]) -> Result<bool, StoreError> {
+        if self.finished {
+            return Err(finished(&self.dest));
+        }
+        let Some(memory) = self.memory.as_mut() else {
+            return Ok(false);
+        };
+        if memory.len() + chunk.len() <= ENVELOPE_MAX {
+            memory.extend_from_slice(chunk);
+            self.written += chunk.len() as u64;
+            return Ok(true);
+        }
+        self.spill()?;
+        Ok(false)
     }
 
     /// Appends a chunk.
     pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        if self.buffer_in_memory(chunk)? {
+            return Ok(());
+        }
         let file = self.file.as_mut().ok_or_else(|| finished(&self.partial))?;
         file.write_all(chunk)
             .map_err(|e| StoreError::io("write spool file", &self.partial, e))?;
@@ -198,16 +270,32 @@ impl SpoolWriter {
         self.written
     }
 
-    /// The path the file will have once finished.
+    /// The path the file will have once finished, if the envelope goes to a file of its own
+    /// (it does once it has grown past what a segment takes).
     pub fn final_path(&self) -> &Path {
         &self.dest
     }
 
-    /// Makes the file durable and moves it to its final path: fsync the file, rename it into
-    /// place (replacing any previous file for the id). The rename itself becomes durable with
-    /// the next [`crate::Store::commit`] (which fsyncs the spool directories), so commit before
-    /// acknowledging the file. Returns its length.
+    /// Whether the envelope is still held in memory, bound for a segment.
+    pub fn is_for_segment(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// Finishes the envelope. Small: appends it to its segment (replacing any earlier copy
+    /// for the id); large: fsyncs the file and renames it into place (replacing any previous
+    /// file for the id). Either becomes durable with the next [`crate::Store::commit`] (which
+    /// syncs the segments and the spool directories), so commit before acknowledging it.
+    /// Returns its length.
     pub fn finish(mut self) -> Result<u64, StoreError> {
+        if self.finished {
+            return Err(finished(&self.dest));
+        }
+        if let Some(memory) = self.memory.take() {
+            self.finished = true;
+            let segments = self.dirs.segments().ok_or_else(|| finished(&self.dest))?;
+            segments.append(self.kind, &self.id, &memory)?;
+            return Ok(self.written);
+        }
         let file = self.file.take().ok_or_else(|| finished(&self.partial))?;
         let file = file
             .into_inner()
@@ -226,13 +314,21 @@ impl SpoolWriter {
         }
         // From here the partial path no longer exists; Drop must not remove anything.
         self.partial = PathBuf::new();
+        self.finished = true;
         self.dirs.mark();
+        // The file replaces an earlier copy of the id that a segment may hold.
+        if let Some(segments) = self.dirs.segments() {
+            segments.remove(self.kind, &self.id)?;
+        }
         Ok(self.written)
     }
 }
 
 impl Write for SpoolWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.buffer_in_memory(buf).map_err(io::Error::other)? {
+            return Ok(buf.len());
+        }
         let file = self
             .file
             .as_mut()
@@ -259,7 +355,7 @@ impl Drop for SpoolWriter {
         if let Some(mut flusher) = self.flusher.take() {
             drop(flusher.more.take());
         }
-        if self.file.take().is_some() || !self.partial.as_os_str().is_empty() {
+        if !self.partial.as_os_str().is_empty() {
             // Unfinished (or failed): the partial bytes are useless. Best effort; a leftover
             // is removed by the next open.
             let _ = std::fs::remove_file(&self.partial);
@@ -272,7 +368,7 @@ impl fmt::Debug for SpoolWriter {
         f.debug_struct("SpoolWriter")
             .field("dest", &self.dest)
             .field("written", &self.written)
-            .field("finished", &self.file.is_none())
+            .field("finished", &self.finished)
             .finish()
     }
 }
@@ -290,21 +386,32 @@ pub(crate) fn path(spool_dir: &Path, id: &TransferId, kind: SpoolKind) -> PathBu
     spool_dir.join(kind.dir_name()).join(transfer_id_hex(id))
 }
 
-/// Removes a spool file, durably; absent is fine (removal is idempotent).
-pub(crate) fn remove(spool_dir: &Path, id: &TransferId, kind: SpoolKind) -> Result<(), StoreError> {
-    if unlink(spool_dir, id, kind)? {
+/// Removes an envelope (its segment record and any file), durably for the file; absent is
+/// fine (removal is idempotent). A segment record's removal is durable with the next commit.
+pub(crate) fn remove(
+    spool_dir: &Path,
+    dirs: &SpoolDirs,
+    id: &TransferId,
+    kind: SpoolKind,
+) -> Result<(), StoreError> {
+    if unlink(spool_dir, dirs, id, kind)? {
         sync_dir(&spool_dir.join(kind.dir_name()))?;
     }
     Ok(())
 }
 
-/// Removes a spool file without syncing its directory (a sweep syncs once, with
-/// [`SpoolDirs::sync_all`]). Returns whether there was a file.
+/// Removes an envelope without syncing its directory (a sweep syncs once, with
+/// [`SpoolDirs::sync_all`]): its segment record, if it has one, and its file. Returns
+/// whether there was a file.
 pub(crate) fn unlink(
     spool_dir: &Path,
+    dirs: &SpoolDirs,
     id: &TransferId,
     kind: SpoolKind,
 ) -> Result<bool, StoreError> {
+    if let Some(segments) = dirs.segments() {
+        segments.remove(kind, id)?;
+    }
     let p = path(spool_dir, id, kind);
     match std::fs::remove_file(&p) {
         Ok(()) => Ok(true),
@@ -332,4 +439,67 @@ pub(crate) fn prepare(spool_dir: &Path) -> Result<(), StoreError> {
         sync_dir(&dir)?;
     }
     sync_dir(spool_dir)
+}
+
+/// An envelope opened for reading: from its own file, or a segment record read and checked
+/// whole (at most `segment::ENVELOPE_MAX` bytes).
+#[derive(Debug)]
+pub enum SpoolReader {
+    File(File),
+    Bytes(io::Cursor<Vec<u8>>),
+}
+
+impl SpoolReader {
+    /// The whole envelope, for one that fits in memory.
+    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
+        match self {
+            SpoolReader::Bytes(c) => Ok(c.into_inner()),
+            SpoolReader::File(mut f) => {
+                let mut v = Vec::new();
+                io::Read::read_to_end(&mut f, &mut v)?;
+                Ok(v)
+            }
+        }
+    }
+}
+
+impl io::Read for SpoolReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            SpoolReader::File(f) => f.read(buf),
+            SpoolReader::Bytes(c) => c.read(buf),
+        }
+    }
+}
+
+impl Store {
+    /// Opens the envelope of `id`: its segment record if it has one, else its spool file.
+    /// `None` if there is neither. Blocking file I/O.
+    pub fn spool_open(
+        &self,
+        id: &TransferId,
+        kind: SpoolKind,
+    ) -> Result<Option<SpoolReader>, StoreError> {
+        if let Some(segments) = self.inner.spool_dirs.segments() {
+            if let Some(bytes) = segments.read(kind, id)? {
+                return Ok(Some(SpoolReader::Bytes(io::Cursor::new(bytes))));
+            }
+        }
+        let p = path(&self.inner.spool_dir, id, kind);
+        match File::open(&p) {
+            Ok(f) => Ok(Some(SpoolReader::File(f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("open spool file", &p, e)),
+        }
+    }
+
+    /// Whether the envelope of `id` is held (in a segment or a file of its own).
+    pub fn spool_exists(&self, id: &TransferId, kind: SpoolKind) -> Result<bool, StoreError> {
+        if let Some(segments) = self.inner.spool_dirs.segments() {
+            if segments.locate(kind, id)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(path(&self.inner.spool_dir, id, kind).exists())
+    }
 }

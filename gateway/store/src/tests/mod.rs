@@ -14,6 +14,7 @@ mod outbox;
 mod protect;
 mod retention;
 mod spool;
+mod spool_segment;
 
 use tempfile::TempDir;
 

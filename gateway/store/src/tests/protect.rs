@@ -328,15 +328,15 @@ fn a_store_of_a_newer_format_is_refused() {
         .store_meta
         .insert(
             crate::migrate::FORMAT_KEY,
-            crate::codec::encode("store format", &3u32).expect("encode"),
+            crate::codec::encode("store format", &4u32).expect("encode"),
         )
         .expect("insert");
     drop(store);
     assert!(matches!(
         Store::open(dir.path()),
         Err(StoreError::UnsupportedFormat {
-            found: 3,
-            supported: 2
+            found: 4,
+            supported: 3
         })
     ));
 }

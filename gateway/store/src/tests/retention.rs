@@ -51,7 +51,7 @@ fn populated() -> (tempfile::TempDir, Store) {
 }
 
 fn exists(store: &Store, n: u32, kind: SpoolKind) -> bool {
-    store.spool_path(&tid(n), kind).exists()
+    store.spool_exists(&tid(n), kind).expect("exists")
 }
 
 #[test]

@@ -62,16 +62,22 @@ fn partial_files_left_by_a_crash_are_removed_on_open() {
     let (dir, store) = open();
     let id = tid(3);
     let mut w = store.spool_writer(&id, SpoolKind::Inbox).expect("writer");
-    w.write_chunk(b"half an envelope").expect("write");
-    // Simulates a crash: the writer's cleanup never runs.
-    std::mem::forget(w);
+    // Past what a segment takes, so it goes to a file of its own.
+    w.write_chunk(&[1; 300 * 1024]).expect("write");
+    // Simulates a crash: the writer's cleanup never runs. (Not `mem::forget`: the writer
+    // holds the segment index, whose sled handle would keep the database locked.)
+    let spool = store.spool_path(&id, SpoolKind::Inbox);
+    let spool_dir = spool.parent().expect("parent").to_path_buf();
+    let partial = files_in(&spool_dir);
+    assert_eq!(partial.len(), 1);
+    let kept = std::fs::read(spool_dir.join(&partial[0])).expect("read partial");
+    drop(w);
+    std::fs::write(spool_dir.join(&partial[0]), kept).expect("leave partial");
     let mut done = store
         .spool_writer(&tid(4), SpoolKind::Inbox)
         .expect("writer");
-    done.write_chunk(b"whole").expect("write");
+    done.write_chunk(&[2; 300 * 1024]).expect("write");
     done.finish().expect("finish");
-    let spool = store.spool_path(&id, SpoolKind::Inbox);
-    let spool_dir = spool.parent().expect("parent").to_path_buf();
     assert_eq!(files_in(&spool_dir).len(), 2);
     let _store = reopen(&dir, store);
     assert_eq!(files_in(&spool_dir), vec![hex::encode(tid(4))]);
@@ -82,11 +88,24 @@ fn remove_is_durable_and_idempotent() {
     let (_dir, store) = open();
     let id = tid(5);
     let mut w = store.spool_writer(&id, SpoolKind::Inbox).expect("writer");
-    w.write_chunk(b"rejected envelope").expect("write");
+    w.write_chunk(&[3; 300 * 1024]).expect("write");
     w.finish().expect("finish");
     assert!(store.spool_path(&id, SpoolKind::Inbox).exists());
     store.spool_remove(&id, SpoolKind::Inbox).expect("remove");
     assert!(!store.spool_path(&id, SpoolKind::Inbox).exists());
+    assert!(!store.spool_exists(&id, SpoolKind::Inbox).expect("exists"));
+    // A small one, in a segment, likewise.
+    let mut w = store.spool_writer(&id, SpoolKind::Inbox).expect("writer");
+    w.write_chunk(b"rejected envelope").expect("write");
+    assert!(w.is_for_segment());
+    w.finish().expect("finish");
+    assert!(store.spool_exists(&id, SpoolKind::Inbox).expect("exists"));
+    store.spool_remove(&id, SpoolKind::Inbox).expect("remove");
+    assert!(!store.spool_exists(&id, SpoolKind::Inbox).expect("exists"));
+    assert!(store
+        .spool_open(&id, SpoolKind::Inbox)
+        .expect("open")
+        .is_none());
     store
         .spool_remove(&id, SpoolKind::Inbox)
         .expect("remove again");
@@ -99,7 +118,8 @@ async fn a_finished_file_is_made_durable_by_the_next_commit() {
     let mut w = store
         .spool_writer(&tid(7), SpoolKind::Outbox)
         .expect("writer");
-    w.write_chunk(b"envelope").expect("write");
+    let envelope = vec![7u8; 300 * 1024];
+    w.write_chunk(&envelope).expect("write");
     w.finish().expect("finish");
     // The rename is pending until a group commit fsyncs the spool directories.
     assert!(store.spool_dirs_dirty());
@@ -107,7 +127,7 @@ async fn a_finished_file_is_made_durable_by_the_next_commit() {
     assert!(!store.spool_dirs_dirty());
     assert_eq!(
         std::fs::read(store.spool_path(&tid(7), SpoolKind::Outbox)).expect("read"),
-        b"envelope"
+        envelope
     );
 }
 
