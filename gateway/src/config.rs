@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// sled's page cache, in bytes (`node.store_cache_mib`).
     pub store_cache_bytes: u64,
+    /// Envelopes up to this size are appended to spool segments (`node.spool_segment_kib`).
+    pub spool_segment_bytes: usize,
     pub peer: PeerListenerConfig,
     pub local_api: LocalApiConfig,
     pub keys: KeyPaths,
@@ -322,6 +324,8 @@ struct RawNode {
     data_dir: PathBuf,
     #[serde(default = "defaults::store_cache_mib")]
     store_cache_mib: u64,
+    #[serde(default = "defaults::spool_segment_kib")]
+    spool_segment_kib: usize,
 }
 
 #[derive(Deserialize)]
@@ -508,6 +512,9 @@ mod defaults {
     }
     pub fn store_cache_mib() -> u64 {
         1024
+    }
+    pub fn spool_segment_kib() -> usize {
+        gateway_store::DEFAULT_SEGMENT_ENVELOPE_BYTES / 1024
     }
     pub fn max_envelope_bytes() -> u64 {
         4 * 1024 * 1024 * 1024
@@ -716,6 +723,12 @@ impl NodeConfig {
                 "node.store_cache_mib: must be between {MIN_STORE_CACHE_MIB} and {MAX_STORE_CACHE_MIB}"
             ));
         }
+        let max_segment_kib = gateway_store::DEFAULT_SEGMENT_ENVELOPE_BYTES / 1024;
+        if raw.node.spool_segment_kib > max_segment_kib {
+            problems.push(format!(
+                "node.spool_segment_kib: must be between 0 and {max_segment_kib}"
+            ));
+        }
         let envelope_suite = Suite::from_name(&raw.delivery.envelope_suite);
         if envelope_suite.is_none() {
             let names: Vec<&str> = Suite::ALL.iter().map(|s| s.name()).collect();
@@ -776,6 +789,7 @@ impl NodeConfig {
             facility_id,
             data_dir: resolve(&raw.node.data_dir),
             store_cache_bytes: raw.node.store_cache_mib * 1024 * 1024,
+            spool_segment_bytes: raw.node.spool_segment_kib * 1024,
             peer: PeerListenerConfig {
                 listen: peer_listen,
                 max_envelope_bytes: raw.peer.max_envelope_bytes,
@@ -1060,6 +1074,23 @@ mod tests {
         assert_eq!(cfg.log.format, LogFormat::Text);
         assert!(cfg.policy.dir.is_none());
         assert_eq!(cfg.store_cache_bytes, 1024 * 1024 * 1024);
+        assert_eq!(cfg.spool_segment_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn spool_segments_are_configurable_within_bounds() {
+        let with = |kib: &str| {
+            sample().replace(
+                "data_dir = \"data\"\n",
+                &format!("data_dir = \"data\"\nspool_segment_kib = {kib}\n"),
+            )
+        };
+        let cfg = NodeConfig::parse(&with("0"), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.spool_segment_bytes, 0);
+        let cfg = NodeConfig::parse(&with("64"), Path::new("node.toml")).unwrap();
+        assert_eq!(cfg.spool_segment_bytes, 64 * 1024);
+        let err = NodeConfig::parse(&with("257"), Path::new("node.toml")).unwrap_err();
+        assert!(err.to_string().contains("node.spool_segment_kib"), "{err}");
     }
 
     #[test]

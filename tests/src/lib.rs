@@ -360,10 +360,26 @@ impl Node {
         wait_child_exit(self.child.as_mut()?, timeout)
     }
 
-    /// Where this node keeps the sealed envelope of transfer `id` (`kind`: "outbox" or
-    /// "inbox").
+    /// Where this node keeps the sealed envelope of transfer `id` in a file of its own
+    /// (`kind`: "outbox" or "inbox"): envelopes over `node.spool_segment_kib` (256 KiB by
+    /// default), or every one with `spool_segment_kib = 0`. Smaller ones are in segments: see
+    /// [`Node::envelope_on_disk`].
     pub fn spool_path(&self, kind: &str, id: &str) -> PathBuf {
         self.dir.dir.join("data/spool").join(kind).join(id)
+    }
+
+    /// The sealed envelope of transfer `id` as this node holds it on disk: its spool file, or
+    /// else its last record in the spool segments.
+    pub fn envelope_on_disk(&self, kind: &str, id: &str) -> Option<Vec<u8>> {
+        let data = self.dir.dir.join("data");
+        if let Ok(bytes) = std::fs::read(self.spool_path(kind, id)) {
+            return Some(bytes);
+        }
+        segment_records(&data, kind)
+            .into_iter()
+            .rev()
+            .find(|(rid, _)| rid == id)
+            .map(|(_, bytes)| bytes)
     }
 
     pub fn pid(&self) -> u32 {
@@ -794,4 +810,46 @@ impl Node {
     pub async fn transfers(&self) -> Vec<Value> {
         self.all_pages("/v1/transfers").await
     }
+}
+
+/// What the data directory `data` holds for `kind` ("outbox" or "inbox"): the names of its
+/// spool files (transfer ids in hex, and `*.partial` files being written) and the transfer
+/// ids of the records in its spool segments, sorted, once each.
+pub fn spooled(data: &Path, kind: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data.join("spool").join(kind))
+        .map(|l| {
+            l.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.extend(segment_records(data, kind).into_iter().map(|(id, _)| id));
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The records of the spool segments of `kind` in `data`, in order: (transfer id hex, bytes).
+/// A reader of the format written by gateway_store's `segment` module
+/// (`u32_be len | u32_be crc32 | transfer id (16) | bytes`), stopping at a file's first
+/// incomplete record; records whose envelope was removed since stay until their segment goes.
+pub fn segment_records(data: &Path, kind: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = data.join("spool").join(format!("{kind}-segments"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|l| l.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        let mut rest = &bytes[..];
+        while rest.len() >= 24 {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            if rest.len() < 24 + len {
+                break;
+            }
+            out.push((hex::encode(&rest[8..24]), rest[24..24 + len].to_vec()));
+            rest = &rest[24 + len..];
+        }
+    }
+    out
 }

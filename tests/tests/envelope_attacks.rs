@@ -39,15 +39,10 @@ impl FromA {
     }
 }
 
-/// Names of the files in a node's spool directory (`inbox` or `outbox`).
+/// What a node's spool holds (`inbox` or `outbox`): its files' names (partial ones too) and
+/// the transfer ids of the records in its segments.
 fn spool_files(node_dir: &std::path::Path, kind: &str) -> Vec<String> {
-    let dir = node_dir.join("data").join("spool").join(kind);
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    tests::spooled(&node_dir.join("data"), kind)
 }
 
 fn inbox_ids(inbox: &[Value]) -> Vec<String> {

@@ -7,7 +7,6 @@
     reason = "helpers outside #[test] fail the test loudly on any unexpected error"
 )]
 
-use std::path::Path;
 use std::time::Duration;
 
 use gateway_envelope::{EnvelopeReader, Limits, Suite};
@@ -18,8 +17,8 @@ use tests::{bundles, patient_id, Fed};
 mod common;
 
 /// The suite named in a spooled envelope's header, as it travelled.
-fn suite_on_disk(path: &Path) -> Suite {
-    let bytes = std::fs::read(path).unwrap();
+fn suite_on_disk(bytes: Option<Vec<u8>>) -> Suite {
+    let bytes = bytes.expect("the envelope is on disk");
     let mut reader = EnvelopeReader::new(Limits::default());
     reader.push(&bytes);
     reader.header().unwrap().expect("a whole header").suite()
@@ -80,8 +79,14 @@ async fn nodes_on_different_suites_exchange_records_both_ways() {
                 sender.dir.id
             );
             // The sender's copy and the receiver's copy carry the sender's suite.
-            assert_eq!(suite_on_disk(&sender.spool_path("outbox", &id)), *suite);
-            assert_eq!(suite_on_disk(&receiver.spool_path("inbox", &id)), *suite);
+            assert_eq!(
+                suite_on_disk(sender.envelope_on_disk("outbox", &id)),
+                *suite
+            );
+            assert_eq!(
+                suite_on_disk(receiver.envelope_on_disk("inbox", &id)),
+                *suite
+            );
         }
     }
 }

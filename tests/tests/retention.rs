@@ -50,6 +50,13 @@ async fn settled_envelopes_are_removed_after_retention_and_needed_ones_kept() {
         ],
         RETENTION,
     );
+    // Every envelope in a file of its own, so that its removal shows on disk: a record in a
+    // spool segment stays until its whole segment goes (the store's tests cover that path).
+    for node in fed.nodes.values() {
+        let text = std::fs::read_to_string(&node.config_path).unwrap();
+        let text = text.replacen("[node]\n", "[node]\nspool_segment_kib = 0\n", 1);
+        std::fs::write(&node.config_path, text).unwrap();
+    }
     let a = fed.start("hosp-a");
     let b = fed.start("clinic-b");
 

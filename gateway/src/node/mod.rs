@@ -67,13 +67,15 @@ pub fn load_state(
     }
     // The store first: it holds the highest directory this node has accepted, and an older one
     // (or one of that version with other content) refuses the start.
-    let store =
-        Store::open_with_cache(&config.data_dir, config.store_cache_bytes).map_err(|source| {
-            StartError::Store {
-                path: config.data_dir.display().to_string(),
-                source,
-            }
-        })?;
+    let store = Store::open_with(
+        &config.data_dir,
+        config.store_cache_bytes,
+        config.spool_segment_bytes,
+    )
+    .map_err(|source| StartError::Store {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
     let trust = TrustHandle::open(config.clone(), &identity, store.clone())?;
     warn_if_unlisted(&trust.current(), &identity, &config);
     let identity = IdentityHandle::new(identity, config.clone());

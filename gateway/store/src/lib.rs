@@ -137,6 +137,9 @@ pub use crate::witness::{Conflict, Witnessed};
 /// sled's page cache when none is configured (sled's own default).
 pub const DEFAULT_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
 
+/// Envelopes up to this size go to spool segments by default; also the most a store takes.
+pub const DEFAULT_SEGMENT_ENVELOPE_BYTES: usize = segment::ENVELOPE_MAX;
+
 /// The node's durable state. Cheap to clone: clones share one sled database and one
 /// group-commit thread, which stops when the last clone is dropped.
 #[derive(Clone)]
@@ -220,6 +223,17 @@ impl Store {
     /// in it: on a 10 M-entry log, 1 GiB gives ~250 k entries/s verified, a cache that holds
     /// the audit tree (~6 GB) about four times that. The process uses ~1.4x the cache size.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Store::open_with(dir, cache_bytes, DEFAULT_SEGMENT_ENVELOPE_BYTES)
+    }
+
+    /// [`Store::open_with_cache`], with envelopes of at most `segment_envelope_bytes` (capped
+    /// at [`DEFAULT_SEGMENT_ENVELOPE_BYTES`]; 0 for none) appended to spool segments instead of
+    /// a file each (see the `segment` module). Envelopes already in segments are read either way.
+    pub fn open_with(
+        dir: &Path,
+        cache_bytes: u64,
+        segment_envelope_bytes: usize,
+    ) -> Result<Store, StoreError> {
         let sled_dir = dir.join(migrate::LIVE);
         let spool_dir = dir.join("spool");
         for d in [dir, &spool_dir] {
@@ -240,7 +254,10 @@ impl Store {
         };
         let (db, keys) = migrate::up_to_date(dir, open_db(&sled_dir)?, open_db, &spool_dirs)?;
         // Before the open's first commit, which makes the dropped index entries durable.
-        spool_dirs.attach(segment::open_logged(&db, &spool_dir)?);
+        spool_dirs.attach(
+            segment::open_logged(&db, &spool_dir)?,
+            segment_envelope_bytes,
+        );
         let tree = |name: &'static str| db.open_tree(name).map_err(StoreError::sled("open tree"));
         let trees = Trees {
             outbox: tree("outbox")?,

@@ -10,7 +10,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::commit::sync_dir;
@@ -43,6 +43,8 @@ pub(crate) struct SpoolDirs {
     dirs: Vec<PathBuf>,
     /// Attached once the database is open (not during a migration, which writes no envelope).
     segments: OnceLock<Arc<Segments>>,
+    /// Largest envelope written to a segment (0: none; existing records are still read).
+    segment_max: AtomicUsize,
 }
 
 impl SpoolDirs {
@@ -54,12 +56,16 @@ impl SpoolDirs {
                 .map(|k| spool_dir.join(k.dir_name()))
                 .collect(),
             segments: OnceLock::new(),
+            segment_max: AtomicUsize::new(0),
         })
     }
 
-    /// From here on, small envelopes go to `segments`, which every commit syncs.
-    pub(crate) fn attach(&self, segments: Arc<Segments>) {
+    /// From here on, envelopes of at most `max` bytes go to `segments` (capped at
+    /// [`ENVELOPE_MAX`]), which every commit syncs.
+    pub(crate) fn attach(&self, segments: Arc<Segments>, max: usize) {
         let _ = self.segments.set(segments);
+        self.segment_max
+            .store(max.min(ENVELOPE_MAX), Ordering::Relaxed);
     }
 
     pub(crate) fn segments(&self) -> Option<&Arc<Segments>> {
@@ -180,7 +186,7 @@ impl SpoolWriter {
             flusher: None,
             flushed_at: 0,
         };
-        if w.dirs.segments().is_some() {
+        if w.dirs.segments().is_some() && w.dirs.segment_max.load(Ordering::Relaxed) > 0 {
             w.memory = Some(Vec::new());
         } else {
             w.spill()?;
@@ -218,7 +224,7 @@ impl SpoolWriter {
         let Some(memory) = self.memory.as_mut() else {
             return Ok(false);
         };
-        if memory.len() + chunk.len() <= ENVELOPE_MAX {
+        if memory.len() + chunk.len() <= self.dirs.segment_max.load(Ordering::Relaxed) {
             memory.extend_from_slice(chunk);
             self.written += chunk.len() as u64;
             return Ok(true);
