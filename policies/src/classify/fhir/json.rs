@@ -40,35 +40,43 @@ pub(crate) struct Cursor<'a> {
 /// quotes, escapes still escaped (they have been checked).
 #[derive(Clone, Copy)]
 pub(crate) struct RawStr<'a> {
-    raw: &'a str,
+    /// The document, and where the content is in it: made a `&str` only
+    /// when it is looked at.
+    text: &'a str,
+    start: usize,
+    end: usize,
     escaped: bool,
 }
 
 impl<'a> RawStr<'a> {
-    /// The content, if it has no escapes (then it is the string itself).
-    pub(crate) fn plain(self) -> Option<&'a str> {
-        (!self.escaped).then_some(self.raw)
+    /// The content's bytes, if it has no escapes (then they are the string
+    /// itself).
+    pub(crate) fn plain(self) -> Option<&'a [u8]> {
+        let bytes = self.text.as_bytes().get(self.start..self.end)?;
+        (!self.escaped).then_some(bytes)
     }
 
     /// The string, unescaped: borrowed unless it has escapes.
     pub(crate) fn decode(self) -> Result<Cow<'a, str>> {
+        // Both ends are next to a quote, so on character boundaries.
+        let raw = self.text.get(self.start..self.end).ok_or(Undecided)?;
         if !self.escaped {
-            return Ok(Cow::Borrowed(self.raw));
+            return Ok(Cow::Borrowed(raw));
         }
-        let bytes = self.raw.as_bytes();
-        let mut out = String::with_capacity(self.raw.len());
+        let bytes = raw.as_bytes();
+        let mut out = String::with_capacity(raw.len());
         let mut run = 0;
         let mut i = 0;
         while let Some(&b) = bytes.get(i) {
             if b == b'\\' {
-                out.push_str(self.raw.get(run..i).ok_or(Undecided)?);
+                out.push_str(raw.get(run..i).ok_or(Undecided)?);
                 i = escape(bytes, i, Some(&mut out))?;
                 run = i;
             } else {
                 i += 1;
             }
         }
-        out.push_str(self.raw.get(run..).ok_or(Undecided)?);
+        out.push_str(raw.get(run..).ok_or(Undecided)?);
         Ok(Cow::Owned(out))
     }
 }
@@ -85,6 +93,14 @@ impl<'a> Cursor<'a> {
     /// The next byte that is not JSON whitespace (the cursor moves to it).
     #[inline(always)]
     pub(crate) fn peek(&mut self) -> Option<u8> {
+        // JSON whitespace is at most b' ': anything above is the next token.
+        match self.bytes.get(self.pos) {
+            Some(&b) if b > b' ' => Some(b),
+            _ => self.skip_whitespace(),
+        }
+    }
+
+    fn skip_whitespace(&mut self) -> Option<u8> {
         while let Some(&b) = self.bytes.get(self.pos) {
             if !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
                 return Some(b);
@@ -124,9 +140,14 @@ impl<'a> Cursor<'a> {
             self.pos = next_special(self.bytes, self.pos);
             match self.bytes.get(self.pos) {
                 Some(b'"') => {
-                    let raw = self.text.get(start..self.pos).ok_or(Undecided)?;
+                    let end = self.pos;
                     self.pos += 1;
-                    return Ok(RawStr { raw, escaped });
+                    return Ok(RawStr {
+                        text: self.text,
+                        start,
+                        end,
+                        escaped,
+                    });
                 }
                 Some(b'\\') => {
                     escaped = true;

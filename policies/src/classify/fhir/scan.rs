@@ -152,7 +152,7 @@ impl<'a> Scan<'_, 'a> {
             }
             let raw = self.cursor.string()?;
             let (k, key) = match raw.plain() {
-                Some(plain) => (KeyKind::of(plain.as_bytes()), Key::Plain(plain)),
+                Some(plain) => (KeyKind::of(plain), Key::Plain(plain)),
                 None => {
                     let decoded = raw.decode()?.into_owned();
                     let k = KeyKind::of(decoded.as_bytes());
@@ -193,13 +193,14 @@ impl<'a> Scan<'_, 'a> {
         Ok(object.end(&mut self.walk))
     }
 
-    fn name(&self, key: Key<'a>) -> Result<&str> {
+    /// A key's unescaped text, as bytes (compared with other keys only).
+    fn name(&self, key: Key<'a>) -> Result<&[u8]> {
         match key {
             Key::Plain(name) => Ok(name),
             Key::Escaped(i) => self
                 .escaped_keys
                 .get(i)
-                .map(String::as_str)
+                .map(String::as_bytes)
                 .ok_or(Undecided),
         }
     }
@@ -209,7 +210,7 @@ impl<'a> Scan<'_, 'a> {
 #[derive(Clone, Copy)]
 enum Key<'a> {
     /// Without escapes: the key as it stands in the document.
-    Plain(&'a str),
+    Plain(&'a [u8]),
     /// With escapes: its unescaped text in `Scan::escaped_keys`.
     Escaped(usize),
 }
