@@ -127,14 +127,29 @@ fn site(frames: &[String]) -> String {
     }
 }
 
-/// Per transfer: (blocks, bytes) of `with` minus `without`, divided by `transfers`, and the
-/// sites with the most blocks per transfer (sites that allocate fewer in `with` are left out).
-pub(crate) fn difference(
-    with: &Profile,
-    without: &Profile,
-    transfers: u32,
-    top: usize,
-) -> (f64, f64, Vec<Value>) {
+/// A window's allocations per transfer: `with` minus `without`, divided by the transfers.
+#[derive(Debug)]
+pub(crate) struct Diff {
+    pub blocks: f64,
+    pub bytes: f64,
+    /// The sites with the most blocks per transfer, and those with the most bytes (sites that
+    /// allocate less in `with` are left out).
+    pub top_by_blocks: Vec<Value>,
+    pub top_by_bytes: Vec<Value>,
+    /// Blocks and bytes per transfer by the crate of each site's innermost caller.
+    pub by_crate: Vec<Value>,
+}
+
+/// The crate a site's innermost caller belongs to (`sled`, `gateway_store`, …).
+fn crate_of(site: &str) -> &str {
+    let name = site.trim_start_matches('<');
+    match name.split_once("::") {
+        Some((krate, _)) if !krate.contains(['<', ' ', '{', '(']) => krate,
+        _ => "(libc, std: no caller with a path)",
+    }
+}
+
+pub(crate) fn difference(with: &Profile, without: &Profile, transfers: u32, top: usize) -> Diff {
     let k = f64::from(transfers.max(1));
     let blocks = (with.blocks as f64 - without.blocks as f64) / k;
     let bytes = (with.bytes as f64 - without.bytes as f64) / k;
@@ -145,15 +160,42 @@ pub(crate) fn difference(
             let (b0, n0) = without.sites.get(s).copied().unwrap_or((0, 0));
             (s, (*b as f64 - b0 as f64) / k, (*n as f64 - n0 as f64) / k)
         })
-        .filter(|(_, b, _)| *b > 0.0)
+        .filter(|(_, b, n)| *b > 0.0 || *n > 0.0)
         .collect();
+    let mut crates: Vec<(&str, f64, f64)> = Vec::new();
+    for (s, b, n) in &sites {
+        let c = crate_of(s);
+        match crates.iter_mut().find(|e| e.0 == c) {
+            Some(e) => {
+                e.1 += b;
+                e.2 += n;
+            }
+            None => crates.push((c, *b, *n)),
+        }
+    }
+    crates.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let as_json = |v: &[(&String, f64, f64)]| -> Vec<Value> {
+        v.iter()
+            .take(top)
+            .map(
+                |(s, b, n)| json!({ "site": s, "blocks_per_transfer": b, "bytes_per_transfer": n }),
+            )
+            .collect()
+    };
     sites.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    let top = sites
-        .into_iter()
-        .take(top)
-        .map(|(s, b, n)| json!({ "site": s, "blocks_per_transfer": b, "bytes_per_transfer": n }))
-        .collect();
-    (blocks, bytes, top)
+    let top_by_blocks = as_json(&sites);
+    sites.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(b.0)));
+    let top_by_bytes = as_json(&sites);
+    Diff {
+        blocks,
+        bytes,
+        top_by_blocks,
+        top_by_bytes,
+        by_crate: crates
+            .into_iter()
+            .map(|(c, b, n)| json!({ "crate": c, "blocks_per_transfer": b, "bytes_per_transfer": n }))
+            .collect(),
+    }
 }
 
 /// One federation's run under DHAT: the two nodes' profiles and the window's length.
@@ -276,7 +318,8 @@ fn row(
     let mut summary = Vec::new();
     for (i, name) in ["sender", "receiver"].into_iter().enumerate() {
         let (w, o) = (&with.profiles[i], &without.profiles[i]);
-        let (blocks, bytes, top) = difference(w, o, transfers, TOP_SITES);
+        let d = difference(w, o, transfers, TOP_SITES);
+        let (blocks, bytes) = (d.blocks, d.bytes);
         summary.push(format!("{name} {blocks:.0} allocations, {bytes:.0} B"));
         detail.insert(
             name.into(),
@@ -285,7 +328,9 @@ fn row(
                 "bytes_per_transfer": bytes,
                 "with_transfers": { "blocks": w.blocks, "bytes": w.bytes },
                 "without_transfers": { "blocks": o.blocks, "bytes": o.bytes },
-                "top_sites": top,
+                "top_sites": d.top_by_blocks,
+                "top_sites_by_bytes": d.top_by_bytes,
+                "by_crate": d.by_crate,
             }),
         );
     }
@@ -336,6 +381,41 @@ pub fn markdown(rows: &[Row]) -> String {
     }
     for r in rows.iter().filter(|r| r.scenario == "allocations_100k") {
         let Some(d) = &r.detail else { continue };
+        for node in ["sender", "receiver"] {
+            let _ = writeln!(
+                s,
+                "\n{node}, ~100 KB, allocations per transfer by the crate of the innermost caller: {}",
+                d[node]["by_crate"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["blocks_per_transfer"].as_f64().unwrap_or(0.0) >= 0.5)
+                    .map(|c| format!(
+                        "{} {:.0} ({:.0} B)",
+                        c["crate"].as_str().unwrap_or(""),
+                        c["blocks_per_transfer"].as_f64().unwrap_or(f64::NAN),
+                        c["bytes_per_transfer"].as_f64().unwrap_or(f64::NAN)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let _ = writeln!(
+                s,
+                "{node}, ~100 KB, most bytes per transfer: {}",
+                d[node]["top_sites_by_bytes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .take(6)
+                    .map(|c| format!(
+                        "`{}` {:.0} B",
+                        c["site"].as_str().unwrap_or(""),
+                        c["bytes_per_transfer"].as_f64().unwrap_or(f64::NAN)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
         for node in ["sender", "receiver"] {
             let _ = writeln!(
                 s,
@@ -408,13 +488,16 @@ mod tests {
         without.blocks -= 4;
         without.bytes -= 1024;
         without.sites.retain(|s, _| !s.contains("spool"));
-        let (blocks, bytes, top) = difference(&with, &without, 2, 10);
-        assert_eq!((blocks, bytes), (2.0, 512.0));
-        assert_eq!(top.len(), 1);
-        assert_eq!(top[0]["blocks_per_transfer"], 2.0);
-        assert!(top[0]["site"]
+        let d = difference(&with, &without, 2, 10);
+        assert_eq!((d.blocks, d.bytes), (2.0, 512.0));
+        assert_eq!(d.top_by_blocks.len(), 1);
+        assert_eq!(d.top_by_blocks[0]["blocks_per_transfer"], 2.0);
+        assert_eq!(d.top_by_bytes[0]["bytes_per_transfer"], 512.0);
+        assert!(d.top_by_blocks[0]["site"]
             .as_str()
             .unwrap()
             .starts_with("gateway_store::spool"));
+        assert_eq!(d.by_crate.len(), 1);
+        assert_eq!(d.by_crate[0]["crate"], "gateway_store");
     }
 }
