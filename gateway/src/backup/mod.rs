@@ -7,7 +7,7 @@
 //! | entry | what |
 //! |---|---|
 //! | `store.kv` | every sled tree, copied between two store operations (see `gateway_store::snapshot`) |
-//! | `spool/outbox/<id>`, `spool/inbox/<id>` | the sealed envelopes the copy refers to |
+//! | `spool/outbox/<id>`, `spool/inbox/<id>` | the sealed envelopes the copy refers to (those the node keeps in spool segments are copied out into files of their own) |
 //! | `audit-archives/…` | the signed archives of audit entries moved out of the store (`audit.keep_days`) |
 //! | `patient-index.key`, `keys/…` | only with `--include-keys`: the store's patient-protection secret and the keyring of the node's encryption keys |
 //! | `manifest.json` | last: format, facility, time, the copy's counts and each entry's size and SHA-256 |

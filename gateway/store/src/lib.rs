@@ -4,9 +4,11 @@
 //!
 //! # Layout
 //! `Store::open(dir)` uses `dir/sled` (one sled database, one tree per collection and index),
-//! `dir/spool/{outbox,inbox}/<transfer id hex>` (envelope bytes, written through
-//! [`SpoolWriter`]) and `dir/patient-index.key` (the node-local secret, 0600). Every sled value
-//! is postcard behind a one-byte encoding version (see the `codec` module). Envelopes of
+//! `dir/spool/{outbox,inbox}/<transfer id hex>` (envelope bytes over 256 KiB, written through
+//! [`SpoolWriter`]), `dir/spool/{outbox,inbox}-segments/<n>` (smaller envelopes, appended as
+//! checksummed records; see the `segment` module) and `dir/patient-index.key` (the node-local
+//! secret, 0600). Every sled value is postcard behind a one-byte encoding version (see the
+//! `codec` module). Envelopes of
 //! settled transfers are indexed for removal after the node's retention period (see the
 //! `retention` module: [`Store::expire_envelopes`]).
 //!
@@ -30,6 +32,7 @@
 //! | `requests` | request id | sealed request bytes |
 //! | `records` | `tag(patient)` | sealed record bundle |
 //! | `spool_retained`, `spool_removed`, `spool_unlink` | times, spool kind, transfer id | empty or a time |
+//! | `spool_segments` | spool kind \|\| transfer id | `segment_be \|\| offset_be \|\| len_be` of its record (see `segment`) |
 //! | `store_meta` | `format`, one-time job markers, the highest directory seen (`trust_seen`), every directory accepted (`directories`), audit consumers' cursors (`audit-cursor:<name>`) | small values |
 //! | `idempotency` | `tag(API token name, key)` | sealed key record: request digest, transfer id, time |
 //! | `idempotency_by_time` | `created_ms_be \|\| tag` | empty |
@@ -58,8 +61,9 @@
 //! of every blob file (`blobs/<lsn>`, one per oversized page) created since the last commit,
 //! and an fsync of `blobs/` and of sled's directory when their entries changed (new blobs, a
 //! snapshot `snap.<lsn>` renamed into place). `conf` is written once at creation and synced
-//! at open. Spool files are fsynced and renamed into place by [`SpoolWriter::finish`], then
-//! their directory is fsynced, before the gateway records them in sled.
+//! at open. Spool files are fsynced and renamed into place by [`SpoolWriter::finish`]; each
+//! commit first `fdatasync`s every spool segment appended to since the last one (small
+//! envelopes) and fsyncs the spool directories if a file was renamed into them.
 //!
 //! fsync is expensive (milliseconds on real disks), so commits are grouped: a dedicated thread
 //! performs the flush+fdatasync, and each `commit()` takes a ticket from a generation counter

@@ -5,7 +5,9 @@
 //! written in its transaction, or an audit head behind its entries. So every store operation
 //! holds a gate (a read lock taken by [`crate::Store::trees`], re-entrant so that nested calls
 //! and other locks never wait on it), and [`Store::snapshot`] takes it exclusively while it
-//! copies every tree and hard-links the spool files the copy refers to. The copy is therefore
+//! copies every tree and hard-links the spool files the copy refers to (an envelope in a spool
+//! segment is copied out into a file of its own, and the segment index is left out, so the
+//! restored store reads it as a spool file). The copy is therefore
 //! a state between two store operations, which is also a state the node could have crashed
 //! in, and the node recovers from those by design (transfers left `delivering` are resent,
 //! the receiver's dedupe makes that safe). Operations wait while the copy runs: it costs
