@@ -138,7 +138,7 @@ pub fn verify_chain(
                 if one.log != before.log {
                     return Err(refuse(part, "is of another log"));
                 }
-                if one.first_seq != before.last_seq + 1
+                if before.last_seq.checked_add(1) != Some(one.first_seq)
                     || one.first_frontier != before.frontier
                     || one.first_prev != before.last_hash
                 {
