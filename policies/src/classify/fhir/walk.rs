@@ -35,6 +35,23 @@ impl<'t, 'de> Walk<'t, 'de> {
         facts
     }
 
+    /// What any object's `system` + `code` pair and `url` say: a coded category, a genetics
+    /// extension.
+    #[inline]
+    fn coded(
+        &mut self,
+        system: &Option<Cow<'_, str>>,
+        code: &Option<Cow<'_, str>>,
+        url: &Option<Cow<'_, str>>,
+    ) {
+        if let (Some(system), Some(code)) = (system, code) {
+            self.coding(system, code);
+        }
+        if url.as_deref().is_some_and(genetics_extension) {
+            self.facts.signal(Category::Genetic);
+        }
+    }
+
     fn coding(&mut self, system: &str, code: &str) {
         if let Some(category) = self.table.coding(system, code) {
             if category.is_sensitive() {
@@ -198,12 +215,7 @@ impl<'de> Members<'de> for Plain<'de> {
     }
 
     fn end(self, walk: &mut Walk<'_, 'de>) -> Seen<'de> {
-        if let (Some(system), Some(code)) = (&self.system, &self.code) {
-            walk.coding(system, code);
-        }
-        if self.url.as_deref().is_some_and(genetics_extension) {
-            walk.facts.signal(Category::Genetic);
-        }
+        walk.coded(&self.system, &self.code, &self.url);
         Seen::Other
     }
 }
@@ -322,12 +334,7 @@ impl<'de> Members<'de> for Object<'de> {
     }
 
     fn end(self, walk: &mut Walk<'_, 'de>) -> Seen<'de> {
-        if let (Some(system), Some(code)) = (&self.system, &self.code) {
-            walk.coding(system, code);
-        }
-        if self.url.as_deref().is_some_and(genetics_extension) {
-            walk.facts.signal(Category::Genetic);
-        }
+        walk.coded(&self.system, &self.code, &self.url);
         let role = self.role;
         match role {
             Role::Root => {
