@@ -10,48 +10,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
 use pki_tools::FacilityKind;
 
 use gateway::evidence::bundle::EvidenceFile;
-use tests::{bundle_by_prefix, gateway_bin, patient_id, Fed, Node};
+use tests::{bundle_by_prefix, patient_id, Fed};
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
-}
-
-/// `gateway evidence verify evidence.json --ca ca.crt`, run inside `dir`.
-fn verify_in(dir: &Path, file: &[u8]) -> (i32, String, String) {
-    std::fs::write(dir.join("evidence.json"), file).unwrap();
-    let out = Command::new(gateway_bin())
-        .current_dir(dir)
-        .args(["evidence", "verify", "evidence.json", "--ca", "ca.crt"])
-        .env_clear()
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn export(node: &Node, id: &str, out: &Path) -> Vec<u8> {
-    let out_s = out.display().to_string();
-    let (code, stdout, stderr) =
-        node.cli(&["evidence", "export", "--transfer", id, "--out", &out_s]);
-    assert_eq!(code, 0, "{stdout}{stderr}");
-    let bytes = std::fs::read(out).unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(
-        std::fs::metadata(out).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    bytes
 }
 
 /// Flips one bit of the decoded bytes of a base64 field and re-encodes it.
@@ -175,11 +143,11 @@ async fn a_transfer_is_proven_offline_from_one_file_and_any_change_is_refused_by
         (&a, "hosp-a", ["clinic-b", "clinic-c"]),
         (&b, "clinic-b", ["clinic-c", "hosp-a"]),
     ] {
-        let file = export(node, &id, &work.path().join(format!("{log}.json")));
+        let file = common::export_evidence(node, &id, &work.path().join(format!("{log}.json")));
         let text = String::from_utf8(file.clone()).unwrap();
         // The file reveals no patient identifier: the entries' references stay sealed.
         assert!(!text.contains(&patient), "the evidence names the patient");
-        let (code, stdout, stderr) = verify_in(inspector.path(), &file);
+        let (code, stdout, stderr) = common::verify_evidence_in(inspector.path(), &file);
         assert_eq!(code, 0, "{log}: {stdout}{stderr}");
         for expected in [
             "VERIFIED",
@@ -220,7 +188,7 @@ async fn a_transfer_is_proven_offline_from_one_file_and_any_change_is_refused_by
         // Every section, changed: refused, and the refusal names it.
         let parsed: EvidenceFile = serde_json::from_slice(&file).unwrap();
         for (label, bad, part) in tampered(&parsed) {
-            let (code, stdout, stderr) = verify_in(inspector.path(), &bad);
+            let (code, stdout, stderr) = common::verify_evidence_in(inspector.path(), &bad);
             assert_eq!(code, 1, "{log}: {label} accepted: {stdout}");
             assert!(
                 stderr.contains("evidence does NOT verify: ") && stderr.contains(part),
@@ -231,20 +199,20 @@ async fn a_transfer_is_proven_offline_from_one_file_and_any_change_is_refused_by
         // raw byte flip across the file.
         let mut spaced = file.clone();
         spaced.insert(1, b' ');
-        let (code, _, stderr) = verify_in(inspector.path(), &spaced);
+        let (code, _, stderr) = common::verify_evidence_in(inspector.path(), &spaced);
         assert_eq!(code, 1);
         assert!(stderr.contains("file:"), "{stderr}");
         for at in (0..file.len()).step_by(file.len() / 97 + 1) {
             let mut bad = file.clone();
             bad[at] ^= 0x01;
-            let (code, stdout, _) = verify_in(inspector.path(), &bad);
+            let (code, stdout, _) = common::verify_evidence_in(inspector.path(), &bad);
             assert_eq!(code, 1, "{log}: flip at byte {at} accepted: {stdout}");
         }
         // Without the federation's CA it proves nothing.
         let other_ca = tests::Fed::new(&[("hosp-x", FacilityKind::Hospital)]);
         let stranger = tempfile::tempdir().unwrap();
         std::fs::write(stranger.path().join("ca.crt"), common::ca_pem(&other_ca)).unwrap();
-        let (code, _, stderr) = verify_in(stranger.path(), &file);
+        let (code, _, stderr) = common::verify_evidence_in(stranger.path(), &file);
         assert_eq!(code, 1);
         assert!(stderr.contains("directory #1:"), "{stderr}");
     }
@@ -305,8 +273,8 @@ async fn evidence_outlives_the_envelope_that_retention_removed() {
     let work = tempfile::tempdir().unwrap();
     let inspector = tempfile::tempdir().unwrap();
     std::fs::write(inspector.path().join("ca.crt"), common::ca_pem(&fed)).unwrap();
-    let file = export(&a, &id, &work.path().join("hosp-a.json"));
-    let (code, stdout, stderr) = verify_in(inspector.path(), &file);
+    let file = common::export_evidence(&a, &id, &work.path().join("hosp-a.json"));
+    let (code, stdout, stderr) = common::verify_evidence_in(inspector.path(), &file);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, &record));
     for expected in ["VERIFIED", id.as_str(), "to clinic-b (", digest.as_str()] {

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,36 +21,10 @@ use pki_tools::directory::verify_directory_file;
 use pki_tools::{FacilityFile, FacilityKind};
 
 use gateway::evidence::bundle::{EvidenceFile, EvidenceFileV1, FORMAT, FORMAT_V1};
-use tests::{bundle_by_prefix, gateway_bin, patient_id, Fed, Node};
+use tests::{bundle_by_prefix, patient_id, Fed, Node};
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
-}
-
-/// `gateway evidence verify evidence.json --ca ca.crt`, run inside `dir` (which holds only
-/// `ca.crt`), with an empty environment.
-fn verify_in(dir: &Path, file: &[u8]) -> (i32, String, String) {
-    std::fs::write(dir.join("evidence.json"), file).unwrap();
-    let out = Command::new(gateway_bin())
-        .current_dir(dir)
-        .args(["evidence", "verify", "evidence.json", "--ca", "ca.crt"])
-        .env_clear()
-        .output()
-        .unwrap();
-    std::fs::remove_file(dir.join("evidence.json")).unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn export(node: &Node, id: &str, out: &Path) -> Vec<u8> {
-    let out_s = out.display().to_string();
-    let (code, stdout, stderr) =
-        node.cli(&["evidence", "export", "--transfer", id, "--out", &out_s]);
-    assert_eq!(code, 0, "{stdout}{stderr}");
-    std::fs::read(out).unwrap()
 }
 
 fn sighup(node: &Node) {
@@ -155,7 +128,7 @@ async fn an_older_transfer_still_verifies_after_both_signing_keys_were_rotated_o
 
     // Before any rotation the file carries one directory; the same content as a version 1
     // file (its one `directory`) verifies too: files written before the format changed do.
-    let before = export(&a, &id, &work.path().join("before.json"));
+    let before = common::export_evidence(&a, &id, &work.path().join("before.json"));
     let parsed: EvidenceFile = serde_json::from_slice(&before).unwrap();
     assert_eq!(parsed.format, FORMAT);
     assert_eq!(parsed.directories.len(), 1);
@@ -169,7 +142,7 @@ async fn an_older_transfer_still_verifies_after_both_signing_keys_were_rotated_o
         entries: parsed.entries.clone(),
         checkpoint: parsed.checkpoint.clone(),
     };
-    let (code, stdout, stderr) = verify_in(inspector.path(), &v1.to_bytes());
+    let (code, stdout, stderr) = common::verify_evidence_in(inspector.path(), &v1.to_bytes());
     assert_eq!(code, 0, "version 1 file: {stdout}{stderr}");
     assert!(
         stdout.contains("File format healthfed-evidence/1."),
@@ -207,8 +180,8 @@ async fn an_older_transfer_still_verifies_after_both_signing_keys_were_rotated_o
         ),
     ];
     for (node, log, versions, lines) in expect {
-        let file = export(node, &id, &work.path().join(format!("{log}.json")));
-        let (code, stdout, stderr) = verify_in(inspector.path(), &file);
+        let file = common::export_evidence(node, &id, &work.path().join(format!("{log}.json")));
+        let (code, stdout, stderr) = common::verify_evidence_in(inspector.path(), &file);
         assert_eq!(code, 0, "{log}: {stdout}{stderr}");
         for expected in [
             "VERIFIED",
@@ -269,7 +242,7 @@ async fn an_older_transfer_still_verifies_after_both_signing_keys_were_rotated_o
         // lists its key.
         let mut f = parsed.clone();
         f.directories = vec![f.directories.last().unwrap().clone()];
-        let (code, stdout, stderr) = verify_in(inspector.path(), &f.to_bytes());
+        let (code, stdout, stderr) = common::verify_evidence_in(inspector.path(), &f.to_bytes());
         assert_eq!(
             code, 1,
             "{log}: accepted without the transfer's directory: {stdout}"
@@ -283,14 +256,14 @@ async fn an_older_transfer_still_verifies_after_both_signing_keys_were_rotated_o
         if log == "clinic-b" {
             let mut f = parsed.clone();
             f.directories.pop();
-            let (code, _, stderr) = verify_in(inspector.path(), &f.to_bytes());
+            let (code, _, stderr) = common::verify_evidence_in(inspector.path(), &f.to_bytes());
             assert_eq!(code, 1);
             assert!(stderr.contains("checkpoint:"), "{log}: {stderr}");
         }
         // Out of order: refused, naming the directory.
         let mut f = parsed.clone();
         f.directories.reverse();
-        let (code, _, stderr) = verify_in(inspector.path(), &f.to_bytes());
+        let (code, _, stderr) = common::verify_evidence_in(inspector.path(), &f.to_bytes());
         assert_eq!(code, 1);
         assert!(
             stderr.contains(&format!(
@@ -302,7 +275,7 @@ async fn an_older_transfer_still_verifies_after_both_signing_keys_were_rotated_o
         // One directory twice: not strictly increasing.
         let mut f = parsed.clone();
         f.directories.insert(1, f.directories[0].clone());
-        let (code, _, stderr) = verify_in(inspector.path(), &f.to_bytes());
+        let (code, _, stderr) = common::verify_evidence_in(inspector.path(), &f.to_bytes());
         assert_eq!(code, 1);
         assert!(
             stderr.contains("directory #2: version 1 after version 1"),
@@ -314,7 +287,7 @@ async fn an_older_transfer_still_verifies_after_both_signing_keys_were_rotated_o
         let stranger = std::fs::read(other.federation_dir().join("directory.json")).unwrap();
         let mut f = parsed.clone();
         f.directories.insert(1, b64().encode(&stranger));
-        let (code, _, stderr) = verify_in(inspector.path(), &f.to_bytes());
+        let (code, _, stderr) = common::verify_evidence_in(inspector.path(), &f.to_bytes());
         assert_eq!(code, 1);
         assert!(
             stderr.contains("directory #2: signature does not verify"),
@@ -326,7 +299,7 @@ async fn an_older_transfer_still_verifies_after_both_signing_keys_were_rotated_o
             let mut bytes = b64().decode(&f.directories[i]).unwrap();
             bytes[60] ^= 0x01;
             f.directories[i] = b64().encode(bytes);
-            let (code, _, stderr) = verify_in(inspector.path(), &f.to_bytes());
+            let (code, _, stderr) = common::verify_evidence_in(inspector.path(), &f.to_bytes());
             assert_eq!(code, 1, "{log}: directory #{} changed, accepted", i + 1);
             assert!(
                 stderr.contains(&format!("directory #{}:", i + 1)),
@@ -345,7 +318,7 @@ async fn an_older_transfer_still_verifies_after_both_signing_keys_were_rotated_o
             entries: parsed.entries.clone(),
             checkpoint: parsed.checkpoint.clone(),
         };
-        let (code, _, stderr) = verify_in(inspector.path(), &v1.to_bytes());
+        let (code, _, stderr) = common::verify_evidence_in(inspector.path(), &v1.to_bytes());
         assert_eq!(code, 1);
         assert!(stderr.contains("envelope header:"), "{log}: {stderr}");
     }

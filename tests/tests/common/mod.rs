@@ -221,3 +221,36 @@ pub fn add_config_line(fed: &Fed, id: &str, section: &str, line: &str) {
     let text = text.replacen(&header, &format!("{header}{line}\n"), 1);
     std::fs::write(path, text).unwrap();
 }
+
+/// `gateway evidence verify evidence.json --ca ca.crt`, run inside `dir` (which holds only
+/// `ca.crt`), with an empty environment.
+pub fn verify_evidence_in(dir: &Path, file: &[u8]) -> (i32, String, String) {
+    std::fs::write(dir.join("evidence.json"), file).unwrap();
+    let out = std::process::Command::new(tests::gateway_bin())
+        .current_dir(dir)
+        .args(["evidence", "verify", "evidence.json", "--ca", "ca.crt"])
+        .env_clear()
+        .output()
+        .unwrap();
+    std::fs::remove_file(dir.join("evidence.json")).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `gateway evidence export --transfer id --out out` on `node`: the file's bytes (written 0600).
+pub fn export_evidence(node: &Node, id: &str, out: &Path) -> Vec<u8> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let out_s = out.display().to_string();
+    let (code, stdout, stderr) =
+        node.cli(&["evidence", "export", "--transfer", id, "--out", &out_s]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let bytes = std::fs::read(out).unwrap();
+    assert_eq!(
+        std::fs::metadata(out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    bytes
+}
