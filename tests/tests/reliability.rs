@@ -15,7 +15,7 @@ use pki_tools::FacilityKind;
 use serde_json::Value;
 
 use gateway::cli::client::{collect_json, ApiClient};
-use tests::{bundle, patient_id, Fed};
+use tests::{bundle, patient_id, Fed, Node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_waits_queued_while_the_receiver_is_down_then_delivers() {
@@ -257,18 +257,16 @@ async fn sender_killed_mid_burst_delivers_every_acknowledged_transfer_exactly_on
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receiver_killed_mid_burst_still_stores_every_transfer_exactly_once() {
-    const COUNT: usize = 200;
-    let fed = Fed::new(&[
-        ("hosp-a", FacilityKind::Hospital),
-        ("clinic-b", FacilityKind::Clinic),
-    ]);
-    let a = fed.start("hosp-a");
-    let mut b = fed.start("clinic-b");
-    let payload = Arc::new(bundle("Bundle-micro.json"));
-    let patient = Arc::new(patient_id(&payload).unwrap_or_else(|| "no-patient".to_owned()));
-
+/// Submits `count` transfers from [`CONCURRENCY`] clients and kills the receiver with SIGKILL
+/// once it has stored a fifth of them, while more are arriving. Every submission is accepted
+/// (the sender queues them); returns their ids.
+async fn burst_killing_the_receiver(
+    a: &Node,
+    b: &mut Node,
+    count: usize,
+    payload: &Arc<Vec<u8>>,
+    patient: &Arc<String>,
+) -> BTreeSet<String> {
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut workers = Vec::new();
@@ -281,7 +279,7 @@ async fn receiver_killed_mid_burst_still_stores_every_transfer_exactly_once() {
         );
         let api = ApiClient::remote(&a.config).unwrap();
         workers.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::SeqCst) < COUNT {
+            while next.fetch_add(1, Ordering::SeqCst) < count {
                 let id = try_submit(&api, &patient, &payload)
                     .await
                     .expect("sender refused a submission");
@@ -289,10 +287,8 @@ async fn receiver_killed_mid_burst_still_stores_every_transfer_exactly_once() {
             }
         }));
     }
-
-    // Kill the receiver once it has stored some of the burst, while more are arriving.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while b.inbox().await.len() < COUNT / 5 {
+    while b.inbox().await.len() < count / 5 {
         assert!(Instant::now() < deadline, "the receiver stored too little");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -301,7 +297,23 @@ async fn receiver_killed_mid_burst_still_stores_every_transfer_exactly_once() {
         w.await.unwrap();
     }
     let accepted: BTreeSet<String> = accepted.lock().unwrap().iter().cloned().collect();
-    assert_eq!(accepted.len(), COUNT);
+    assert_eq!(accepted.len(), count);
+    accepted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_mid_burst_still_stores_every_transfer_exactly_once() {
+    const COUNT: usize = 200;
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let a = fed.start("hosp-a");
+    let mut b = fed.start("clinic-b");
+    let payload = Arc::new(bundle("Bundle-micro.json"));
+    let patient = Arc::new(patient_id(&payload).unwrap_or_else(|| "no-patient".to_owned()));
+
+    let accepted = burst_killing_the_receiver(&a, &mut b, COUNT, &payload, &patient).await;
     let b = fed.start("clinic-b");
 
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -419,37 +431,7 @@ async fn a_torn_spool_segment_tail_after_a_crash_is_cut_and_nothing_is_lost() {
     let payload = Arc::new(bundle("Bundle-micro.json"));
     let patient = Arc::new(patient_id(&payload).unwrap_or_else(|| "no-patient".to_owned()));
 
-    let next = Arc::new(AtomicUsize::new(0));
-    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut workers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (next, accepted, payload, patient) = (
-            next.clone(),
-            accepted.clone(),
-            payload.clone(),
-            patient.clone(),
-        );
-        let api = ApiClient::remote(&a.config).unwrap();
-        workers.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::SeqCst) < COUNT {
-                let id = try_submit(&api, &patient, &payload)
-                    .await
-                    .expect("sender refused a submission");
-                accepted.lock().unwrap().push(id);
-            }
-        }));
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while b.inbox().await.len() < COUNT / 5 {
-        assert!(Instant::now() < deadline, "the receiver stored too little");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    b.kill9();
-    for w in workers {
-        w.await.unwrap();
-    }
-    let accepted: BTreeSet<String> = accepted.lock().unwrap().iter().cloned().collect();
-    assert_eq!(accepted.len(), COUNT);
+    let accepted = burst_killing_the_receiver(&a, &mut b, COUNT, &payload, &patient).await;
 
     // The envelopes went to segments, not files of their own.
     let data = fed.nodes["clinic-b"].dir.join("data");
