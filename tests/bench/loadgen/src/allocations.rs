@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::instructions::{
-    chosen_payloads, start_under_valgrind, tool_output, SETTLE, TRANSFER_TIMEOUT,
+    chosen_payloads, start_under_valgrind, tool_output, warm_up, SETTLE, TRANSFER_TIMEOUT,
 };
 use crate::load;
 use crate::procs::Proc;
@@ -256,16 +256,7 @@ async fn lifecycle(
     nodes.reverse();
     let target = gateway_target(&fed, payload, "fhir");
     let ct = "application/fhir+json";
-    load::send_sequential(
-        &target,
-        &payload.bytes,
-        ct,
-        args.instr_warmup,
-        TRANSFER_TIMEOUT,
-    )
-    .await
-    .map_err(|e| format!("{} warm-up transfer refused: {e}", payload.label))?;
-    tokio::time::sleep(SETTLE).await;
+    warm_up(&target, payload, ct, args.instr_warmup, SETTLE).await?;
     let started = Instant::now();
     match transfers {
         Some(n) => {

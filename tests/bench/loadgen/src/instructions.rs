@@ -34,6 +34,28 @@ pub(crate) const SETTLE: Duration = Duration::from_secs(3);
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(300);
 pub(crate) const TRANSFER_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// `count` warm-up transfers of `payload`, one at a time, then `settle` for the work they leave
+/// behind (group commits, delivered states), so that a measured window starts quiet.
+pub(crate) async fn warm_up(
+    target: &load::Target,
+    payload: &Payload,
+    content_type: &str,
+    count: u32,
+    settle: Duration,
+) -> Result<(), BoxError> {
+    load::send_sequential(
+        target,
+        &payload.bytes,
+        content_type,
+        count,
+        TRANSFER_TIMEOUT,
+    )
+    .await
+    .map_err(|e| format!("{} warm-up transfer refused: {e}", payload.label))?;
+    tokio::time::sleep(settle).await;
+    Ok(())
+}
+
 /// The payload labels of the issue-17 modes, in the order they are measured: ~100 KB first.
 pub(crate) const LABELS: [&str; 3] = ["100k", "10k", "1m"];
 
@@ -115,16 +137,7 @@ pub async fn run(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(),
     let mut idle: Option<(Vec<Dump>, f64)> = None;
     for (payload, transfers) in &payloads {
         let target = gateway_target(&fed, payload, "fhir");
-        load::send_sequential(
-            &target,
-            &payload.bytes,
-            ct,
-            args.instr_warmup,
-            TRANSFER_TIMEOUT,
-        )
-        .await
-        .map_err(|e| format!("{} warm-up transfer refused: {e}", payload.label))?;
-        tokio::time::sleep(SETTLE).await;
+        warm_up(&target, payload, ct, args.instr_warmup, SETTLE).await?;
         for n in &nodes {
             control(&n.proc, "-z")?;
         }

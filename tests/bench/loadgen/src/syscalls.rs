@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::floor;
-use crate::instructions::{chosen_payloads, tool_output, TRANSFER_TIMEOUT};
+use crate::instructions::{chosen_payloads, tool_output, warm_up, TRANSFER_TIMEOUT};
 use crate::load::{self, Target};
 use crate::procfs;
 use crate::procs::{self, Proc};
@@ -217,16 +217,7 @@ pub async fn run(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(),
     for (payload, transfers) in &payloads {
         let floor = least_disturbed_floor(&payload.bytes)?;
         let target = gateway_target(&fed, payload, "fhir");
-        load::send_sequential(
-            &target,
-            &payload.bytes,
-            ct,
-            args.instr_warmup,
-            TRANSFER_TIMEOUT,
-        )
-        .await
-        .map_err(|e| format!("{} warm-up transfer refused: {e}", payload.label))?;
-        tokio::time::sleep(SETTLE).await;
+        warm_up(&target, payload, ct, args.instr_warmup, SETTLE).await?;
         let native = native_window(
             args,
             &nodes,
