@@ -34,7 +34,7 @@ use crate::error::StoreError;
 use crate::outbox::{encode_entry, insert_in};
 use crate::protect::{Keys, TAG_LEN};
 use crate::types::{AuditEntry, AuditRecord, OutboxEntry, TransferId};
-use crate::Store;
+use crate::{Store, Trees};
 
 pub(crate) const WHAT: &str = "idempotency";
 
@@ -288,6 +288,49 @@ impl Store {
     pub fn idempotency_len(&self) -> usize {
         self.trees().idempotency.len()
     }
+}
+
+/// The tags of the key records written at `created_ms` (a keyed submission's record carries
+/// its outbox entry's creation time), read from the time index.
+pub(crate) fn tags_written_at(t: &Trees, created_ms: u64) -> Result<Vec<KeyTag>, StoreError> {
+    let mut tags = Vec::new();
+    for item in t.idempotency_by_time.scan_prefix(created_ms.to_be_bytes()) {
+        let (key, _) = item.map_err(StoreError::sled("scan idempotency keys"))?;
+        let tag =
+            key.get(8..)
+                .and_then(|t| KeyTag::try_from(t).ok())
+                .ok_or(StoreError::Corrupt {
+                    what: WHAT,
+                    problem: "malformed time index key",
+                })?;
+        tags.push(tag);
+    }
+    Ok(tags)
+}
+
+/// Removes, inside a transaction, the record among `tags` that names `transfer_id` (and its
+/// time index key): a key whose transfer was never acknowledged (see the `lost` module), so
+/// the caller's retry makes a new transfer. Returns whether there was one.
+pub(crate) fn forget_in(
+    keys: &Keys,
+    [records, by_time]: [&TransactionalTree; 2],
+    tags: &[KeyTag],
+    transfer_id: &TransferId,
+) -> TxResult<bool> {
+    let mut forgot = false;
+    for tag in tags {
+        let Some(value) = records.get(tag)? else {
+            continue;
+        };
+        let record =
+            decode_record(keys, tag, &value).map_err(ConflictableTransactionError::Abort)?;
+        if record.transfer_id == *transfer_id {
+            records.remove(&tag[..])?;
+            by_time.remove(&by_time_key(record.created_ms, tag)[..])?;
+            forgot = true;
+        }
+    }
+    Ok(forgot)
 }
 
 /// Writes `record` under `tag`, replacing (and un-indexing) an earlier record of the key. The

@@ -65,6 +65,14 @@
 //! commit first `fdatasync`s every spool segment appended to since the last one (small
 //! envelopes) and fsyncs the spool directories if a file was renamed into them.
 //!
+//! sled also writes back on its own between commits, so a crash can leave an entry durable
+//! whose envelope is not (a segment record past the torn tail, a rename not yet synced). Such
+//! an entry was never acknowledged; `Store::open` settles it before anything is served (an
+//! inbox entry removed so the sender's resend is stored, an outbox transfer failed and its
+//! idempotency key forgotten, each with an [`ENVELOPE_LOST_EVENT`] audit entry), and the
+//! receive path asks [`Store::inbox_drop_if_envelope_lost`] before it answers a resend as a
+//! duplicate. See the `lost` module.
+//!
 //! fsync is expensive (milliseconds on real disks), so commits are grouped: a dedicated thread
 //! performs the flush+fdatasync, and each `commit()` takes a ticket from a generation counter
 //! and waits until a flush that started after the ticket was taken has finished. Every caller
@@ -102,6 +110,7 @@ pub mod directories;
 mod error;
 mod idempotency;
 mod inbox;
+mod lost;
 pub mod merkle;
 mod migrate;
 mod outbox;
@@ -126,6 +135,7 @@ pub use crate::archive::{
 pub use crate::audit::{AuditChainError, AuditTreeCheck, AuditVerifyError, ChainProblem};
 pub use crate::error::StoreError;
 pub use crate::idempotency::{KeyClaim, KeyLookup, KeyRecord, KeyReservation};
+pub use crate::lost::ENVELOPE_LOST_EVENT;
 pub use crate::migrate::STORE_MIGRATED_EVENT;
 pub use crate::outbox::RequeueRefusal;
 pub use crate::retention::{Expired, RemovedEnvelope};
@@ -207,6 +217,8 @@ struct Trees {
     spool_retained: sled::Tree,
     spool_removed: sled::Tree,
     spool_unlink: sled::Tree,
+    /// The segment index, for the transactions that settle an envelope lost in a crash.
+    spool_segments: sled::Tree,
     store_meta: sled::Tree,
     idempotency: sled::Tree,
     idempotency_by_time: sled::Tree,
@@ -257,11 +269,10 @@ impl Store {
                 .map_err(StoreError::sled("open database"))
         };
         let (db, keys) = migrate::up_to_date(dir, open_db(&sled_dir)?, open_db, &spool_dirs)?;
-        // Before the open's first commit, which makes the dropped index entries durable.
-        spool_dirs.attach(
-            segment::open_logged(&db, &spool_dir)?,
-            segment_envelope_bytes,
-        );
+        // Stale index entries (records lost with a torn tail) stay in the index until
+        // `settle_lost_envelopes` below removes each with its entry's settling.
+        let (segments, stale) = segment::open_logged(&db, &spool_dir)?;
+        spool_dirs.attach(segments, segment_envelope_bytes);
         let tree = |name: &'static str| db.open_tree(name).map_err(StoreError::sled("open tree"));
         let trees = Trees {
             outbox: tree("outbox")?,
@@ -287,6 +298,7 @@ impl Store {
             spool_retained: tree("spool_retained")?,
             spool_removed: tree("spool_removed")?,
             spool_unlink: tree("spool_unlink")?,
+            spool_segments: tree(segment::INDEX_TREE)?,
             store_meta: tree("store_meta")?,
             idempotency: tree("idempotency")?,
             idempotency_by_time: tree("idempotency_by_time")?,
@@ -310,6 +322,9 @@ impl Store {
                 db,
             }),
         };
+        // Before anything reads the spool or answers from the outbox or inbox: an entry whose
+        // envelope was lost in a crash must not be served or answered as held (see `lost`).
+        store.settle_lost_envelopes(stale)?;
         store.index_settled_once()?;
         Ok(store)
     }

@@ -20,8 +20,11 @@
 //! acknowledging is on disk. The index entry is written to sled's memory right after the
 //! append; sled may write it back on its own before the record is synced, so after a crash
 //! [`Segments::open`] truncates the tail at its first torn or checksum-failing record and
-//! drops every index entry that points past the end. A read checks the record's length,
-//! transfer id and checksum, so a damaged record is refused, never served.
+//! reports every index entry that points past the end (stale). It does not remove them: the
+//! store removes each in one transaction with whatever the lost envelope's outbox or inbox
+//! entry needs (see the `lost` module), so a crash in between leaves the entry still pointed
+//! at by a stale index entry, which the next open finds again. A read checks the record's
+//! length, transfer id and checksum, so a damaged record is refused, never served.
 //!
 //! Removal: each segment keeps a count of its live records (index entries), rebuilt from
 //! the index at open; a segment other than the tail is deleted when its count reaches zero.
@@ -130,18 +133,30 @@ pub(crate) struct Truncated {
     pub(crate) dropped: u64,
 }
 
+/// An index entry [`Segments::open`] found pointing past the valid end of its segments.
+pub(crate) type Stale = (SpoolKind, TransferId);
+
+/// What [`Segments::open`] found.
+pub(crate) struct Opened {
+    pub(crate) segments: Arc<Segments>,
+    pub(crate) truncated: Vec<Truncated>,
+    /// Index entries pointing past the valid end of their kind's segments: envelopes whose
+    /// bytes never reached the disk. Still in the index (not counted as live); the store
+    /// removes each with [`Segments::stale_key`] in the transaction that settles its entry.
+    pub(crate) stale: Vec<Stale>,
+}
+
 impl Segments {
     /// Opens (creating) the segment directories under `spool_dir`, truncates each tail at its
-    /// first invalid record, drops index entries past it, counts live records and deletes
-    /// segments left without any. Returns what was truncated, for the caller's log.
-    pub(crate) fn open(
-        db: &sled::Db,
-        spool_dir: &Path,
-    ) -> Result<(Arc<Segments>, Vec<Truncated>), StoreError> {
+    /// first invalid record, finds the index entries past it (stale), counts live records and
+    /// deletes segments left without any. Returns what was truncated, for the caller's log,
+    /// and the stale entries, for the caller to settle (see [`Opened::stale`]).
+    pub(crate) fn open(db: &sled::Db, spool_dir: &Path) -> Result<Opened, StoreError> {
         let index = db
             .open_tree(INDEX_TREE)
             .map_err(StoreError::sled("open tree"))?;
         let mut truncated = Vec::new();
+        let mut stale = Vec::new();
         let mut open_kind = |kind: SpoolKind| -> Result<Kind, StoreError> {
             let dir = spool_dir.join(format!("{}-segments", kind.dir_name()));
             std::fs::create_dir_all(&dir)
@@ -189,21 +204,24 @@ impl Segments {
                 .read(true)
                 .open(&path)
                 .map_err(|e| StoreError::io("open spool segment", &path, e))?;
-            // Index entries of this kind: drop those past the tail's valid end, count the rest.
+            // Index entries of this kind: report those past the tail's valid end, count the rest.
             let mut live: HashMap<u64, u64> = HashMap::new();
-            let mut stale = sled::Batch::default();
             for item in index.scan_prefix([kind_byte(kind)]) {
                 let (key, value) = item.map_err(StoreError::sled("read spool segment index"))?;
                 let loc = Location::decode(&value)?;
                 if loc.segment > segment || (loc.segment == segment && loc.end() > valid_end) {
-                    stale.remove(key);
+                    let id = key
+                        .get(1..)
+                        .and_then(|k| TransferId::try_from(k).ok())
+                        .ok_or(StoreError::Corrupt {
+                            what: "spool segment index",
+                            problem: "a key is not a kind and a transfer id",
+                        })?;
+                    stale.push((kind, id));
                     continue;
                 }
                 *live.entry(loc.segment).or_default() += 1;
             }
-            index
-                .apply_batch(stale)
-                .map_err(StoreError::sled("drop stale spool segment index entries"))?;
             for n in numbers {
                 if n != segment && !live.contains_key(&n) {
                     let p = segment_path(&dir, n);
@@ -228,14 +246,22 @@ impl Segments {
         let outbox = open_kind(SpoolKind::Outbox)?;
         let inbox = open_kind(SpoolKind::Inbox)?;
         sync_dir(spool_dir)?;
-        Ok((
-            Arc::new(Segments {
+        Ok(Opened {
+            segments: Arc::new(Segments {
                 index,
                 outbox,
                 inbox,
             }),
             truncated,
-        ))
+            stale,
+        })
+    }
+
+    /// The index key of `id`'s record, for a transaction over the [`INDEX_TREE`] tree that
+    /// removes a stale entry (one [`Segments::open`] reported: not counted as live, so its
+    /// removal releases nothing).
+    pub(crate) fn stale_key(kind: SpoolKind, id: &TransferId) -> [u8; 17] {
+        key(kind, id)
     }
 
     fn kind(&self, kind: SpoolKind) -> &Kind {
@@ -410,9 +436,17 @@ impl Segments {
     }
 }
 
-/// [`Segments::open`], logging each truncated tail (numbers only: no envelope byte).
-pub(crate) fn open_logged(db: &sled::Db, spool_dir: &Path) -> Result<Arc<Segments>, StoreError> {
-    let (segments, truncated) = Segments::open(db, spool_dir)?;
+/// [`Segments::open`], logging each truncated tail (numbers only: no envelope byte). Returns
+/// the segments and the stale index entries.
+pub(crate) fn open_logged(
+    db: &sled::Db,
+    spool_dir: &Path,
+) -> Result<(Arc<Segments>, Vec<Stale>), StoreError> {
+    let Opened {
+        segments,
+        truncated,
+        stale,
+    } = Segments::open(db, spool_dir)?;
     for t in truncated {
         tracing::warn!(
             spool = t.kind.dir_name(),
@@ -422,7 +456,7 @@ pub(crate) fn open_logged(db: &sled::Db, spool_dir: &Path) -> Result<Arc<Segment
             "spool segment ended in a torn or damaged record (a crash during a write): truncated"
         );
     }
-    Ok(segments)
+    Ok((segments, stale))
 }
 
 /// Closes the tail (durably: only the tail may end torn) and starts the next segment.

@@ -432,6 +432,13 @@ mod tests {
                     let mut n = 0u32;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 3_000 {
                         let e = entry(w, n);
+                        // Its envelope first, as the send path seals it: a pending transfer
+                        // restored without one would be failed at open (see `lost`).
+                        let mut env = store
+                            .spool_writer(&e.transfer_id, crate::SpoolKind::Outbox)
+                            .unwrap();
+                        env.write_chunk(b"sealed envelope").unwrap();
+                        env.finish().unwrap();
                         store
                             .outbox_insert_audited(&e, vec![submitted(e.transfer_id)])
                             .unwrap();

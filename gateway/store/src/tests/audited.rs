@@ -1,6 +1,6 @@
 //! State changes written together with their audit entries.
 
-use super::{audit_record, inbox_entry, open, outbox_entry, reopen, tid};
+use super::{audit_record, hold_envelope, inbox_entry, open, outbox_entry, reopen, tid};
 use crate::{AuditFilter, InboxInsert, StoreError, TransferState};
 
 fn events(store: &crate::Store) -> Vec<(u64, String)> {
@@ -22,6 +22,7 @@ fn named(event: &str, n: u32) -> crate::AuditRecord {
 fn insert_with_audit_writes_both_and_survives_reopen() {
     let (dir, store) = open();
     store.audit_append(named("before", 9)).expect("append");
+    hold_envelope(&store, 1);
     let entries = store
         .outbox_insert_audited(
             &outbox_entry(1, 100),

@@ -1,4 +1,4 @@
-use super::{audit_record, open, outbox_entry, reopen, tid};
+use super::{audit_record, hold_envelope, open, outbox_entry, reopen, tid};
 use crate::{KeyLookup, KeyReservation, Store, StoreError};
 
 const DAY_MS: u64 = 24 * 3_600_000;
@@ -23,6 +23,7 @@ fn lookup(store: &Store, scope: &str, key: &str, digest: u8, now: u64) -> KeyLoo
 async fn a_recorded_key_survives_a_restart_and_answers_the_same_request_only() {
     let (dir, store) = open();
     let held = reserve(&store, "emr", "order-17", 1, 1_000);
+    hold_envelope(&store, 1);
     let entry = outbox_entry(1, 1_000);
     store
         .outbox_insert_keyed(
@@ -126,6 +127,9 @@ fn an_expired_key_is_absent_is_replaced_and_is_swept() {
     let KeyLookup::New(held) = begin(&store, 1, 1_000) else {
         panic!("new key")
     };
+    for n in 1..=3 {
+        hold_envelope(&store, n);
+    }
     store
         .outbox_insert_keyed(&outbox_entry(1, 1_000), Vec::new(), &held.claim())
         .expect("insert");

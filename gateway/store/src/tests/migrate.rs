@@ -46,6 +46,11 @@ fn write_legacy(dir: &Path, entries: u32) -> Legacy {
         if entry.state.is_pending() {
             due.insert(crate::time_key(entry.next_attempt_ms, &tid(n)), &[][..])
                 .expect("insert");
+            // Its sealed envelope, a file of its own as format 1 kept it (a pending transfer
+            // without one would be failed at open as lost in a crash).
+            let spool = dir.join("spool/outbox");
+            std::fs::create_dir_all(&spool).expect("spool dir");
+            std::fs::write(spool.join(hex::encode(tid(n))), b"sealed envelope").expect("write");
         }
     }
     tree("inbox")

@@ -9,6 +9,7 @@ mod collections;
 mod commit;
 mod idempotency;
 mod inbox;
+mod lost;
 mod migrate;
 mod outbox;
 mod protect;
@@ -19,7 +20,8 @@ mod spool_segment;
 use tempfile::TempDir;
 
 use crate::{
-    AuditRecord, InboxEntry, OutboxEntry, Store, TransferId, TransferState, TransferSummary,
+    AuditRecord, InboxEntry, OutboxEntry, SpoolKind, Store, TransferId, TransferState,
+    TransferSummary,
 };
 
 fn open() -> (TempDir, Store) {
@@ -63,6 +65,16 @@ fn outbox_entry(n: u32, created_ms: u64) -> OutboxEntry {
         },
         request_id: None,
     }
+}
+
+/// Writes a (stand-in) sealed envelope for outbox transfer `n`: at open, a pending transfer
+/// without its envelope is failed as lost in a crash (see the `lost` module).
+fn hold_envelope(store: &Store, n: u32) {
+    let mut w = store
+        .spool_writer(&tid(n), SpoolKind::Outbox)
+        .expect("writer");
+    w.write_chunk(b"sealed envelope").expect("write");
+    w.finish().expect("finish");
 }
 
 fn inbox_entry(n: u32, received_ms: u64) -> InboxEntry {

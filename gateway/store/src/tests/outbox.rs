@@ -1,4 +1,4 @@
-use super::{open, outbox_entry, reopen, tid};
+use super::{hold_envelope, open, outbox_entry, reopen, tid};
 use crate::{StoreError, TransferState};
 
 #[test]
@@ -148,6 +148,7 @@ fn due_returns_pending_entries_whose_time_has_come_oldest_first() {
 async fn states_and_due_index_survive_reopen() {
     let (dir, store) = open();
     for n in 1..=3 {
+        hold_envelope(&store, n);
         store
             .outbox_insert(&outbox_entry(n, 100 + u64::from(n)))
             .expect("insert");
