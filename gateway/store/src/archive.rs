@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::audit::{self, chain_hash, floor, split_stored, FLOOR_KEY, WHAT};
 use crate::codec::{decode_body, encode};
 use crate::error::StoreError;
+use crate::index_keys::IndexKeys;
 use crate::merkle::{self, Frontier, Hash};
 use crate::protect::PatientTag;
 use crate::types::TransferId;
@@ -318,11 +319,12 @@ impl Store {
         for item in t.audit.range(from.to_be_bytes()..=to.to_be_bytes()) {
             let (key, value) = item.map_err(StoreError::sled("read audit log"))?;
             if let Some((_, _, body)) = split_stored(&value) {
-                if let Ok((seq, b)) = decode_body::<(u64, audit::RecordView)>(WHAT, body) {
-                    if let Some(p) = &b.patient {
-                        patient.remove(&audit::patient_key(&p.tag, seq)[..]);
+                if let Some(b) = IndexKeys::parse(body) {
+                    let seq = b.seq;
+                    if let Some(tag) = b.patient_tag {
+                        patient.remove(&audit::patient_key(tag, seq)[..]);
                     }
-                    if let Some(id) = &b.transfer_id {
+                    if let Some(id) = b.transfer_id {
                         transfer.remove(&audit::transfer_key(id, seq)[..]);
                     }
                     if b.break_glass {

@@ -21,13 +21,13 @@ use std::ops::Bound;
 use std::sync::MutexGuard;
 
 use ring::digest;
-use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use crate::audited::Chained;
 use crate::codec::{decode, decode_body, VERSION};
 use crate::error::StoreError;
+use crate::index_keys::IndexKeys;
 use crate::merkle::{self, CompactRange, Frontier, Hash};
 use crate::protect::{aad, Keys, PatientTag, TAG_LEN};
 use crate::types::{AuditEntry, AuditFilter, AuditRecord, TransferId};
@@ -191,60 +191,6 @@ fn patient_aad(seq: u64, tag: &PatientTag) -> Vec<u8> {
     s.copy_from_slice(&seq.to_be_bytes());
     t.copy_from_slice(tag);
     aad(PATIENT_FIELD, &key)
-}
-
-/// A borrowed decoding of the stored body `postcard((seq, StoredRecord))` that allocates
-/// nothing, for verification. Field order and types mirror [`StoredRecord`]; the tests verify
-/// real entries with it. Strings are borrowed as bytes: postcard encodes both alike, and the
-/// walk needs no UTF-8 validation (the chain hash already covers every byte).
-#[derive(Deserialize)]
-pub(crate) struct RecordView<'a> {
-    _time_ms: u64,
-    #[serde(borrow)]
-    _event: &'a [u8],
-    pub(crate) transfer_id: Option<TransferId>,
-    #[serde(borrow)]
-    _peer: Option<&'a [u8]>,
-    #[serde(borrow)]
-    pub(crate) patient: Option<PatientView<'a>>,
-    #[serde(borrow)]
-    _purpose: Option<&'a [u8]>,
-    #[serde(borrow)]
-    _clinician: Option<&'a [u8]>,
-    #[serde(borrow)]
-    _outcome: &'a [u8],
-    #[serde(borrow)]
-    _reason: Option<&'a [u8]>,
-    _policy_ids: SkipStrs,
-    pub(crate) break_glass: bool,
-}
-
-/// The stored patient of [`RecordView`]: the tag is what the patient index holds.
-#[derive(Deserialize)]
-pub(crate) struct PatientView<'a> {
-    pub(crate) tag: PatientTag,
-    #[serde(borrow)]
-    _sealed: &'a [u8],
-}
-
-/// Reads a sequence of strings without keeping them.
-struct SkipStrs;
-
-impl<'de> Deserialize<'de> for SkipStrs {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = SkipStrs;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a sequence of strings")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SkipStrs, A::Error> {
-                while seq.next_element::<&'de [u8]>()?.is_some() {}
-                Ok(SkipStrs)
-            }
-        }
-        deserializer.deserialize_seq(V)
-    }
 }
 
 /// The audit chain is broken at `seq`: the first entry, in log order, that fails.
@@ -1020,12 +966,13 @@ struct EntryDigests<'a> {
 }
 
 impl EntryDigests<'_> {
-    fn add(&mut self, seq: u64, view: &RecordView<'_>) {
+    fn add(&mut self, view: &IndexKeys<'_>) {
         let [patient, transfer, glass] = &mut self.digests;
-        if let Some(p) = &view.patient {
-            patient.add(self.state, &patient_key(&p.tag, seq));
+        let seq = view.seq;
+        if let Some(tag) = view.patient_tag {
+            patient.add(self.state, &patient_key(tag, seq));
         }
-        if let Some(id) = &view.transfer_id {
+        if let Some(id) = view.transfer_id {
             transfer.add(self.state, &transfer_key(id, seq));
         }
         if view.break_glass {
@@ -1225,12 +1172,11 @@ fn walk_range(
         if chain_hash(&link, body) != *hash {
             return Err(fail(ChainProblem::HashMismatch));
         }
-        let (body_seq, view): (u64, RecordView<'_>) =
-            decode_body(WHAT, body).map_err(|_| fail(ChainProblem::Undecodable))?;
-        if body_seq != seq {
+        let implied = IndexKeys::parse(body).ok_or_else(|| fail(ChainProblem::Undecodable))?;
+        if implied.seq != seq {
             return Err(fail(ChainProblem::SeqMismatch));
         }
-        digests.add(seq, &view);
+        digests.add(&implied);
         if let Some(leaves) = leaves.as_mut() {
             leaves.range.append(merkle::leaf_hash(body));
             while let Some(size) = sizes.next_if(|size| *size <= seq) {

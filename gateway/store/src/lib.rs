@@ -110,6 +110,7 @@ pub mod directories;
 mod error;
 mod idempotency;
 mod inbox;
+mod index_keys;
 mod lost;
 pub mod merkle;
 mod migrate;

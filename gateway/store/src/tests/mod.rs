@@ -9,6 +9,7 @@ mod collections;
 mod commit;
 mod idempotency;
 mod inbox;
+mod index_keys;
 mod lost;
 mod migrate;
 mod outbox;
