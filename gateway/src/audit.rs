@@ -27,6 +27,10 @@ pub mod event {
     pub const REQUEST_RECEIVED: &str = "request-received";
     pub const REQUEST_ANSWERED: &str = "request-answered";
     pub const ENVELOPE_REMOVED: &str = "envelope-removed";
+    /// An entry whose envelope was lost in a crash before anything acknowledged it, settled
+    /// by the store (inbox: removed, so the resend is stored; outbox: failed, its
+    /// idempotency key forgotten). Written by `gateway-store` itself (`lost` module).
+    pub const ENVELOPE_LOST: &str = gateway_store::ENVELOPE_LOST_EVENT;
     /// A backup of the store was taken (`POST /v1/backup`; with or without keys, by whom).
     pub const BACKUP_TAKEN: &str = "backup-taken";
     /// The store was restored from a backup (the first entry after the backup's size).

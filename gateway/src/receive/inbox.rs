@@ -322,9 +322,34 @@ async fn receive_inner(
         verified_ms: now_ms(),
     };
 
-    // 2. Replay: a transfer id is accepted once, ever (the inbox never forgets an id).
+    // 2. Replay: a transfer id is accepted once, ever (the inbox never forgets an id, except
+    // an entry whose envelope was lost before its receipt was sent: see below).
     let mut stored_before: Option<InboxEntry> = None;
-    match state.store.inbox_get(&header.transfer_id().0) {
+    let found = match state.store.inbox_get(&header.transfer_id().0) {
+        // Fail closed: an entry is answered as a duplicate only while it holds its envelope.
+        // One without it (and not removed by retention) was written back by sled before a
+        // crash cut its envelope off, so its receipt was never sent; answering "duplicate"
+        // would make the sender drop a record this node does not hold. The store removes
+        // such an entry (audited `envelope-lost`) and the resend is stored as new.
+        Ok(Some(existing)) if existing.header_digest == header.header_digest() => {
+            let store = &state.store;
+            match tokio::task::block_in_place(|| store.inbox_drop_if_envelope_lost(&existing)) {
+                Ok(true) => {
+                    tracing::warn!(
+                        transfer = %header.transfer_id(),
+                        peer = %peer.facility,
+                        "inbox entry without its envelope (lost in a crash before its receipt \
+                         was sent): removed, the resend is stored"
+                    );
+                    Ok(None)
+                }
+                Ok(false) => Ok(Some(existing)),
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    };
+    match found {
         Ok(Some(existing)) if existing.header_digest == header.header_digest() => {
             if audit::has_event(&state.store, header.transfer_id().0, event::RECEIVED) {
                 return Ok(Err(existing.receipt));
