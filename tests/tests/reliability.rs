@@ -1,6 +1,9 @@
 //! Delivery survives a receiver that is down and a sender killed with SIGKILL mid-burst: every
 //! transfer the sender acknowledged (202) is delivered exactly once; a torn spool segment tail
-//! left by a crash is cut at restart and nothing is lost.
+//! left by a crash is cut at restart and nothing is lost; an entry whose envelope a power cut
+//! lost before it was acknowledged (sled wrote it back, the envelope never reached the disk)
+//! is not answered as held: a received one is stored again on the resend, exactly once, and a
+//! queued one fails and its idempotency key makes a new transfer.
 
 #![allow(clippy::unwrap_used)]
 
@@ -510,4 +513,257 @@ async fn a_torn_spool_segment_tail_after_a_crash_is_cut_and_nothing_is_lost() {
     assert_eq!(b.audit_events("received").await.len(), COUNT);
     assert!(a.audit_verifies().await);
     assert!(b.audit_verifies().await, "receiver audit chain broken");
+}
+
+/// Cuts the last record of the only segment of `kind` in `data` in half, as a power cut leaves
+/// an append that never reached the disk while sled had already written back its entry; the
+/// record must be `id`'s, of `len` envelope bytes. Returns the segment's path.
+fn tear_last_record(
+    data: &std::path::Path,
+    kind: &str,
+    id: &str,
+    len: usize,
+) -> std::path::PathBuf {
+    let records = tests::segment_records(data, kind);
+    assert_eq!(
+        records
+            .iter()
+            .map(|(rid, _)| rid.as_str())
+            .collect::<Vec<_>>(),
+        vec![id],
+        "the {kind} segments hold this one record"
+    );
+    let dir = data.join(format!("spool/{kind}-segments"));
+    let tail = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let whole = std::fs::metadata(&tail).unwrap().len();
+    assert_eq!(whole, (24 + len) as u64, "one record: header and envelope");
+    let f = std::fs::OpenOptions::new().write(true).open(&tail).unwrap();
+    f.set_len(24 + len as u64 / 2).unwrap();
+    tail
+}
+
+/// The receiver side of the crash window between sled's own write-back (every ~500 ms) and the
+/// group commit: clinic-b's inbox entry and the index entry of its segment record are on disk,
+/// the record itself is not, and the sender, which never got a receipt, resends. The inbox entry
+/// must not be taken for a duplicate (the sender would drop a record clinic-b does not hold):
+/// at restart it is removed, audited `envelope-lost`, and the resend is stored, exactly once.
+///
+/// The state is made with real nodes: hosp-a delivers one record, clinic-b is killed and the
+/// record torn off its inbox segment; hosp-a's retry is then made with the envelope hosp-a
+/// sealed, over hosp-a's own mTLS identity (its first receipt stands for the one a crash in the
+/// window would never have sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_envelope_torn_off_its_segment_is_stored_again_on_the_resend_exactly_once() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let a = fed.start("hosp-a");
+    let mut b = fed.start("clinic-b");
+    let payload = bundle("Bundle-micro.json");
+    let id = a.send_bundle("clinic-b", &payload).await.transfer_id();
+    a.wait_state(&id, "delivered", Duration::from_secs(60))
+        .await;
+    let envelope = a
+        .envelope_on_disk("outbox", &id)
+        .expect("hosp-a's sealed envelope");
+    assert_eq!(b.inbox().await.len(), 1);
+
+    b.kill9();
+    let data = fed.nodes["clinic-b"].dir.join("data");
+    tear_last_record(&data, "inbox", &id, envelope.len());
+    let b = fed.start("clinic-b");
+    let log = b.log_text();
+    assert!(
+        log.contains("spool segment ended in a torn or damaged record"),
+        "{log}"
+    );
+    assert!(
+        log.contains("envelopes lost in a crash before they were acknowledged"),
+        "{log}"
+    );
+    assert!(log.contains("inbox_entries_removed=1"), "{log}");
+    // Nothing is served without its envelope: the entry is gone, and the log says why.
+    assert!(
+        b.inbox().await.is_empty(),
+        "an inbox entry without its envelope"
+    );
+    let lost = b.audit_events("envelope-lost").await;
+    assert_eq!(lost.len(), 1, "{lost:#?}");
+    assert_eq!(lost[0]["transfer_id"], id.as_str());
+    assert_eq!(lost[0]["outcome"], "removed");
+
+    // hosp-a's resend is stored (200 and a receipt), not answered as a duplicate (409).
+    let ca = std::fs::read(fed.nodes["clinic-b"].dir.join("ca.crt")).unwrap();
+    let ident = tests::RawIdentity::from_node_dir(&fed.nodes["hosp-a"].dir);
+    let (status, receipt) =
+        tests::raw_peer_post(b.dir.peer, &ca, &ident, "/v1/envelopes", envelope.clone())
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&receipt));
+    let inbox = b.inbox().await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0]["transfer_id"], id.as_str());
+    assert_eq!(b.fetch(&id).await, payload);
+    // Now it is held, so a further resend is the duplicate it looks like.
+    let (status, _) = tests::raw_peer_post(b.dir.peer, &ca, &ident, "/v1/envelopes", envelope)
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+    assert_eq!(b.inbox().await.len(), 1, "stored exactly once");
+    // The trail: received, envelope-lost, received again; one duplicate refused.
+    let trail: Vec<String> = b
+        .audit_without_reads()
+        .await
+        .iter()
+        .filter(|e| e["transfer_id"] == id.as_str())
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .filter(|e| ["received", "envelope-lost", "rejected"].contains(&e.as_str()))
+        .collect();
+    assert_eq!(trail, ["received", "envelope-lost", "received", "rejected"]);
+    assert!(b.audit_verifies().await, "receiver audit chain broken");
+}
+
+/// The same window with a received envelope over the segment size (a file of its own, here
+/// every one: `spool_segment_kib = 0`) whose rename into the spool never reached the disk:
+/// nothing at start-up names it, so the resend finds it. The receiver answers "duplicate" only
+/// for an entry that holds its envelope; this one is removed, audited, and the resend stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_envelope_file_lost_in_a_crash_is_stored_again_on_the_resend_exactly_once() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    let config = &fed.nodes["clinic-b"].config_path;
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replacen("[node]\n", "[node]\nspool_segment_kib = 0\n", 1),
+    )
+    .unwrap();
+    let a = fed.start("hosp-a");
+    let mut b = fed.start("clinic-b");
+    let payload = bundle("Bundle-micro.json");
+    let id = a.send_bundle("clinic-b", &payload).await.transfer_id();
+    a.wait_state(&id, "delivered", Duration::from_secs(60))
+        .await;
+    let envelope = a
+        .envelope_on_disk("outbox", &id)
+        .expect("hosp-a's sealed envelope");
+
+    b.kill9();
+    let file = b.spool_path("inbox", &id);
+    std::fs::remove_file(&file).expect("clinic-b held the envelope in a file of its own");
+    let b = fed.start("clinic-b");
+    assert_eq!(b.inbox().await.len(), 1, "not known at start-up");
+
+    let ca = std::fs::read(fed.nodes["clinic-b"].dir.join("ca.crt")).unwrap();
+    let ident = tests::RawIdentity::from_node_dir(&fed.nodes["hosp-a"].dir);
+    let (status, receipt) =
+        tests::raw_peer_post(b.dir.peer, &ca, &ident, "/v1/envelopes", envelope.clone())
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&receipt));
+    assert!(file.exists());
+    let inbox = b.inbox().await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(b.fetch(&id).await, payload);
+    let lost = b.audit_events("envelope-lost").await;
+    assert_eq!(lost.len(), 1, "{lost:#?}");
+    assert_eq!(lost[0]["transfer_id"], id.as_str());
+    assert_eq!(b.audit_events("received").await.len(), 2);
+    let (status, _) = tests::raw_peer_post(b.dir.peer, &ca, &ident, "/v1/envelopes", envelope)
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+    assert_eq!(b.inbox().await.len(), 1, "stored exactly once");
+    assert!(b.audit_verifies().await, "receiver audit chain broken");
+}
+
+/// The sender side of the same window: a keyed submission queued (its entry and idempotency
+/// key written back by sled) whose segment record never reached the disk, so its 202 was never
+/// sent. At restart the transfer is failed, audited `envelope-lost`, and its key forgotten:
+/// the client's retry with the same key makes a new transfer, delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_envelope_torn_off_its_segment_fails_and_the_keyed_retry_makes_a_new_transfer() {
+    let fed = Fed::new(&[
+        ("hosp-a", FacilityKind::Hospital),
+        ("clinic-b", FacilityKind::Clinic),
+    ]);
+    // clinic-b is not started yet: the transfer stays queued at hosp-a.
+    let mut a = fed.start("hosp-a");
+    let payload = bundle("Bundle-micro.json");
+    let patient = patient_id(&payload).unwrap();
+    let submit = |a: &Node| {
+        let query = serde_urlencoded::to_string([
+            ("to", "clinic-b"),
+            ("patient", patient.as_str()),
+            ("purpose", "treatment"),
+            ("content_type", "fhir"),
+        ])
+        .unwrap();
+        let (api, payload) = (a.api(), payload.clone());
+        async move {
+            let resp = api
+                .call_with_headers(
+                    Method::POST,
+                    &format!("/v1/transfers?{query}"),
+                    Body::from(payload),
+                    Some("application/octet-stream"),
+                    &[("idempotency-key", "\"order-4711\"")],
+                )
+                .await
+                .unwrap();
+            let replayed = resp.headers().get("idempotent-replayed").is_some();
+            let (status, body) = collect_json(resp).await.unwrap();
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            (body["transfer_id"].as_str().unwrap().to_owned(), replayed)
+        }
+    };
+    // Its first attempt (clinic-b unreachable) may or may not have started: either way the
+    // envelope never left hosp-a.
+    let (first, _) = submit(&a).await;
+    let envelope = a
+        .envelope_on_disk("outbox", &first)
+        .expect("sealed envelope");
+
+    a.kill9();
+    let data = fed.nodes["hosp-a"].dir.join("data");
+    tear_last_record(&data, "outbox", &first, envelope.len());
+    let a = fed.start("hosp-a");
+    assert!(
+        a.log_text().contains("outbox_transfers_failed=1"),
+        "{}",
+        a.log_text()
+    );
+    let failed = a.transfer(&first).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("lost in a crash")),
+        "{failed}"
+    );
+    let lost = a.audit_events("envelope-lost").await;
+    assert_eq!(lost.len(), 1, "{lost:#?}");
+    assert_eq!(lost[0]["transfer_id"], first.as_str());
+    assert_eq!(lost[0]["outcome"], "failed");
+
+    // The retry with the same key is a new submission, not a replay of the lost one.
+    let b = fed.start("clinic-b");
+    let (second, replayed) = submit(&a).await;
+    assert_ne!(second, first);
+    assert!(!replayed);
+    a.wait_state(&second, "delivered", Duration::from_secs(60))
+        .await;
+    let inbox = b.inbox().await;
+    assert_eq!(inbox.len(), 1, "{inbox:#?}");
+    assert_eq!(inbox[0]["transfer_id"], second.as_str());
+    assert_eq!(b.fetch(&second).await, payload);
+    assert_eq!(a.transfer(&first).await["state"], "failed");
+    assert!(a.audit_verifies().await, "sender audit chain broken");
 }
