@@ -19,7 +19,10 @@
 //! [`KeyLookup::InProgress`] instead of creating a second transfer. The reservation is released
 //! when dropped, which the gateway does only after the commit, so a replay never answers with a
 //! transfer that is not yet durable. A crash drops every reservation with the process; whatever
-//! was not committed was never acknowledged, and the retry is processed afresh.
+//! was not committed was never acknowledged, and the retry is processed afresh. sled may have
+//! written such a key back on its own, with its outbox entry, while the transfer's envelope
+//! never reached the disk: the next open fails that transfer and forgets its key (see the
+//! `lost` module), so the retry is not answered with a transfer that cannot be sent.
 
 use std::collections::HashSet;
 use std::fmt;
