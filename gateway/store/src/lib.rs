@@ -397,8 +397,8 @@ impl Store {
     }
 
     #[cfg(test)]
-    pub(crate) fn spool_dirs_dirty(&self) -> bool {
-        self.inner.spool_dirs.is_dirty()
+    pub(crate) fn spool_dirs_dirty(&self, kind: SpoolKind) -> bool {
+        self.inner.spool_dirs.is_dirty(kind)
     }
 
     /// A writer for the spool file of `id`; see [`SpoolWriter`].

@@ -34,13 +34,16 @@ const FLUSH_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 /// (a sender retrying while its first attempt is still streaming) never share a file.
 static NEXT_PARTIAL: AtomicU64 = AtomicU64::new(0);
 
-/// The spool directories, and whether a file was renamed into one of them since the last
-/// group commit. A rename is made durable by an fsync of its directory; doing that once per
-/// group commit instead of once per file keeps it off every transfer's path (the caller
-/// commits before it acknowledges anything, so the ordering guarantee is unchanged).
+/// The spool directories, and whether a file was renamed into each since the last group
+/// commit. A rename is made durable by an fsync of its directory; doing that once per group
+/// commit instead of once per file keeps it off every transfer's path (the caller commits
+/// before it acknowledges anything, so the ordering guarantee is unchanged). Only the
+/// directories renamed into are synced: a node sending large envelopes does not also pay a
+/// journal commit for its unchanged inbox directory.
 pub(crate) struct SpoolDirs {
-    dirty: AtomicBool,
-    dirs: Vec<PathBuf>,
+    /// Indexed as `dirs`, by [`slot`].
+    dirty: [AtomicBool; 2],
+    dirs: [PathBuf; 2],
     /// Attached once the database is open (not during a migration, which writes no envelope).
     segments: OnceLock<Arc<Segments>>,
     /// Largest envelope written to a segment (0: none; existing records are still read).
@@ -50,11 +53,8 @@ pub(crate) struct SpoolDirs {
 impl SpoolDirs {
     pub(crate) fn new(spool_dir: &Path) -> Arc<SpoolDirs> {
         Arc::new(SpoolDirs {
-            dirty: AtomicBool::new(false),
-            dirs: [SpoolKind::Outbox, SpoolKind::Inbox]
-                .iter()
-                .map(|k| spool_dir.join(k.dir_name()))
-                .collect(),
+            dirty: [AtomicBool::new(false), AtomicBool::new(false)],
+            dirs: [SpoolKind::Outbox, SpoolKind::Inbox].map(|k| spool_dir.join(k.dir_name())),
             segments: OnceLock::new(),
             segment_max: AtomicUsize::new(0),
         })
@@ -72,13 +72,13 @@ impl SpoolDirs {
         self.segments.get()
     }
 
-    fn mark(&self) {
-        self.dirty.store(true, Ordering::Release);
+    fn mark(&self, kind: SpoolKind) {
+        self.dirty[slot(kind)].store(true, Ordering::Release);
     }
 
     #[cfg(test)]
-    pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Acquire)
+    pub(crate) fn is_dirty(&self, kind: SpoolKind) -> bool {
+        self.dirty[slot(kind)].load(Ordering::Acquire)
     }
 
     /// Called by the commit thread at the start of every flush: every rename that happened
@@ -88,16 +88,25 @@ impl SpoolDirs {
         if let Some(segments) = self.segments.get() {
             segments.sync()?;
         }
-        if !self.dirty.swap(false, Ordering::AcqRel) {
-            return Ok(());
+        for (dirty, dir) in self.dirty.iter().zip(&self.dirs) {
+            if dirty.swap(false, Ordering::AcqRel) {
+                sync_dir(dir).inspect_err(|_| dirty.store(true, Ordering::Release))?;
+            }
         }
-        self.sync_all()
-            .inspect_err(|_| self.dirty.store(true, Ordering::Release))
+        Ok(())
     }
 
     /// fsyncs both directories now: every rename or removal before the call is durable.
     pub(crate) fn sync_all(&self) -> Result<(), StoreError> {
         self.dirs.iter().try_for_each(|dir| sync_dir(dir))
+    }
+}
+
+/// The index of `kind` in [`SpoolDirs`]' arrays.
+fn slot(kind: SpoolKind) -> usize {
+    match kind {
+        SpoolKind::Outbox => 0,
+        SpoolKind::Inbox => 1,
     }
 }
 
@@ -321,7 +330,7 @@ impl SpoolWriter {
         // From here the partial path no longer exists; Drop must not remove anything.
         self.partial = PathBuf::new();
         self.finished = true;
-        self.dirs.mark();
+        self.dirs.mark(self.kind);
         // The file replaces an earlier copy of the id that a segment may hold.
         if let Some(segments) = self.dirs.segments() {
             segments.remove(self.kind, &self.id)?;
