@@ -251,13 +251,7 @@ impl Store {
                 break;
             }
             let (key, _) = item.map_err(StoreError::sled("scan idempotency keys"))?;
-            let tag =
-                key.get(8..)
-                    .and_then(|t| KeyTag::try_from(t).ok())
-                    .ok_or(StoreError::Corrupt {
-                        what: WHAT,
-                        problem: "malformed time index key",
-                    })?;
+            let tag = tag_of_time_key(&key)?;
             due.push((key, tag));
         }
         if due.is_empty() {
@@ -299,16 +293,19 @@ pub(crate) fn tags_written_at(t: &Trees, created_ms: u64) -> Result<Vec<KeyTag>,
     let mut tags = Vec::new();
     for item in t.idempotency_by_time.scan_prefix(created_ms.to_be_bytes()) {
         let (key, _) = item.map_err(StoreError::sled("scan idempotency keys"))?;
-        let tag =
-            key.get(8..)
-                .and_then(|t| KeyTag::try_from(t).ok())
-                .ok_or(StoreError::Corrupt {
-                    what: WHAT,
-                    problem: "malformed time index key",
-                })?;
-        tags.push(tag);
+        tags.push(tag_of_time_key(&key)?);
     }
     Ok(tags)
+}
+
+/// The key tag of a time index key (`created_ms_be || tag`).
+fn tag_of_time_key(key: &[u8]) -> Result<KeyTag, StoreError> {
+    key.get(8..)
+        .and_then(|t| KeyTag::try_from(t).ok())
+        .ok_or(StoreError::Corrupt {
+            what: WHAT,
+            problem: "malformed time index key",
+        })
 }
 
 /// Removes, inside a transaction, the record among `tags` that names `transfer_id` (and its

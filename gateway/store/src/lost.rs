@@ -36,7 +36,7 @@
 //! read every unacknowledged entry); the receive path asks
 //! [`Store::inbox_drop_if_envelope_lost`] before it answers a resend as a duplicate.
 
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use crate::error::StoreError;
 use crate::idempotency;
@@ -149,9 +149,7 @@ impl Store {
                 &t.spool_removed,
             ],
             |[index, inbox, by_time, retained, removed]| {
-                if stale {
-                    index.remove(&index_key[..])?;
-                } else if index.get(index_key)?.is_some() {
+                if envelope_indexed(index, &index_key, stale)? {
                     return Ok((false, Vec::new()));
                 }
                 let Some(value) = inbox.get(id)? else {
@@ -199,9 +197,7 @@ impl Store {
                 &t.idempotency_by_time,
             ],
             |[index, outbox, due, keys, keys_by_time]| {
-                if stale {
-                    index.remove(&index_key[..])?;
-                } else if index.get(index_key)?.is_some() {
+                if envelope_indexed(index, &index_key, stale)? {
                     return Ok((false, Vec::new()));
                 }
                 let Some(value) = outbox.get(id)? else {
@@ -229,6 +225,21 @@ impl Store {
         )?;
         Ok(failed)
     }
+}
+
+/// Whether the segment index still locates the envelope: a `stale` index entry (one
+/// [`Segments::open`] found pointing past the tail) is removed instead, in the caller's
+/// transaction, and does not count.
+fn envelope_indexed(
+    index: &TransactionalTree,
+    index_key: &[u8],
+    stale: bool,
+) -> Result<bool, ConflictableTransactionError<StoreError>> {
+    if stale {
+        index.remove(index_key)?;
+        return Ok(false);
+    }
+    Ok(index.get(index_key)?.is_some())
 }
 
 fn inbox_record(entry: &InboxEntry, reason: &str) -> AuditRecord {
