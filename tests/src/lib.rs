@@ -444,19 +444,54 @@ impl Node {
             ("content_type", content_type),
         ];
         q.extend_from_slice(extra);
-        let query = serde_urlencoded::to_string(&q).unwrap();
+        self.post_transfer(&q, payload, &[]).await.0
+    }
+
+    /// Sends a FHIR bundle for its own patient, for treatment, with an `Idempotency-Key` of
+    /// each raw header value in `keys` (none, one or several); also says whether the answer
+    /// carried `Idempotent-Replayed: true`.
+    pub async fn send_keyed(
+        &self,
+        to: &str,
+        bundle: &[u8],
+        purpose: &str,
+        keys: &[&str],
+    ) -> (Submitted, bool) {
+        let patient = patient_id(bundle).unwrap_or_else(|| "no-patient".to_owned());
+        let q = [
+            ("to", to),
+            ("patient", patient.as_str()),
+            ("purpose", purpose),
+            ("content_type", "fhir"),
+        ];
+        let headers: Vec<(&str, &str)> = keys.iter().map(|k| ("idempotency-key", *k)).collect();
+        self.post_transfer(&q, bundle.to_vec(), &headers).await
+    }
+
+    async fn post_transfer(
+        &self,
+        query: &[(&str, &str)],
+        payload: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (Submitted, bool) {
+        let query = serde_urlencoded::to_string(query).unwrap();
         let resp = self
             .api()
-            .call(
+            .call_with_headers(
                 Method::POST,
                 &format!("/v1/transfers?{query}"),
                 Body::from(payload),
                 Some("application/octet-stream"),
+                headers,
             )
             .await
             .unwrap();
+        let replayed = resp
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
         let (status, body) = collect_json(resp).await.unwrap();
-        Submitted { status, body }
+        (Submitted { status, body }, replayed)
     }
 
     /// Sends a FHIR bundle for its own patient, for treatment.

@@ -46,34 +46,10 @@ impl Answer {
 /// `POST /v1/transfers` of a FHIR bundle about its own patient to clinic-b, with the raw
 /// `Idempotency-Key` header values given (none, one, or several).
 async fn submit(node: &Node, keys: &[&str], record: &[u8], purpose: &str) -> Answer {
-    let patient = patient_id(record).unwrap();
-    let query = serde_urlencoded::to_string([
-        ("to", "clinic-b"),
-        ("patient", patient.as_str()),
-        ("purpose", purpose),
-        ("content_type", "fhir"),
-    ])
-    .unwrap();
-    let headers: Vec<(&str, &str)> = keys.iter().map(|k| ("idempotency-key", *k)).collect();
-    let resp = node
-        .api()
-        .call_with_headers(
-            Method::POST,
-            &format!("/v1/transfers?{query}"),
-            Body::from(record.to_vec()),
-            Some("application/octet-stream"),
-            &headers,
-        )
-        .await
-        .unwrap();
-    let replayed = resp
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|v| v == "true");
-    let (status, body) = collect_json(resp).await.unwrap();
+    let (sent, replayed) = node.send_keyed("clinic-b", record, purpose, keys).await;
     Answer {
-        status,
-        body,
+        status: sent.status,
+        body: sent.body,
         replayed,
     }
 }

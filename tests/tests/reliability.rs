@@ -546,6 +546,16 @@ fn tear_last_record(
     tail
 }
 
+/// `from`'s envelope posted again to `to`'s peer listener over `from`'s own mTLS identity, as
+/// its delivery retry does: the status and body of the answer.
+async fn resend(fed: &Fed, from: &str, to: &Node, envelope: &[u8]) -> (u16, Vec<u8>) {
+    let ca = std::fs::read(to.dir.dir.join("ca.crt")).unwrap();
+    let ident = tests::RawIdentity::from_node_dir(&fed.nodes[from].dir);
+    tests::raw_peer_post(to.dir.peer, &ca, &ident, "/v1/envelopes", envelope.to_vec())
+        .await
+        .unwrap()
+}
+
 /// The receiver side of the crash window between sled's own write-back (every ~500 ms) and the
 /// group commit: clinic-b's inbox entry and the index entry of its segment record are on disk,
 /// the record itself is not, and the sender, which never got a receipt, resends. The inbox entry
@@ -598,21 +608,14 @@ async fn a_received_envelope_torn_off_its_segment_is_stored_again_on_the_resend_
     assert_eq!(lost[0]["outcome"], "removed");
 
     // hosp-a's resend is stored (200 and a receipt), not answered as a duplicate (409).
-    let ca = std::fs::read(fed.nodes["clinic-b"].dir.join("ca.crt")).unwrap();
-    let ident = tests::RawIdentity::from_node_dir(&fed.nodes["hosp-a"].dir);
-    let (status, receipt) =
-        tests::raw_peer_post(b.dir.peer, &ca, &ident, "/v1/envelopes", envelope.clone())
-            .await
-            .unwrap();
+    let (status, receipt) = resend(&fed, "hosp-a", &b, &envelope).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&receipt));
     let inbox = b.inbox().await;
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0]["transfer_id"], id.as_str());
     assert_eq!(b.fetch(&id).await, payload);
     // Now it is held, so a further resend is the duplicate it looks like.
-    let (status, _) = tests::raw_peer_post(b.dir.peer, &ca, &ident, "/v1/envelopes", envelope)
-        .await
-        .unwrap();
+    let (status, _) = resend(&fed, "hosp-a", &b, &envelope).await;
     assert_eq!(status, 409);
     assert_eq!(b.inbox().await.len(), 1, "stored exactly once");
     // The trail: received, envelope-lost, received again; one duplicate refused.
@@ -661,12 +664,7 @@ async fn a_received_envelope_file_lost_in_a_crash_is_stored_again_on_the_resend_
     let b = fed.start("clinic-b");
     assert_eq!(b.inbox().await.len(), 1, "not known at start-up");
 
-    let ca = std::fs::read(fed.nodes["clinic-b"].dir.join("ca.crt")).unwrap();
-    let ident = tests::RawIdentity::from_node_dir(&fed.nodes["hosp-a"].dir);
-    let (status, receipt) =
-        tests::raw_peer_post(b.dir.peer, &ca, &ident, "/v1/envelopes", envelope.clone())
-            .await
-            .unwrap();
+    let (status, receipt) = resend(&fed, "hosp-a", &b, &envelope).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&receipt));
     assert!(file.exists());
     let inbox = b.inbox().await;
@@ -676,9 +674,7 @@ async fn a_received_envelope_file_lost_in_a_crash_is_stored_again_on_the_resend_
     assert_eq!(lost.len(), 1, "{lost:#?}");
     assert_eq!(lost[0]["transfer_id"], id.as_str());
     assert_eq!(b.audit_events("received").await.len(), 2);
-    let (status, _) = tests::raw_peer_post(b.dir.peer, &ca, &ident, "/v1/envelopes", envelope)
-        .await
-        .unwrap();
+    let (status, _) = resend(&fed, "hosp-a", &b, &envelope).await;
     assert_eq!(status, 409);
     assert_eq!(b.inbox().await.len(), 1, "stored exactly once");
     assert!(b.audit_verifies().await, "receiver audit chain broken");
@@ -697,36 +693,16 @@ async fn a_queued_envelope_torn_off_its_segment_fails_and_the_keyed_retry_makes_
     // clinic-b is not started yet: the transfer stays queued at hosp-a.
     let mut a = fed.start("hosp-a");
     let payload = bundle("Bundle-micro.json");
-    let patient = patient_id(&payload).unwrap();
-    let submit = |a: &Node| {
-        let query = serde_urlencoded::to_string([
-            ("to", "clinic-b"),
-            ("patient", patient.as_str()),
-            ("purpose", "treatment"),
-            ("content_type", "fhir"),
-        ])
-        .unwrap();
-        let (api, payload) = (a.api(), payload.clone());
-        async move {
-            let resp = api
-                .call_with_headers(
-                    Method::POST,
-                    &format!("/v1/transfers?{query}"),
-                    Body::from(payload),
-                    Some("application/octet-stream"),
-                    &[("idempotency-key", "\"order-4711\"")],
-                )
-                .await
-                .unwrap();
-            let replayed = resp.headers().get("idempotent-replayed").is_some();
-            let (status, body) = collect_json(resp).await.unwrap();
-            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-            (body["transfer_id"].as_str().unwrap().to_owned(), replayed)
-        }
-    };
+    async fn submit(a: &Node, payload: &[u8]) -> (String, bool) {
+        let (sent, replayed) = a
+            .send_keyed("clinic-b", payload, "treatment", &["\"order-4711\""])
+            .await;
+        assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.body);
+        (sent.transfer_id(), replayed)
+    }
     // Its first attempt (clinic-b unreachable) may or may not have started: either way the
     // envelope never left hosp-a.
-    let (first, _) = submit(&a).await;
+    let (first, _) = submit(&a, &payload).await;
     let envelope = a
         .envelope_on_disk("outbox", &first)
         .expect("sealed envelope");
@@ -755,7 +731,7 @@ async fn a_queued_envelope_torn_off_its_segment_fails_and_the_keyed_retry_makes_
 
     // The retry with the same key is a new submission, not a replay of the lost one.
     let b = fed.start("clinic-b");
-    let (second, replayed) = submit(&a).await;
+    let (second, replayed) = submit(&a, &payload).await;
     assert_ne!(second, first);
     assert!(!replayed);
     a.wait_state(&second, "delivered", Duration::from_secs(60))
