@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
+use crate::dir_watch::{Changes, DirWatch};
 use crate::error::StoreError;
 use crate::spool::SpoolDirs;
 use crate::types::CommitStats;
@@ -151,7 +152,7 @@ fn run(shared: &Shared, mut files: SledFiles) {
             Ok(())
         } else {
             shared.flushes.fetch_add(1, Ordering::Relaxed);
-            files.sync()
+            files.sync().map(drop)
         };
         done = target;
         shared.progress.send_modify(|p| match result {
@@ -168,13 +169,16 @@ fn run(shared: &Shared, mut files: SledFiles) {
 /// The files sled 0.34.7 writes under its directory, and what has been made durable so far.
 /// sled writes: `conf` (once, at creation), `db` (the log and all segments, rewritten in
 /// place), `blobs/<lsn>` (one file per page too large for a segment, never fsynced by sled)
-/// and `snap.<lsn>` (written, `sync_all`ed, then renamed into place).
+/// and `snap.<lsn>` (written, `sync_all`ed, then renamed into place). Which of them changed
+/// since the last commit is told by a [`DirWatch`].
 pub(crate) struct SledFiles {
     db: sled::Db,
     dir: PathBuf,
+    blobs: PathBuf,
     data_file: File,
-    root_entries: BTreeSet<OsString>,
-    blob_entries: BTreeSet<OsString>,
+    watch: DirWatch,
+    /// Changes seen by a drain whose syncs are not all done yet (a failed commit keeps them).
+    pending: Changes,
     spool: Arc<SpoolDirs>,
 }
 
@@ -188,28 +192,37 @@ impl SledFiles {
         let data_path = dir.join("db");
         let data_file =
             File::open(&data_path).map_err(|e| StoreError::io("open", &data_path, e))?;
+        let blobs = dir.join("blobs");
+        // Watching starts before the first sync, so nothing sled writes falls between the two.
+        let watch = DirWatch::open(dir, &blobs)?;
         let mut files = SledFiles {
             db,
             dir: dir.to_path_buf(),
+            blobs,
             data_file,
-            root_entries: BTreeSet::new(),
-            blob_entries: BTreeSet::new(),
+            watch,
+            // What was there before the watch began is unknown: sync all of it once.
+            pending: Changes {
+                overflowed: true,
+                ..Changes::default()
+            },
             spool,
         };
         let conf = dir.join("conf");
         sync_file(&conf)?;
-        files.sync()?;
+        let _ = files.sync()?;
         Ok(files)
     }
 
     /// One durable commit: sled flush, then fdatasync of every file it may have written,
-    /// then fsync of the directories whose entries changed.
-    pub(crate) fn sync(&mut self) -> Result<(), StoreError> {
+    /// then fsync of the directories whose entries changed. Returns what it synced.
+    pub(crate) fn sync(&mut self) -> Result<Synced, StoreError> {
+        let mut synced = Synced::default();
         // Spool files renamed into place before this flush started.
         self.spool.sync_if_dirty()?;
-        // Blobs written before the flush are synced first, so the log never durably refers
-        // to a blob that is not; blobs written concurrently are caught by the second pass.
-        self.sync_blobs()?;
+        // Blobs closed before the flush are synced first, so the log never durably refers
+        // to a blob that is not; blobs closed during the flush are caught by the second pass.
+        self.sync_blobs(&mut synced)?;
         self.db
             .flush()
             .map_err(StoreError::sled("flush for commit"))?;
@@ -218,37 +231,65 @@ impl SledFiles {
         self.data_file
             .sync_data()
             .map_err(|e| StoreError::io("fdatasync", self.dir.join("db"), e))?;
-        self.sync_blobs()?;
-        let now = list_dir(&self.dir)?;
-        if now != self.root_entries {
+        self.sync_blobs(&mut synced)?;
+        if self.pending.root_dir {
             // A new snapshot was renamed into place (or sled's files were created).
             sync_dir(&self.dir)?;
-            self.root_entries = now;
+            self.pending.root_dir = false;
+            synced.root_dir = true;
         }
-        Ok(())
+        Ok(synced)
     }
 
-    fn sync_blobs(&mut self) -> Result<(), StoreError> {
-        let blobs = self.dir.join("blobs");
-        let now = list_dir(&blobs)?;
-        if now == self.blob_entries {
-            return Ok(());
+    /// As if the kernel's event queue had overflowed (the queue holds 16 384 events by default,
+    /// too many to fill in a test).
+    #[cfg(test)]
+    pub(crate) fn assume_overflow(&mut self) {
+        self.pending.overflowed = true;
+    }
+
+    /// Syncs the blob files closed since the last pass, and `blobs/` if its entries changed.
+    /// A root-directory change stays in `pending` for the end of the commit; a failed sync
+    /// leaves what it did not finish in `pending` for the next commit.
+    fn sync_blobs(&mut self, synced: &mut Synced) -> Result<(), StoreError> {
+        let seen = self.watch.drain(&self.dir)?;
+        self.pending.merge(seen);
+        if self.pending.overflowed {
+            // Unknown changes: every blob present, both directories.
+            let all = list_dir(&self.blobs)?;
+            self.pending.closed_blobs.extend(all);
+            self.pending.blobs_dir = true;
+            self.pending.root_dir = true;
+            self.pending.overflowed = false;
         }
-        for name in now.difference(&self.blob_entries) {
-            let path = blobs.join(name);
+        while let Some(name) = self.pending.closed_blobs.first().cloned() {
+            let path = self.blobs.join(&name);
             match File::open(&path) {
                 Ok(f) => f
                     .sync_data()
                     .map_err(|e| StoreError::io("fdatasync", &path, e))?,
-                // Garbage-collected by sled between listing and opening: nothing to keep.
+                // Garbage-collected by sled since it was closed: nothing to keep.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StoreError::io("open", &path, e)),
             }
+            let _ = self.pending.closed_blobs.remove(&name);
+            let _ = synced.blobs.insert(name);
         }
-        sync_dir(&blobs)?;
-        self.blob_entries = now;
+        if self.pending.blobs_dir {
+            sync_dir(&self.blobs)?;
+            self.pending.blobs_dir = false;
+            synced.blobs_dir = true;
+        }
         Ok(())
     }
+}
+
+/// What one commit synced besides sled's log (for the tests of what the watch reports).
+#[derive(Debug, Default)]
+pub(crate) struct Synced {
+    pub(crate) blobs: BTreeSet<OsString>,
+    pub(crate) blobs_dir: bool,
+    pub(crate) root_dir: bool,
 }
 
 fn list_dir(dir: &Path) -> Result<BTreeSet<OsString>, StoreError> {

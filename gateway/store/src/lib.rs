@@ -58,9 +58,10 @@
 //! `sync_file_range`, which neither flushes the device's volatile write cache nor the file's
 //! metadata (sled issue #1452), and it never fsyncs blob files or the directory after creating
 //! or renaming files. So a commit is: `Db::flush()`, then `fdatasync` of sled's log file `db`,
-//! of every blob file (`blobs/<lsn>`, one per oversized page) created since the last commit,
-//! and an fsync of `blobs/` and of sled's directory when their entries changed (new blobs, a
-//! snapshot `snap.<lsn>` renamed into place). `conf` is written once at creation and synced
+//! of every blob file (`blobs/<lsn>`, one per oversized page) sled closed since the last
+//! commit, and an fsync of `blobs/` and of sled's directory when their entries changed (new
+//! blobs, a snapshot `snap.<lsn>` renamed into place). An inotify watch (`dir_watch`) tells
+//! which; after an event-queue overflow, and at open, everything is synced. `conf` is written once at creation and synced
 //! at open. Spool files are fsynced and renamed into place by [`SpoolWriter::finish`]; each
 //! commit first `fdatasync`s every spool segment appended to since the last one (small
 //! envelopes) and fsyncs the spool directories if a file was renamed into them.
@@ -106,6 +107,7 @@ mod checkpoints;
 mod codec;
 mod collections;
 mod commit;
+mod dir_watch;
 pub mod directories;
 mod error;
 mod idempotency;
