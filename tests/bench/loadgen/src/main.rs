@@ -7,6 +7,7 @@
 
 mod allocations;
 mod audit_api;
+mod durable;
 mod evidence;
 mod floor;
 mod instructions;

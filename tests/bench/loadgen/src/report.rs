@@ -11,6 +11,7 @@ use http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::durable::{self, DurableFloor};
 use crate::floor::{self, Floor};
 use crate::load::{self, LoadResult, LoadSpec, Target};
 use crate::procfs;
@@ -46,6 +47,11 @@ pub struct Row {
     pub floor_ms_per_transfer: Option<f64>,
     /// cpu_ms_per_transfer / floor_ms_per_transfer.
     pub cpu_ratio: Option<f64>,
+    /// The durability floor's CPU per transfer (the store's three durable commits alone,
+    /// `durable.rs`), measured in the same run as the crypto floor.
+    pub durable_floor_ms: Option<f64>,
+    /// cpu_ms_per_transfer / (floor_ms_per_transfer + durable_floor_ms).
+    pub cpu_ratio_with_durability: Option<f64>,
     /// Largest peak RSS of the two nodes during the scenario.
     pub peak_rss_mib: Option<f64>,
     pub peak_rss_mib_sender: Option<f64>,
@@ -450,10 +456,21 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
             d.insert("fhir_classify_ms".into(), ms.into());
         }
         rows.push(row);
-        floors.push(f);
+        let d = durable::measure(
+            &work.join(format!("durable-floor-{}", p.label)),
+            p.bytes.len(),
+            Duration::from_millis(if args.quick { 500 } else { 1500 }),
+        )
+        .await?;
+        log(format!(
+            "{}: durability floor {:.3} ms CPU/transfer ({} commits in series, {:.3} ms wall; commit p50 {:.3} ms)",
+            p.label, d.cpu_ms_per_transfer, d.commits_per_transfer, d.wall_ms_per_transfer, d.commit_p50_ms
+        ));
+        rows.push(durable_row(p.label, &d));
+        floors.push((f, d));
     }
 
-    for (p, f) in payloads.iter().zip(&floors) {
+    for (p, (f, d)) in payloads.iter().zip(&floors) {
         for &c in concurrencies {
             env.check_alive()?;
             let spec = LoadSpec {
@@ -481,7 +498,7 @@ async fn run_in(args: &RunArgs, work: &Path, rows: &mut Vec<Row>) -> Result<(), 
                 env.ticks,
             )
             .await;
-            let row = transfer_row(p, c, &ours, &base, f);
+            let row = transfer_row(p, c, &ours, &base, f, d);
             log(format!(
                 "{} x{c}: ours {:.1}/s p99 {:.1} ms cpu {:.2} ms | nginx {:.1}/s | errors {}/{}",
                 p.label,
@@ -531,7 +548,26 @@ fn floor_row(label: &str, source: &str, f: &Floor) -> Row {
     }
 }
 
-fn transfer_row(p: &Payload, c: usize, ours: &Measured, base: &Measured, f: &Floor) -> Row {
+fn durable_row(label: &str, d: &DurableFloor) -> Row {
+    Row {
+        scenario: format!("durable_floor_{label}"),
+        payload_bytes: Some(d.payload_bytes as u64),
+        ours_per_s: Some(1e3 / d.wall_ms_per_transfer),
+        p50_ms: Some(d.commit_p50_ms),
+        durable_floor_ms: Some(d.cpu_ms_per_transfer),
+        detail: serde_json::to_value(d).ok(),
+        ..Row::default()
+    }
+}
+
+fn transfer_row(
+    p: &Payload,
+    c: usize,
+    ours: &Measured,
+    base: &Measured,
+    f: &Floor,
+    d: &DurableFloor,
+) -> Row {
     let ours_per_s = Some(ours.load.per_s());
     let baseline_per_s = Some(base.load.per_s());
     let n = ours.load.completed;
@@ -555,6 +591,8 @@ fn transfer_row(p: &Payload, c: usize, ours: &Measured, base: &Measured, f: &Flo
         cpu_ms_receiver: ours.cpu.get(1).and_then(|c| per_req_ms(*c, n)),
         floor_ms_per_transfer: Some(f.ms_per_transfer),
         cpu_ratio: ratio(cpu, Some(f.ms_per_transfer)),
+        durable_floor_ms: Some(d.cpu_ms_per_transfer),
+        cpu_ratio_with_durability: ratio(cpu, Some(f.ms_per_transfer + d.cpu_ms_per_transfer)),
         peak_rss_mib: ours.peak_kib.iter().max().map(|k| mib(*k)),
         peak_rss_mib_sender: ours.peak_kib.first().map(|k| mib(*k)),
         peak_rss_mib_receiver: ours.peak_kib.get(1).map(|k| mib(*k)),
@@ -969,6 +1007,8 @@ fn note(r: &Row) -> String {
         ("avg_results", "results/query"),
         ("limit100_p50_ms", "limit=100 p50 ms"),
         ("limit100_p99_ms", "limit=100 p99 ms"),
+        ("commits_per_transfer", "commits/transfer"),
+        ("wall_ms_per_transfer", "wall ms/transfer"),
     ] {
         if let Some(v) = get(key) {
             parts.push(match v.as_f64() {
@@ -984,16 +1024,16 @@ pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| scenario | bytes | conc | ours/s | nginx/s | ratio | p50 ms | p99 ms | p999 ms | nginx p99 ms | CPU ms/transfer (snd+rcv) | floor ms | CPU/floor | peak RSS MiB snd/rcv | nginx CPU ms/req | cores busy (others) | errors |"
+        "| scenario | bytes | conc | ours/s | nginx/s | ratio | p50 ms | p99 ms | p999 ms | nginx p99 ms | CPU ms/transfer (snd+rcv) | floor ms | CPU/floor | durable floor ms | CPU/(floor+durable) | peak RSS MiB snd/rcv | nginx CPU ms/req | cores busy (others) | errors |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows.iter().filter(|r| r.scenario.starts_with("transfer")) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}+{}) | {} | {} | {}/{} | {} | {} ({}) | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}+{}) | {} | {} | {} | {} | {}/{} | {} | {} ({}) | {} |",
             r.scenario,
             r.payload_bytes.map_or_else(String::new, |b| b.to_string()),
             r.concurrency.map_or_else(String::new, |c| c.to_string()),
@@ -1009,6 +1049,8 @@ pub fn markdown(rows: &[Row]) -> String {
             f(r.cpu_ms_receiver, 2),
             f(r.floor_ms_per_transfer, 3),
             f(r.cpu_ratio, 1),
+            f(r.durable_floor_ms, 3),
+            f(r.cpu_ratio_with_durability, 1),
             f(r.peak_rss_mib_sender, 0),
             f(r.peak_rss_mib_receiver, 0),
             f(r.baseline_cpu_ms_per_req, 2),
@@ -1075,7 +1117,7 @@ pub fn markdown(rows: &[Row]) -> String {
             f(r.ours_per_s, 0),
             f(r.p50_ms, 3),
             f(r.p99_ms, 3),
-            f(r.floor_ms_per_transfer, 3),
+            f(r.floor_ms_per_transfer.or(r.durable_floor_ms), 3),
             note(r),
         );
     }
