@@ -33,6 +33,8 @@ pub struct DurableFloor {
     pub wall_ms_per_transfer: f64,
     /// Median wall time of one commit (of all three kinds).
     pub commit_p50_ms: f64,
+    /// Commits the store counted, warm-up included (3 per floor transfer).
+    pub store_commits: u64,
 }
 
 /// Runs floor transfers for at least `min_time` (and at least 20) on a fresh store in `dir`,
@@ -60,6 +62,7 @@ pub async fn measure(
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = procfs::cpu_seconds(pid, ticks)? - cpu0;
+    let store_commits = store.commit_stats().commits;
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
     let transfers = n - 5;
@@ -71,6 +74,7 @@ pub async fn measure(
         cpu_ms_per_transfer: cpu * 1e3 / f64::from(transfers),
         wall_ms_per_transfer: wall * 1e3 / f64::from(transfers),
         commit_p50_ms: commits.get(commits.len() / 2).copied().unwrap_or(f64::NAN),
+        store_commits,
     })
 }
 
@@ -104,4 +108,28 @@ async fn one(
         commits.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_floor_transfer_is_three_durable_commits_and_the_store_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store_dir = dir.path().join("floor");
+        let floor = super::measure(&store_dir, 10_000, Duration::ZERO)
+            .await
+            .expect("measure");
+        assert_eq!(floor.transfers, 20, "{floor:?}");
+        // The 5 warm-up transfers commit too.
+        assert_eq!(floor.store_commits, 3 * 25, "{floor:?}");
+        assert!(floor.wall_ms_per_transfer > 0.0 && floor.commit_p50_ms > 0.0);
+        assert!(
+            floor.commit_p50_ms < floor.wall_ms_per_transfer,
+            "{floor:?}"
+        );
+        assert!(floor.cpu_ms_per_transfer.is_finite() && floor.cpu_ms_per_transfer >= 0.0);
+        assert!(!store_dir.exists());
+    }
 }
