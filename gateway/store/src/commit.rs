@@ -252,7 +252,7 @@ impl SledFiles {
     /// A root-directory change stays in `pending` for the end of the commit; a failed sync
     /// leaves what it did not finish in `pending` for the next commit.
     fn sync_blobs(&mut self, synced: &mut Synced) -> Result<(), StoreError> {
-        let seen = self.watch.drain(&self.dir)?;
+        let seen = self.watch.drain()?;
         self.pending.merge(seen);
         if self.pending.overflowed {
             // Unknown changes: every blob present, both directories.
@@ -292,7 +292,7 @@ pub(crate) struct Synced {
     pub(crate) root_dir: bool,
 }
 
-fn list_dir(dir: &Path) -> Result<BTreeSet<OsString>, StoreError> {
+pub(crate) fn list_dir(dir: &Path) -> Result<BTreeSet<OsString>, StoreError> {
     let mut names = BTreeSet::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,

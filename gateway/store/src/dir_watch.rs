@@ -9,14 +9,15 @@
 //! name while sled was still writing it.
 //!
 //! If the kernel's event queue overflows, the watch cannot say what changed and the commit
-//! syncs every blob file and both directories, as at open.
+//! syncs every blob file and both directories, as at open. If a watch goes away (its directory
+//! removed, or its file system unmounted), no event would ever come again: the commit fails.
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::io::Errno;
@@ -48,6 +49,8 @@ impl Changes {
 /// One inotify instance watching sled's directory and its `blobs/` (which sled creates at open).
 pub(crate) struct DirWatch {
     fd: OwnedFd,
+    /// sled's directory, for errors.
+    dir: PathBuf,
     root: i32,
     blobs: i32,
     buf: Vec<MaybeUninit<u8>>,
@@ -72,6 +75,7 @@ impl DirWatch {
             .map_err(|e| io("inotify watch", blobs, e))?;
         Ok(DirWatch {
             fd,
+            dir: dir.to_path_buf(),
             root,
             blobs: blobs_wd,
             // Room for many events per read: one read syscall per commit when nothing changed.
@@ -80,7 +84,7 @@ impl DirWatch {
     }
 
     /// Every event queued so far; one `read` that finds the queue empty when nothing happened.
-    pub(crate) fn drain(&mut self, dir: &Path) -> Result<Changes, StoreError> {
+    pub(crate) fn drain(&mut self) -> Result<Changes, StoreError> {
         let mut changes = Changes::default();
         let mut reader = inotify::Reader::new(&self.fd, &mut self.buf);
         loop {
@@ -91,7 +95,7 @@ impl DirWatch {
                 Err(e) => {
                     return Err(StoreError::io(
                         "read inotify events",
-                        dir,
+                        &self.dir,
                         std::io::Error::from(e),
                     ))
                 }
@@ -102,9 +106,14 @@ impl DirWatch {
                 continue;
             }
             if flags.contains(ReadFlags::IGNORED) {
-                // The watched directory itself went away: nothing of sled's can be trusted.
-                changes.overflowed = true;
-                continue;
+                return Err(StoreError::io(
+                    "inotify watch",
+                    &self.dir,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "a watched directory was removed or unmounted",
+                    ),
+                ));
             }
             let entry_changed = flags.intersects(
                 ReadFlags::CREATE | ReadFlags::DELETE | ReadFlags::MOVED_FROM | ReadFlags::MOVED_TO,

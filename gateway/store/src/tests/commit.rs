@@ -75,7 +75,7 @@ mod sled_files {
 
     use tempfile::TempDir;
 
-    use crate::commit::SledFiles;
+    use crate::commit::{list_dir, SledFiles};
     use crate::spool::SpoolDirs;
 
     fn open() -> (TempDir, PathBuf, sled::Db, SledFiles) {
@@ -91,12 +91,10 @@ mod sled_files {
     }
 
     fn blob_names(sled_dir: &std::path::Path) -> Vec<std::ffi::OsString> {
-        let mut names: Vec<_> = std::fs::read_dir(sled_dir.join("blobs"))
+        list_dir(&sled_dir.join("blobs"))
             .expect("list blobs")
-            .map(|e| e.expect("entry").file_name())
-            .collect();
-        names.sort();
-        names
+            .into_iter()
+            .collect()
     }
 
     #[test]
@@ -170,5 +168,14 @@ mod sled_files {
         assert!(synced.blobs_dir && synced.root_dir);
         let again = files.sync().expect("sync");
         assert!(again.blobs.is_empty() && !again.blobs_dir && !again.root_dir);
+    }
+
+    #[test]
+    fn a_watched_directory_that_goes_away_fails_the_commit() {
+        let (_dir, sled_dir, _db, mut files) = open();
+        // No event would ever come from it again, so a commit cannot say what it must sync.
+        std::fs::remove_dir(sled_dir.join("blobs")).expect("remove blobs/");
+        let err = files.sync().expect_err("a commit without its watch");
+        assert!(err.to_string().contains("inotify watch"), "{err}");
     }
 }
