@@ -84,3 +84,70 @@ pub fn machine_busy_seconds(ticks: f64) -> io::Result<f64> {
     let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
     Ok((total - idle) / ticks)
 }
+
+/// What the host does with this machine's memory and how long it has been up: on a guest
+/// whose virtio balloon reports free pages, memory the guest frees goes back to the host and
+/// costs a host fault when touched again, which moves CPU per transfer by up to a tenth on a
+/// freshly booted guest (BENCHMARKS.md, "Machine").
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MachineState {
+    pub uptime_secs: Option<f64>,
+    /// Whether a virtio balloon with free page reporting is present; `None`: no balloon.
+    pub free_page_reporting: Option<bool>,
+    pub mem_free_mib: Option<u64>,
+    pub kernel: Option<String>,
+}
+
+pub fn machine_state() -> MachineState {
+    let read = |p: &str| fs::read_to_string(p).ok();
+    let balloons: Vec<String> = fs::read_dir("/sys/bus/virtio/devices")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|d| {
+                    read(&format!("{}/device", d.path().display()))
+                        .is_some_and(|id| is_balloon(&id))
+                })
+                .filter_map(|d| read(&format!("{}/features", d.path().display())))
+                .collect()
+        })
+        .unwrap_or_default();
+    MachineState {
+        uptime_secs: read("/proc/uptime").and_then(|u| u.split_whitespace().next()?.parse().ok()),
+        free_page_reporting: balloons.first().map(|f| reports_free_pages(f)),
+        mem_free_mib: read("/proc/meminfo").and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemFree:"))?;
+            Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
+        }),
+        kernel: read("/proc/sys/kernel/osrelease").map(|k| k.trim().to_owned()),
+    }
+}
+
+/// A virtio device id of 5 is the memory balloon.
+fn is_balloon(device_id: &str) -> bool {
+    u32::from_str_radix(device_id.trim().trim_start_matches("0x"), 16) == Ok(5)
+}
+
+/// The virtio `features` file lists feature bits as '0'/'1', bit 0 first;
+/// VIRTIO_BALLOON_F_REPORTING is bit 5.
+fn reports_free_pages(features: &str) -> bool {
+    features.trim().as_bytes().get(5) == Some(&b'1')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_balloon, reports_free_pages};
+
+    #[test]
+    fn a_balloon_reporting_free_pages_is_recognised() {
+        // The benchmark machine's balloon (Firecracker): stats, deflate on OOM, reporting.
+        assert!(is_balloon("0x0005\n"));
+        assert!(!is_balloon("0x0002"));
+        assert!(reports_free_pages(
+            "0110010100000000000000000000000010000000\n"
+        ));
+        assert!(!reports_free_pages(
+            "0110000100000000000000000000000010000000"
+        ));
+        assert!(!reports_free_pages("011"));
+    }
+}

@@ -321,7 +321,13 @@ pub async fn run(mut args: RunArgs) -> Result<(), BoxError> {
         .prefix("healthfed-bench-")
         .tempdir_in(std::env::temp_dir())?;
     log(format!("work dir {}", work.path().display()));
-    let mut rows = Vec::new();
+    let machine = procfs::machine_state();
+    log(format!("machine: {machine:?}"));
+    let mut rows = vec![Row {
+        scenario: "machine".to_owned(),
+        detail: serde_json::to_value(&machine).ok(),
+        ..Row::default()
+    }];
     let result = run_in(&args, work.path(), &mut rows).await;
     std::fs::create_dir_all(&args.out)?;
     let json_path = args.out.join("results.json");
@@ -1009,6 +1015,10 @@ fn note(r: &Row) -> String {
         ("limit100_p99_ms", "limit=100 p99 ms"),
         ("commits_per_transfer", "commits/transfer"),
         ("wall_ms_per_transfer", "wall ms/transfer"),
+        ("uptime_secs", "up s"),
+        ("free_page_reporting", "host takes freed memory back"),
+        ("mem_free_mib", "free MiB"),
+        ("kernel", "kernel"),
     ] {
         if let Some(v) = get(key) {
             parts.push(match v.as_f64() {
