@@ -100,20 +100,19 @@ pub struct MachineState {
 
 pub fn machine_state() -> MachineState {
     let read = |p: &str| fs::read_to_string(p).ok();
-    let balloons: Vec<String> = fs::read_dir("/sys/bus/virtio/devices")
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|d| {
-                    read(&format!("{}/device", d.path().display()))
-                        .is_some_and(|id| is_balloon(&id))
-                })
-                .filter_map(|d| read(&format!("{}/features", d.path().display())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let balloon_features = fs::read_dir("/sys/bus/virtio/devices")
+        .ok()
+        .and_then(|mut dir| {
+            dir.find_map(|d| {
+                let d = d.ok()?.path();
+                read(&format!("{}/device", d.display()))
+                    .filter(|id| is_balloon(id))
+                    .and_then(|_| read(&format!("{}/features", d.display())))
+            })
+        });
     MachineState {
         uptime_secs: read("/proc/uptime").and_then(|u| u.split_whitespace().next()?.parse().ok()),
-        free_page_reporting: balloons.first().map(|f| reports_free_pages(f)),
+        free_page_reporting: balloon_features.as_deref().map(reports_free_pages),
         mem_free_mib: read("/proc/meminfo").and_then(|m| {
             let line = m.lines().find(|l| l.starts_with("MemFree:"))?;
             Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)

@@ -1021,8 +1021,10 @@ fn note(r: &Row) -> String {
         ("kernel", "kernel"),
     ] {
         if let Some(v) = get(key) {
-            parts.push(match v.as_f64() {
-                Some(x) if x.fract() != 0.0 => format!("{label} {x:.2}"),
+            parts.push(match (v.as_f64(), v.as_str()) {
+                (Some(x), _) if x.fract() != 0.0 => format!("{label} {x:.2}"),
+                // A string without its JSON quotes.
+                (_, Some(text)) => format!("{label} {text}"),
                 _ => format!("{label} {v}"),
             });
         }
